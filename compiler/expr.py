@@ -1,0 +1,672 @@
+"""Expressions inside specs: config values and tensor shapes such as `hidden // heads`.
+
+The language is a small, safe subset of Python expressions. Specs are user text, so it is parsed by
+our own tokenizer and recursive-descent parser (never by Python's eval), and evaluated with guards
+that keep a mistaken spec from hanging the compiler (`10**100000`) or yielding values the generated
+int64/float code cannot hold. `canonical` turns an expression into a polynomial normal form so that
+tensor shapes can be compared before any config value is known.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import re
+from contextlib import contextmanager
+from fractions import Fraction
+from typing import Callable, Iterator, Mapping, NamedTuple
+
+MAX_LENGTH = 1000
+MAX_DEPTH = 50
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1   # generated code holds integers in int64
+MAX_EXPANDED_POWER = 8
+MAX_TERMS = 1000    # products of sums grow as 2**k; past this size they stay opaque atoms
+MAX_CANONICAL = 100_000   # opaque atoms embed their operands' text, which can also grow as 2**k
+
+
+class ExprError(ValueError):
+    """A malformed expression or a failed evaluation. Message only: callers add file and line."""
+
+
+# name -> (fewest args, most args or None, implementation)
+_FUNCTIONS: dict[str, tuple[int, int | None, Callable]] = {
+    "min": (2, None, min), "max": (2, None, max), "abs": (1, 1, abs),
+    "sqrt": (1, 1, math.sqrt), "floor": (1, 1, math.floor), "ceil": (1, 1, math.ceil),
+    "int": (1, 1, int), "float": (1, 1, float), "round": (1, 2, round),
+    "log": (1, 2, math.log), "exp": (1, 1, math.exp),
+}
+_MATH_FUNCTIONS = {"sqrt", "floor", "ceil", "log", "exp"}   # need a `math.` prefix in Python
+_LITERAL_WORDS = {"true": True, "True": True, "false": False, "False": False,
+                  "null": None, "None": None}
+_KEYWORDS = {"and", "or", "not", "if", "else"}
+_BINARY_PRECEDENCE = {"or": 1, "and": 2, "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4, ">=": 4,
+                      "+": 5, "-": 5, "*": 6, "/": 6, "//": 6, "%": 6, "**": 8}
+_COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
+_OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+              "//": operator.floordiv, "%": operator.mod, "<": operator.lt, "<=": operator.le,
+              ">": operator.gt, ">=": operator.ge}
+_ZERO_DIVISION = {"/": "division", "//": "floor division", "%": "modulo"}
+
+_TOKEN_RE = re.compile(r"""
+    (?P<space>\s+)
+  | (?P<num>(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][+-]?[0-9]+)?)
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op>\*\*|//|==|!=|<=|>=|[-+*/%<>().,])
+""", re.VERBOSE)
+
+
+class _Token(NamedTuple):
+    kind: str       # "lit", "name", "op" (operators and keywords) or "end"
+    value: object
+    pos: int        # 0-based start and end; messages say 1-based columns
+    end: int
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        if text[pos] in "'\"":
+            value, end = _scan_string(text, pos)
+            tokens.append(_Token("lit", value, pos, end))
+            pos = end
+            continue
+        m = _TOKEN_RE.match(text, pos)
+        if not m:
+            raise ExprError(f"unexpected character {text[pos]!r} at column {pos + 1} in {text!r}")
+        kind, word, end = m.lastgroup, m.group(), m.end()
+        if kind == "num":
+            tokens.append(_Token("lit", _number(word, pos, text), pos, end))
+        elif kind == "name" and word in _LITERAL_WORDS:
+            tokens.append(_Token("lit", _LITERAL_WORDS[word], pos, end))
+        elif kind == "name" and word in _KEYWORDS:
+            tokens.append(_Token("op", word, pos, end))
+        elif kind != "space":
+            tokens.append(_Token(kind, word, pos, end))
+        pos = end
+    tokens.append(_Token("end", None, len(text), len(text)))
+    return tokens
+
+
+def _scan_string(text: str, start: int) -> tuple[str, int]:
+    quote, out, i = text[start], [], start + 1
+    while i < len(text):
+        ch = text[i]
+        if ch == quote:
+            return "".join(out), i + 1
+        if ch == "\\":
+            nxt = text[i + 1:i + 2]
+            if nxt not in ("\\", "'", '"'):
+                raise ExprError(f"unsupported escape '\\{nxt}' at column {i + 1} in {text!r}")
+            ch, i = nxt, i + 1
+        out.append(ch)
+        i += 1
+    raise ExprError(f"unterminated string starting at column {start + 1} in {text!r}")
+
+
+def _number(word: str, pos: int, text: str) -> int | float:
+    if any(c in word for c in ".eE"):
+        value = float(word)
+        if not math.isfinite(value):
+            raise ExprError(f"float literal {word} at column {pos + 1} is out of range in {text!r}")
+        return value
+    value = int(word)
+    if value > INT_MAX:
+        raise ExprError(f"integer literal at column {pos + 1} is over 2**63 in {text!r}")
+    return value
+
+
+class _Parser:
+    """Recursive descent for the prefix/postfix levels, precedence climbing for binary operators.
+    Precedences and associativity are Python's."""
+
+    def __init__(self, text: str):
+        self.text, self.tokens, self.i, self.depth = text, _tokenize(text), 0, 0
+
+    @property
+    def tok(self) -> _Token:
+        return self.tokens[self.i]
+
+    def _at(self, *ops: str) -> bool:
+        return self.tok.kind == "op" and self.tok.value in ops
+
+    def _next(self) -> _Token:
+        self.i += 1
+        return self.tokens[self.i - 1]
+
+    def _expect(self, op: str) -> _Token:
+        if not self._at(op):
+            self._fail(f"'{op}'")
+        return self._next()
+
+    def _fail(self, expected: str | None = None):
+        t = self.tok
+        what = "end of expression" if t.kind == "end" else repr(self.text[t.pos:t.end])
+        hint = f" (expected {expected})" if expected else ""
+        raise ExprError(f"unexpected {what} at column {t.pos + 1} in {self.text!r}{hint}")
+
+    @contextmanager
+    def _deeper(self) -> Iterator[None]:
+        # Every construct that recurses (brackets, prefix operators, `**`, `else` chains) goes
+        # through here, bounding the Python stack; flat left-leaning chains are bounded by length.
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ExprError(f"expression nests deeper than {MAX_DEPTH} levels "
+                            f"(at column {self.tok.pos + 1})")
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def parse(self) -> Expr:
+        e = self._expression()
+        if self.tok.kind != "end":
+            self._fail()
+        return e
+
+    def _expression(self) -> Expr:
+        body = self._binary(1)
+        if not self._at("if"):
+            return body
+        self._next()
+        cond = self._binary(1)
+        self._expect("else")
+        with self._deeper():
+            orelse = self._expression()
+        return Expr("if", None, (body, cond, orelse))
+
+    def _binary(self, min_prec: int) -> Expr:
+        """Precedence climbing over or/and/not/comparisons/+ -/* / // %. One function rather
+        than one per level keeps the Python stack shallow per bracket of nesting."""
+        left = self._not(min_prec)
+        compared = False
+        while self.tok.kind == "op" and self.tok.value in _BINARY_PRECEDENCE:
+            op, prec = self.tok.value, _BINARY_PRECEDENCE[self.tok.value]
+            if op == "**" or prec < min_prec:
+                break
+            if compared and op in _COMPARISONS:
+                raise ExprError(f"chained comparison at column {self.tok.pos + 1} in "
+                                f"{self.text!r} is not supported; join the comparisons with 'and'")
+            compared = op in _COMPARISONS
+            self._next()
+            left = Expr("binary", op, (left, self._binary(prec + 1)))   # left-associative
+        return left
+
+    def _not(self, min_prec: int) -> Expr:
+        if not self._at("not") or min_prec > 3:   # like Python, `a == not b` is a syntax error
+            return self._unary()
+        self._next()
+        with self._deeper():
+            return Expr("unary", "not", (self._binary(3),))
+
+    def _unary(self) -> Expr:
+        if not self._at("-", "+"):
+            return self._power()
+        op = self._next().value
+        with self._deeper():
+            return Expr("unary", op, (self._unary(),))
+
+    def _power(self) -> Expr:
+        base = self._postfix()
+        if not self._at("**"):
+            return base
+        self._next()
+        with self._deeper():   # the exponent may be `-x`, and `**` is right-associative
+            return Expr("binary", "**", (base, self._unary()))
+
+    def _postfix(self) -> Expr:
+        e = self._atom()
+        while self._at("."):
+            self._next()
+            if self.tok.kind != "name":
+                self._fail("a key name after '.'")
+            e = Expr("attr", self._next().value, (e,))
+        return e
+
+    def _atom(self) -> Expr:
+        t = self.tok
+        if t.kind == "lit":
+            self._next()
+            return Expr("const", t.value)
+        if t.kind == "name":
+            self._next()
+            return self._call(t) if self._at("(") else Expr("name", t.value)
+        if self._at("("):
+            self._next()
+            with self._deeper():
+                e = self._expression()
+            self._expect(")")
+            return e
+        self._fail()
+
+    def _call(self, t: _Token) -> Expr:
+        name = t.value
+        if name not in _FUNCTIONS:
+            raise ExprError(f"unknown function '{name}' at column {t.pos + 1} in {self.text!r} "
+                            f"(known: {', '.join(sorted(_FUNCTIONS))})")
+        self._expect("(")
+        args: list[Expr] = []
+        with self._deeper():
+            if not self._at(")"):
+                args.append(self._expression())
+                while self._at(","):
+                    self._next()
+                    args.append(self._expression())
+        self._expect(")")
+        lo, hi, _ = _FUNCTIONS[name]
+        if len(args) < lo or (hi is not None and len(args) > hi):
+            wanted = f"at least {lo}" if hi is None else str(lo) if lo == hi else f"{lo} or {hi}"
+            raise ExprError(f"{name}() takes {wanted} argument(s), got {len(args)} "
+                            f"in {self.text!r}")
+        return Expr("call", name, tuple(args))
+
+
+def parse_expr(text: str | int | float | bool | None) -> Expr:
+    """Parse spec text. YAML has already typed bare numbers, booleans and null: constants."""
+    if isinstance(text, Expr):
+        return text
+    if text is None or isinstance(text, (bool, int, float)):
+        if isinstance(text, float) and not math.isfinite(text):
+            raise ExprError(f"constant {text} is not a finite number")
+        if isinstance(text, int) and not isinstance(text, bool) and not INT_MIN <= text <= INT_MAX:
+            raise ExprError("integer constant does not fit in 64 bits")
+        return Expr("const", text)
+    if not isinstance(text, str):
+        raise ExprError(f"expected an expression, got a {_type_name(text)}")
+    if len(text) > MAX_LENGTH:
+        raise ExprError(f"expression is longer than {MAX_LENGTH} characters ({len(text)})")
+    if not text.strip():
+        raise ExprError("empty expression")
+    return _Parser(text).parse()
+
+
+class Expr:
+    """An immutable expression tree node. kind is const/name/attr/unary/binary/call/if; value is the
+    constant, name, key, operator or function name. text and names are computed bottom-up at
+    construction so that deep trees never need a recursive walk for them."""
+
+    __slots__ = ("kind", "value", "args", "prec", "text", "names")
+
+    def __init__(self, kind: str, value: object, args: tuple[Expr, ...] = ()):
+        self.kind, self.value, self.args = kind, value, tuple(args)
+        self.prec = _precedence(kind, value)
+        self.text = _render(self, [(a.text, a.prec) for a in self.args], None)
+        names = frozenset([value]) if kind == "name" else frozenset()
+        self.names = names.union(*(a.names for a in self.args))
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Expr({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Expr) and self.text == other.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def is_constant(self) -> bool:
+        return not self.names
+
+    def evaluate(self, env: Mapping[str, object]) -> object:
+        # Plain loops, no comprehensions: one Python frame per tree level keeps a 1000-character
+        # flat chain like `1+1+...` under the interpreter's recursion limit.
+        k, v, args = self.kind, self.value, self.args
+        if k == "const":
+            return v
+        if k == "name":
+            if v in env:
+                return env[v]
+            raise ExprError(_unknown_name(v, env))
+        if k == "attr":
+            return _get_key(args[0].evaluate(env), v, args[0].text)
+        if k == "if":
+            return args[0].evaluate(env) if args[1].evaluate(env) else args[2].evaluate(env)
+        if k == "binary" and v in ("and", "or"):
+            left = bool(args[0].evaluate(env))
+            return left if left == (v == "or") else bool(args[1].evaluate(env))
+        values = []
+        for a in args:
+            values.append(a.evaluate(env))
+        if k == "unary":
+            return _unary(v, values[0], self)
+        if k == "binary":
+            return _binary(v, values[0], values[1], self)
+        return _call(v, values, self)
+
+    def to_python(self, name: Callable[[str], str] = lambda n: n) -> str:
+        """Python source with the same value as evaluate(); needs `import math` where it runs.
+        `name(n)` must return an atom (a name, attribute or subscript), it is not parenthesised."""
+        parts = []
+        for a in self.args:
+            parts.append((a.to_python(name), a.prec))
+        return _render(self, parts, name)
+
+    def substitute(self, values: Mapping[str, Expr]) -> Expr:
+        if self.kind == "name":
+            return parse_expr(values[self.value]) if self.value in values else self
+        if not self.names & values.keys():
+            return self
+        args = []
+        for a in self.args:
+            args.append(a.substitute(values))
+        return Expr(self.kind, self.value, tuple(args))
+
+
+def _precedence(kind: str, value: object) -> int:
+    if kind == "const":   # a negative number prints as `-3`, which binds like unary minus
+        return 7 if _is_number(value) and repr(value).startswith("-") else 9
+    if kind == "unary":
+        return 3 if value == "not" else 7
+    if kind == "binary":
+        return _BINARY_PRECEDENCE[value]
+    return 0 if kind == "if" else 9
+
+
+def _wrap(part: tuple[str, int], min_prec: int) -> str:
+    return part[0] if part[1] >= min_prec else f"({part[0]})"
+
+
+def _render(e: Expr, parts: list[tuple[str, int]], name: Callable[[str], str] | None) -> str:
+    """Source text of `e` from its children's text; Python source when `name` is given."""
+    k, v, python = e.kind, e.value, name is not None
+    if k == "const":
+        return repr(v) if python else _literal(v)
+    if k == "name":
+        return name(v) if python else v
+    if k == "attr":   # `3.x` would lex as the float `3.`
+        base = _wrap(parts[0], 10 if e.args[0].kind == "const" else 9)
+        return f"{base}[{v!r}]" if python else f"{base}.{v}"
+    if k == "unary":
+        return ("not " + _wrap(parts[0], 3)) if v == "not" else v + _wrap(parts[0], 7)
+    if k == "binary":
+        if python and v in ("and", "or"):   # ours return bools, Python's return an operand
+            return f"bool({parts[0][0]}) {v} bool({parts[1][0]})"
+        p = _BINARY_PRECEDENCE[v]
+        lo, hi = (9, 7) if v == "**" else (5, 5) if p == 4 else (p, p + 1)
+        return f"{_wrap(parts[0], lo)} {v} {_wrap(parts[1], hi)}"
+    if k == "call":
+        fn = f"math.{v}" if python and v in _MATH_FUNCTIONS else v
+        return f"{fn}({', '.join(p[0] for p in parts)})"
+    return f"{_wrap(parts[0], 1)} if {_wrap(parts[1], 1)} else {_wrap(parts[2], 0)}"
+
+
+def _literal(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, str):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return repr(v)
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float))   # bool included, as in Python
+
+
+def _type_name(x: object) -> str:
+    names = {bool: "bool", int: "int", float: "float", str: "string", type(None): "null"}
+    return names.get(type(x), type(x).__name__)
+
+
+def _unknown_name(n: str, env: Mapping[str, object]) -> str:
+    known = sorted(str(k) for k in env)
+    shown = ", ".join(known[:10]) + (f", ... ({len(known) - 10} more)" if len(known) > 10 else "")
+    return f"unknown name '{n}' (available: {shown or 'none'})"
+
+
+def _get_key(base: object, key: str, base_text: str) -> object:
+    if not isinstance(base, Mapping):
+        raise ExprError(f"cannot read '.{key}' of {base_text!r}: it is a {_type_name(base)}, "
+                        f"not a mapping")
+    if key not in base:
+        keys = ", ".join(sorted(str(k) for k in base)[:10]) or "none"
+        raise ExprError(f"{base_text!r} has no key '{key}' (keys: {keys})")
+    return base[key]
+
+
+def _checked(x: object, e: Expr) -> object:
+    if isinstance(x, int) and not isinstance(x, bool) and not INT_MIN <= x <= INT_MAX:
+        raise ExprError(f"integer result of {e.text!r} is over 2**63 (does not fit in 64 bits)")
+    if isinstance(x, float) and not math.isfinite(x):
+        raise ExprError(f"float overflow: {e.text!r} is not a finite number")
+    return x
+
+
+def _need_numbers(op: str, values: list[object], e: Expr) -> None:
+    if not all(_is_number(x) for x in values):
+        types = " and ".join(_type_name(x) for x in values)
+        raise ExprError(f"unsupported operand type(s) for '{op}': {types} in {e.text!r}")
+
+
+def _unary(op: str, x: object, e: Expr) -> object:
+    if op == "not":
+        return not x
+    _need_numbers(op, [x], e)
+    return _checked(-x if op == "-" else +x, e)
+
+
+def _binary(op: str, a: object, b: object, e: Expr) -> object:
+    if op in ("==", "!="):   # the only operators strings and null take part in
+        return (a == b) == (op == "==")
+    _need_numbers(op, [a, b], e)
+    if op in _ZERO_DIVISION and b == 0:
+        raise ExprError(f"{_ZERO_DIVISION[op]} by zero in {e.text!r}")
+    try:
+        result = _power(a, b, e) if op == "**" else _OPERATORS[op](a, b)
+    except OverflowError:
+        raise ExprError(f"float overflow in {e.text!r}") from None
+    return _checked(result, e)
+
+
+def _power(a: int | float, b: int | float, e: Expr) -> int | float:
+    if a == 0 and b < 0:
+        raise ExprError(f"zero raised to a negative power in {e.text!r}")
+    if isinstance(a, int) and isinstance(b, int):
+        # |a| >= 2**(bit_length-1), so this bounds the result from below without computing it.
+        if b > 0 and abs(a) > 1 and (abs(a).bit_length() - 1) * b > 64:
+            raise ExprError(f"{e.text!r} is too large: the integer result would be over 2**63")
+        return a ** b
+    if a < 0 and not float(b).is_integer():   # Python would return a complex number
+        raise ExprError(f"negative number raised to a fractional power in {e.text!r}")
+    return a ** b
+
+
+def _call(fname: str, values: list[object], e: Expr) -> object:
+    _need_numbers(f"{fname}()", values, e)
+    if fname == "round" and len(values) == 2 and not -100 <= values[1] <= 100:
+        raise ExprError(f"round() digits must be between -100 and 100 in {e.text!r}")  # 10**n
+    try:
+        result = _FUNCTIONS[fname][2](*values)
+    except (ValueError, OverflowError, ZeroDivisionError, TypeError) as err:
+        raise ExprError(f"{fname}() failed in {e.text!r}: {err}") from None
+    return _checked(result, e)
+
+
+# --- symbolic equality ----------------------------------------------------------------------
+# A polynomial maps a monomial (sorted tuple of (atom key, power)) to a nonzero Fraction.
+
+Poly = dict
+
+
+def same_value(a: Expr, b: Expr) -> bool:
+    return canonical(a) == canonical(b)
+
+
+class _TooComplex(Exception):
+    pass
+
+
+def canonical(e: Expr) -> str:
+    """The polynomial normal form; for pathological inputs whose normal form would be huge, the
+    expression's own text (marked) - still a sound, if weaker, key for same_value."""
+    e = parse_expr(e)
+    try:
+        return _poly_str(_canon(e))
+    except _TooComplex:
+        return f"<not normalised> {e.text}"
+
+
+def _canon(e: Expr) -> Poly:
+    k, v = e.kind, e.value
+    if k == "const":
+        return _const_poly(Fraction(v)) if _is_number(v) else _atom_poly(e.text)
+    if k == "name":
+        return _atom_poly(v)
+    polys = []
+    for a in e.args:
+        polys.append(_canon(a))
+    if k == "attr":
+        base = _poly_str(polys[0])
+        return _atom_poly(f"{base}.{v}" if _ATOM_NAME_RE.fullmatch(base) else f"({base}).{v}")
+    if k == "unary" and v != "not":
+        return polys[0] if v == "+" else _add({}, polys[0], -1)
+    if k == "if" and _constant(polys[1]) is not None:
+        return polys[0] if _constant(polys[1]) else polys[2]
+    if k == "binary":
+        p, q = polys
+        result = None
+        if v in ("+", "-"):
+            result = _add(p, q, 1 if v == "+" else -1)
+        elif v == "*":
+            result = _mul(p, q)
+        elif v == "/" and _constant(q):
+            result = {m: c / _constant(q) for m, c in p.items()}
+        elif v == "//":
+            result = _exact_quotient(p, q)
+        elif v == "**":
+            result = _power_poly(p, q)
+        if result is not None:
+            return result
+    return _opaque(e, polys)
+
+
+def _exact_quotient(p: Poly, q: Poly) -> Poly | None:
+    """p // q when q is one integer-coefficient monomial dividing every term of p exactly
+    (`(heads * head_dim) // heads` is head_dim); None when the division is not exact."""
+    if len(q) != 1:
+        return None
+    (qm, qc), = q.items()
+    if qc.denominator != 1 or not qc:
+        return None
+    out: Poly = {}
+    for m, c in p.items():
+        powers = dict(m)
+        for atom, n in qm:
+            if powers.get(atom, 0) < n:
+                return None
+            powers[atom] -= n
+        coeff = c / qc
+        if c.denominator != 1 or coeff.denominator != 1:
+            return None
+        out[tuple(sorted((a, n) for a, n in powers.items() if n))] = coeff
+    return out
+
+
+def _const_poly(c: Fraction) -> Poly:
+    return {(): c} if c else {}
+
+
+def _atom_poly(key: str) -> Poly:
+    return {((key, 1),): Fraction(1)}
+
+
+def _constant(p: Poly) -> Fraction | None:
+    return p.get((), Fraction(0)) if all(m == () for m in p) else None
+
+
+def _add(p: Poly, q: Poly, sign: int = 1) -> Poly:
+    out = dict(p)
+    for m, c in q.items():
+        out[m] = out.get(m, 0) + sign * c
+        if not out[m]:
+            del out[m]
+    return out
+
+
+def _mul(p: Poly, q: Poly) -> Poly | None:
+    if len(p) * len(q) > MAX_TERMS:
+        return None
+    out: Poly = {}
+    for m1, c1 in p.items():
+        for m2, c2 in q.items():
+            powers = dict(m1)
+            for atom, n in m2:
+                powers[atom] = powers.get(atom, 0) + n
+            m = tuple(sorted(powers.items()))
+            out[m] = out.get(m, 0) + c1 * c2
+            if not out[m]:
+                del out[m]
+    return out
+
+
+def _power_poly(p: Poly, q: Poly) -> Poly | None:
+    k = _constant(q)
+    if k is None or k.denominator != 1:
+        return None
+    k, base = int(k), _constant(p)
+    if base is not None:   # exact, but refuse constants too big to fold quickly
+        size = max(base.numerator.bit_length(), base.denominator.bit_length())
+        if (base == 0 and k < 0) or size * abs(k) > 4096:
+            return None
+        return _const_poly(base ** k)
+    if not 0 <= k <= MAX_EXPANDED_POWER:
+        return None
+    out: Poly | None = {(): Fraction(1)}
+    for _ in range(k):
+        out = _mul(out, p)
+        if out is None:
+            return None
+    return out
+
+
+def _opaque(e: Expr, polys: list[Poly]) -> Poly:
+    """An atom for a non-polynomial node, keyed by its text over canonical operands; folded to a
+    number when every operand is constant and it evaluates cleanly."""
+    consts = [_constant(p) for p in polys]
+    if all(c is not None for c in consts):
+        try:
+            args = tuple(Expr("const", int(c) if c.denominator == 1 else float(c)) for c in consts)
+            value = Expr(e.kind, e.value, args).evaluate({})
+            if _is_number(value):
+                return _const_poly(Fraction(value))
+        except (ExprError, OverflowError):
+            pass   # e.g. `1 // 0`: stays an atom; evaluate() reports it when it matters
+    parts = [_poly_str(p) for p in polys]
+    k, v = e.kind, e.value
+    if k == "call":
+        return _atom_poly(f"{v}({', '.join(sorted(parts) if v in ('min', 'max') else parts)})")
+    if k == "if":
+        return _atom_poly(f"({parts[0]}) if ({parts[1]}) else ({parts[2]})")
+    if k == "unary":
+        return _atom_poly(f"not ({parts[0]})")
+    if v in (">", ">="):   # a > b is b < a
+        v, parts = v.replace(">", "<"), parts[::-1]
+    if v in ("==", "!=", "and", "or", "+", "*"):   # commutative (ours and/or return bools)
+        parts = sorted(parts)
+    return _atom_poly(f"({parts[0]}) {v} ({parts[1]})")
+
+
+_ATOM_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def _poly_str(p: Poly) -> str:
+    if not p:
+        return "0"
+    out, size = [], 0
+    for mono, c in sorted(p.items(), key=lambda t: (t[0] == (), t[0])):
+        factors = [(a if _ATOM_NAME_RE.fullmatch(a) else f"({a})") + (f"**{n}" if n != 1 else "")
+                   for a, n in mono]
+        if abs(c) != 1 or not factors:
+            factors.insert(0, str(abs(c)) if c.denominator == 1 else f"({abs(c)})")
+        term = "*".join(factors)
+        size += len(term) + 3
+        if size > MAX_CANONICAL:
+            raise _TooComplex
+        if not out:
+            out.append(f"-{term}" if c < 0 else term)
+        else:
+            out.append(f" {'-' if c < 0 else '+'} {term}")
+    return "".join(out)

@@ -1,0 +1,12 @@
+"""The op registry and the PyTorch implementations the emitted model.py calls as `ops.<name>`."""
+from . import attention as _attention_ops, elementwise as _elementwise_ops, linear as _linear_ops  # noqa: F401
+from . import norms as _norm_ops, rope as _rope_ops, shape_ops as _shape_ops  # noqa: F401
+from .attention import attention
+from .elementwise import softcap
+from .norms import layer_norm, rms_norm
+from .params import Norm
+from .registry import OPS, OpDef, get, register
+from .rope import rope, rope_table
+
+__all__ = ["OPS", "OpDef", "get", "register", "attention", "softcap", "layer_norm", "rms_norm",
+           "rope", "rope_table", "Norm"]

@@ -1,0 +1,72 @@
+"""Scaled dot-product attention over [B, H, S, D] heads, with the KV cache and masks of the context."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .registry import Attr, OpDef, ShapeError, TType, register
+
+
+def attention(q, k, v, ctx, slot, *, causal: bool = True, scale: float | None = None,
+              window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+    """q: [B, H, S, D]; k, v: [B, Hkv, S, D] with H a multiple of Hkv (grouped-query attention).
+
+    `slot` names this op's place in the KV cache (its module); the context appends k and v there
+    and hands back everything cached so far.
+    """
+    if ctx.cache is not None:
+        k, v = ctx.cache.update(slot, k, v, ctx.past_len)
+    mask = ctx.attention_mask(q.shape[-2], k.shape[-2], causal, window)
+    gqa = k.shape[1] != q.shape[1]
+    if softcap:
+        return _eager_attention(q, k, v, mask, scale, softcap)
+    if isinstance(mask, str):  # "causal": square, unpadded, the kernel masks without a tensor
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+def _eager_attention(q, k, v, mask, scale, softcap):
+    if k.shape[1] != q.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if isinstance(mask, str):
+        n = scores.shape[-1]
+        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+def _attention_infer(ctx) -> list[TType]:
+    from compiler.expr import same_value
+    q, k, v = (ctx.expect_rank(n, 4) for n in ("q", "k", "v"))
+    ctx.expect_same(q.shape[3], k.shape[3], "head dims of 'q' and 'k' must agree")
+    ctx.expect_same(k.shape[1], v.shape[1], "'k' and 'v' must have the same number of heads")
+    if not same_value(q.shape[1], k.shape[1]):
+        # Grouped-query attention is legal only when kv heads divide q heads; that is a config
+        # check (values unknown here), so only its form is checked.
+        pass
+    if q.dtype != "float" or k.dtype != "float" or v.dtype != "float":
+        raise ShapeError("q, k and v must be float tensors")
+    return [TType(q.shape[:3] + (v.shape[3],))]
+
+
+def _attention_emit(e) -> str:
+    args = [e["q"], e["k"], e["v"], "ctx", e.a("slot")]
+    for name in ("causal", "scale", "window", "softcap"):
+        if e.a(name) != "None":
+            args.append(f"{name}={e.a(name)}")
+    return f"ops.attention({', '.join(args)})"
+
+
+register(OpDef(
+    name="attention", doc="softmax(q k^T * scale + mask) v, with the KV cache; GQA when k has fewer heads",
+    operands=("q", "k", "v"), context=True, fusion="attention",
+    attrs=(Attr("causal", "expr", default=True), Attr("scale", "expr", default=None),
+           Attr("window", "expr", default=None, doc="sliding window length, or null"),
+           Attr("softcap", "expr", default=None, doc="tanh soft-capping of the scores, or null")),
+    infer=_attention_infer, emit=_attention_emit))

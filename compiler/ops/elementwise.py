@@ -1,0 +1,83 @@
+"""Pointwise primitives: binary arithmetic with broadcasting and activations."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .registry import Attr, OpDef, ShapeError, TType, register
+
+
+def _broadcast(ctx) -> list[TType]:
+    from compiler.expr import same_value
+    a, b = ctx["a"], ctx["b"]
+    if a.dtype != b.dtype:
+        raise ShapeError(f"dtype clash: 'a' is {a}, 'b' is {b}")
+    ra, rb = list(reversed(a.shape)), list(reversed(b.shape))
+    out = []
+    for i in range(max(len(ra), len(rb))):
+        da = ra[i] if i < len(ra) else None
+        db = rb[i] if i < len(rb) else None
+        if da is None or (db is not None and _is_one(da)):
+            out.append(db)
+        elif db is None or _is_one(db) or same_value(da, db):
+            out.append(da)
+        else:
+            raise ShapeError(f"shapes do not broadcast: 'a' is {a}, 'b' is {b}")
+    return [TType(tuple(reversed(out)), a.dtype)]
+
+
+def _is_one(d) -> bool:
+    return d.is_constant() and d.evaluate({}) == 1
+
+
+def _same(ctx) -> list[TType]:
+    x = ctx.expect_dtype("x", "float")
+    return [x]
+
+
+def _binary(name: str, symbol: str, doc: str) -> OpDef:
+    return register(OpDef(
+        name=name, doc=doc, operands=("a", "b"), infer=_broadcast,
+        emit=lambda e: f"{e['a']} {symbol} {e['b']}", fusion="broadcast"))
+
+
+_binary("add", "+", "a + b, broadcasting like torch")
+_binary("sub", "-", "a - b, broadcasting like torch")
+_binary("mul", "*", "a * b, broadcasting like torch")
+
+register(OpDef(
+    name="scale", doc="x * factor, factor a config expression (e.g. embedding scaling by hidden ** 0.5)",
+    operands=("x",), attrs=(Attr("by", "expr", required=True),), infer=_same,
+    emit=lambda e: f"{e['x']} * {e.a('by')}", fusion="elementwise"))
+
+register(OpDef(
+    name="silu", doc="x * sigmoid(x)", operands=("x",), infer=_same,
+    emit=lambda e: f"F.silu({e['x']})", fusion="elementwise"))
+
+register(OpDef(
+    name="relu", doc="max(x, 0)", operands=("x",), infer=_same,
+    emit=lambda e: f"F.relu({e['x']})", fusion="elementwise"))
+
+
+def _gelu_emit(e) -> str:
+    approx = e.a("approximate")
+    return f"F.gelu({e['x']})" if approx == "'none'" else f"F.gelu({e['x']}, approximate={approx})"
+
+
+register(OpDef(
+    name="gelu", doc="GELU; approximate: none (erf) or tanh (gelu_new / gelu_pytorch_tanh)",
+    operands=("x",), attrs=(Attr("approximate", "enum", default="none", choices=("none", "tanh")),),
+    infer=_same, emit=_gelu_emit, fusion="elementwise"))
+
+
+def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    return torch.tanh(x / cap) * cap
+
+
+register(OpDef(
+    name="softcap", doc="tanh(x / cap) * cap (logit soft-capping)", operands=("x",),
+    attrs=(Attr("cap", "expr", required=True),), infer=_same,
+    emit=lambda e: f"ops.softcap({e['x']}, {e.a('cap')})", fusion="elementwise"))
+
+__all__ = ["softcap", "math"]

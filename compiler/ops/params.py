@@ -1,0 +1,51 @@
+"""Parameter kinds a spec declares (`q_proj: {linear: [hidden, heads * head_dim], bias: attention_bias}`).
+
+A kind says which tensors it owns with their shapes (for the checker and the weight rules) and how the
+emitted model.py constructs it. Blocks and repeats are the structural kinds and live in the lowering.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class Norm(nn.Module):
+    """The weight (and optional bias) of a normalisation; the op decides which normalisation."""
+
+    def __init__(self, dim: int, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+
+@dataclass(frozen=True)
+class ParamKind:
+    name: str
+    dims: tuple[str, ...]                     # names of the shape list entries: linear: [in, out]
+    options: dict[str, object]                # option name -> default (config expressions)
+    tensors: Callable[[dict], list[tuple[str, tuple, object]]]   # dims+options -> (tensor, shape, condition)
+    construct: Callable[[dict], str]          # Python source constructing the module, from py-sources
+    doc: str = ""
+
+
+def _bias_tensors(shape_w, shape_b, opts):
+    return [("weight", shape_w, True), ("bias", shape_b, opts["bias"])]
+
+
+PARAM_KINDS: dict[str, ParamKind] = {k.name: k for k in (
+    ParamKind("linear", ("in", "out"), {"bias": False},
+              lambda d: _bias_tensors((d["out"], d["in"]), (d["out"],), d),
+              lambda s: f"nn.Linear({s['in']}, {s['out']}, bias={s['bias']})",
+              "y = x @ weight.T + bias; weight is [out, in] like torch"),
+    ParamKind("embedding", ("num", "dim"), {},
+              lambda d: [("weight", (d["num"], d["dim"]), True)],
+              lambda s: f"nn.Embedding({s['num']}, {s['dim']})",
+              "a table of `num` rows of size `dim`"),
+    ParamKind("norm", ("dim",), {"bias": False},
+              lambda d: _bias_tensors((d["dim"],), (d["dim"],), d),
+              lambda s: f"ops.Norm({s['dim']})" if s["bias"] == "False" else f"ops.Norm({s['dim']}, bias={s['bias']})",
+              "the scale (and optional shift) of a normalisation"),
+)}

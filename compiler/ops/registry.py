@@ -1,0 +1,126 @@
+"""The op registry: the closed set of primitives a spec may use.
+
+An op is one `OpDef`: its operands (tensor values), the params it reads, its attributes, a shape
+rule, a PyTorch lowering (a line of Python for the emitted `model.py`) and its fusion kind. The
+JSON Schema for op lines, the checker, the IR and the emitter all read this table, so adding an op
+is one `register(...)` call and nothing else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# Fusion kinds in the spirit of TVM's pattern kinds; the fusion pass decides from these alone.
+FUSION_KINDS = ("elementwise", "broadcast", "injective", "reduction", "matmul", "attention", "opaque")
+
+
+class ShapeError(Exception):
+    """Raised by a shape rule; the checker adds the spec position."""
+
+
+@dataclass(frozen=True)
+class TType:
+    """A tensor's static type: a symbolic shape (Exprs over config names and free dims) and a dtype class."""
+    shape: tuple
+    dtype: str = "float"      # "float" (the model's compute dtype), "int" or "bool"
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+@dataclass(frozen=True)
+class Attr:
+    name: str
+    type: str                  # "expr" (config expression), "enum", "bool"
+    required: bool = False
+    default: Any = None
+    choices: tuple = ()
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    doc: str
+    operands: tuple[str, ...]                 # tensor inputs, by attribute name, in call order
+    infer: Callable[["InferCtx"], list[TType]]
+    emit: Callable[["EmitCtx"], str]
+    params: dict[str, str] = field(default_factory=dict)   # attribute name -> required param kind
+    attrs: tuple[Attr, ...] = ()
+    outputs: int = 1
+    fusion: str = "opaque"
+    context: bool = False                     # reads the forward context (mask, KV cache)
+    optional_operands: tuple[str, ...] = ()
+
+    def attr(self, name: str) -> Attr | None:
+        return next((a for a in self.attrs if a.name == name), None)
+
+    @property
+    def fields(self) -> list[str]:
+        return [*self.operands, *self.params, *(a.name for a in self.attrs)]
+
+
+class InferCtx:
+    """What a shape rule sees: operand types, attribute Exprs, param declarations."""
+
+    def __init__(self, op: OpDef, inputs: dict[str, TType], attrs: dict[str, Any], params: dict[str, Any]):
+        self.op, self.inputs, self.attrs, self.params = op, inputs, attrs, params
+
+    def __getitem__(self, operand: str) -> TType:
+        return self.inputs[operand]
+
+    def attr(self, name: str):
+        return self.attrs.get(name)
+
+    def param(self, name: str):
+        return self.params[name]
+
+    def expect_same(self, a, b, what: str) -> None:
+        from compiler.expr import same_value
+        if not same_value(a, b):
+            raise ShapeError(f"{what}: {a} vs {b}")
+
+    def expect_rank(self, operand: str, rank: int | tuple[int, ...]) -> TType:
+        t = self.inputs[operand]
+        ranks = (rank,) if isinstance(rank, int) else rank
+        if len(t.shape) not in ranks:
+            raise ShapeError(f"'{operand}' must have rank {' or '.join(map(str, ranks))}, got {t}")
+        return t
+
+    def expect_dtype(self, operand: str, dtype: str) -> TType:
+        t = self.inputs[operand]
+        if t.dtype != dtype:
+            raise ShapeError(f"'{operand}' must be a {dtype} tensor, got {t}")
+        return t
+
+
+class EmitCtx:
+    """What a lowering sees: Python source for each operand, param and attribute."""
+
+    def __init__(self, values: dict[str, str], params: dict[str, str], attrs: dict[str, str], outputs: list[str]):
+        self.values, self.params, self.attrs, self.outputs = values, params, attrs, outputs
+
+    def __getitem__(self, operand: str) -> str:
+        return self.values[operand]
+
+    def p(self, name: str) -> str:
+        return self.params[name]
+
+    def a(self, name: str) -> str:
+        return self.attrs[name]
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    if op.name in OPS:
+        raise ValueError(f"op '{op.name}' registered twice")
+    if op.fusion not in FUSION_KINDS:
+        raise ValueError(f"op '{op.name}': unknown fusion kind '{op.fusion}'")
+    OPS[op.name] = op
+    return op
+
+
+def get(name: str) -> OpDef | None:
+    return OPS.get(name)

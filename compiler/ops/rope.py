@@ -1,0 +1,95 @@
+"""Rotary position embeddings: the cos/sin table and its application to q or k."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .registry import Attr, OpDef, ShapeError, TType, register
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_type(scaling: dict | None) -> str:
+    # Transformers 4.x wrote `type`, later 4.x and 5.x write `rope_type`; 5.x keeps theta in the same dict.
+    if not scaling:
+        return "default"
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"rope scaling type '{kind}' is not supported (supported: {', '.join(ROPE_TYPES)})")
+    return kind
+
+
+_INV_FREQ: dict[tuple, torch.Tensor] = {}
+
+
+def rope_inv_freq(dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
+    """Inverse frequencies, computed once per (dim, theta, scaling) and reused by every forward."""
+    key = (dim, float(theta), repr(sorted((scaling or {}).items())))
+    cached = _INV_FREQ.get(key)
+    if cached is not None:
+        return cached
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    kind = rope_type(scaling)
+    if kind == "linear":
+        inv = inv / scaling["factor"]
+    elif kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > old_len / low, inv / factor, inv)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
+        inv = torch.where(medium, smoothed, scaled)
+    _INV_FREQ[key] = inv
+    return inv
+
+
+def rope_table(pos: torch.Tensor, ctx, dim: int, theta: float, scaling: dict | None = None):
+    """cos and sin of shape [B, S, dim] in the half-split layout, in the model's dtype."""
+    inv = rope_inv_freq(dim, theta, scaling).to(pos.device)
+    freqs = pos[..., None].float() * inv
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(ctx.dtype), emb.sin().to(ctx.dtype)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, S, D] by the table [B, S, R], R <= D (partial rotary leaves the rest as is)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:
+        return torch.cat((rope(x[..., :rot], cos[:, 0], sin[:, 0]), x[..., rot:]), dim=-1)
+    x1, x2 = x[..., : rot // 2], x[..., rot // 2:]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def _table_infer(ctx) -> list[TType]:
+    pos = ctx.expect_dtype("pos", "int")
+    if len(pos.shape) != 2:
+        raise ShapeError(f"'pos' must be [B, S], got {pos}")
+    t = TType(pos.shape + (ctx.attr("dim"),))
+    return [t, t]
+
+
+register(OpDef(
+    name="rope_table", doc="cos, sin = rotary tables for integer positions [B, S] -> [B, S, dim]",
+    operands=("pos",), outputs=2, context=True, fusion="opaque",
+    attrs=(Attr("dim", "expr", required=True), Attr("theta", "expr", required=True),
+           Attr("scaling", "expr", default=None, doc="the rope_scaling / rope_parameters dict, or null")),
+    infer=_table_infer,
+    emit=lambda e: f"ops.rope_table({e['pos']}, ctx, {e.a('dim')}, {e.a('theta')}, {e.a('scaling')})"))
+
+
+def _rope_infer(ctx) -> list[TType]:
+    x = ctx.expect_rank("x", 4)
+    cos = ctx.expect_rank("cos", 3)
+    ctx.expect_same(x.shape[2], cos.shape[1], "sequence dims of 'x' and 'cos' must agree")
+    return [x]
+
+
+register(OpDef(
+    name="rope", doc="x * cos + rotate_half(x) * sin on [B, H, S, D] (half-split layout)",
+    operands=("x", "cos", "sin"), infer=_rope_infer, fusion="broadcast",
+    emit=lambda e: f"ops.rope({e['x']}, {e['cos']}, {e['sin']})"))

@@ -1,0 +1,124 @@
+"""`compile_spec`: the whole compiler as one call, with the cache check first.
+
+spec file -> Spec (schema + parse) -> IR (names, shapes, dtypes) -> weight-rule check -> passes ->
+emitted files -> artifact directory. An unchanged spec compiled again with the same compiler,
+torch, triton and options is a cache hit: only the key is computed, nothing is parsed or written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from compiler import __version__
+from compiler.artifact import cache_root, is_complete, read_manifest, write_artifact
+from compiler.emit import emit_model
+from compiler.errors import SpecError
+from compiler.expr import canonical, parse_expr
+from compiler.ir import ModelIR
+from compiler.lower import lower
+from compiler.spec import Spec, load_spec
+from compiler.weight_rules import check_rules, model_tensors
+
+
+@dataclass
+class CompileResult:
+    directory: Path
+    cache_hit: bool
+    seconds: float
+    manifest: dict
+    ir: ModelIR | None = None
+    spec: Spec | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@lru_cache(maxsize=1)
+def compiler_fingerprint() -> str:
+    """A hash of the compiler's own source: artifacts are stale when the code that wrote them changes."""
+    digest = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return None
+
+
+def versions() -> dict:
+    return {"graphspec": __version__, "torch": torch.__version__, "triton": _triton_version(),
+            "python": platform.python_version()}
+
+
+def compile_key(spec_bytes: bytes, options: dict) -> str:
+    blob = json.dumps({"spec": hashlib.sha256(spec_bytes).hexdigest(), "compiler": compiler_fingerprint(),
+                       "versions": versions(), "options": options}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def default_output(spec_name: str, key: str) -> Path:
+    return cache_root() / "artifacts" / f"{spec_name}-{key[:16]}"
+
+
+def compile_spec(spec_path: str | Path, output: str | Path | None = None, options: dict | None = None) -> CompileResult:
+    start = time.perf_counter()
+    spec_path = Path(spec_path)
+    options = dict(options or {})
+    try:
+        spec_bytes = spec_path.read_bytes()
+    except OSError as err:
+        raise SpecError(f"{spec_path}: cannot read the spec: {err.strerror or err}") from None
+    key = compile_key(spec_bytes, options)
+    target = Path(output) if output else default_output(spec_path.stem, key)
+    if is_complete(target, key):
+        return CompileResult(target, True, time.perf_counter() - start, read_manifest(target))
+
+    spec = load_spec(spec_path)
+    ir = lower(spec)
+    problems = check_rules(spec)
+    if problems:
+        raise SpecError(problems)
+    files = {
+        "model.py": emit_model(ir, spec_path.name),
+        "spec.json": json.dumps({"source": spec_path.name, "spec": spec.data}, indent=1) + "\n",
+        "ir.txt": ir.dump() + "\n",
+    }
+    manifest = {
+        "name": spec.name, "key": key, "source": str(spec_path), "spec_sha256": hashlib.sha256(spec_bytes).hexdigest(),
+        "compiler_fingerprint": compiler_fingerprint(), "versions": versions(), "options": options,
+        "ops": dict(sorted(Counter(n.op for b in ir.blocks.values() for n in b.order()).items())),
+        "blocks": list(ir.blocks), "params": param_formulas(spec),
+    }
+    manifest["compile_seconds"] = round(time.perf_counter() - start, 4)
+    write_artifact(target, files, manifest)
+    return CompileResult(target, False, time.perf_counter() - start, read_manifest(target), ir, spec)
+
+
+def param_formulas(spec: Spec) -> dict:
+    """Each param's element count as a formula over config names, and the total."""
+    out, total = {}, []
+    for t in model_tensors(spec):
+        count = " * ".join(f"({d})" for d in t.shape) or "1"
+        for _, repeat in t.repeat:
+            count = f"({repeat}) * {count}"
+        formula = canonical(parse_expr(count))
+        note = f"  [if {' and '.join(str(c) for c in t.when)}]" if t.when else ""
+        note += f"  [tied to {t.tied_to} if {t.tied_when}]" if t.tied_to else ""
+        out[t.name] = formula + note
+        total.append(count)
+    out["total (all optional params present, none tied)"] = canonical(parse_expr(" + ".join(total)))
+    return out
+

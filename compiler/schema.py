@@ -1,0 +1,122 @@
+"""The JSON Schema (draft 2020-12) of the spec language, generated from the op and param registries.
+
+`schemas/spec.schema.json` is this output, checked in so editors can use it; a test regenerates it
+and fails if the checked-in copy is stale (`graphspec schema > schemas/spec.schema.json`).
+"""
+from __future__ import annotations
+
+import json
+
+from compiler.ops import OPS
+from compiler.ops.params import PARAM_KINDS
+
+IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EXPR = {"type": ["string", "number", "boolean", "null"], "description": "a literal or a config expression"}
+VALUE = {"type": "string", "pattern": IDENT, "description": "the name of a tensor value"}
+OUTPUTS = r"^[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*$"
+DIM = {"type": ["string", "integer"], "description": "a config expression or a free dimension (B, S)"}
+SHAPE = {"type": "array", "items": DIM}
+CONFIG_TYPES = ["int", "float", "bool", "str", "dict", "list", "any"]
+
+
+def _op_line(name: str) -> dict:
+    if name in ("call", "repeat"):
+        return {"properties": {"op": {"const": name}, "block": {"type": "string", "pattern": IDENT}},
+                "required": ["op", "block"], "additionalProperties": VALUE}
+    op = OPS[name]
+    props: dict = {"op": {"const": name}}
+    for operand in op.operands:
+        props[operand] = VALUE
+    for pname in op.params:
+        props[pname] = {"type": "string", "pattern": IDENT, "description": f"a param of kind {op.params[pname]}"}
+    for attr in op.attrs:
+        props[attr.name] = {"enum": list(attr.choices)} if attr.type == "enum" else EXPR
+    required = ["op", *(o for o in op.operands if o not in op.optional_operands), *op.params,
+                *(a.name for a in op.attrs if a.required)]
+    return {"properties": props, "required": required, "additionalProperties": False}
+
+
+def _param() -> dict:
+    kinds = []
+    for kind in PARAM_KINDS.values():
+        dims = {"type": "array", "items": DIM, "minItems": len(kind.dims), "maxItems": len(kind.dims)}
+        if len(kind.dims) == 1:
+            dims = {"oneOf": [DIM, dims]}
+        props = {kind.name: dims, **{o: EXPR for o in kind.options},
+                 "tied": {"$ref": "#/$defs/tie"}, "doc": {"type": "string"}}
+        kinds.append({"if": {"required": [kind.name]},
+                      "then": {"properties": props, "additionalProperties": False}})
+    block = {"if": {"required": ["block"]},
+             "then": {"properties": {"block": {"type": "string", "pattern": IDENT}, "repeat": EXPR,
+                                     "doc": {"type": "string"}},
+                      "additionalProperties": False}}
+    one_of_kinds = [{"required": [k]} for k in [*PARAM_KINDS, "block"]]
+    return {"type": "object", "oneOf": one_of_kinds, "allOf": [*kinds, block]}
+
+
+def spec_schema() -> dict:
+    ops = sorted([*OPS, "call", "repeat"])
+    op_rules = [{"if": {"properties": {"op": {"const": n}}, "required": ["op"]}, "then": _op_line(n)} for n in ops]
+    inputs = {"type": "object", "propertyNames": {"pattern": IDENT},
+              "additionalProperties": {"oneOf": [SHAPE, {"type": "object", "properties": {
+                  "shape": SHAPE, "dtype": {"enum": ["float", "int", "bool"]}, "doc": {"type": "string"}},
+                  "required": ["shape"], "additionalProperties": False}]}}
+    block = {"type": "object", "required": ["inputs", "graph", "outputs"], "additionalProperties": False,
+             "properties": {
+                 "doc": {"type": "string"},
+                 "inputs": inputs,
+                 "params": {"type": "object", "propertyNames": {"pattern": IDENT},
+                            "additionalProperties": {"$ref": "#/$defs/param"}},
+                 "graph": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/line"}},
+                 "outputs": {"type": "array", "minItems": 1, "items": VALUE}}}
+    transform = {"oneOf": [
+        {"enum": ["transpose"]},
+        {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1, "properties": {
+            "split": {"type": "object", "required": ["dim"], "additionalProperties": False,
+                      "properties": {"dim": {"type": "integer"}, "sizes": {"type": "array", "items": EXPR}}},
+            "concat": {"type": "object", "required": ["dim"], "additionalProperties": False,
+                       "properties": {"dim": {"type": "integer"}}},
+            "reshape": {"type": "array", "items": EXPR},
+            "permute": {"type": "array", "items": {"type": "integer"}}}}]}
+    names = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://graphspec.dev/schemas/spec.schema.json",
+        "title": "graphspec model spec, version 1",
+        "type": "object",
+        "required": ["spec", "name", "config", "blocks", "model", "weights"],
+        "additionalProperties": False,
+        "properties": {
+            "spec": {"const": 1},
+            "name": {"type": "string", "pattern": IDENT},
+            "doc": {"type": "string"},
+            "matches": {"type": "object", "additionalProperties": False, "properties": {
+                "model_type": {"type": "array", "items": {"type": "string"}},
+                "architectures": {"type": "array", "items": {"type": "string"}}}},
+            "config": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "hf": names, "type": {"enum": CONFIG_TYPES}, "default": True, "doc": {"type": "string"}}}},
+            "checks": {"type": "array", "items": {"type": "object", "required": ["that", "else"],
+                                                  "additionalProperties": False,
+                                                  "properties": {"that": EXPR, "else": {"type": "string"}}}},
+            "blocks": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": block},
+            "model": block,
+            "weights": {"type": "array", "items": {
+                "type": "object", "required": ["from", "to"], "additionalProperties": False, "properties": {
+                    "from": names, "to": names, "when": EXPR, "doc": {"type": "string"},
+                    "transforms": {"type": "array", "items": transform}}}},
+        },
+        "$defs": {
+            "line": {"type": "object", "minProperties": 1, "maxProperties": 1,
+                     "propertyNames": {"pattern": OUTPUTS},
+                     "additionalProperties": {"type": "object", "required": ["op"],
+                                              "properties": {"op": {"enum": ops}}, "allOf": op_rules}},
+            "param": _param(),
+            "tie": {"type": "object", "required": ["to"], "additionalProperties": False,
+                    "properties": {"to": {"type": "string"}, "when": EXPR}},
+        },
+    }
+
+
+def schema_text() -> str:
+    return json.dumps(spec_schema(), indent=2, sort_keys=False) + "\n"

@@ -1,0 +1,283 @@
+"""`Spec`: a spec file validated against the schema and turned into typed declarations.
+
+Everything here is still the author's view (blocks, params, op lines, weight rules); the IR comes
+later (`compiler.lower`). Expressions are parsed here so that a bad one points at its YAML line.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from compiler.errors import Problem, SpecError
+from compiler.expr import Expr, ExprError, parse_expr
+from compiler.ops import OPS
+from compiler.ops.params import PARAM_KINDS
+from compiler.schema import spec_schema
+from compiler.yaml_source import PathT, SourceMap, format_path, load_yaml
+
+FREE_DIM = re.compile(r"^[A-Z][A-Z0-9_]*$")   # B, S, S_ENC: sizes known only at run time
+
+
+@dataclass
+class ConfigEntry:
+    name: str
+    hf: list[str]
+    type: str
+    default: Any            # an Expr, or a literal for str/dict/list entries, or None
+    has_default: bool
+    path: PathT
+    doc: str = ""
+
+
+@dataclass
+class Check:
+    that: Expr
+    message: str
+    path: PathT
+
+
+@dataclass
+class ParamDecl:
+    name: str
+    kind: str                        # a PARAM_KINDS name, or "block"
+    dims: dict[str, Expr]            # for tensor kinds: linear -> {"in": .., "out": ..}
+    options: dict[str, Expr]         # e.g. bias
+    block: str | None = None         # for kind "block"
+    repeat: Expr | None = None       # for a repeated block
+    tied_to: str | None = None
+    tied_when: Expr | None = None
+    path: PathT = ()
+
+
+@dataclass
+class OpLine:
+    outputs: list[str]
+    op: str
+    fields: dict[str, Any]           # operands/params as names; attributes as Exprs
+    path: PathT
+
+
+@dataclass
+class InputDecl:
+    name: str
+    shape: tuple[Expr, ...]
+    dtype: str
+    path: PathT
+
+
+@dataclass
+class BlockDecl:
+    name: str
+    inputs: dict[str, InputDecl]
+    params: dict[str, ParamDecl]
+    graph: list[OpLine]
+    outputs: list[str]
+    path: PathT
+    doc: str = ""
+
+
+@dataclass
+class WeightRule:
+    sources: list[str]
+    targets: list[str]
+    transforms: list[Any]
+    when: Expr | None
+    path: PathT
+
+
+@dataclass
+class Spec:
+    name: str
+    file: str | None
+    data: dict                        # the spec as plain data (what the artifact stores)
+    sources: SourceMap
+    matches: dict[str, list[str]]
+    config: dict[str, ConfigEntry]
+    checks: list[Check]
+    blocks: dict[str, BlockDecl]
+    model: BlockDecl
+    weights: list[WeightRule]
+    doc: str = ""
+    sha256: str = field(default="")
+
+    def problem(self, path: PathT, message: str) -> Problem:
+        return self.sources.problem(path, message)
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = spec_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def load_spec(path: str | Path, text: str | None = None) -> Spec:
+    """Read, schema-validate and parse a spec file. Raises SpecError listing every problem found."""
+    data, sources = load_yaml(path, text)
+    return spec_from_data(data, sources)
+
+
+def spec_from_data(data: Any, sources: SourceMap | None = None) -> Spec:
+    sources = sources or SourceMap(None)
+    if not isinstance(data, dict):
+        raise SpecError(sources.problem((), "a spec must be a YAML mapping with spec, name, config, blocks, model, weights"))
+    problems = [_schema_problem(err, sources) for err in _schema_errors(data)]
+    if problems:
+        raise SpecError(problems)
+    builder = _Builder(sources)
+    spec = builder.spec(data)
+    if builder.problems:
+        raise SpecError(builder.problems)
+    return spec
+
+
+def _schema_errors(data: dict) -> list[jsonschema.ValidationError]:
+    errors = []
+    for err in _validator().iter_errors(data):
+        # if/then and oneOf wrap the real complaint; report the innermost ones.
+        leaves = list(_leaves(err))
+        errors.extend(leaves)
+    seen, unique = set(), []
+    for err in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
+        key = (tuple(err.absolute_path), err.message)
+        if key not in seen:
+            seen.add(key)
+            unique.append(err)
+    return unique
+
+
+def _leaves(err: jsonschema.ValidationError):
+    if err.validator in ("oneOf", "anyOf") and err.context:
+        # Pick the branch that got furthest rather than listing every alternative's complaint.
+        best = max(err.context, key=lambda e: (len(e.absolute_path), -len(list(e.context or []))))
+        if len(best.absolute_path) > len(err.absolute_path):
+            yield from _leaves(best)
+            return
+    if err.context and err.validator not in ("oneOf", "anyOf"):
+        for sub in err.context:
+            yield from _leaves(sub)
+        return
+    yield err
+
+
+def _schema_problem(err: jsonschema.ValidationError, sources: SourceMap) -> Problem:
+    path = tuple(err.absolute_path)
+    schema_path = "/".join(str(p) for p in err.absolute_schema_path)
+    message = err.message
+    if err.validator == "enum" and path and path[-1] == "op":
+        close = difflib.get_close_matches(str(err.instance), err.validator_value, n=1)
+        message = f"unknown op '{err.instance}'" + (f"; did you mean '{close[0]}'?" if close else "")
+    elif err.validator == "additionalProperties" and not err.validator_value:
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        allowed = ", ".join(err.schema.get("properties", {}))
+        message = f"unexpected field(s) {', '.join(map(repr, extra))}; expected one of: {allowed}"
+        path = path + (extra[0],) if extra else path
+    elif err.validator == "required":
+        message = f"{err.message} (this mapping needs: {', '.join(err.validator_value)})"
+    return sources.problem(path, f"{message} [schema: {schema_path}, keyword '{err.validator}']")
+
+
+class _Builder:
+    def __init__(self, sources: SourceMap):
+        self.sources = sources
+        self.problems: list[Problem] = []
+
+    def fail(self, path: PathT, message: str) -> None:
+        self.problems.append(self.sources.problem(path, message))
+
+    def expr(self, value: Any, path: PathT) -> Expr | None:
+        try:
+            return parse_expr(value)
+        except ExprError as err:
+            self.fail(path, f"bad expression {value!r}: {err}")
+            return None
+
+    def spec(self, data: dict) -> Spec:
+        config = {n: self.config_entry(n, e, ("config", n)) for n, e in data["config"].items()}
+        checks = [Check(self.expr(c["that"], ("checks", i, "that")), c["else"], ("checks", i))
+                  for i, c in enumerate(data.get("checks", []))]
+        blocks = {n: self.block(n, b, ("blocks", n)) for n, b in data["blocks"].items()}
+        model = self.block("model", data["model"], ("model",))
+        weights = [self.weight_rule(r, ("weights", i)) for i, r in enumerate(data["weights"])]
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        return Spec(name=data["name"], file=self.sources.file, data=data, sources=self.sources,
+                    matches=data.get("matches", {}), config=config, checks=checks, blocks=blocks,
+                    model=model, weights=weights, doc=data.get("doc", ""), sha256=digest)
+
+    def config_entry(self, name: str, entry: dict, path: PathT) -> ConfigEntry:
+        hf = entry.get("hf", [])
+        hf = [hf] if isinstance(hf, str) else list(hf)
+        kind = entry.get("type", "any")
+        has_default = "default" in entry
+        default = entry.get("default")
+        # Strings are expressions except where the entry holds text or structure: a str default
+        # is the text itself (`default: silu`), dict/list defaults are literal data.
+        if has_default and kind not in ("str", "dict", "list", "any") and default is not None:
+            default = self.expr(default, path + ("default",))
+        elif has_default and kind == "any" and isinstance(default, (int, float, bool)):
+            default = self.expr(default, path + ("default",))
+        return ConfigEntry(name, hf, kind, default, has_default, path, entry.get("doc", ""))
+
+    def block(self, name: str, data: dict, path: PathT) -> BlockDecl:
+        inputs = {}
+        for iname, decl in data["inputs"].items():
+            ipath = path + ("inputs", iname)
+            shape, dtype = (decl, "float") if isinstance(decl, list) else (decl["shape"], decl.get("dtype", "float"))
+            dims = tuple(self.expr(d, ipath + (i,)) for i, d in enumerate(shape))
+            inputs[iname] = InputDecl(iname, dims, dtype, ipath)
+        params = {p: self.param(p, d, path + ("params", p)) for p, d in data.get("params", {}).items()}
+        graph = []
+        for i, line in enumerate(data["graph"]):
+            (outs, body), = line.items()
+            lpath = path + ("graph", i, outs)
+            fields = {}
+            op = OPS.get(body["op"])
+            for key, value in body.items():
+                if key == "op":
+                    continue
+                is_attr = op is not None and op.attr(key) is not None
+                fields[key] = self.expr(value, lpath + (key,)) if is_attr else value
+            graph.append(OpLine([o.strip() for o in outs.split(",")], body["op"], fields, lpath))
+        return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""))
+
+    def param(self, name: str, data: dict, path: PathT) -> ParamDecl:
+        tied = data.get("tied")
+        tied_to = tied["to"] if tied else None
+        tied_when = self.expr(tied.get("when", True), path + ("tied", "when")) if tied else None
+        if "block" in data:
+            repeat = self.expr(data["repeat"], path + ("repeat",)) if "repeat" in data else None
+            return ParamDecl(name, "block", {}, {}, block=data["block"], repeat=repeat, path=path)
+        (kind_name,) = [k for k in data if k in PARAM_KINDS]
+        kind = PARAM_KINDS[kind_name]
+        shape = data[kind_name]
+        shape = shape if isinstance(shape, list) else [shape]
+        dims = {d: self.expr(v, path + (kind_name, i)) for i, (d, v) in enumerate(zip(kind.dims, shape))}
+        options = {o: self.expr(data.get(o, default), path + (o,)) for o, default in kind.options.items()}
+        return ParamDecl(name, kind_name, dims, options, tied_to=tied_to, tied_when=tied_when, path=path)
+
+    def weight_rule(self, data: dict, path: PathT) -> WeightRule:
+        sources = [data["from"]] if isinstance(data["from"], str) else list(data["from"])
+        targets = [data["to"]] if isinstance(data["to"], str) else list(data["to"])
+        when = self.expr(data["when"], path + ("when",)) if "when" in data else None
+        transforms = []
+        for i, t in enumerate(data.get("transforms", [])):
+            tpath = path + ("transforms", i)
+            if isinstance(t, dict) and "split" in t and "sizes" in t["split"]:
+                sizes = [self.expr(s, tpath + ("split", "sizes", j)) for j, s in enumerate(t["split"]["sizes"])]
+                t = {"split": {"dim": t["split"]["dim"], "sizes": sizes}}
+            elif isinstance(t, dict) and "reshape" in t:
+                t = {"reshape": [self.expr(s, tpath + ("reshape", j)) for j, s in enumerate(t["reshape"])]}
+            transforms.append(t)
+        return WeightRule(sources, targets, transforms, when, path)
+
+
+def describe_path(path: PathT) -> str:
+    return format_path(path)

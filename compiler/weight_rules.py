@@ -1,0 +1,255 @@
+"""Weight rules: checkpoint tensor names -> model params, through layout transforms.
+
+A rule is a pair of name templates with placeholders (`model.layers.{i}.self_attn.{proj}.weight` ->
+`layers.{i}.attn.{proj}.weight`); a placeholder matches one dotted segment. Transforms run in
+order on the list of source tensors. Each transform has a shape function (so a checkpoint is
+checked from its headers before any weight is read) and an inverse (so saving can undo loading).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from compiler.errors import Problem
+from compiler.expr import Expr
+from compiler.ops.params import PARAM_KINDS
+
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+LAYER_VARS = ("i", "j", "k")
+
+
+def template_regex(template: str) -> re.Pattern:
+    parts, pos = [], 0
+    for m in PLACEHOLDER.finditer(template):
+        parts.append(re.escape(template[pos:m.start()]))
+        parts.append(f"(?P<{m.group(1)}>[^.]+)")
+        pos = m.end()
+    parts.append(re.escape(template[pos:]))
+    return re.compile("^" + "".join(parts) + "$")
+
+
+def placeholders(template: str) -> set[str]:
+    return set(PLACEHOLDER.findall(template))
+
+
+def fill(template: str, binding: dict[str, str]) -> str:
+    return PLACEHOLDER.sub(lambda m: binding[m.group(1)], template)
+
+
+def param_tensors(p) -> list[tuple[str, tuple, object]]:
+    """The tensors a param declaration owns: (tensor name, shape Exprs, condition Expr or True)."""
+    kind = PARAM_KINDS[p.kind]
+    return kind.tensors({**p.dims, **p.options})
+
+
+@dataclass(frozen=True)
+class TensorTemplate:
+    name: str                    # "layers.{i}.attn.q_proj.weight"
+    shape: tuple                 # Exprs over config names
+    when: tuple                  # conditions (Exprs) that must all hold for it to exist
+    tied_to: str | None = None   # the tensor it shares storage with, when `tied_when` holds
+    tied_when: object = None
+    repeat: tuple = ()           # (placeholder, count Expr) for each enclosing repeat
+
+
+def model_tensors(spec) -> list[TensorTemplate]:
+    """Every tensor of the model, as templates with one placeholder per repeated block level."""
+    out: list[TensorTemplate] = []
+
+    def walk(decl, prefix: str, when: tuple, repeat: tuple) -> None:
+        for p in decl.params.values():
+            if p.kind == "block":
+                if p.repeat is not None:
+                    var = LAYER_VARS[len(repeat)]
+                    walk(spec.blocks[p.block], f"{prefix}{p.name}.{{{var}}}.", when, repeat + ((var, p.repeat),))
+                else:
+                    walk(spec.blocks[p.block], f"{prefix}{p.name}.", when, repeat)
+                continue
+            for tensor, shape, cond in param_tensors(p):
+                if isinstance(cond, Expr) and cond.is_constant():
+                    if not cond.evaluate({}):
+                        continue          # e.g. `bias: false`: the tensor does not exist
+                    cond = True
+                conds = when + ((cond,) if isinstance(cond, Expr) else ())
+                tied = f"{prefix}{p.tied_to}.{tensor}" if p.tied_to else None
+                out.append(TensorTemplate(f"{prefix}{p.name}.{tensor}", tuple(shape), conds, tied, p.tied_when, repeat))
+
+    walk(spec.model, "", (), ())
+    return out
+
+
+# -- transforms ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Transform:
+    name: str
+    shapes: Callable      # (list of shapes, arg, config) -> list of shapes
+    apply: Callable       # (list of tensors, arg, config) -> list of tensors
+    inverse: Callable     # (list of tensors, arg, config, original shapes) -> list of tensors
+    arity: Callable       # (n_in, arg) -> n_out, or raises ValueError
+
+
+def _eval(e, config):
+    return e.evaluate(config) if isinstance(e, Expr) else e
+
+
+def _split_sizes(shape, arg, config, n_out):
+    dim = arg["dim"]
+    if "sizes" in arg:
+        return [int(_eval(s, config)) for s in arg["sizes"]]
+    total = shape[dim]
+    if total % n_out:
+        raise ValueError(f"cannot split dim {dim} of size {total} into {n_out} equal parts")
+    return [total // n_out] * n_out
+
+
+def _one(n_in, what):
+    if n_in != 1:
+        raise ValueError(f"'{what}' works on one tensor at a time, it got {n_in}")
+
+
+TRANSFORMS = {t.name: t for t in (
+    Transform(
+        "transpose",
+        shapes=lambda shapes, arg, cfg: [tuple(reversed(s)) if len(s) == 2 else s for s in shapes],
+        apply=lambda ts, arg, cfg: [t.t() if t.dim() == 2 else t for t in ts],
+        inverse=lambda ts, arg, cfg, orig: [t.t() if t.dim() == 2 else t for t in ts],
+        arity=lambda n, arg: n),
+    Transform(
+        "split",
+        shapes=lambda shapes, arg, cfg, n_out=None: _split_shapes(shapes, arg, cfg, n_out),
+        apply=lambda ts, arg, cfg, n_out=None: list(torch.split(ts[0], _split_sizes(ts[0].shape, arg, cfg, n_out), dim=arg["dim"])),
+        inverse=lambda ts, arg, cfg, orig: [torch.cat(ts, dim=arg["dim"])],
+        arity=lambda n, arg: (_one(n, "split"), len(arg.get("sizes", [])) or None)[1]),
+    Transform(
+        "concat",
+        shapes=lambda shapes, arg, cfg: [_concat_shape(shapes, arg["dim"])],
+        apply=lambda ts, arg, cfg: [torch.cat(ts, dim=arg["dim"])],
+        inverse=lambda ts, arg, cfg, orig: list(torch.split(ts[0], [s[arg["dim"]] for s in orig], dim=arg["dim"])),
+        arity=lambda n, arg: 1),
+    Transform(
+        "reshape",
+        shapes=lambda shapes, arg, cfg: [_reshape_shape(s, [int(_eval(d, cfg)) for d in arg]) for s in shapes],
+        apply=lambda ts, arg, cfg: [t.reshape([int(_eval(d, cfg)) for d in arg]) for t in ts],
+        inverse=lambda ts, arg, cfg, orig: [t.reshape(s) for t, s in zip(ts, orig)],
+        arity=lambda n, arg: n),
+    Transform(
+        "permute",
+        shapes=lambda shapes, arg, cfg: [tuple(s[i] for i in arg) for s in shapes],
+        apply=lambda ts, arg, cfg: [t.permute(*arg) for t in ts],
+        inverse=lambda ts, arg, cfg, orig: [t.permute(*[arg.index(i) for i in range(len(arg))]) for t in ts],
+        arity=lambda n, arg: n),
+)}
+
+
+def _split_shapes(shapes, arg, cfg, n_out):
+    sizes = _split_sizes(shapes[0], arg, cfg, n_out)
+    if sum(sizes) != shapes[0][arg["dim"]]:
+        raise ValueError(f"split sizes {sizes} do not add up to dim {arg['dim']} of {list(shapes[0])}")
+    return [tuple(sz if i == arg["dim"] else d for i, d in enumerate(shapes[0])) for sz in sizes]
+
+
+def _concat_shape(shapes, dim):
+    first = shapes[0]
+    for s in shapes[1:]:
+        if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first)) if i != dim % len(first)):
+            raise ValueError(f"cannot concatenate shapes {[list(x) for x in shapes]} on dim {dim}")
+    return tuple(sum(s[dim] for s in shapes) if i == dim % len(first) else d for i, d in enumerate(first))
+
+
+def _reshape_shape(shape, new):
+    n_old = 1
+    for d in shape:
+        n_old *= d
+    n_new = 1
+    for d in new:
+        n_new *= d
+    if n_old != n_new:
+        raise ValueError(f"cannot reshape {list(shape)} ({n_old} elements) to {new} ({n_new} elements)")
+    return tuple(new)
+
+
+def transform_name(t) -> tuple[str, object]:
+    if isinstance(t, str):
+        return t, None
+    (name, arg), = t.items()
+    return name, arg
+
+
+def run_shapes(rule, shapes: list[tuple], config: dict) -> list[tuple]:
+    """The target shapes a rule produces from source shapes; ValueError if the layout cannot fit."""
+    for t in rule.transforms:
+        name, arg = transform_name(t)
+        if name == "split":
+            shapes = TRANSFORMS[name].shapes(shapes, arg, config, len(rule.targets))
+        else:
+            shapes = TRANSFORMS[name].shapes(shapes, arg, config)
+    if len(shapes) != len(rule.targets):
+        raise ValueError(f"the rule's transforms give {len(shapes)} tensor(s) for {len(rule.targets)} target(s)")
+    return shapes
+
+
+def run_transforms(rule, tensors: list[torch.Tensor], config: dict) -> list[torch.Tensor]:
+    for t in rule.transforms:
+        name, arg = transform_name(t)
+        if name == "split":
+            tensors = TRANSFORMS[name].apply(tensors, arg, config, len(rule.targets))
+        else:
+            tensors = TRANSFORMS[name].apply(tensors, arg, config)
+    return tensors
+
+
+def invert_transforms(rule, tensors: list[torch.Tensor], config: dict, source_shapes: list[tuple]) -> list[torch.Tensor]:
+    """Targets back to the checkpoint's layout (used by saving); `source_shapes` are the originals."""
+    stages = [list(source_shapes)]
+    for t in rule.transforms:
+        name, arg = transform_name(t)
+        prev = stages[-1]
+        stages.append(_split_shapes(prev, arg, config, len(rule.targets)) if name == "split"
+                      else TRANSFORMS[name].shapes(prev, arg, config))
+    for t, orig in zip(reversed(rule.transforms), reversed(stages[:-1])):
+        name, arg = transform_name(t)
+        tensors = TRANSFORMS[name].inverse(tensors, arg, config, orig)
+    return tensors
+
+
+def check_rules(spec) -> list[Problem]:
+    """Static checks: every rule lands on params, every param is fed by a rule, placeholders agree."""
+    problems = []
+    tensors = model_tensors(spec)
+    covered: set[str] = set()
+    for rule in spec.weights:
+        src_vars = [placeholders(s) for s in rule.sources]
+        tgt_vars = [placeholders(t) for t in rule.targets]
+        all_vars = set().union(*src_vars, *tgt_vars)
+        for i, vs in enumerate(src_vars):
+            if vs != all_vars:
+                problems.append(spec.problem(rule.path + ("from",), f"source '{rule.sources[i]}' must use the placeholders {sorted(all_vars)}, it uses {sorted(vs)}"))
+        for i, vs in enumerate(tgt_vars):
+            if vs != all_vars:
+                problems.append(spec.problem(rule.path + ("to",), f"target '{rule.targets[i]}' must use the placeholders {sorted(all_vars)}, it uses {sorted(vs)}"))
+        n = len(rule.sources)
+        try:
+            for t in rule.transforms:
+                name, arg = transform_name(t)
+                out = TRANSFORMS[name].arity(n, arg)
+                n = len(rule.targets) if out is None else out
+        except ValueError as err:
+            problems.append(spec.problem(rule.path + ("transforms",), str(err)))
+            n = len(rule.targets)
+        if n != len(rule.targets):
+            problems.append(spec.problem(rule.path, f"{len(rule.sources)} source(s) become {n} tensor(s) after the transforms, but the rule names {len(rule.targets)} target(s)"))
+        for j, target in enumerate(rule.targets):
+            rx = template_regex(target)
+            hits = [t.name for t in tensors if rx.match(t.name)]
+            if not hits:
+                near = sorted(t.name for t in tensors)[:6]
+                problems.append(spec.problem(rule.path + ("to",) + ((j,) if len(rule.targets) > 1 else ()),
+                                             f"target '{target}' maps onto no param (params look like: {', '.join(near)}, ...)"))
+            covered.update(hits)
+    for t in tensors:
+        if t.name not in covered and t.tied_to is None:
+            problems.append(spec.problem(("weights",), f"param '{t.name}' is fed by no weight rule"))
+    return problems

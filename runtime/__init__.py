@@ -1,0 +1,6 @@
+"""graphspec's runtime: load compiled artifacts and Hugging Face checkpoints, run and generate."""
+from runtime.errors import ArtifactError, CheckpointError, ConfigError
+from runtime.loader import from_pretrained, load
+from runtime.model import CompiledModel, ModelOutput
+
+__all__ = ["load", "from_pretrained", "CompiledModel", "ModelOutput", "CheckpointError", "ConfigError", "ArtifactError"]

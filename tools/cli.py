@@ -1,0 +1,118 @@
+"""The `graphspec` command line: compile, validate, run, schema."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from compiler.errors import SpecError
+
+
+def _cmd_compile(args) -> int:
+    from compiler.pipeline import compile_spec
+    result = compile_spec(args.spec, args.output)
+    m = result.manifest
+    state = "cache hit (nothing rebuilt)" if result.cache_hit else "compiled"
+    print(f"{m['name']}: {state} in {result.seconds * 1000:.1f} ms -> {result.directory}")
+    if not args.quiet:
+        print(f"  blocks: {', '.join(m['blocks'])}")
+        print(f"  ops:    {', '.join(f'{k} x{v}' for k, v in m['ops'].items())}")
+        print("  params:")
+        for name, formula in m["params"].items():
+            print(f"    {name}: {formula}")
+    if args.dump_ir:
+        print((result.directory / "ir.txt").read_text())
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from compiler.lower import lower
+    from compiler.spec import load_spec
+    from compiler.weight_rules import check_rules
+    failed = 0
+    for path in args.specs:
+        try:
+            spec = load_spec(path)
+            lower(spec)
+            problems = check_rules(spec)
+            if problems:
+                raise SpecError(problems)
+        except SpecError as err:
+            failed += 1
+            for problem in err.problems:
+                print(problem)
+        else:
+            print(f"{path}: ok")
+    return 1 if failed else 0
+
+
+def _cmd_schema(args) -> int:
+    from compiler.schema import schema_text
+    sys.stdout.write(schema_text())
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import torch
+
+    import runtime
+    model = (runtime.load(args.artifact, args.checkpoint, dtype=args.dtype) if args.artifact
+             else runtime.from_pretrained(args.checkpoint, dtype=args.dtype))
+    if args.prompt is not None:
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(Path(args.checkpoint) / "tokenizer.json"))
+        ids = torch.tensor([tok.encode(args.prompt).ids])
+    else:
+        ids = torch.tensor([[int(t) for t in args.ids.split(",")]])
+    out = model.generate(ids, max_new_tokens=args.max_new_tokens, eos_token_id=model.config.get("eos_token_id"))
+    new = out[0, ids.shape[1]:].tolist()
+    print("tokens:", new)
+    if args.prompt is not None:
+        print("text:", tok.decode(new))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="graphspec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="compile a spec into an artifact directory")
+    p.add_argument("spec")
+    p.add_argument("-o", "--output", help="artifact directory (default: the user cache)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--dump-ir", action="store_true", help="print the IR, one line per op")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("validate", help="check specs; one line per problem, exit 1 if any")
+    p.add_argument("specs", nargs="+")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the spec language")
+    p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("run", help="greedy generation from a checkpoint folder")
+    p.add_argument("checkpoint")
+    p.add_argument("--artifact", help="a compiled artifact (default: pick and compile the spec)")
+    p.add_argument("--prompt", help="text, tokenized with the folder's tokenizer.json")
+    p.add_argument("--ids", default="1,2,3", help="comma-separated token ids when there is no prompt")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 or auto")
+    p.set_defaults(func=_cmd_run)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except Exception as err:  # our own loaders raise these with full context already
+        from runtime.errors import ArtifactError, CheckpointError, ConfigError
+        if isinstance(err, (ArtifactError, CheckpointError, ConfigError)):
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
