@@ -185,23 +185,26 @@ class _Lowering:
             return self.lower_call(decl, block, line, index, value, out_ids, used_params)
         op = OPS[line.op]
         inputs, params, attrs = {}, {}, {}
-        for operand in op.operands:
-            if operand in line.fields:
-                vid = value(operand, line.fields[operand])
-                if vid is None:
-                    return None
-                inputs[operand] = vid
+        bad = False
         for field, kind in op.params.items():
             pname = line.fields[field]
             p = decl.params.get(pname)
             if p is None:
                 self.fail(line.path + (field,), f"unknown param '{pname}'{_suggest(pname, decl.params)}")
-                return None
-            if p.kind != kind:
+                bad = True
+            elif p.kind != kind:
                 self.fail(line.path + (field,), f"'{line.op}' needs a {kind} param for '{field}', but '{pname}' is a {p.kind}")
-                return None
-            used_params.add(pname)
-            params[field] = pname
+                bad = True
+            else:
+                used_params.add(pname)
+                params[field] = pname
+        for operand in op.operands:
+            if operand in line.fields:
+                vid = value(operand, line.fields[operand])
+                bad = bad or vid is None
+                inputs[operand] = vid
+        if bad:
+            return None
         for attr in op.attrs:
             expr = line.fields.get(attr.name)
             if expr is None and attr.default is not None:

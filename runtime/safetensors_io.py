@@ -225,6 +225,16 @@ class SafetensorsFile:
         self.close()
 
 
+def _in_hub_blobs(folder: pathlib.Path, real: str) -> bool:
+    """A Hugging Face cache snapshot (`<repo>/snapshots/<rev>/`) links each file to `<repo>/blobs/`;
+    that one escape is how the cache is laid out, not an attack."""
+    folder = pathlib.Path(os.path.abspath(folder))
+    if folder.parent.name != "snapshots":
+        return False
+    blobs = os.path.realpath(folder.parent.parent / "blobs")
+    return os.path.isdir(blobs) and os.path.dirname(real) == blobs
+
+
 def _check_shard_name(folder: pathlib.Path, real_folder: str, shard) -> pathlib.Path:
     where = f"{folder / INDEX_NAME}"
     if not isinstance(shard, str) or not shard:
@@ -238,7 +248,7 @@ def _check_shard_name(folder: pathlib.Path, real_folder: str, shard) -> pathlib.
         raise CheckpointError(f"{where}: shard name {shard!r} has an empty, '.' or '..' component")
     path = folder / shard
     real = os.path.realpath(path)
-    if os.path.commonpath([real_folder, real]) != real_folder:
+    if os.path.commonpath([real_folder, real]) != real_folder and not _in_hub_blobs(folder, real):
         raise CheckpointError(f"{where}: shard {shard!r} resolves to {real}, outside the folder {real_folder}")
     if not os.path.isfile(real):
         raise CheckpointError(f"{where}: shard {shard!r} does not exist in {folder}")

@@ -105,6 +105,7 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
             shapes = run_shapes(rule, [tuple(tensors[s].shape) for s in sources], config)
         except (ValueError, ExprError) as err:
             plan.mis_shaped.append(f"{', '.join(sources)}: {err}")
+            produced.update((t, name) for t in targets)
             continue
         bad = False
         for target, shape in zip(targets, shapes):
@@ -112,6 +113,7 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
             if tuple(shape) != tuple(want):
                 src = ", ".join(f"{s} {list(tensors[s].shape)}" for s in sources)
                 plan.mis_shaped.append(f"{target}: the model wants {list(want)}, the checkpoint gives {list(shape)} (from {src})")
+                produced[target] = name   # present, only mis-shaped: not also "missing"
                 bad = True
         if not bad:
             plan.assignments.append(Assignment(rule, sources, targets))

@@ -389,3 +389,31 @@ def test_empty_or_unrelated_folder_lists_contents(tmp_path):
 def test_rejects_folder_that_is_not_a_directory(tmp_path):
     with pytest.raises(CheckpointError, match="not a directory"):
         open_checkpoint(tmp_path / "nope")
+
+
+def test_shards_linked_into_the_hub_cache_blobs_folder_are_accepted(tmp_path):
+    """The Hugging Face cache stores snapshots/<rev>/<shard> as links to ../../blobs/<hash>."""
+    repo = tmp_path / "models--org--tiny"
+    blobs, snap = repo / "blobs", repo / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    save_file({"a": torch.arange(4, dtype=torch.float32)}, str(blobs / "h1"))
+    save_file({"b": torch.ones(2, dtype=torch.float32)}, str(blobs / "h2"))
+    (snap / "model-00001-of-00002.safetensors").symlink_to("../../blobs/h1")
+    (snap / "model-00002-of-00002.safetensors").symlink_to("../../blobs/h2")
+    (snap / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with open_checkpoint(snap) as ckpt:
+        assert ckpt.get("a").tolist() == [0, 1, 2, 3]
+
+
+def test_a_link_out_of_a_snapshot_to_anywhere_but_blobs_is_refused(tmp_path):
+    repo = tmp_path / "models--org--tiny"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "elsewhere.safetensors"))
+    (snap / "model-00001-of-00001.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    (snap / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors"}}))
+    with pytest.raises(CheckpointError, match="outside the folder"):
+        open_checkpoint(snap)
