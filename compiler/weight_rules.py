@@ -207,6 +207,9 @@ def invert_transforms(rule, tensors: list[torch.Tensor], config: dict, source_sh
     for t in rule.transforms:
         name, arg = transform_name(t)
         prev = stages[-1]
+        if any(s is None for s in prev):
+            stages.append([None] * len(prev))   # only concat/reshape inverses read these shapes
+            continue
         stages.append(_split_shapes(prev, arg, config, len(rule.targets)) if name == "split"
                       else TRANSFORMS[name].shapes(prev, arg, config))
     for t, orig in zip(reversed(rule.transforms), reversed(stages[:-1])):

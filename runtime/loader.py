@@ -146,3 +146,16 @@ def from_pretrained(name_or_path: str | Path, dtype=None, device="cpu", spec: st
     spec_path = Path(spec) if spec else find_spec(hf)
     artifact = compile_spec(spec_path).directory
     return load(artifact, folder, dtype=dtype, device=device, strict=strict)
+
+
+def init_random(artifact: str | Path, hf: dict, dtype=None, seed: int = 0, device="cpu") -> CompiledModel:
+    """A model with random weights (torch's default init) for a config.json-style dict: the way to
+    make a test or demo checkpoint without any reference library."""
+    manifest, spec, module = open_artifact(artifact)
+    config = resolve_config(spec, hf, source="the given config")
+    torch_dtype = _dtype(dtype, hf)
+    torch.manual_seed(seed)
+    net = module.MODEL(module.Config(**config)).to(device=device, dtype=torch_dtype).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return CompiledModel(net, config, spec, manifest, torch_dtype, device, {"initialised": "random"})

@@ -1,0 +1,87 @@
+"""Saving a model back in its checkpoint's layout: the weight rules run backwards.
+
+Each rule's transforms are undone (transpose, permute and split invert without extra facts; a
+concat or reshape needs the source shapes, which a model alone does not know, so such rules are
+refused by name). config.json is written under the first key each config entry is read from.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from compiler.weight_rules import fill, invert_transforms, template_regex, transform_name
+from runtime.errors import CheckpointError
+from runtime.weights import _active
+
+NEEDS_SOURCE_SHAPES = ("concat", "reshape")
+
+
+def hf_config(spec, values: dict) -> dict:
+    out: dict = {}
+    matches = spec.matches
+    if matches.get("architectures"):
+        out["architectures"] = [matches["architectures"][0]]
+    if matches.get("model_type"):
+        out["model_type"] = matches["model_type"][0]
+    for entry in spec.config.values():
+        value = values.get(entry.name)
+        if not entry.hf or value is None:
+            continue
+        node, *path = entry.hf[0].split(".")[::-1]
+        target = out
+        for part in reversed(path):
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        if isinstance(value, dict) and isinstance(target.get(node), dict):
+            target[node] = {**value, **target[node]}
+        elif node not in target:
+            target[node] = value
+    return out
+
+
+def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
+    """The model's params under checkpoint names, in the checkpoint's layout."""
+    spec, config = model.spec, model.config
+    params = dict(model.net.named_parameters())
+    out: dict[str, torch.Tensor] = {}
+    for rule in spec.weights:
+        if not _active(rule, config):
+            continue
+        blocked = [transform_name(t)[0] for t in rule.transforms if transform_name(t)[0] in NEEDS_SOURCE_SHAPES]
+        rx = template_regex(rule.targets[0])
+        for name in params:
+            m = rx.match(name)
+            if not m:
+                continue
+            if blocked:
+                raise CheckpointError(f"weight rule {rule.sources} <- {rule.targets}: its {blocked[0]} transform "
+                                      "cannot be undone without the checkpoint's source shapes")
+            binding = m.groupdict()
+            tensors = [params[fill(t, binding)].detach() for t in rule.targets]
+            sources = [fill(s, binding) for s in rule.sources]
+            for s, t in zip(sources, invert_transforms(rule, tensors, config, [None] * len(sources))):
+                out[s] = t.contiguous()
+    return out
+
+
+def save_pretrained(model, folder: str | Path) -> Path:
+    """Write model.safetensors and config.json that `runtime.load` (and Transformers) can read."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = checkpoint_tensors(model)
+    # safetensors refuses shared storage; tied params are written once, like save_pretrained does.
+    seen, unique = set(), {}
+    for name, t in tensors.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            unique[name] = t.clone() if t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
+    save_file(unique, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = hf_config(model.spec, model.config)
+    config["dtype"] = str(model.dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
