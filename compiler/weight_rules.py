@@ -178,27 +178,26 @@ def transform_name(t) -> tuple[str, object]:
     return name, arg
 
 
-def run_shapes(rule, shapes: list[tuple], config: dict) -> list[tuple]:
-    """The target shapes a rule produces from source shapes; ValueError if the layout cannot fit."""
+def _forward(rule, items: list, config: dict, what: str) -> list:
+    """Run the rule's transforms over tensors or shapes (`what` is "apply" or "shapes")."""
     for t in rule.transforms:
         name, arg = transform_name(t)
-        if name == "split":
-            shapes = TRANSFORMS[name].shapes(shapes, arg, config, len(rule.targets))
-        else:
-            shapes = TRANSFORMS[name].shapes(shapes, arg, config)
+        step = getattr(TRANSFORMS[name], what)
+        # Only split needs to know how many pieces to make when no sizes are given.
+        items = step(items, arg, config, len(rule.targets)) if name == "split" else step(items, arg, config)
+    return items
+
+
+def run_shapes(rule, shapes: list[tuple], config: dict) -> list[tuple]:
+    """The target shapes a rule produces from source shapes; ValueError if the layout cannot fit."""
+    shapes = _forward(rule, shapes, config, "shapes")
     if len(shapes) != len(rule.targets):
         raise ValueError(f"the rule's transforms give {len(shapes)} tensor(s) for {len(rule.targets)} target(s)")
     return shapes
 
 
 def run_transforms(rule, tensors: list[torch.Tensor], config: dict) -> list[torch.Tensor]:
-    for t in rule.transforms:
-        name, arg = transform_name(t)
-        if name == "split":
-            tensors = TRANSFORMS[name].apply(tensors, arg, config, len(rule.targets))
-        else:
-            tensors = TRANSFORMS[name].apply(tensors, arg, config)
-    return tensors
+    return _forward(rule, tensors, config, "apply")
 
 
 def invert_transforms(rule, tensors: list[torch.Tensor], config: dict, source_shapes: list[tuple]) -> list[torch.Tensor]:
