@@ -103,18 +103,29 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     return CompiledModel(net, config, spec, manifest, torch_dtype, device, report)
 
 
+_MATCHES: dict[tuple, dict] = {}
+
+
+def _matches(path: Path) -> dict:
+    """A spec's `matches`, parsed once per file version (a broken spec matches nothing)."""
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _MATCHES:
+        try:
+            _MATCHES[key] = load_spec(path).matches
+        except SpecError:
+            _MATCHES[key] = {}
+    return _MATCHES[key]
+
+
 def find_spec(hf: dict, specs_dir: Path = SPECS_DIR) -> Path:
     """The spec whose `matches` recognises this config.json (architectures first, then model_type)."""
     by_arch, by_type = [], []
     archs = set(hf.get("architectures") or [])
     for path in sorted(specs_dir.glob("*.yaml")):
-        try:
-            spec = load_spec(path)
-        except SpecError:
-            continue
-        if archs & set(spec.matches.get("architectures", [])):
+        matches = _matches(path)
+        if archs & set(matches.get("architectures", [])):
             by_arch.append(path)
-        if hf.get("model_type") in spec.matches.get("model_type", []):
+        if hf.get("model_type") in matches.get("model_type", []):
             by_type.append(path)
     found = by_arch or by_type
     if not found:

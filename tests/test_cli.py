@@ -1,6 +1,7 @@
 """The graphspec command line: compile prints what it built, validate exits 0 or 1."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tools.cli import main
@@ -29,3 +30,20 @@ def test_compile_of_a_broken_spec_exits_one_with_the_place(tmp_path, capsys):
     bad.write_text("spec: 1\nname: x\n")
     assert main(["compile", str(bad), "-o", str(tmp_path / "out")]) == 1
     assert f"{bad}:1:1" in capsys.readouterr().err
+
+
+def test_run_generates_from_a_checkpoint_folder(tmp_path, capsys):
+    import runtime
+    from compiler.pipeline import compile_spec
+    from tools.demo import TINY_LLAMA
+    art = compile_spec("specs/llama.yaml", tmp_path / "art").directory
+    folder = runtime.save_pretrained(runtime.init_random(art, {**TINY_LLAMA, "num_hidden_layers": 1}), tmp_path / "ckpt")
+    assert main(["run", str(folder), "--artifact", str(art), "--ids", "5,6,7", "--max-new-tokens", "4"]) == 0
+    tokens = capsys.readouterr().out.split("tokens:")[1].strip()
+    assert len(json.loads(tokens)) == 4
+
+
+def test_the_demo_main_job_round_trips_a_checkpoint(tmp_path, capsys):
+    from tools.demo import main as demo
+    assert demo(["--out", str(tmp_path / "demo"), "--new-tokens", "4"]) == 0
+    assert "identical: True" in capsys.readouterr().out
