@@ -209,6 +209,8 @@ class _Merger:
                 out[key] = self.weights(out.get(key), loc)
             else:
                 out[key] = loc    # spec, name, doc, matches and anything the schema will judge
+        order = ["spec", "name", "doc", "matches", "config", "checks", "blocks", "model", "weights"]
+        out = {k: out[k] for k in sorted(out, key=lambda k: order.index(k) if k in order else len(order))}
         return Located(out, parent.file, parent.mark, parent.key_mark)
 
     # -- mappings of named entries -----------------------------------------------------------------

@@ -9,6 +9,8 @@ from compiler.errors import SpecError
 
 
 def _cmd_compile(args) -> int:
+    if args.resolved:
+        return _print_resolved(args.spec)
     from compiler.pipeline import compile_spec
     result = compile_spec(args.spec, args.output)
     m = result.manifest
@@ -22,6 +24,18 @@ def _cmd_compile(args) -> int:
             print(f"    {name}: {formula}")
     if args.dump_ir:
         print((result.directory / "ir.txt").read_text())
+    return 0
+
+
+def _print_resolved(path: str) -> int:
+    """The spec with `extends` resolved, as YAML that loads back to the same spec."""
+    import yaml
+
+    from compiler.spec import load_spec
+    spec = load_spec(path)   # validated: a resolved spec that would not compile is reported instead
+    sys.stdout.write(f"# {path} with extends resolved\n")
+    sys.stdout.write(yaml.safe_dump(spec.data, sort_keys=False, default_flow_style=None, width=110,
+                                    allow_unicode=True))
     return 0
 
 
@@ -81,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", help="artifact directory (default: the user cache)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--dump-ir", action="store_true", help="print the IR, one line per op")
+    p.add_argument("--resolved", action="store_true",
+                   help="print the spec with extends resolved (plain YAML) instead of compiling")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("validate", help="check specs; one line per problem, exit 1 if any")
