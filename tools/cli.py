@@ -1,4 +1,4 @@
-"""The `graphspec` command line: compile, validate, run, schema."""
+"""The `graphspec` command line: compile, validate, diff, show, run, schema."""
 from __future__ import annotations
 
 import argparse
@@ -60,6 +60,31 @@ def _cmd_validate(args) -> int:
     return 1 if failed else 0
 
 
+def _cmd_diff(args) -> int:
+    """Exit 0 when the architectures are the same, 1 when they differ, 2 when a spec is broken (like diff)."""
+    import os
+
+    from compiler.diff import diff_specs
+    from compiler.spec import load_spec
+    from tools import diff_format
+    try:
+        result = diff_specs(load_spec(args.a), load_spec(args.b))
+    except SpecError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    if args.format == "json":
+        text = diff_format.render_json(result)
+    elif args.format == "markdown":
+        text = diff_format.render_markdown(result)
+    else:
+        colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
+                                            and not os.environ.get("NO_COLOR"))
+        text = diff_format.render_text(result, colour=colour)
+    sys.stdout.write(text)
+    return 0 if result["equal"] else 1
+
+
 def _cmd_schema(args) -> int:
     from compiler.schema import schema_text
     sys.stdout.write(schema_text())
@@ -102,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="check specs; one line per problem, exit 1 if any")
     p.add_argument("specs", nargs="+")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("diff", help="semantic diff of two architectures; exit 0 if equal, 1 if not")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--format", choices=["text", "json", "markdown"], default="text")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour the text output (auto: only on a terminal, and not when NO_COLOR is set)")
+    p.set_defaults(func=_cmd_diff)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the spec language")
     p.set_defaults(func=_cmd_schema)
