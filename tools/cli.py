@@ -85,6 +85,21 @@ def _cmd_diff(args) -> int:
     return 0 if result["equal"] else 1
 
 
+def _cmd_show(args) -> int:
+    from compiler.lower import lower
+    from compiler.spec import load_spec
+    from tools.show import drawing, to_dot, to_mermaid
+    spec = load_spec(args.spec)
+    picture = drawing(lower(spec))
+    text = to_mermaid(picture) if args.format == "mermaid" else to_dot(picture, spec.name)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"{spec.name}: {args.format} drawing of {len(picture.clusters)} blocks -> {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _cmd_schema(args) -> int:
     from compiler.schema import schema_text
     sys.stdout.write(schema_text())
@@ -135,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                    help="colour the text output (auto: only on a terminal, and not when NO_COLOR is set)")
     p.set_defaults(func=_cmd_diff)
+
+    p = sub.add_parser("show", help="draw the architecture: Mermaid flowchart or Graphviz dot")
+    p.add_argument("spec")
+    p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the spec language")
     p.set_defaults(func=_cmd_schema)
