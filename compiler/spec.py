@@ -22,7 +22,7 @@ from compiler.extends import load_resolved
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
 from compiler.schema import spec_schema
-from compiler.yaml_source import PathT, SourceMap, format_path, load_yaml
+from compiler.yaml_source import PathT, SourceMap, format_path
 
 FREE_DIM = re.compile(r"^[A-Z][A-Z0-9_]*$")   # B, S, S_ENC: sizes known only at run time
 

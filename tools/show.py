@@ -35,7 +35,7 @@ def _attr(value) -> str:
     return value.text if isinstance(value, Expr) else str(value)
 
 
-def _label(node: Node, block: BlockIR, decl, repeats: dict) -> str:
+def _label(node: Node, block: BlockIR, decl) -> str:
     outs = ", ".join(block.values[o].name for o in node.outputs)
     if node.block is not None:
         p = decl.params[node.block]
@@ -77,7 +77,7 @@ def drawing(ir: ModelIR) -> Drawing:
             made_by[vid] = (nid, False)
         for node in block.order():
             nid = _id(name, node.id)
-            d.nodes[nid] = (name, _label(node, block, decl, uses), "call" if node.block else "op")
+            d.nodes[nid] = (name, _label(node, block, decl), "call" if node.block else "op")
             for vid in node.inputs.values():
                 src, many = made_by[vid]
                 edge = (src, nid, block.values[vid].name if many else "")
