@@ -121,33 +121,36 @@ def test_dot_shows_what_a_child_spec_changed():
 
 
 def parse_mermaid(text: str) -> tuple[dict[str, str], list[tuple[str, str]], dict[str, set[str]]]:
+    """Checks the flowchart subset we write line by line: subgraphs (blocks, and fusion groups one
+    level inside them), node declarations inside them, edges after them between declared ids.
+    Returns node labels, edges and the nodes directly inside each subgraph."""
     lines = text.rstrip("\n").split("\n")
     assert lines[0] == "flowchart TB"
-    nodes, edges, clusters, current = {}, [], {}, None
-    node = re.compile(r'^    ([A-Za-z0-9_]+)(\(\["|\["|\[\[")(.*)("\]\)|"\]|"\]\])$')
+    nodes, edges, clusters, stack = {}, [], {}, []
+    node = re.compile(r'^( +)([A-Za-z0-9_]+)(\(\["|\["|\[\[")(.*)("\]\)|"\]|"\]\])$')
     edge = re.compile(r'^  ([A-Za-z0-9_]+) (-->|-\.->)(?:\|([^|]*)\|)? ([A-Za-z0-9_]+)$')
     for line in lines[1:]:
-        if m := re.match(r'^  subgraph ([A-Za-z0-9_]+)\["([^"]*)"\]$', line):
-            assert current is None, "nested subgraph"
-            current = m.group(1)
-            clusters[current] = set()
-        elif line == "  end":
-            assert current is not None
-            current = None
+        if m := re.match(r'^( +)subgraph ([A-Za-z0-9_]+)\["([^"]*)"\]$', line):
+            assert len(m.group(1)) == 2 + 2 * len(stack) and len(stack) < 2, f"bad nesting: {line!r}"
+            stack.append(m.group(2))
+            clusters[m.group(2)] = set()
+        elif m := re.match(r"^( +)end$", line):
+            assert stack and len(m.group(1)) == 2 * len(stack)
+            stack.pop()
         elif line == "    direction TB":
-            assert current is not None
+            assert len(stack) == 1
         elif m := node.match(line):
-            assert current is not None and '"' not in m.group(3)
-            nodes[m.group(1)] = m.group(3)
-            clusters[current].add(m.group(1))
+            assert stack and len(m.group(1)) == 2 + 2 * len(stack) and '"' not in m.group(4)
+            nodes[m.group(2)] = m.group(4)
+            clusters[stack[-1]].add(m.group(2))
         elif m := edge.match(line):
-            assert current is None
+            assert not stack
             src, dst = m.group(1), m.group(4)
             assert src in nodes and (dst in nodes or dst in clusters), line
             edges.append((src, dst))
         else:
             raise AssertionError(f"unexpected mermaid line {line!r}")
-    assert current is None, "unclosed subgraph"
+    assert not stack, "unclosed subgraph"
     return nodes, edges, clusters
 
 
@@ -177,3 +180,37 @@ def test_the_dot_check_rejects_a_syntax_slip(slip):
     text = to_dot(drawing(lower(load_spec("specs/llama.yaml"))), "llama")
     with pytest.raises(AssertionError):
         parse_dot(text.replace(*slip))
+
+
+def test_groups_of_a_pass_are_drawn_as_boxes_inside_their_block():
+    ir = lower(load_spec("specs/llama.yaml"))
+    groups = {"mlp": [("silu_mul [pointwise]", ["n2", "n3"])], "attention": [("rope_q_k [rope]", ["n6", "n7"])]}
+    picture = drawing(ir, groups)
+    nodes, _, clusters = parse_mermaid(to_mermaid(picture))
+    assert clusters["group__mlp__0"] == {"mlp__n2", "mlp__n3"}
+    assert clusters["group__attention__0"] == {"attention__n6", "attention__n7"}
+    assert "mlp__n2" not in clusters["cluster__mlp"] and "mlp__n0" in clusters["cluster__mlp"]
+    graph, dot_clusters, labels = parse_dot(to_dot(picture, "llama"))
+    assert dot_clusters["cluster__group__mlp__0"] == {"mlp__n2", "mlp__n3"}
+    assert labels["cluster__group__mlp__0"] == "silu_mul [pointwise]"
+    assert graph.has_edge("mlp__n2", "mlp__n3")
+
+
+def _has_fusion_pass() -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec("compiler.passes.fusion") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _has_fusion_pass(), reason="compiler/passes/fusion.py comes with the fusion branch")
+def test_show_after_fusion_boxes_the_fusion_groups(capsys):
+    from compiler.passes.fusion import fuse
+    assert main(["show", "specs/llama.yaml", "--after", "fusion"]) == 0
+    nodes, edges, clusters = parse_mermaid(capsys.readouterr().out)
+    plan = fuse(lower(load_spec("specs/llama.yaml")))
+    for block, groups in plan.groups.items():
+        for k, group in enumerate(groups):
+            assert clusters[f"group__{block}__{k}"] == {f"{block}__{n}" for n in group.nodes}
+    assert any(len(members) > 1 for name, members in clusters.items() if name.startswith("group__"))

@@ -90,7 +90,13 @@ def _cmd_show(args) -> int:
     from compiler.spec import load_spec
     from tools.show import drawing, to_dot, to_mermaid
     spec = load_spec(args.spec)
-    picture = drawing(lower(spec))
+    ir = lower(spec)
+    groups = None
+    if getattr(args, "after", None) == "fusion":
+        from compiler.passes.fusion import fuse
+        plan = fuse(ir)
+        groups = {block: [(f"{g.name} [{g.template}]", list(g.nodes)) for g in gs] for block, gs in plan.groups.items()}
+    picture = drawing(ir, groups)
     text = to_mermaid(picture) if args.format == "mermaid" else to_dot(picture, spec.name)
     if args.output:
         Path(args.output).write_text(text)
@@ -98,6 +104,14 @@ def _cmd_show(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _has_fusion_pass() -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec("compiler.passes.fusion") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def _cmd_schema(args) -> int:
@@ -155,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec")
     p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    if _has_fusion_pass():
+        p.add_argument("--after", choices=["fusion"], help="draw the fusion pass's groups as boxes")
     p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the spec language")

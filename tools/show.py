@@ -25,6 +25,8 @@ class Drawing:
     edges: list[tuple[str, str, str]] = field(default_factory=list)        # (src, dst, label)
     links: list[tuple[str, str, str]] = field(default_factory=list)        # (call node, block, label)
     entry: dict[str, str] = field(default_factory=dict)                    # block -> its first node id
+    groups: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # block -> [(group id, title)]
+    group_of: dict[str, str] = field(default_factory=dict)                 # node id -> group id
 
 
 def _id(*parts: str) -> str:
@@ -47,7 +49,9 @@ def _label(node: Node, block: BlockIR, decl) -> str:
     return f"{outs} = {node.op}" + (f" [{', '.join(extra)}]" if extra else "")
 
 
-def drawing(ir: ModelIR) -> Drawing:
+def drawing(ir: ModelIR, groups: dict[str, list[tuple[str, list[str]]]] | None = None) -> Drawing:
+    """`groups`: per block, (title, node ids) of ops a pass put together (fusion groups), drawn as
+    boxes inside the block's cluster."""
     spec = ir.spec
     decls = {**spec.blocks, "model": spec.model}
     uses: dict[str, list[str]] = {}
@@ -94,6 +98,11 @@ def drawing(ir: ModelIR) -> Drawing:
             d.nodes[nid] = (name, block.values[vid].name, "output")
             d.edges.append((made_by[vid][0], nid, ""))
         d.entry[name] = next((n for n, (b, _, _) in d.nodes.items() if b == name), _id(name, "empty"))
+        for k, (title, members) in enumerate((groups or {}).get(name, [])):
+            gid = _id("group", name, str(k))
+            d.groups.setdefault(name, []).append((gid, title))
+            for node_id in members:
+                d.group_of[_id(name, node_id)] = gid
     return d
 
 
@@ -110,10 +119,18 @@ def to_mermaid(d: Drawing) -> str:
     for block, title in d.clusters.items():
         lines.append(f'  subgraph {_id("cluster", block)}["{_mermaid_text(title)}"]')
         lines.append("    direction TB")
-        for nid, (b, label, shape) in d.nodes.items():
-            if b == block:
-                left, right = _MERMAID_SHAPES[shape]
-                lines.append(f"    {nid}{left}{_mermaid_text(label)}{right}")
+
+        def node_lines(group, indent):
+            for nid, (b, label, shape) in d.nodes.items():
+                if b == block and d.group_of.get(nid) == group:
+                    left, right = _MERMAID_SHAPES[shape]
+                    lines.append(f"{indent}{nid}{left}{_mermaid_text(label)}{right}")
+
+        node_lines(None, "    ")
+        for gid, title in d.groups.get(block, []):
+            lines.append(f'    subgraph {gid}["{_mermaid_text(title)}"]')
+            node_lines(gid, "      ")
+            lines.append("    end")
         lines.append("  end")
     for src, dst, label in d.edges:
         lines.append(f"  {src} -->|{_mermaid_text(label)}| {dst}" if label else f"  {src} --> {dst}")
@@ -140,9 +157,18 @@ def to_dot(d: Drawing, name: str = "model") -> str:
         lines.append(f"  subgraph {_id('cluster', block)} {{")
         lines.append(f"    label={_dot_text(title)};")
         lines.append("    style=rounded;")
-        for nid, (b, label, shape) in d.nodes.items():
-            if b == block:
-                lines.append(f"    {nid} [label={_dot_text(label)}, {_DOT_SHAPES[shape]}];")
+
+        def node_lines(group, indent):
+            for nid, (b, label, shape) in d.nodes.items():
+                if b == block and d.group_of.get(nid) == group:
+                    lines.append(f"{indent}{nid} [label={_dot_text(label)}, {_DOT_SHAPES[shape]}];")
+
+        node_lines(None, "    ")
+        for gid, title in d.groups.get(block, []):
+            lines += [f"    subgraph {_id('cluster', gid)} {{", f"      label={_dot_text(title)};",
+                      "      style=dashed;"]
+            node_lines(gid, "      ")
+            lines.append("    }")
         lines.append("  }")
     for src, dst, label in d.edges:
         lines.append(f"  {src} -> {dst}" + (f" [label={_dot_text(label)}];" if label else ";"))
