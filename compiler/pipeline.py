@@ -21,6 +21,7 @@ from compiler import __version__
 from compiler.artifact import cache_root, is_complete, read_manifest, write_artifact
 from compiler.emit import emit_model
 from compiler.errors import SpecError
+from compiler.extends import source_chain
 from compiler.expr import canonical, parse_expr
 from compiler.ir import ModelIR
 from compiler.lower import lower
@@ -63,9 +64,13 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def compile_key(spec_bytes: bytes, options: dict) -> str:
-    blob = json.dumps({"spec": hashlib.sha256(spec_bytes).hexdigest(), "compiler": compiler_fingerprint(),
-                       "versions": versions(), "options": options}, sort_keys=True)
+def compile_key(spec_bytes: bytes, options: dict, parents: list[bytes] | None = None) -> str:
+    """`parents`: the bytes of every spec the file extends, nearest first; editing one changes the key."""
+    key = {"spec": hashlib.sha256(spec_bytes).hexdigest(), "compiler": compiler_fingerprint(),
+           "versions": versions(), "options": options}
+    if parents:
+        key["parents"] = [hashlib.sha256(b).hexdigest() for b in parents]
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -81,7 +86,9 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
         spec_bytes = spec_path.read_bytes()
     except OSError as err:
         raise SpecError(f"{spec_path}: cannot read the spec: {err.strerror or err}") from None
-    key = compile_key(spec_bytes, options)
+    chain = source_chain(spec_path, spec_bytes.decode("utf-8", "replace"))[1:]
+    parents = [p.read_bytes() for p in chain]
+    key = compile_key(spec_bytes, options, parents)
     target = Path(output) if output else default_output(spec_path.stem, key)
     if is_complete(target, key):
         return CompileResult(target, True, time.perf_counter() - start, read_manifest(target))
@@ -93,11 +100,13 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
         raise SpecError(problems)
     files = {
         "model.py": emit_model(ir, spec_path.name),
-        "spec.json": json.dumps({"source": spec_path.name, "spec": spec.data}, indent=1) + "\n",
+        "spec.json": json.dumps({"source": spec_path.name, **({"extends": [p.name for p in chain]} if chain else {}),
+                                 "spec": spec.data}, indent=1) + "\n",
         "ir.txt": ir.dump() + "\n",
     }
     manifest = {
         "name": spec.name, "key": key, "source": str(spec_path), "spec_sha256": hashlib.sha256(spec_bytes).hexdigest(),
+        "parents": {str(p): hashlib.sha256(b).hexdigest() for p, b in zip(chain, parents)},
         "compiler_fingerprint": compiler_fingerprint(), "versions": versions(), "options": options,
         "ops": dict(sorted(Counter(n.op for b in ir.blocks.values() for n in b.order()).items())),
         "blocks": list(ir.blocks), "params": param_formulas(spec),

@@ -18,10 +18,11 @@ import jsonschema
 
 from compiler.errors import Problem, SpecError
 from compiler.expr import Expr, ExprError, parse_expr
+from compiler.extends import load_resolved
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
 from compiler.schema import spec_schema
-from compiler.yaml_source import PathT, SourceMap, format_path, load_yaml
+from compiler.yaml_source import PathT, SourceMap, format_path
 
 FREE_DIM = re.compile(r"^[A-Z][A-Z0-9_]*$")   # B, S, S_ENC: sizes known only at run time
 
@@ -121,7 +122,7 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 def load_spec(path: str | Path, text: str | None = None) -> Spec:
     """Read, schema-validate and parse a spec file. Raises SpecError listing every problem found."""
-    data, sources = load_yaml(path, text)
+    data, sources = load_resolved(path, text)
     return spec_from_data(data, sources)
 
 
@@ -129,6 +130,9 @@ def spec_from_data(data: Any, sources: SourceMap | None = None) -> Spec:
     sources = sources or SourceMap(None)
     if not isinstance(data, dict):
         raise SpecError(sources.problem((), "a spec must be a YAML mapping with spec, name, config, blocks, model, weights"))
+    if "extends" in data:
+        raise SpecError(sources.problem(("extends",), "extends is resolved when a spec is loaded from its file "
+                                                      "(load_spec), not from plain data"))
     problems = [_schema_problem(err, sources) for err in _schema_errors(data)]
     if problems:
         raise SpecError(problems)

@@ -93,32 +93,46 @@ class SourceMap:
     """Where each value (and each mapping key) of a loaded document starts, by YAML path."""
 
     def __init__(self, file: str | None, marks: dict | None = None,
-                 key_marks: dict | None = None, prefix: PathT = ()):
+                 key_marks: dict | None = None, prefix: PathT = (), files: dict | None = None):
         self.file = file
         self._marks: dict[PathT, Mark] = marks if marks is not None else {}
         self._key_marks: dict[PathT, Mark] = key_marks if key_marks is not None else {}
         self._prefix = tuple(prefix)
+        # A spec resolved through `extends` mixes values of several files: path -> the file a value
+        # came from, where it is not `file`.
+        self._files: dict[PathT, str] = files if files is not None else {}
 
-    def mark(self, path: PathT) -> Mark | None:
+    def locate(self, path: PathT) -> tuple[str | None, Mark | None]:
+        """The file and position of the closest thing the user actually wrote at `path`."""
         full = self._prefix + tuple(path)
-        # Later passes also invent paths (e.g. a parsed expression's parts); point at the
-        # closest thing the user actually wrote.
+        # Later passes also invent paths (e.g. a parsed expression's parts).
         for n in range(len(full), -1, -1):
             if full[:n] in self._marks:
-                return self._marks[full[:n]]
-        return None
+                return self._files.get(full[:n], self.file), self._marks[full[:n]]
+        return self.file, None
+
+    def mark(self, path: PathT) -> Mark | None:
+        return self.locate(path)[1]
+
+    def file_of(self, path: PathT) -> str | None:
+        return self.locate(path)[0]
 
     def key_mark(self, path: PathT) -> Mark | None:
         return self._key_marks.get(self._prefix + tuple(path)) or self.mark(path)
 
     def problem(self, path: PathT, message: str) -> Problem:
-        line, column = self.mark(path) or (None, None)
+        file, (line, column) = self.locate(path)[0], self.mark(path) or (None, None)
         # The path is the full one even in a sub view: the user reads it against the file.
         shown = format_path(self._prefix + tuple(path))
-        return Problem(message, self.file, line, column, shown or None)
+        return Problem(message, file, line, column, shown or None)
 
     def sub(self, prefix: PathT) -> "SourceMap":
-        return SourceMap(self.file, self._marks, self._key_marks, self._prefix + tuple(prefix))
+        return SourceMap(self.file, self._marks, self._key_marks, self._prefix + tuple(prefix), self._files)
+
+    def exact(self, path: PathT) -> tuple[Mark | None, Mark | None]:
+        """(value mark, key mark) recorded for exactly `path`, without falling back to a parent."""
+        full = self._prefix + tuple(path)
+        return self._marks.get(full), self._key_marks.get(full)
 
 
 def _pos(mark) -> Mark:

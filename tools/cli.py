@@ -1,4 +1,4 @@
-"""The `graphspec` command line: compile, validate, run, schema."""
+"""The `graphspec` command line: compile, validate, diff, show, run, schema."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,8 @@ from compiler.errors import SpecError
 
 
 def _cmd_compile(args) -> int:
+    if args.resolved:
+        return _print_resolved(args.spec)
     from compiler.pipeline import compile_spec
     result = compile_spec(args.spec, args.output)
     m = result.manifest
@@ -22,6 +24,18 @@ def _cmd_compile(args) -> int:
             print(f"    {name}: {formula}")
     if args.dump_ir:
         print((result.directory / "ir.txt").read_text())
+    return 0
+
+
+def _print_resolved(path: str) -> int:
+    """The spec with `extends` resolved, as YAML that loads back to the same spec."""
+    import yaml
+
+    from compiler.spec import load_spec
+    spec = load_spec(path)   # validated: a resolved spec that would not compile is reported instead
+    sys.stdout.write(f"# {path} with extends resolved\n")
+    sys.stdout.write(yaml.safe_dump(spec.data, sort_keys=False, default_flow_style=None, width=110,
+                                    allow_unicode=True))
     return 0
 
 
@@ -44,6 +58,60 @@ def _cmd_validate(args) -> int:
         else:
             print(f"{path}: ok")
     return 1 if failed else 0
+
+
+def _cmd_diff(args) -> int:
+    """Exit 0 when the architectures are the same, 1 when they differ, 2 when a spec is broken (like diff)."""
+    import os
+
+    from compiler.diff import diff_specs
+    from compiler.spec import load_spec
+    from tools import diff_format
+    try:
+        result = diff_specs(load_spec(args.a), load_spec(args.b))
+    except SpecError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    if args.format == "json":
+        text = diff_format.render_json(result)
+    elif args.format == "markdown":
+        text = diff_format.render_markdown(result)
+    else:
+        colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
+                                            and not os.environ.get("NO_COLOR"))
+        text = diff_format.render_text(result, colour=colour)
+    sys.stdout.write(text)
+    return 0 if result["equal"] else 1
+
+
+def _cmd_show(args) -> int:
+    from compiler.lower import lower
+    from compiler.spec import load_spec
+    from tools.show import drawing, to_dot, to_mermaid
+    spec = load_spec(args.spec)
+    ir = lower(spec)
+    groups = None
+    if getattr(args, "after", None) == "fusion":
+        from compiler.passes.fusion import fuse
+        plan = fuse(ir)
+        groups = {block: [(f"{g.name} [{g.template}]", list(g.nodes)) for g in gs] for block, gs in plan.groups.items()}
+    picture = drawing(ir, groups)
+    text = to_mermaid(picture) if args.format == "mermaid" else to_dot(picture, spec.name)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"{spec.name}: {args.format} drawing of {len(picture.clusters)} blocks -> {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _has_fusion_pass() -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec("compiler.passes.fusion") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def _cmd_schema(args) -> int:
@@ -81,11 +149,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", help="artifact directory (default: the user cache)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--dump-ir", action="store_true", help="print the IR, one line per op")
+    p.add_argument("--resolved", action="store_true",
+                   help="print the spec with extends resolved (plain YAML) instead of compiling")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("validate", help="check specs; one line per problem, exit 1 if any")
     p.add_argument("specs", nargs="+")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("diff", help="semantic diff of two architectures; exit 0 if equal, 1 if not")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--format", choices=["text", "json", "markdown"], default="text")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour the text output (auto: only on a terminal, and not when NO_COLOR is set)")
+    p.set_defaults(func=_cmd_diff)
+
+    p = sub.add_parser("show", help="draw the architecture: Mermaid flowchart or Graphviz dot")
+    p.add_argument("spec")
+    p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    if _has_fusion_pass():
+        p.add_argument("--after", choices=["fusion"], help="draw the fusion pass's groups as boxes")
+    p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the spec language")
     p.set_defaults(func=_cmd_schema)
