@@ -243,8 +243,10 @@ class _Builder:
             for key, value in body.items():
                 if key == "op":
                     continue
-                is_attr = op is not None and op.attr(key) is not None
-                fields[key] = self.expr(value, lpath + (key,)) if is_attr else value
+                attr = op.attr(key) if op is not None else None
+                if attr is not None and attr.type == "enum":
+                    value = repr(value)   # a choice is a word, not a config name (the schema checked it)
+                fields[key] = self.expr(value, lpath + (key,)) if attr is not None else value
             graph.append(OpLine([o.strip() for o in outs.split(",")], body["op"], fields, lpath))
         return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""))
 
