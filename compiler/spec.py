@@ -24,6 +24,9 @@ from compiler.schema import spec_schema
 from compiler.yaml_source import PathT, SourceMap, format_path, load_yaml
 
 FREE_DIM = re.compile(r"^[A-Z][A-Z0-9_]*$")   # B, S, S_ENC: sizes known only at run time
+# In op attributes of a repeated block (and the blocks it calls): the index of the layer, from 0, so
+# one expression describes per-layer choices (`window: w if layer_types[layer] == 'sliding' else null`).
+LAYER_INDEX = "layer"
 
 
 @dataclass
