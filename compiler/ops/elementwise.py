@@ -84,13 +84,16 @@ register(OpDef(
     infer=_same, emit=_gelu_emit, fusion="elementwise"))
 
 
-def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    # null means no capping: configs switch it off with null (Gemma 2's final_logit_softcapping).
+    if cap is None:
+        return x
     return torch.tanh(x / cap) * cap
 
 
 register(OpDef(
-    name="softcap", doc="tanh(x / cap) * cap (logit soft-capping)", operands=("x",),
-    attrs=(Attr("cap", "expr", required=True),), infer=_same,
+    name="softcap", doc="tanh(x / cap) * cap (logit soft-capping); x unchanged when cap is null", operands=("x",),
+    attrs=(Attr("cap", "expr", required=True, doc="the cap, or null for none"),), infer=_same,
     emit=lambda e: f"ops.softcap({e['x']}, {e.a('cap')})", fusion="elementwise"))
 
 __all__ = ["softcap", "math"]
