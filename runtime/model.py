@@ -93,6 +93,11 @@ class CompiledModel(nn.Module):
                                  padding=None if padding is None else padding[:, :past + step_ids.shape[1]],
                                  cache=cache, past_len=past)
             logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
+            if cache.stale:
+                step_ids, positions, past, cache = self._recompute(out[:, :prompt_len + step], padding, total)
+                ctx = ForwardContext(self.dtype, self.device,
+                                     padding=None if padding is None else padding[:, :step_ids.shape[1]], cache=cache)
+                logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
             token = logits.argmax(dim=-1)
             if eos_t is not None:
                 token = torch.where(done, torch.full_like(token, pad), token)
@@ -104,6 +109,12 @@ class CompiledModel(nn.Module):
             if eos_t is not None and bool(done.all()):
                 return out[:, :prompt_len + step + 1]
         return out
+
+    def _recompute(self, ids, padding, total):
+        """A fresh cache and the whole sequence so far as one step, for when the cached keys went stale."""
+        positions = (positions_from_mask(padding[:, :ids.shape[1]]) if padding is not None
+                     else torch.arange(ids.shape[1], device=self.device).expand(ids.shape[0], -1))
+        return ids, positions, 0, KVCache(total)
 
     def _batch(self, t) -> torch.Tensor:
         t = torch.as_tensor(t, device=self.device)

@@ -4,8 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import runtime
+
 from tests.family_parity import (TOL, Family, assert_greedy_tokens_match, assert_left_padded_batch_matches,
                                  max_logit_diff)
+from tests.hf_checkpoints import rewrite_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -17,8 +20,7 @@ CONFIGS = {
     "mha_head_dim_wider_than_hidden": {},
     "gqa_untied": dict(num_key_value_heads=2, tie_word_embeddings=False),
     "mqa_bias": dict(num_key_value_heads=1, attention_bias=True),
-    "legacy_gelu_name_linear_rope": dict(hidden_act="gelu", rope_parameters=dict(
-        rope_type="linear", rope_theta=10000.0, factor=2.0)),
+    "linear_rope": dict(rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0)),
 }
 
 
@@ -27,6 +29,14 @@ def test_logits_and_greedy_tokens_match_transformers(tmp_path, name):
     ref, _, ours = GEMMA.make(tmp_path / name, CONFIGS[name])
     assert max_logit_diff(ref, ours, GEMMA.ids()) <= TOL
     assert_greedy_tokens_match(ref, ours, GEMMA.ids(batch=1, length=6, seed=1))
+
+
+def test_legacy_gelu_name_means_the_tanh_approximation_as_in_transformers(tmp_path):
+    ref, folder, _ = GEMMA.make(tmp_path / "legacy", {})
+    rewrite_config(folder, lambda data: data.update(hidden_act="gelu"))
+    ours = runtime.from_pretrained(folder)
+    assert ours.config["hidden_act"] == "gelu"
+    assert max_logit_diff(ref, ours, GEMMA.ids()) <= TOL
 
 
 def test_left_padded_batch_matches_transformers(tmp_path):
@@ -47,7 +57,6 @@ def _first_layer_input(model, layers, x):
 def test_bfloat16_embedding_normalizer_is_rounded_like_transformers(tmp_path):
     # sqrt(48) = 6.928 is 6.9375 in bf16: multiplying by the exact value would round differently.
     ref, folder, _ = GEMMA.make(tmp_path / "h48", dict(hidden_size=48, head_dim=12))
-    import runtime
     ours = runtime.from_pretrained(folder, dtype=torch.bfloat16)
     ref = ref.to(torch.bfloat16)
     x = GEMMA.ids()

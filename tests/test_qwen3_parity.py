@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+import runtime
 from tests.family_parity import (TOL, Family, assert_greedy_tokens_match, assert_left_padded_batch_matches,
                                  max_logit_diff)
 from tests.hf_checkpoints import rewrite_config
@@ -35,7 +36,6 @@ def test_left_padded_batch_matches_transformers(tmp_path):
 def test_sliding_layers_come_from_max_window_layers_when_layer_types_is_absent(tmp_path):
     ref, folder, _ = QWEN3.make(tmp_path / "sw", CONFIGS["sliding_window_from_layer_1"])
     rewrite_config(folder, lambda data: data.pop("layer_types"))
-    import runtime
     ours = runtime.from_pretrained(folder)
     assert ours.config["layer_types"] is None
     assert max_logit_diff(ref, ours, QWEN3.ids()) <= TOL
