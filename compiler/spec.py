@@ -94,6 +94,7 @@ class WeightRule:
     transforms: list[Any]
     when: Expr | None
     path: PathT
+    ignore: str | None = None         # checkpoint tensors known and deliberately not loaded: why
 
 
 @dataclass
@@ -269,8 +270,14 @@ class _Builder:
         return ParamDecl(name, kind_name, dims, options, tied_to=tied_to, tied_when=tied_when, path=path)
 
     def weight_rule(self, data: dict, path: PathT) -> WeightRule:
+        if ("to" in data) == ("ignore" in data):
+            self.fail(path, "a weight rule needs either 'to' (the params its tensors feed) or 'ignore' "
+                            "(why its tensors are deliberately not loaded), not both")
+        elif "ignore" in data and ("transforms" in data or not isinstance(data["from"], str)):
+            self.fail(path, "an 'ignore' rule takes one 'from' template and no transforms")
         sources = [data["from"]] if isinstance(data["from"], str) else list(data["from"])
-        targets = [data["to"]] if isinstance(data["to"], str) else list(data["to"])
+        to = data.get("to", [])
+        targets = [to] if isinstance(to, str) else list(to)
         when = self.expr(data["when"], path + ("when",)) if "when" in data else None
         transforms = []
         for i, t in enumerate(data.get("transforms", [])):
@@ -281,7 +288,7 @@ class _Builder:
             elif isinstance(t, dict) and "reshape" in t:
                 t = {"reshape": [self.expr(s, tpath + ("reshape", j)) for j, s in enumerate(t["reshape"])]}
             transforms.append(t)
-        return WeightRule(sources, targets, transforms, when, path)
+        return WeightRule(sources, targets, transforms, when, path, data.get("ignore"))
 
 
 def describe_path(path: PathT) -> str:
