@@ -94,9 +94,14 @@ class CompiledModel(nn.Module):
                                  cache=cache, past_len=past)
             logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
             if cache.stale:
-                step_ids, positions, past, cache = self._recompute(out[:, :prompt_len + step], padding, total)
+                # The cached keys no longer fit this step (LongRoPE switched factors): like Transformers,
+                # recompute the whole sequence so far into a fresh cache.
+                step_ids, past, cache = out[:, :prompt_len + step], 0, KVCache(total)
+                n = step_ids.shape[1]
+                positions = (positions_from_mask(padding[:, :n]) if padding is not None
+                             else torch.arange(n, device=self.device).expand(batch, -1))
                 ctx = ForwardContext(self.dtype, self.device,
-                                     padding=None if padding is None else padding[:, :step_ids.shape[1]], cache=cache)
+                                     padding=None if padding is None else padding[:, :n], cache=cache)
                 logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
             token = logits.argmax(dim=-1)
             if eos_t is not None:
@@ -109,12 +114,6 @@ class CompiledModel(nn.Module):
             if eos_t is not None and bool(done.all()):
                 return out[:, :prompt_len + step + 1]
         return out
-
-    def _recompute(self, ids, padding, total):
-        """A fresh cache and the whole sequence so far as one step, for when the cached keys went stale."""
-        positions = (positions_from_mask(padding[:, :ids.shape[1]]) if padding is not None
-                     else torch.arange(ids.shape[1], device=self.device).expand(ids.shape[0], -1))
-        return ids, positions, 0, KVCache(total)
 
     def _batch(self, t) -> torch.Tensor:
         t = torch.as_tensor(t, device=self.device)
