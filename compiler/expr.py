@@ -50,7 +50,7 @@ _TOKEN_RE = re.compile(r"""
     (?P<space>\s+)
   | (?P<num>(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][+-]?[0-9]+)?)
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<op>\*\*|//|==|!=|<=|>=|[-+*/%<>().,])
+  | (?P<op>\*\*|//|==|!=|<=|>=|[-+*/%<>().,\[\]])
 """, re.VERBOSE)
 
 
@@ -214,8 +214,13 @@ class _Parser:
 
     def _postfix(self) -> Expr:
         e = self._atom()
-        while self._at("."):
-            self._next()
+        while self._at(".", "["):
+            if self._next().value == "[":
+                with self._deeper():
+                    index = self._expression()
+                self._expect("]")
+                e = Expr("index", None, (e, index))
+                continue
             if self.tok.kind != "name":
                 self._fail("a key name after '.'")
             e = Expr("attr", self._next().value, (e,))
@@ -319,6 +324,8 @@ class Expr:
             raise ExprError(_unknown_name(v, env))
         if k == "attr":
             return _get_key(args[0].evaluate(env), v, args[0].text)
+        if k == "index":
+            return _get_item(args[0].evaluate(env), args[1].evaluate(env), self)
         if k == "if":
             return args[0].evaluate(env) if args[1].evaluate(env) else args[2].evaluate(env)
         if k == "binary" and v in ("and", "or"):
@@ -378,6 +385,8 @@ def _render(e: Expr, parts: list[tuple[str, int]], name: Callable[[str], str] | 
         return f"{base}[{v!r}]" if python else f"{base}.{v}"
     if k == "unary":
         return ("not " + _wrap(parts[0], 3)) if v == "not" else v + _wrap(parts[0], 7)
+    if k == "index":
+        return f"{_wrap(parts[0], 10 if e.args[0].kind == 'const' else 9)}[{parts[1][0]}]"
     if k == "binary":
         if python and v in ("and", "or"):   # ours return bools, Python's return an operand
             return f"bool({parts[0][0]}) {v} bool({parts[1][0]})"
@@ -425,6 +434,17 @@ def _get_key(base: object, key: str, base_text: str) -> object:
         keys = ", ".join(sorted(str(k) for k in base)[:10]) or "none"
         raise ExprError(f"{base_text!r} has no key '{key}' (keys: {keys})")
     return base[key]
+
+
+def _get_item(base: object, index: object, e: Expr) -> object:
+    """`list[i]` (a per-layer entry such as layer_types[layer]); Python's rules, negative i included."""
+    if not isinstance(base, (list, tuple)):
+        raise ExprError(f"cannot index {e.args[0].text!r}: it is a {_type_name(base)}, not a list")
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise ExprError(f"list index {e.args[1].text!r} in {e.text!r} is a {_type_name(index)}, not an int")
+    if not -len(base) <= index < len(base):
+        raise ExprError(f"index {index} is out of range for {e.args[0].text!r} of length {len(base)} in {e.text!r}")
+    return base[index]
 
 
 def _checked(x: object, e: Expr) -> object:
@@ -642,6 +662,8 @@ def _opaque(e: Expr, polys: list[Poly]) -> Poly:
         return _atom_poly(f"({parts[0]}) if ({parts[1]}) else ({parts[2]})")
     if k == "unary":
         return _atom_poly(f"not ({parts[0]})")
+    if k == "index":
+        return _atom_poly(f"({parts[0]})[{parts[1]}]")
     if v in (">", ">="):   # a > b is b < a
         v, parts = v.replace(">", "<"), parts[::-1]
     if v in ("==", "!=", "and", "or", "+", "*"):   # commutative (ours and/or return bools)

@@ -15,7 +15,7 @@ from compiler.expr import Expr, canonical, parse_expr, same_value
 from compiler.ir import BlockIR, ModelIR, Node, Value
 from compiler.ops import OPS
 from compiler.ops.registry import InferCtx, ShapeError, TType
-from compiler.spec import FREE_DIM, BlockDecl, Spec
+from compiler.spec import FREE_DIM, LAYER_INDEX, BlockDecl, Spec
 
 
 def lower(spec: Spec) -> ModelIR:
@@ -37,6 +37,7 @@ class _Lowering:
         self.problems: list[Problem] = []
         self.block_types: dict[str, tuple[dict[str, TType], list[TType]]] = {}
         self._problem_paths: list[tuple] = []
+        self.layer_uses: dict[str, tuple] = {}    # block -> path of its first attribute using the layer index
 
     def fail(self, path, message: str) -> None:
         self.problems.append(self.spec.problem(path, message))
@@ -49,6 +50,7 @@ class _Lowering:
         for name in order:
             decl = self.spec.model if name == "model" else self.spec.blocks[name]
             blocks[name] = self.lower_block(decl)
+        self.check_layer_index_uses()
         return ModelIR(self.spec, blocks)
 
     # -- config -------------------------------------------------------------------------------
@@ -63,17 +65,23 @@ class _Lowering:
                         self.fail(entry.path + ("default",), f"unknown config name '{name}' in default{_suggest(name, config)}")
                     else:
                         deps.add_edge(name, entry.name)
+        if LAYER_INDEX in config:
+            self.fail(config[LAYER_INDEX].path, f"config name '{LAYER_INDEX}' is reserved: in a repeated block it is the layer index")
         for cycle in nx.simple_cycles(deps):
             first = config[cycle[0]]
             self.fail(first.path + ("default",), f"config defaults form a cycle: {' -> '.join(cycle + cycle[:1])}")
         for check in self.spec.checks:
             self.check_names(check.that, check.path + ("that",))
 
-    def check_names(self, expr: Expr | None, path, dims_allowed: bool = False) -> None:
+    def check_names(self, expr: Expr | None, path, dims_allowed: bool = False, layer_in: str | None = None) -> None:
+        """`layer_in`: the block whose op attribute this is, where the layer index may be used."""
         if expr is None:
             return
         for name in expr.names:
             if name in self.spec.config or (dims_allowed and FREE_DIM.match(name)):
+                continue
+            if name == LAYER_INDEX and layer_in is not None:
+                self.layer_uses.setdefault(layer_in, tuple(path))
                 continue
             hint = " (free dims such as B or S are uppercase and only allowed in input shapes)" if FREE_DIM.match(name) else ""
             self.fail(path, f"unknown config name '{name}'{hint}{_suggest(name, self.spec.config)}")
@@ -153,6 +161,22 @@ class _Lowering:
                                            [block.values[v].type for v in block.outputs])
         return block
 
+    def check_layer_index_uses(self) -> None:
+        """The layer index exists only under a repeat: a block using it must never be reached from
+        the model through calls alone."""
+        decls = {"model": self.spec.model, **self.spec.blocks}
+        outside, todo = set(), ["model"]
+        while todo:
+            name = todo.pop()
+            if name in outside or name not in decls:
+                continue
+            outside.add(name)
+            todo += [p.block for p in decls[name].params.values() if p.kind == "block" and p.repeat is None]
+        for name, path in self.layer_uses.items():
+            if name in outside:
+                where = "the model" if name == "model" else f"block '{name}', which the model reaches without a repeat"
+                self.fail(path, f"'{LAYER_INDEX}' (the layer index) is used in {where}; it exists only inside repeated blocks")
+
     def failed_before(self, decl) -> bool:
         return any(path[:len(decl.path)] == decl.path for path in self._problem_paths)
 
@@ -210,7 +234,7 @@ class _Lowering:
             if expr is None and attr.default is not None:
                 expr = parse_expr(repr(attr.default) if isinstance(attr.default, str) else attr.default)
             if isinstance(expr, Expr):
-                self.check_names(expr, line.path + (attr.name,))
+                self.check_names(expr, line.path + (attr.name,), layer_in=decl.name)
             attrs[attr.name] = expr
         if len(line.outputs) != op.outputs:
             self.fail(line.path, f"'{line.op}' has {op.outputs} output(s), the line names {len(line.outputs)}")

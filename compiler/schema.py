@@ -102,8 +102,12 @@ def spec_schema() -> dict:
             "blocks": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": block},
             "model": block,
             "weights": {"type": "array", "items": {
-                "type": "object", "required": ["from", "to"], "additionalProperties": False, "properties": {
+                # `to` or `ignore`, one of them: the builder says so in words (compiler/spec.py).
+                "type": "object", "required": ["from"], "additionalProperties": False,
+                "properties": {
                     "from": names, "to": names, "when": EXPR, "doc": {"type": "string"},
+                    "ignore": {"type": "string", "minLength": 1,
+                               "description": "why these checkpoint tensors are not loaded (e.g. a saved mask buffer)"},
                     "transforms": {"type": "array", "items": transform}}}},
         },
         "$defs": {

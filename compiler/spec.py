@@ -25,6 +25,9 @@ from compiler.schema import spec_schema
 from compiler.yaml_source import PathT, SourceMap, format_path
 
 FREE_DIM = re.compile(r"^[A-Z][A-Z0-9_]*$")   # B, S, S_ENC: sizes known only at run time
+# In op attributes of a repeated block (and the blocks it calls): the index of the layer, from 0, so
+# one expression describes per-layer choices (`window: w if layer_types[layer] == 'sliding' else null`).
+LAYER_INDEX = "layer"
 
 
 @dataclass
@@ -92,6 +95,7 @@ class WeightRule:
     transforms: list[Any]
     when: Expr | None
     path: PathT
+    ignore: str | None = None         # checkpoint tensors known and deliberately not loaded: why
 
 
 @dataclass
@@ -247,8 +251,10 @@ class _Builder:
             for key, value in body.items():
                 if key == "op":
                     continue
-                is_attr = op is not None and op.attr(key) is not None
-                fields[key] = self.expr(value, lpath + (key,)) if is_attr else value
+                attr = op.attr(key) if op is not None else None
+                if attr is not None and attr.type == "enum":
+                    value = repr(value)   # a choice is a word, not a config name (the schema checked it)
+                fields[key] = self.expr(value, lpath + (key,)) if attr is not None else value
             graph.append(OpLine([o.strip() for o in outs.split(",")], body["op"], fields, lpath))
         return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""))
 
@@ -268,8 +274,14 @@ class _Builder:
         return ParamDecl(name, kind_name, dims, options, tied_to=tied_to, tied_when=tied_when, path=path)
 
     def weight_rule(self, data: dict, path: PathT) -> WeightRule:
+        if ("to" in data) == ("ignore" in data):
+            self.fail(path, "a weight rule needs either 'to' (the params its tensors feed) or 'ignore' "
+                            "(why its tensors are deliberately not loaded), not both")
+        elif "ignore" in data and ("transforms" in data or not isinstance(data["from"], str)):
+            self.fail(path, "an 'ignore' rule takes one 'from' template and no transforms")
         sources = [data["from"]] if isinstance(data["from"], str) else list(data["from"])
-        targets = [data["to"]] if isinstance(data["to"], str) else list(data["to"])
+        to = data.get("to", [])
+        targets = [to] if isinstance(to, str) else list(to)
         when = self.expr(data["when"], path + ("when",)) if "when" in data else None
         transforms = []
         for i, t in enumerate(data.get("transforms", [])):
@@ -280,7 +292,7 @@ class _Builder:
             elif isinstance(t, dict) and "reshape" in t:
                 t = {"reshape": [self.expr(s, tpath + ("reshape", j)) for j, s in enumerate(t["reshape"])]}
             transforms.append(t)
-        return WeightRule(sources, targets, transforms, when, path)
+        return WeightRule(sources, targets, transforms, when, path, data.get("ignore"))
 
 
 def describe_path(path: PathT) -> str:

@@ -223,6 +223,8 @@ def check_rules(spec) -> list[Problem]:
     tensors = model_tensors(spec)
     covered: set[str] = set()
     for rule in spec.weights:
+        if rule.ignore is not None:
+            continue
         src_vars = [placeholders(s) for s in rule.sources]
         tgt_vars = [placeholders(t) for t in rule.targets]
         all_vars = set().union(*src_vars, *tgt_vars)

@@ -95,7 +95,7 @@ def resolve_config(spec, hf: dict, source: str = "config.json", overrides: dict 
         if problem:
             problems.append(f"{source}: {key}: {problem}")
             continue
-        values[name] = float(value) if e.type == "float" else value
+        values[name] = float(value) if e.type == "float" and value is not None else value
     if problems:
         raise ConfigError("\n".join(problems))
     for check in spec.checks:

@@ -14,6 +14,14 @@ class KVCache:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.slots: dict[object, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.regimes: dict[object, object] = {}
+        self.stale = False
+
+    def regime(self, name, value) -> None:
+        """Record a choice the cached keys were computed under (LongRoPE's short or long factors).
+        A later step making another choice leaves the cache stale: generation recomputes it."""
+        if self.regimes.setdefault(name, value) != value:
+            self.stale = True
 
     def update(self, slot, k: torch.Tensor, v: torch.Tensor, past: int):
         buffers = self.slots.get(slot)

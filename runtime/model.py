@@ -93,6 +93,16 @@ class CompiledModel(nn.Module):
                                  padding=None if padding is None else padding[:, :past + step_ids.shape[1]],
                                  cache=cache, past_len=past)
             logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
+            if cache.stale:
+                # The cached keys no longer fit this step (LongRoPE switched factors): like Transformers,
+                # recompute the whole sequence so far into a fresh cache.
+                step_ids, past, cache = out[:, :prompt_len + step], 0, KVCache(total)
+                n = step_ids.shape[1]
+                positions = (positions_from_mask(padding[:, :n]) if padding is not None
+                             else torch.arange(n, device=self.device).expand(batch, -1))
+                ctx = ForwardContext(self.dtype, self.device,
+                                     padding=None if padding is None else padding[:, :n], cache=cache)
+                logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
             token = logits.argmax(dim=-1)
             if eos_t is not None:
                 token = torch.where(done, torch.full_like(token, pad), token)

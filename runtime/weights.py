@@ -85,6 +85,9 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
             else:
                 plan.unexpected.append(name)
             continue
+        if rule.ignore is not None:
+            plan.ignored[name] = rule.ignore
+            continue
         sources = [fill(s, binding) for s in rule.sources]
         targets = [fill(t, binding) for t in rule.targets]
         absent = [s for s in sources if s not in tensors]

@@ -82,6 +82,32 @@ def test_attribute_access_reads_keys_of_dicts():
     assert ev("a.b.c", a={"b": {"c": "deep"}}) == "deep"
 
 
+def test_subscripts_pick_list_entries_like_python():
+    types = ["sliding", "full", "sliding"]
+    assert ev("t[layer]", t=types, layer=1) == "full"
+    assert ev("t[-1]", t=types) == "sliding"
+    assert ev("w if t[layer] == 'sliding' else null", w=4, t=types, layer=2) == 4
+    assert ev("d.sizes[i + 1]", d={"sizes": [3, 5]}, i=0) == 5
+
+
+@pytest.mark.parametrize("text, env, message", [
+    ("x[0]", {"x": 3}, "cannot index 'x': it is a int, not a list"),
+    ("t['a']", {"t": [1]}, "list index \"'a'\" in \"t['a']\" is a string, not an int"),
+    ("t[true]", {"t": [1]}, "is a bool, not an int"),
+    ("t[2]", {"t": [1, 2]}, "index 2 is out of range for 't' of length 2"),
+])
+def test_bad_subscripts_are_errors(text, env, message):
+    assert message in error_of(text, **env)
+
+
+def test_subscripts_render_as_python_and_compare_by_value():
+    e = parse_expr("t[ layer ]")
+    assert str(e) == "t[layer]"
+    assert e.to_python(lambda n: f"cfg.{n}") == "cfg.t[cfg.layer]"
+    assert same_value(parse_expr("t[a + 1]"), parse_expr("t[1 + a]"))
+    assert not same_value(parse_expr("t[a]"), parse_expr("t[b]"))
+
+
 def test_attribute_access_on_a_non_dict_is_an_error():
     msg = error_of("hidden.size", hidden=64)
     assert "cannot read '.size' of 'hidden'" in msg and "int" in msg
@@ -214,7 +240,8 @@ def test_function_arguments_must_be_numbers():
     ("a = b", "unexpected character '=' at column 3"),
     ("a.1", "unexpected '.1' at column 2"),
     ("a. if", "unexpected 'if' at column 4 in 'a. if' (expected a key name after '.')"),
-    ("x[0]", "unexpected character '[' at column 2"),
+    ("x[0", "unexpected end of expression at column 4 in 'x[0' (expected ']')"),
+    ("x[]", "unexpected ']' at column 3"),
     ("min(1,)", "unexpected ')' at column 7"),
     ("a 'str'", "unexpected \"'str'\" at column 3"),
 ])

@@ -46,10 +46,23 @@ _binary("add", "+", "a + b, broadcasting like torch")
 _binary("sub", "-", "a - b, broadcasting like torch")
 _binary("mul", "*", "a * b, broadcasting like torch")
 
+def _scale_emit(e) -> str:
+    rounded = e.a("round_factor")
+    if rounded in ("False", "None"):
+        return f"{e['x']} * {e.a('by')}"
+    # A tensor constant in x's dtype, rounded once from the exact value, like a buffer of the model.
+    factor = f"torch.tensor({e.a('by')}, dtype={e['x']}.dtype, device={e['x']}.device)"
+    return f"{e['x']} * {factor}" if rounded == "True" else f"{e['x']} * ({factor} if {rounded} else {e.a('by')})"
+
+
 register(OpDef(
     name="scale", doc="x * factor, factor a config expression (e.g. embedding scaling by hidden ** 0.5)",
-    operands=("x",), attrs=(Attr("by", "expr", required=True),), infer=_same,
-    emit=lambda e: f"{e['x']} * {e.a('by')}", fusion="elementwise"))
+    operands=("x",),
+    attrs=(Attr("by", "expr", required=True),
+           Attr("round_factor", "bool", default=False,
+                doc="round the factor to x's dtype before multiplying (Gemma's normalizer in bf16), "
+                    "instead of multiplying by the exact factor in the op's compute precision")),
+    infer=_same, emit=_scale_emit, fusion="elementwise"))
 
 register(OpDef(
     name="silu", doc="x * sigmoid(x)", operands=("x",), infer=_same,
@@ -71,13 +84,16 @@ register(OpDef(
     infer=_same, emit=_gelu_emit, fusion="elementwise"))
 
 
-def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    # null means no capping: configs switch it off with null (Gemma 2's final_logit_softcapping).
+    if cap is None:
+        return x
     return torch.tanh(x / cap) * cap
 
 
 register(OpDef(
-    name="softcap", doc="tanh(x / cap) * cap (logit soft-capping)", operands=("x",),
-    attrs=(Attr("cap", "expr", required=True),), infer=_same,
+    name="softcap", doc="tanh(x / cap) * cap (logit soft-capping); x unchanged when cap is null", operands=("x",),
+    attrs=(Attr("cap", "expr", required=True, doc="the cap, or null for none"),), infer=_same,
     emit=lambda e: f"ops.softcap({e['x']}, {e.a('cap')})", fusion="elementwise"))
 
 __all__ = ["softcap", "math"]

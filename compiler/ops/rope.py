@@ -7,7 +7,8 @@ import torch
 
 from .registry import Attr, OpDef, ShapeError, TType, register
 
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+ALIASES = {"su": "longrope"}   # the first Phi-3 configs named LongRoPE after its authors' "su" scaling
 
 
 def rope_type(scaling: dict | None) -> str:
@@ -15,6 +16,7 @@ def rope_type(scaling: dict | None) -> str:
     if not scaling:
         return "default"
     kind = scaling.get("rope_type", scaling.get("type", "default"))
+    kind = ALIASES.get(kind, kind)
     if kind not in ROPE_TYPES:
         raise ValueError(f"rope scaling type '{kind}' is not supported (supported: {', '.join(ROPE_TYPES)})")
     return kind
@@ -23,9 +25,10 @@ def rope_type(scaling: dict | None) -> str:
 _INV_FREQ: dict[tuple, torch.Tensor] = {}
 
 
-def rope_inv_freq(dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
-    """Inverse frequencies, computed once per (dim, theta, scaling) and reused by every forward."""
-    key = (dim, float(theta), repr(sorted((scaling or {}).items())))
+def rope_inv_freq(dim: int, theta: float, scaling: dict | None, long: bool = False) -> torch.Tensor:
+    """Inverse frequencies, computed once per (dim, theta, scaling) and reused by every forward.
+    `long`: LongRoPE's set for sequences past the original context (its short set otherwise)."""
+    key = (dim, float(theta), repr(sorted((scaling or {}).items())), long)
     cached = _INV_FREQ.get(key)
     if cached is not None:
         return cached
@@ -43,16 +46,56 @@ def rope_inv_freq(dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
         inv = torch.where(medium, smoothed, scaled)
+    elif kind == "longrope":
+        factors = scaling["long_factor" if long else "short_factor"]
+        if len(factors) != dim // 2:
+            raise ValueError(f"longrope: {'long' if long else 'short'}_factor has {len(factors)} entries, "
+                             f"the rotary dim {dim} needs {dim // 2}")
+        inv = 1.0 / (torch.tensor(factors, dtype=torch.float32) * theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     _INV_FREQ[key] = inv
     return inv
 
 
-def rope_table(pos: torch.Tensor, ctx, dim: int, theta: float, scaling: dict | None = None):
+def _longrope(scaling: dict, pos: torch.Tensor, max_positions, original_max_positions) -> tuple[bool, float]:
+    """(use the long factors?, the cos/sin scale) as Transformers decides them at each forward: long
+    once a position of this call reaches past the original context; keys already cached keep theirs."""
+    original = scaling.get("original_max_position_embeddings") or original_max_positions
+    if not original:
+        raise ValueError("longrope needs original_max_position_embeddings (in the scaling dict or the config)")
+    factor = scaling.get("factor")
+    if factor is None:
+        if not max_positions:
+            raise ValueError("longrope needs a factor or max_position_embeddings")
+        factor = max_positions / original
+    scale = scaling.get("attention_factor")
+    if scale is None:
+        scale = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return int(pos.max()) + 1 > original, scale
+
+
+def rope_table(pos: torch.Tensor, ctx, dim: int, theta: float, scaling: dict | None = None,
+               max_positions: int | None = None, original_max_positions: int | None = None):
     """cos and sin of shape [B, S, dim] in the half-split layout, in the model's dtype."""
-    inv = rope_inv_freq(dim, theta, scaling).to(pos.device)
+    long, scale = False, 1.0
+    if rope_type(scaling) == "longrope":
+        long, scale = _longrope(scaling, pos, max_positions, original_max_positions)
+        if ctx.cache is not None:
+            # Keys cached with the short factors do not fit the long ones; Transformers recomputes them too.
+            ctx.cache.regime(("longrope", dim), long)
+    inv = rope_inv_freq(dim, theta, scaling, long).to(pos.device)
     freqs = pos[..., None].float() * inv
     emb = torch.cat((freqs, freqs), dim=-1)
+    if scale != 1.0:
+        return (emb.cos() * scale).to(ctx.dtype), (emb.sin() * scale).to(ctx.dtype)
     return emb.cos().to(ctx.dtype), emb.sin().to(ctx.dtype)
+
+
+def _table_emit(e) -> str:
+    args = [e["pos"], "ctx", e.a("dim"), e.a("theta"), e.a("scaling")]
+    for name in ("max_positions", "original_max_positions"):
+        if e.a(name) != "None":
+            args.append(f"{name}={e.a(name)}")
+    return f"ops.rope_table({', '.join(args)})"
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -77,9 +120,12 @@ register(OpDef(
     name="rope_table", doc="cos, sin = rotary tables for integer positions [B, S] -> [B, S, dim]",
     operands=("pos",), outputs=2, context=True, fusion="opaque",
     attrs=(Attr("dim", "expr", required=True), Attr("theta", "expr", required=True),
-           Attr("scaling", "expr", default=None, doc="the rope_scaling / rope_parameters dict, or null")),
-    infer=_table_infer,
-    emit=lambda e: f"ops.rope_table({e['pos']}, ctx, {e.a('dim')}, {e.a('theta')}, {e.a('scaling')})"))
+           Attr("scaling", "expr", default=None, doc="the rope_scaling / rope_parameters dict, or null"),
+           Attr("max_positions", "expr", default=None,
+                doc="max_position_embeddings: LongRoPE's default factor is its ratio to the original context"),
+           Attr("original_max_positions", "expr", default=None,
+                doc="the pretraining context, where the scaling dict does not say it (older LongRoPE configs)")),
+    infer=_table_infer, emit=_table_emit))
 
 
 def _rope_infer(ctx) -> list[TType]:
