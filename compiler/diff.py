@@ -104,8 +104,11 @@ def _diff_checks(a: Spec, b: Spec) -> dict:
 
 # -- weights ---------------------------------------------------------------------------------------
 def _rule(r) -> dict:
-    out = {"from": r.sources if len(r.sources) > 1 else r.sources[0],
-           "to": r.targets if len(r.targets) > 1 else r.targets[0]}
+    out = {"from": r.sources if len(r.sources) > 1 else r.sources[0]}
+    if r.ignore is not None:
+        out["ignore"] = r.ignore
+    else:
+        out["to"] = r.targets if len(r.targets) > 1 else r.targets[0]
     if r.transforms:
         out["transforms"] = [_plain_transform(t) for t in r.transforms]
     if r.when is not None:

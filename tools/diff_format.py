@@ -71,7 +71,7 @@ def _fields(e: dict) -> str:
 
 
 def _rule(r: dict) -> str:
-    text = f"{_show(r['from'])} -> {_show(r['to'])}"
+    text = f"{_show(r['from'])} -> {_show(r['to'])}" if "to" in r else f"{_show(r['from'])} ignored ({r['ignore']})"
     if r.get("transforms"):
         text += f" [{', '.join(_show(t) for t in r['transforms'])}]"
     if r.get("when"):
