@@ -91,6 +91,16 @@ class WeightRule:
     transforms: list[Any]
     when: Expr | None
     path: PathT
+    ignore: str | None = None        # a tensor the model does not need, and why (targets are empty)
+
+
+@dataclass
+class HeadDecl:
+    """A task head: a block over the model's outputs, built on top of the trunk when it is chosen."""
+    name: str
+    architectures: list[str]
+    block: BlockDecl                 # its inputs are the model's outputs, filled in by the lowering
+    path: PathT
 
 
 @dataclass
@@ -107,6 +117,16 @@ class Spec:
     weights: list[WeightRule]
     doc: str = ""
     sha256: str = field(default="")
+    heads: dict[str, HeadDecl] = field(default_factory=dict)
+    base_prefix: str = ""            # carried by the trunk's tensors in checkpoints saved with a head
+
+    def head_for(self, architectures) -> str | None:
+        """The head a config.json's `architectures` names, or None."""
+        for arch in architectures or []:
+            for head in self.heads.values():
+                if arch in head.architectures:
+                    return head.name
+        return None
 
     def problem(self, path: PathT, message: str) -> Problem:
         return self.sources.problem(path, message)
@@ -207,10 +227,17 @@ class _Builder:
         blocks = {n: self.block(n, b, ("blocks", n)) for n, b in data["blocks"].items()}
         model = self.block("model", data["model"], ("model",))
         weights = [self.weight_rule(r, ("weights", i)) for i, r in enumerate(data["weights"])]
+        heads = {n: self.head(n, h, ("heads", n)) for n, h in data.get("heads", {}).items()}
         digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
         return Spec(name=data["name"], file=self.sources.file, data=data, sources=self.sources,
                     matches=data.get("matches", {}), config=config, checks=checks, blocks=blocks,
-                    model=model, weights=weights, doc=data.get("doc", ""), sha256=digest)
+                    model=model, weights=weights, doc=data.get("doc", ""), sha256=digest,
+                    heads=heads, base_prefix=data.get("base_prefix", ""))
+
+    def head(self, name: str, data: dict, path: PathT) -> HeadDecl:
+        body = {"inputs": {}, "graph": data.get("graph", []), "outputs": data["outputs"],
+                "params": data.get("params", {}), "doc": data.get("doc", "")}
+        return HeadDecl(name, list(data.get("architectures", [])), self.block(name, body, path), path)
 
     def config_entry(self, name: str, entry: dict, path: PathT) -> ConfigEntry:
         hf = entry.get("hf", [])
@@ -259,14 +286,17 @@ class _Builder:
         kind = PARAM_KINDS[kind_name]
         shape = data[kind_name]
         shape = shape if isinstance(shape, list) else [shape]
-        dims = {d: self.expr(v, path + (kind_name, i)) for i, (d, v) in enumerate(zip(kind.dims, shape))}
+        names = [f"d{i}" for i in range(len(shape))] if kind.variadic else kind.dims
+        dims = {d: self.expr(v, path + (kind_name, i)) for i, (d, v) in enumerate(zip(names, shape))}
         options = {o: self.expr(data.get(o, default), path + (o,)) for o, default in kind.options.items()}
         return ParamDecl(name, kind_name, dims, options, tied_to=tied_to, tied_when=tied_when, path=path)
 
     def weight_rule(self, data: dict, path: PathT) -> WeightRule:
         sources = [data["from"]] if isinstance(data["from"], str) else list(data["from"])
-        targets = [data["to"]] if isinstance(data["to"], str) else list(data["to"])
         when = self.expr(data["when"], path + ("when",)) if "when" in data else None
+        if "ignore" in data:
+            return WeightRule(sources, [], [], when, path, ignore=data["ignore"])
+        targets = [data["to"]] if isinstance(data["to"], str) else list(data["to"])
         transforms = []
         for i, t in enumerate(data.get("transforms", [])):
             tpath = path + ("transforms", i)

@@ -8,7 +8,7 @@ from torch import nn
 from runtime.context import ForwardContext, KVCache
 
 # Model inputs the runtime knows how to supply; a spec's model.inputs must be among them.
-SUPPLIED_INPUTS = ("input_ids", "position_ids")
+SUPPLIED_INPUTS = ("input_ids", "position_ids", "token_type_ids", "pixel_values")
 
 
 class ModelOutput(dict):
@@ -38,17 +38,38 @@ class CompiledModel(nn.Module):
         self.device = torch.device(device)
         self.load_report = load_report or {}
         self.input_names = list(spec.model.inputs)
+        self.id2label: dict[int, str] | None = None
 
     def __repr__(self) -> str:
         return f"CompiledModel({self.spec.name}, dtype={self.dtype}, device={self.device})\n{self.net!r}"
 
-    def _run(self, input_ids, position_ids, ctx) -> ModelOutput:
-        feeds = {"input_ids": input_ids, "position_ids": position_ids}
+    def _run(self, input_ids, position_ids, ctx, **extra) -> ModelOutput:
+        feeds = {"input_ids": input_ids, "position_ids": position_ids, **extra}
+        if "token_type_ids" in self.input_names and feeds.get("token_type_ids") is None:
+            # one segment, as Transformers assumes when none is given
+            feeds["token_type_ids"] = torch.zeros_like(input_ids)
+        missing = [n for n in self.input_names if feeds.get(n) is None]
+        if missing:
+            raise TypeError(f"{self.spec.name} needs the input(s) {', '.join(missing)}")
         return ModelOutput(self.net(*(feeds[n] for n in self.input_names), ctx))
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> ModelOutput:
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None) -> ModelOutput:
+        extra = {}
+        if token_type_ids is not None:
+            extra["token_type_ids"] = self._batch(token_type_ids)
+        if pixel_values is not None:
+            pv = torch.as_tensor(pixel_values, device=self.device).to(self.dtype)
+            extra["pixel_values"] = pv[None] if pv.dim() == 3 else pv
+        unused = [n for n in extra if n not in self.input_names]
+        if unused:
+            raise TypeError(f"{self.spec.name} takes no {', '.join(unused)} (its inputs: {', '.join(self.input_names)})")
+        if input_ids is None:
+            if "input_ids" in self.input_names:
+                raise TypeError(f"{self.spec.name} needs input_ids")
+            return self._run(None, None, ForwardContext(self.dtype, self.device), **extra)
         input_ids = self._batch(input_ids)
         padding = None
         if attention_mask is not None:
@@ -59,7 +80,7 @@ class CompiledModel(nn.Module):
             position_ids = (positions_from_mask(padding) if padding is not None
                             else torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids))
         ctx = ForwardContext(self.dtype, self.device, padding=padding)
-        return self._run(input_ids, position_ids.to(self.device), ctx)
+        return self._run(input_ids, position_ids.to(self.device), ctx, **extra)
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, eos_token_id=None,

@@ -33,6 +33,7 @@ class LoadPlan:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mis_shaped: list[str] = field(default_factory=list)
+    head_missing: list[str] = field(default_factory=list)     # params of the chosen head without weights
 
     def problems(self) -> list[str]:
         out = []
@@ -66,11 +67,39 @@ def tied_params(module: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str = "") -> LoadPlan:
-    """Match checkpoint tensors (name -> TensorInfo) to the module's params through the rules."""
+def _strip_prefix(spec, tensors: dict, plan: "LoadPlan") -> tuple[dict, dict]:
+    """Checkpoints saved with a head carry the trunk under the spec's base_prefix (`bert.`), those saved
+    without do not; rules are written without it. Returns (rule-side name -> info, rule-side -> file name)."""
+    prefix = getattr(spec, "base_prefix", "")
+    if not prefix:
+        return tensors, {n: n for n in tensors}
+    local, original = {}, {}
+    for name, info in tensors.items():
+        short = name[len(prefix):] if name.startswith(prefix) else name
+        if short in original:
+            plan.unexpected.append(f"{name} (the same tensor as {original[short]} once the prefix '{prefix}' is removed)")
+            continue
+        local[short], original[short] = info, name
+    return local, original
+
+
+def _heads_of(spec, target: str) -> list[str]:
+    """The heads of the spec that declare the param a rule target lands on (none: a trunk param)."""
+    root = target.split(".", 1)[0]
+    return [name for name, head in getattr(spec, "heads", {}).items() if root in head.block.params]
+
+
+def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str = "",
+              head: str | None = None) -> LoadPlan:
+    """Match checkpoint tensors (name -> TensorInfo) to the module's params through the rules.
+
+    With a head chosen, its params without weights go to `head_missing` (the caller decides whether
+    they may be newly initialised), and tensors of the spec's other heads are ignored, with the reason.
+    """
     params = {n: tuple(p.shape) for n, p in module.named_parameters()}
     aliases = tied_params(module)
     plan = LoadPlan()
+    tensors, original = _strip_prefix(spec, tensors, plan)
     consumed: set[str] = set()
     produced: dict[str, str] = {}
     rules = [r for r in spec.weights if _active(r, config)]
@@ -87,6 +116,10 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
             continue
         sources = [fill(s, binding) for s in rule.sources]
         targets = [fill(t, binding) for t in rule.targets]
+        if rule.ignore is not None:
+            plan.ignored[original[name]] = rule.ignore
+            consumed.add(name)
+            continue
         absent = [s for s in sources if s not in tensors]
         if absent:
             plan.missing.extend(f"{s} (needed with {name} for {', '.join(targets)})" for s in absent)
@@ -98,6 +131,13 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
                 plan.ignored[s] = f"{', '.join(targets)} is tied to {', '.join(aliases[t] for t in targets)}"
             continue
         unknown = [t for t in targets if t not in params and t not in aliases]
+        owners = [_heads_of(spec, t) for t in unknown]
+        if unknown and all(owners):
+            # the module lacks these params, so they are not the chosen head's: another head's weights
+            heads = sorted({h for hs in owners for h in hs})
+            for s in sources:
+                plan.ignored[original[s]] = f"weights of the {', '.join(heads)} head, not the one loaded"
+            continue
         if unknown:
             plan.unexpected.extend(f"{s} (maps to {', '.join(unknown)}, which this config does not have)" for s in sources)
             continue
@@ -114,13 +154,30 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
                 plan.mis_shaped.append(f"{target}: the model wants {list(want)}, the checkpoint gives {list(shape)} (from {src})")
                 bad = True
         if not bad:
-            plan.assignments.append(Assignment(rule, sources, targets))
+            plan.assignments.append(Assignment(rule, [original[s] for s in sources], targets))
             for t in targets:
                 produced[t] = name
     for name in params:
         if name not in produced:
-            plan.missing.append(name)
+            (plan.head_missing if head is not None and head in _heads_of(spec, name) else plan.missing).append(name)
     return plan
+
+
+def init_new(module: nn.Module, names: list[str], dtype: torch.dtype, device, std: float) -> None:
+    """Fresh weights for params the checkpoint lacks, as Transformers initialises them: weights of
+    projections and tables ~ N(0, std), norm scales 1, biases 0."""
+    for name in names:
+        owner_path, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_path) if owner_path else module
+        shape = getattr(owner, leaf).shape
+        value = torch.empty(shape, dtype=dtype, device=device)
+        if leaf == "bias":
+            value.zero_()
+        elif "Norm" in type(owner).__name__:
+            value.fill_(1.0)
+        else:
+            value.normal_(0.0, std)
+        _set_param(module, name, nn.Parameter(value, requires_grad=False))
 
 
 def _match(rules, name: str):
@@ -167,4 +224,4 @@ def check_no_meta(module: nn.Module) -> None:
         raise CheckpointError(f"params left without weights (a bug in the weight plan): {', '.join(left[:SHOW])}")
 
 
-__all__ = ["plan_load", "load_into", "LoadPlan", "Expr"]
+__all__ = ["plan_load", "load_into", "init_new", "LoadPlan", "Expr"]

@@ -1,0 +1,103 @@
+"""specs/bert.yaml and its task heads against the transformers Bert classes on tiny random checkpoints."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import runtime
+from compiler.pipeline import compile_spec
+from runtime.errors import CheckpointError
+from tests.encoder_cases import TOL, max_diff, token_batch
+from tests.hf_checkpoints import randomize, save
+
+transformers = pytest.importorskip("transformers")
+
+BASE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+            max_position_embeddings=40, type_vocab_size=2, pad_token_id=0)
+HEADS = {
+    "base": ("BertModel", ["last_hidden_state", "pooler_output"], {}),
+    "masked_lm": ("BertForMaskedLM", ["logits"], {}),
+    "sequence_classification": ("BertForSequenceClassification", ["logits"], dict(num_labels=3)),
+    "token_classification": ("BertForTokenClassification", ["logits"], dict(num_labels=5)),
+    "question_answering": ("BertForQuestionAnswering", ["start_logits", "end_logits"], {}),
+}
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    return compile_spec("specs/bert.yaml", tmp_path_factory.mktemp("art") / "bert").directory
+
+
+def make(tmp_path, cls_name, seed=0, **extra):
+    config = transformers.BertConfig(**{**BASE, **extra})
+    model = randomize(getattr(transformers, cls_name)(config), seed)
+    return model, save(model, tmp_path / cls_name)
+
+
+def reference(model, ids, mask, types):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_each_head_matches_transformers_on_a_padded_batch(tmp_path, artifact, head):
+    cls_name, fields, extra = HEADS[head]
+    ref, folder = make(tmp_path, cls_name, **extra)
+    ours = runtime.load(artifact, folder)   # the head comes from config.json's architectures
+    assert ours.load_report["head"] == head and ours.load_report["newly_initialized"] == []
+    ids, mask, types = token_batch(BASE["vocab_size"])
+    got = ours(ids, attention_mask=mask, token_type_ids=types)
+    assert sorted(got) == sorted(fields)
+    diffs = max_diff(got, reference(ref, ids, mask, types), fields, mask)
+    assert max(diffs.values()) <= TOL, diffs
+
+
+def test_untied_decoder_and_default_token_types(tmp_path, artifact):
+    ref, folder = make(tmp_path, "BertForMaskedLM", tie_word_embeddings=False)
+    ours = runtime.load(artifact, folder)
+    assert ours.net.decoder.weight.data_ptr() != ours.net.word_embed.weight.data_ptr()
+    ids, _, _ = token_batch(BASE["vocab_size"])
+    with torch.no_grad():
+        expected = ref(ids).logits
+    assert (ours(ids).logits - expected).abs().max().item() <= TOL
+
+
+def test_labels_come_from_config_json(tmp_path, artifact):
+    labels = {0: "neg", 1: "neutral", 2: "pos"}
+    _, folder = make(tmp_path, "BertForSequenceClassification", id2label=labels, label2id={v: k for k, v in labels.items()})
+    ours = runtime.from_pretrained(folder)
+    assert ours.config["num_labels"] == 3 and ours.id2label == labels
+    assert ours(torch.tensor([[5, 6, 7]])).logits.shape == (1, 3)
+
+
+def test_a_head_is_chosen_by_name_and_other_heads_weights_are_ignored_by_name(tmp_path, artifact):
+    ref, folder = make(tmp_path, "BertForQuestionAnswering")
+    base = runtime.load(artifact, folder, head="base", init_new_head=True)
+    # the QA checkpoint has no pooler: it is the base head's own param, so it is new, and said so
+    assert base.load_report["newly_initialized"] == ["pooler.weight", "pooler.bias"]
+    assert base.load_report["ignored"]["qa_outputs.weight"].startswith("weights of the question_answering head")
+    ids, mask, types = token_batch(BASE["vocab_size"])
+    with torch.no_grad():
+        trunk = ref.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    got = base(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    assert (got - trunk)[mask.bool()].abs().max().item() <= TOL
+
+
+def test_a_head_without_weights_is_refused_unless_new_init_is_allowed(tmp_path, artifact):
+    _, folder = make(tmp_path, "BertModel")
+    with pytest.raises(CheckpointError, match=r"no weights for the 'sequence_classification' head.*classifier\.weight"):
+        runtime.load(artifact, folder, head="sequence_classification")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = runtime.from_pretrained(folder, head="sequence_classification", init_new_head=True)
+    assert ours.load_report["newly_initialized"] == ["classifier.weight", "classifier.bias"]
+    assert any("classifier.weight" in str(w.message) and "newly initialised" in str(w.message) for w in caught)
+    assert ours(torch.tensor([[5, 6, 7]])).logits.shape == (1, 2)
+
+
+def test_unknown_head_names_the_heads_the_spec_has(tmp_path, artifact):
+    _, folder = make(tmp_path, "BertModel")
+    with pytest.raises(Exception, match="no head 'causal_lm'.*masked_lm"):
+        runtime.load(artifact, folder, head="causal_lm")
