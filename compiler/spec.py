@@ -200,6 +200,9 @@ def _schema_problem(err: jsonschema.ValidationError, sources: SourceMap) -> Prob
         allowed = ", ".join(err.schema.get("properties", {}))
         message = f"unexpected field(s) {', '.join(map(repr, extra))}; expected one of: {allowed}"
         path = path + (extra[0],) if extra else path
+    elif err.validator == "oneOf" and all(set(b) == {"required"} for b in err.validator_value):
+        keys = [b["required"][0] for b in err.validator_value]
+        message = f"give exactly one of {' or '.join(map(repr, keys))}"
     elif err.validator == "required":
         message = f"{err.message} (this mapping needs: {', '.join(err.validator_value)})"
     return sources.problem(path, f"{message} [schema: {schema_path}, keyword '{err.validator}']")

@@ -134,6 +134,9 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     labels = hf.get("id2label")
     if isinstance(labels, dict):
         model.id2label = {int(k): v for k, v in labels.items()}
+    elif isinstance(config.get("num_labels"), int):
+        # config.json leaves the labels out when they are Transformers' defaults
+        model.id2label = {i: f"LABEL_{i}" for i in range(config["num_labels"])}
     return model
 
 

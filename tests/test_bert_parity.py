@@ -10,20 +10,13 @@ import torch
 import runtime
 from compiler.pipeline import compile_spec
 from runtime.errors import CheckpointError
-from tests.encoder_cases import TOL, max_diff, token_batch
+from tests.encoder_cases import TOL, token_batch
 from tests.hf_checkpoints import randomize, save
 
 transformers = pytest.importorskip("transformers")
 
 BASE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
             max_position_embeddings=40, type_vocab_size=2, pad_token_id=0)
-HEADS = {
-    "base": ("BertModel", ["last_hidden_state", "pooler_output"], {}),
-    "masked_lm": ("BertForMaskedLM", ["logits"], {}),
-    "sequence_classification": ("BertForSequenceClassification", ["logits"], dict(num_labels=3)),
-    "token_classification": ("BertForTokenClassification", ["logits"], dict(num_labels=5)),
-    "question_answering": ("BertForQuestionAnswering", ["start_logits", "end_logits"], {}),
-}
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +28,6 @@ def make(tmp_path, cls_name, seed=0, **extra):
     config = transformers.BertConfig(**{**BASE, **extra})
     model = randomize(getattr(transformers, cls_name)(config), seed)
     return model, save(model, tmp_path / cls_name)
-
-
-def reference(model, ids, mask, types):
-    with torch.no_grad():
-        return model(input_ids=ids, attention_mask=mask, token_type_ids=types)
 
 
 def test_untied_decoder_and_default_token_types(tmp_path, artifact):
