@@ -26,6 +26,16 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def bidirectional(spec) -> bool:
+    """Whether some attention of the spec sees later tokens (an encoder): such a model cannot generate."""
+    for decl in [spec.model, *spec.blocks.values()]:
+        for line in decl.graph:
+            causal = line.fields.get("causal") if line.op == "attention" else None
+            if causal is not None and causal.is_constant() and not causal.evaluate({}):
+                return True
+    return False
+
+
 class CompiledModel(nn.Module):
     def __init__(self, net: nn.Module, config: dict, spec, manifest: dict, dtype: torch.dtype, device,
                  load_report: dict | None = None):
@@ -58,6 +68,8 @@ class CompiledModel(nn.Module):
                 position_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None) -> ModelOutput:
         extra = {}
+        if position_ids is not None and "position_ids" not in self.input_names:
+            raise TypeError(f"{self.spec.name} computes its own positions; it takes no position_ids")
         if token_type_ids is not None:
             extra["token_type_ids"] = self._batch(token_type_ids)
         if pixel_values is not None:
@@ -90,6 +102,9 @@ class CompiledModel(nn.Module):
         Rows that produced an end token continue with `pad_token_id` (or the first end token)
         until every row has finished or `max_new_tokens` is reached.
         """
+        if bidirectional(self.spec):
+            raise TypeError(f"{self.spec.name} is a bidirectional encoder (its attention is not causal); "
+                            "it has no next-token distribution to generate from")
         ids = self._batch(input_ids)
         batch, prompt_len = ids.shape
         total = prompt_len + max_new_tokens

@@ -77,3 +77,23 @@ def test_unknown_head_names_the_heads_the_spec_has(tmp_path, artifact):
     _, folder = make(tmp_path, "BertModel")
     with pytest.raises(Exception, match="no head 'causal_lm'.*masked_lm"):
         runtime.load(artifact, folder, head="causal_lm")
+
+
+def test_an_encoder_refuses_to_generate_and_to_take_positions(tmp_path, artifact):
+    _, folder = make(tmp_path, "BertForMaskedLM")
+    ours = runtime.load(artifact, folder)
+    with pytest.raises(TypeError, match="bidirectional encoder"):
+        ours.generate(torch.tensor([[5, 6, 7]]))
+    with pytest.raises(TypeError, match="takes no position_ids"):
+        ours(torch.tensor([[5, 6, 7]]), position_ids=torch.tensor([[0, 1, 2]]))
+
+
+def test_bfloat16_encoder_tracks_the_fp32_reference(tmp_path, artifact):
+    ref, folder = make(tmp_path, "BertModel")
+    ours = runtime.load(artifact, folder, dtype=torch.bfloat16)
+    ids, mask, types = token_batch(BASE["vocab_size"])
+    got = ours(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    assert got.dtype == torch.bfloat16
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    assert (got.float() - want)[mask.bool()].abs().max().item() < 0.1
