@@ -97,3 +97,27 @@ def test_bfloat16_encoder_tracks_the_fp32_reference(tmp_path, artifact):
     with torch.no_grad():
         want = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
     assert (got.float() - want)[mask.bool()].abs().max().item() < 0.1
+
+
+def test_tensorflow_era_checkpoint_names_load_the_same_model(tmp_path, artifact):
+    """Old BertForPreTraining checkpoints: gamma/beta LayerNorms, the position_ids buffer, the
+    next-sentence head and the decoder bias alias are all accepted, and reported as ignored."""
+    from safetensors.torch import load_file, save_file
+    ref, folder = make(tmp_path, "BertForMaskedLM")
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+               for k, v in tensors.items()}
+    renamed["bert.embeddings.position_ids"] = torch.arange(BASE["max_position_embeddings"])[None]
+    renamed["cls.seq_relationship.weight"] = torch.zeros(2, BASE["hidden_size"])
+    renamed["cls.seq_relationship.bias"] = torch.zeros(2)
+    renamed["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].clone()
+    save_file(renamed, path, metadata={"format": "pt"})
+    ours = runtime.load(artifact, folder)
+    assert set(ours.load_report["ignored"]) == {"bert.embeddings.position_ids", "cls.seq_relationship.weight",
+                                                "cls.seq_relationship.bias", "cls.predictions.decoder.bias"}
+    ids, mask, types = token_batch(BASE["vocab_size"])
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    got = ours(ids, attention_mask=mask, token_type_ids=types).logits
+    assert (got - want)[mask.bool()].abs().max().item() <= TOL

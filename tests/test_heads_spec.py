@@ -54,4 +54,4 @@ def test_a_weight_rule_needs_a_target_or_a_reason_to_ignore(tmp_path):
     text = BERT.replace('{from: "embeddings.position_ids", ignore: "a saved arange buffer; positions are computed at run time"}',
                         '{from: "embeddings.position_ids"}')
     msg = problems(tmp_path, text)
-    assert "weights[4]" in msg and "give exactly one of 'to' or 'ignore'" in msg
+    assert "weights[12]" in msg and "give exactly one of 'to' or 'ignore'" in msg
