@@ -75,7 +75,8 @@ def model_tensors(spec) -> list[TensorTemplate]:
                         continue          # e.g. `bias: false`: the tensor does not exist
                     cond = True
                 conds = when + ((cond,) if isinstance(cond, Expr) else ())
-                tied = f"{prefix}{p.tied_to}.{tensor}" if p.tied_to else None
+                # a tie shares the weight matrix only; a bias stays the param's own (an MLM decoder's)
+                tied = f"{prefix}{p.tied_to}.{tensor}" if p.tied_to and tensor == "weight" else None
                 out.append(TensorTemplate(f"{prefix}{p.name}.{tensor}", tuple(shape), conds, tied, p.tied_when,
                                           repeat, head))
 

@@ -36,6 +36,15 @@ def bidirectional(spec) -> bool:
     return False
 
 
+def _fixed_dims(spec, config: dict) -> dict[str, tuple[int, dict[int, int]]]:
+    """Per model input: its rank and the dims the config fixes (an image of image_size pixels)."""
+    out = {}
+    for name, decl in spec.model.inputs.items():
+        fixed = {i: int(d.evaluate(config)) for i, d in enumerate(decl.shape) if d.names <= config.keys()}
+        out[name] = (len(decl.shape), fixed)
+    return out
+
+
 class CompiledModel(nn.Module):
     def __init__(self, net: nn.Module, config: dict, spec, manifest: dict, dtype: torch.dtype, device,
                  load_report: dict | None = None):
@@ -49,6 +58,7 @@ class CompiledModel(nn.Module):
         self.load_report = load_report or {}
         self.input_names = list(spec.model.inputs)
         self.id2label: dict[int, str] | None = None
+        self._input_dims = _fixed_dims(spec, config)
 
     def __repr__(self) -> str:
         return f"CompiledModel({self.spec.name}, dtype={self.dtype}, device={self.device})\n{self.net!r}"
@@ -61,6 +71,12 @@ class CompiledModel(nn.Module):
         missing = [n for n in self.input_names if feeds.get(n) is None]
         if missing:
             raise TypeError(f"{self.spec.name} needs the input(s) {', '.join(missing)}")
+        for name, (rank, fixed) in self._input_dims.items():
+            shape = tuple(feeds[name].shape)
+            if len(shape) != rank or any(shape[i] != size for i, size in fixed.items()):
+                want = [str(fixed.get(i, d)) for i, d in enumerate(self.spec.model.inputs[name].shape)]
+                raise ValueError(f"{self.spec.name}: input {name} must be [{', '.join(want)}] for this config, "
+                                 f"got {list(shape)}")
         return ModelOutput(self.net(*(feeds[n] for n in self.input_names), ctx))
 
     @torch.inference_mode()

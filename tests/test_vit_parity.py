@@ -49,3 +49,10 @@ def test_vit_refuses_token_inputs(tmp_path, artifact):
     ours = runtime.load(artifact, save(ref, tmp_path / "m"))
     with pytest.raises(TypeError, match="needs input_ids|pixel_values"):
         ours(torch.tensor([[1, 2, 3]]))
+
+
+def test_an_image_of_another_size_is_refused_with_the_expected_shape(tmp_path, artifact):
+    ref = randomize(transformers.ViTModel(transformers.ViTConfig(**BASE)))
+    ours = runtime.load(artifact, save(ref, tmp_path / "m"))
+    with pytest.raises(ValueError, match=r"pixel_values must be \[B, 3, 16, 16\].*\[1, 3, 32, 32\]"):
+        ours(pixel_values=torch.zeros(1, 3, 32, 32))
