@@ -122,6 +122,10 @@ def param_formulas(spec: Spec) -> dict:
             continue
         out[t.name] = formula + note
         total.append(count)
-    out["total (all optional params present, none tied)"] = canonical(parse_expr(" + ".join(total)))
+    # summed one tensor at a time: the joined text of a large model is over the expression length limit
+    running = "0"
+    for count in total:
+        running = canonical(parse_expr(f"({running}) + {count}"))
+    out["total (all optional params present, none tied)"] = running
     return out
 

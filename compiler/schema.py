@@ -50,7 +50,10 @@ def _param() -> dict:
                       "then": {"properties": props, "additionalProperties": False}})
     block = {"if": {"required": ["block"]},
              "then": {"properties": {"block": {"type": "string", "pattern": IDENT}, "repeat": EXPR,
-                                     "doc": {"type": "string"}},
+                                     "doc": {"type": "string"},
+                                     "static": {"type": "boolean", "description": "its inputs do not change "
+                                                "while decoding (an encoder, cross-attention keys): "
+                                                "generate runs it once"}},
                       "additionalProperties": False}}
     one_of_kinds = [{"required": [k]} for k in [*PARAM_KINDS, "block"]]
     return {"type": "object", "oneOf": one_of_kinds, "allOf": [*kinds, block]}

@@ -55,6 +55,7 @@ class ParamDecl:
     tied_to: str | None = None
     tied_when: Expr | None = None
     path: PathT = ()
+    static: bool = False             # a block whose inputs do not change while decoding: run once
 
 
 @dataclass
@@ -273,8 +274,10 @@ class _Builder:
             for key, value in body.items():
                 if key == "op":
                     continue
-                is_attr = op is not None and op.attr(key) is not None
-                fields[key] = self.expr(value, lpath + (key,)) if is_attr else value
+                attr = op.attr(key) if op is not None else None
+                if attr is not None and attr.type == "enum":
+                    value = repr(value)     # a choice is text (`approximate: tanh`), not a config name
+                fields[key] = self.expr(value, lpath + (key,)) if attr is not None else value
             graph.append(OpLine([o.strip() for o in outs.split(",")], body["op"], fields, lpath))
         return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""))
 
@@ -284,7 +287,8 @@ class _Builder:
         tied_when = self.expr(tied.get("when", True), path + ("tied", "when")) if tied else None
         if "block" in data:
             repeat = self.expr(data["repeat"], path + ("repeat",)) if "repeat" in data else None
-            return ParamDecl(name, "block", {}, {}, block=data["block"], repeat=repeat, path=path)
+            return ParamDecl(name, "block", {}, {}, block=data["block"], repeat=repeat, path=path,
+                             static=bool(data.get("static", False)))
         (kind_name,) = [k for k in data if k in PARAM_KINDS]
         kind = PARAM_KINDS[kind_name]
         shape = data[kind_name]

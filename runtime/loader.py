@@ -128,7 +128,8 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
                       f"{', '.join(plan.head_missing)}); its outputs mean nothing until it is trained")
     check_no_meta(net)
     net.eval()
-    report = {"head": head, "newly_initialized": list(plan.head_missing), "ignored": plan.ignored,
+    report = {"head": head, "newly_initialized": list(plan.head_missing), "untied": list(plan.untied),
+              "ignored": plan.ignored,
               "tensors": sum(len(a.sources) for a in plan.assignments)}
     model = CompiledModel(net, config, spec, manifest, torch_dtype, device, report)
     labels = hf.get("id2label")
@@ -155,10 +156,22 @@ def find_spec(hf: dict, specs_dir: Path = SPECS_DIR) -> Path:
         if hf.get("model_type") in spec.matches.get("model_type", []):
             by_type.append(path)
     found = by_arch or by_type
+    if len(found) > 1:
+        # variants of one family (T5's ReLU and gated-GELU specs): the one whose checks pass
+        fitting = [p for p in found if _fits(p, hf)]
+        found = fitting or found
     if not found:
         raise ConfigError(f"no spec in {specs_dir} recognises model_type={hf.get('model_type')!r}, "
                           f"architectures={sorted(archs)}")
     return found[0]
+
+
+def _fits(path: Path, hf: dict) -> bool:
+    try:
+        resolve_config(load_spec(path), hf)
+    except (ConfigError, SpecError):
+        return False
+    return True
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:

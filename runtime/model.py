@@ -2,13 +2,15 @@
 `model(input_ids, attention_mask)` returning `.logits`, and greedy `generate` with a KV cache."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
 from runtime.context import ForwardContext, KVCache
 
 # Model inputs the runtime knows how to supply; a spec's model.inputs must be among them.
-SUPPLIED_INPUTS = ("input_ids", "position_ids", "token_type_ids", "pixel_values")
+SUPPLIED_INPUTS = ("input_ids", "position_ids", "token_type_ids", "pixel_values", "decoder_input_ids")
 
 
 class ModelOutput(dict):
@@ -34,6 +36,40 @@ def bidirectional(spec) -> bool:
             if causal is not None and causal.is_constant() and not causal.evaluate({}):
                 return True
     return False
+
+
+def _static_modules(spec, decl, owner: nn.Module):
+    """The module instances of the block params declared `static` (each layer's, when repeated)."""
+    for p in decl.params.values():
+        if p.kind != "block":
+            continue
+        module = getattr(owner, p.name)
+        instances = list(module) if p.repeat is not None else [module]
+        for m in instances:
+            if p.static:
+                yield m
+            else:
+                yield from _static_modules(spec, spec.blocks[p.block], m)
+
+
+@contextmanager
+def static_blocks_run_once(spec, net: nn.Module):
+    """While decoding, a static block (an encoder, cross-attention keys and values) sees the same
+    inputs at every step: its first output is kept and handed back at every later call."""
+    modules = list(_static_modules(spec, spec.model, net))
+    for m in modules:
+        memo: dict = {}
+
+        def once(*args, _run=m.forward, _memo=memo):
+            if "out" not in _memo:
+                _memo["out"] = _run(*args)
+            return _memo["out"]
+        m.forward = once
+    try:
+        yield
+    finally:
+        for m in modules:
+            del m.forward
 
 
 def _fixed_dims(spec, config: dict) -> dict[str, tuple[int, dict[int, int]]]:
@@ -82,7 +118,10 @@ class CompiledModel(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None) -> ModelOutput:
+                pixel_values: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None) -> ModelOutput:
+        if "decoder_input_ids" in self.input_names or decoder_input_ids is not None:
+            return self._encoder_decoder(input_ids, attention_mask, decoder_input_ids)
         extra = {}
         if position_ids is not None and "position_ids" not in self.input_names:
             raise TypeError(f"{self.spec.name} computes its own positions; it takes no position_ids")
@@ -110,6 +149,45 @@ class CompiledModel(nn.Module):
         ctx = ForwardContext(self.dtype, self.device, padding=padding)
         return self._run(input_ids, position_ids.to(self.device), ctx, **extra)
 
+    def _source_padding(self, attention_mask):
+        if attention_mask is None:
+            return None
+        mask = self._batch(attention_mask).to(self.device)
+        return None if bool(mask.all()) else mask.bool()
+
+    def _encoder_decoder(self, input_ids, attention_mask, decoder_input_ids) -> ModelOutput:
+        if "decoder_input_ids" not in self.input_names:
+            raise TypeError(f"{self.spec.name} is not an encoder-decoder; it takes no decoder_input_ids")
+        if input_ids is None or decoder_input_ids is None:
+            raise TypeError(f"{self.spec.name} needs input_ids (the source) and decoder_input_ids")
+        ctx = ForwardContext(self.dtype, self.device, encoder_padding=self._source_padding(attention_mask))
+        return self._run(self._batch(input_ids), None, ctx, decoder_input_ids=self._batch(decoder_input_ids))
+
+    def _generate_encoder_decoder(self, input_ids, max_new_tokens, eos, pad, attention_mask) -> torch.Tensor:
+        """Greedy decoding from decoder_start_token_id; the encoder and every layer's cross-attention
+        keys and values run once (static blocks), the decoder's self-attention keys go to the KV cache."""
+        ids = self._batch(input_ids)
+        batch = ids.shape[0]
+        source_padding = self._source_padding(attention_mask)
+        out = torch.full((batch, max_new_tokens + 1), int(self.config.get("decoder_start_token_id", 0)),
+                         dtype=ids.dtype, device=self.device)
+        cache = KVCache(max_new_tokens + 1)
+        eos_t = torch.tensor(eos, device=self.device) if eos else None
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        with static_blocks_run_once(self.spec, self.net):
+            for step in range(max_new_tokens):
+                ctx = ForwardContext(self.dtype, self.device, cache=cache, past_len=step,
+                                     encoder_padding=source_padding)
+                logits = self._run(ids, None, ctx, decoder_input_ids=out[:, step:step + 1])["logits"][:, -1]
+                token = logits.argmax(dim=-1)
+                if eos_t is not None:
+                    token = torch.where(done, torch.full_like(token, pad), token)
+                    done |= torch.isin(token, eos_t)
+                out[:, step + 1] = token
+                if eos_t is not None and bool(done.all()):
+                    return out[:, :step + 2]
+        return out
+
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, eos_token_id=None,
                  attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None) -> torch.Tensor:
@@ -118,6 +196,10 @@ class CompiledModel(nn.Module):
         Rows that produced an end token continue with `pad_token_id` (or the first end token)
         until every row has finished or `max_new_tokens` is reached.
         """
+        if "decoder_input_ids" in self.input_names:
+            eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+            pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+            return self._generate_encoder_decoder(input_ids, max_new_tokens, eos, pad, attention_mask)
         if bidirectional(self.spec):
             raise TypeError(f"{self.spec.name} is a bidirectional encoder (its attention is not causal); "
                             "it has no next-token distribution to generate from")

@@ -24,6 +24,7 @@ class Assignment:
     rule: object
     sources: list[str]
     targets: list[str]
+    untie: bool = False          # the targets are tied aliases that the checkpoint gives their own weights
 
 
 @dataclass
@@ -34,6 +35,7 @@ class LoadPlan:
     unexpected: list[str] = field(default_factory=list)
     mis_shaped: list[str] = field(default_factory=list)
     head_missing: list[str] = field(default_factory=list)     # params of the chosen head without weights
+    untied: list[str] = field(default_factory=list)           # tied params loaded with their own tensor
 
     def problems(self) -> list[str]:
         out = []
@@ -126,10 +128,10 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
             consumed.update(s for s in sources if s in tensors)
             continue
         consumed.update(sources)
-        if all(t in aliases for t in targets):
-            for s in sources:
-                plan.ignored[s] = f"{', '.join(targets)} is tied to {', '.join(aliases[t] for t in targets)}"
-            continue
+        # A checkpoint that carries its own tensor for a tied param (a T5 v1.1 / Flan LM head under a
+        # Transformers 5 config, which always says tied) gets it: the tie is undone for that param,
+        # as Transformers does. Equal values (old checkpoints saving both) give the same numbers.
+        untie = all(t in aliases for t in targets)
         unknown = [t for t in targets if t not in params and t not in aliases]
         owners = [_heads_of(spec, t) for t in unknown]
         if unknown and all(owners):
@@ -154,7 +156,9 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
                 plan.mis_shaped.append(f"{target}: the model wants {list(want)}, the checkpoint gives {list(shape)} (from {src})")
                 bad = True
         if not bad:
-            plan.assignments.append(Assignment(rule, [original[s] for s in sources], targets))
+            plan.assignments.append(Assignment(rule, [original[s] for s in sources], targets, untie))
+            if untie:
+                plan.untied.extend(targets)
             for t in targets:
                 produced[t] = name
     for name in params:
@@ -200,16 +204,22 @@ def _regex(template: str):
 
 def load_into(module: nn.Module, plan: LoadPlan, checkpoint, config: dict, dtype: torch.dtype, device) -> None:
     """Replace every meta param of `module` by the checkpoint's tensor, cast to `dtype`."""
-    for a in plan.assignments:
+    def assign(a):
         tensors = [checkpoint.get(s) for s in a.sources]
         if a.rule.transforms:
             tensors = run_transforms(a.rule, tensors, config)
         for target, tensor in zip(a.targets, tensors):
             tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
             _set_param(module, target, nn.Parameter(tensor.contiguous(), requires_grad=False))
+    for a in plan.assignments:
+        if not a.untie:
+            assign(a)
     for m in module.modules():
         if hasattr(m, "tie_weights"):
             m.tie_weights()
+    for a in plan.assignments:     # after the ties, which would point them back at their owners
+        if a.untie:
+            assign(a)
 
 
 def _set_param(module: nn.Module, dotted: str, value: nn.Parameter) -> None:

@@ -49,7 +49,7 @@ _binary("mul", "*", "a * b, broadcasting like torch")
 register(OpDef(
     name="scale", doc="x * factor, factor a config expression (e.g. embedding scaling by hidden ** 0.5)",
     operands=("x",), attrs=(Attr("by", "expr", required=True),), infer=_same,
-    emit=lambda e: f"{e['x']} * {e.a('by')}", fusion="elementwise"))
+    emit=lambda e: f"{e['x']} * ({e.a('by')})", fusion="elementwise"))
 
 register(OpDef(
     name="silu", doc="x * sigmoid(x)", operands=("x",), infer=_same,

@@ -151,3 +151,4 @@ register(OpDef(
     name="param", doc="a tensor param's value (a class token, learned position embeddings)",
     operands=(), params={"w": "tensor"}, infer=_param_infer, fusion="opaque",
     emit=lambda e: f"{e.p('w')}.weight"))
+
