@@ -47,9 +47,14 @@ register(OpDef(
     operands=("x",), attrs=(Attr("value", "expr", required=True),), infer=_int_same, fusion="elementwise",
     emit=lambda e: f"({e['x']} != {e.a('value')}).long()"))
 
+def _cumsum_infer(ctx) -> list[TType]:
+    _axis(ctx, "dim", len(ctx["x"].shape))
+    return _int_same(ctx)
+
+
 register(OpDef(
     name="cumsum", doc="running sum of an integer tensor along `dim`", operands=("x",),
-    attrs=(Attr("dim", "expr", required=True),), infer=lambda ctx: (_axis(ctx, "dim", len(ctx["x"].shape)), _int_same(ctx))[1],
+    attrs=(Attr("dim", "expr", required=True),), infer=_cumsum_infer,
     fusion="opaque", emit=lambda e: f"{e['x']}.cumsum({e.a('dim')})"))
 
 register(OpDef(
