@@ -53,5 +53,8 @@ def test_a_head_param_without_a_weight_rule_is_reported(tmp_path):
 def test_a_weight_rule_needs_a_target_or_a_reason_to_ignore(tmp_path):
     text = BERT.replace('{from: "embeddings.position_ids", ignore: "a saved arange buffer; positions are computed at run time"}',
                         '{from: "embeddings.position_ids"}')
+    rules = [line for line in text.split("weights:\n", 1)[1].splitlines() if line.startswith("  - ")]
+    position = rules.index('  - {from: "embeddings.position_ids"}')
     msg = problems(tmp_path, text)
-    assert "weights[12]" in msg and "give exactly one of 'to' or 'ignore'" in msg
+    assert f"weights[{position}]" in msg
+    assert "give exactly one of 'to' or 'ignore'" in msg
