@@ -191,7 +191,8 @@ class CompiledModel(nn.Module):
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, eos_token_id=None,
                  attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None) -> torch.Tensor:
-        """Greedy decoding; returns prompt + new tokens like Transformers' generate.
+        """Greedy decoding; returns prompt + new tokens like Transformers' generate (an encoder-decoder:
+        decoder_start_token_id + new tokens, with `input_ids` the source).
 
         Rows that produced an end token continue with `pad_token_id` (or the first end token)
         until every row has finished or `max_new_tokens` is reached.
