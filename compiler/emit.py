@@ -58,8 +58,74 @@ def emit_model(ir: ModelIR, source_name: str) -> str:
         decl = spec.model if name == "model" else spec.blocks[name]
         cls = class_name(spec.name if name == "model" else name)
         out += ["", "", _block_class(ir, block, decl, cls, needs_ctx, needs_layer)]
-    out += ["", "", f"MODEL = {class_name(spec.name)}", ""]
+    for name, head in ir.heads.items():
+        out += ["", "", _head_class(ir, head, spec.heads[name].block, name, needs_ctx)]
+    out += ["", "", f"MODEL = {class_name(spec.name)}"]
+    if ir.heads:
+        out.append("HEADS = {" + ", ".join(f'"{n}": {head_class_name(spec.name, n)}' for n in ir.heads) + "}")
+    out.append("")
     return "\n".join(out)
+
+
+def head_class_name(model: str, head: str) -> str:
+    return f"{class_name(model)}For{class_name(head)}"
+
+
+def _head_class(ir: ModelIR, block: BlockIR, decl, head: str, needs_ctx: set[str]) -> str:
+    """The model with a head: a subclass whose params join the model's (so weight rules and ties name
+    them plainly) and whose forward continues from the model's outputs."""
+    spec = ir.spec
+    model = ir.blocks["model"]
+    base = class_name(spec.name)
+    outs = [block.values[o].name for o in block.outputs]
+    doc = decl.doc.strip() or f"{spec.name} with the {head} head -> " + ", ".join(outs)
+    lines = [f"class {head_class_name(spec.name, head)}({base}):", f'    """{doc}"""', "",
+             "    def __init__(self, cfg: Config):", "        super().__init__(cfg)"]
+    ties = []
+    for p in decl.params.values():
+        if p.kind == "block":
+            sub = class_name(p.block)
+            lines.append(f"        self.{p.name} = " + (f"nn.ModuleList([{sub}(cfg) for _ in range({py(p.repeat)})])"
+                                                      if p.repeat is not None else f"{sub}(cfg)"))
+        else:
+            sources = {k: py(v) for k, v in {**p.dims, **p.options}.items()}
+            lines.append(f"        self.{p.name} = {PARAM_KINDS[p.kind].construct(sources)}")
+        if p.tied_to:
+            ties.append(p)
+    if ties:
+        lines += [f"        {head_class_name(spec.name, head)}.tie_weights(self)", "",
+                  "    def tie_weights(self) -> None:"]
+        if any(p.tied_to for p in spec.model.params.values()):
+            lines.append("        super().tie_weights()")
+        lines.append("        cfg = self.cfg")
+        for p in ties:
+            body = f"self.{p.name}.weight = self.{p.tied_to}.weight"
+            when = p.tied_when
+            if when is None or (isinstance(when, Expr) and when.is_constant() and when.evaluate({}) is True):
+                lines.append(f"        {body}")
+            else:
+                lines += [f"        if {py(when)}:", f"            {body}"]
+    args = [model.values[i].name for i in model.inputs]
+    lines += ["", f"    def forward(self, {', '.join(args + ['ctx'])}):", "        cfg = self.cfg",
+              f"        out = super().forward({', '.join(args + (['ctx'] if 'model' in needs_ctx else []))})"]
+    for vid in block.inputs:
+        if block.users(vid) or vid in block.outputs:
+            lines.append(f"        {vid} = out[\"{vid}\"]")
+    slots = 0
+    for node in block.order():
+        if node.block is not None:
+            lines += _call_lines(ir, block, decl, node, needs_ctx)
+            continue
+        attrs = {k: py(v) for k, v in node.attrs.items()}
+        if node.op == "attention":
+            attrs["slot"] = "self" if slots == 0 else f"(self, {slots})"
+            slots += 1
+        ectx = EmitCtx({f: block.values[v].name for f, v in node.inputs.items()},
+                       {f: f"self.{p}" for f, p in node.params.items()}, attrs,
+                       [block.values[o].name for o in node.outputs])
+        lines.append(_with_shape(f"        {', '.join(ectx.outputs)} = {OPS[node.op].emit(ectx)}", block, node))
+    lines.append("        return {" + ", ".join(f'"{o}": {o}' for o in outs) + "}")
+    return "\n".join(lines)
 
 
 def _config_class(spec) -> str:
@@ -127,7 +193,8 @@ def _block_class(ir: ModelIR, block: BlockIR, decl, cls: str, needs_ctx: set[str
             ties.append((p, p.tied_when))
     lines = [f"class {cls}(nn.Module):", f'    """{doc}"""', "", *init]
     if ties:
-        lines.append("        self.tie_weights()")
+        # by class name: a head subclass overrides tie_weights and its params do not exist yet
+        lines.append(f"        {cls}.tie_weights(self)")
         lines += ["", "    def tie_weights(self) -> None:", "        cfg = self.cfg"]
         for p, when in ties:
             body = f"self.{p.name}.weight = self.{p.tied_to}.weight"

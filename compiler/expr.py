@@ -33,6 +33,8 @@ _FUNCTIONS: dict[str, tuple[int, int | None, Callable]] = {
     "sqrt": (1, 1, math.sqrt), "floor": (1, 1, math.floor), "ceil": (1, 1, math.ceil),
     "int": (1, 1, int), "float": (1, 1, float), "round": (1, 2, round),
     "log": (1, 2, math.log), "exp": (1, 1, math.exp),
+    # The size of a config.json list or mapping (a classifier's labels are `len(id2label)`).
+    "len": (1, 1, len),
 }
 _MATH_FUNCTIONS = {"sqrt", "floor", "ceil", "log", "exp"}   # need a `math.` prefix in Python
 _LITERAL_WORDS = {"true": True, "True": True, "false": False, "False": False,
@@ -495,6 +497,10 @@ def _power(a: int | float, b: int | float, e: Expr) -> int | float:
 
 
 def _call(fname: str, values: list[object], e: Expr) -> object:
+    if fname == "len":
+        if not isinstance(values[0], (list, dict, str)):
+            raise ExprError(f"len() needs a list, mapping or string, got {_type_name(values[0])} in {e.text!r}")
+        return len(values[0])
     _need_numbers(f"{fname}()", values, e)
     if fname == "round" and len(values) == 2 and not -100 <= values[1] <= 100:
         raise ExprError(f"round() digits must be between -100 and 100 in {e.text!r}")  # 10**n

@@ -79,6 +79,8 @@ class ModelIR:
     spec: Any                                   # compiler.spec.Spec
     blocks: dict[str, BlockIR]                  # callees before callers; "model" last
     notes: list[str] = field(default_factory=list)
+    heads: dict[str, BlockIR] = field(default_factory=dict)   # task heads over the model's outputs
 
     def dump(self) -> str:
-        return "\n\n".join(b.dump() for b in self.blocks.values())
+        return "\n\n".join([*(b.dump() for b in self.blocks.values()),
+                            *(f"head {n}:\n{b.dump()}" for n, b in self.heads.items())])

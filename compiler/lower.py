@@ -38,6 +38,7 @@ class _Lowering:
         self.block_types: dict[str, tuple[dict[str, TType], list[TType]]] = {}
         self._problem_paths: list[tuple] = []
         self.layer_uses: dict[str, tuple] = {}    # block -> path of its first attribute using the layer index
+        self._tie_scope: dict = {}       # params a head may tie to besides its own: the model's
 
     def fail(self, path, message: str) -> None:
         self.problems.append(self.spec.problem(path, message))
@@ -50,8 +51,28 @@ class _Lowering:
         for name in order:
             decl = self.spec.model if name == "model" else self.spec.blocks[name]
             blocks[name] = self.lower_block(decl)
+        heads = {name: self.lower_head(head, blocks.get("model")) for name, head in self.spec.heads.items()}
         self.check_layer_index_uses()
-        return ModelIR(self.spec, blocks)
+        return ModelIR(self.spec, blocks, heads={k: v for k, v in heads.items() if v is not None})
+
+    def lower_head(self, head, model: BlockIR | None) -> BlockIR | None:
+        """A head is a block whose inputs are the model's outputs; its params join the model's."""
+        if model is None or "model" not in self.block_types:
+            return None
+        from compiler.spec import InputDecl
+        decl = head.block
+        for pname, p in decl.params.items():
+            if pname in self.spec.model.params:
+                self.fail(p.path, f"head param '{pname}' has the name of a model param; heads extend the model, so names must differ")
+        decl.inputs = {}
+        for vid in model.outputs:
+            v = model.values[vid]
+            decl.inputs[v.name] = InputDecl(v.name, v.type.shape, v.type.dtype, head.path)
+        self._tie_scope = self.spec.model.params
+        try:
+            return self.lower_block(decl, inputs_optional=True)
+        finally:
+            self._tie_scope = {}
 
     # -- config -------------------------------------------------------------------------------
     def check_config(self) -> None:
@@ -92,6 +113,11 @@ class _Lowering:
         uses = nx.DiGraph()
         uses.add_node("model")
         decls = {"model": self.spec.model, **self.spec.blocks}
+        for head in self.spec.heads.values():
+            # blocks a head instantiates are built with the model, so they count as used by it
+            for p in head.block.params.values():
+                if p.kind == "block" and p.block in self.spec.blocks:
+                    uses.add_edge("model", p.block)
         for bname, decl in decls.items():
             uses.add_node(bname)
             for p in decl.params.values():
@@ -112,7 +138,7 @@ class _Lowering:
                 self.fail(decl.path, f"block '{bname}' is never used by the model")
         return [b for b in reversed(list(nx.topological_sort(uses))) if b in reachable]
 
-    def lower_block(self, decl: BlockDecl) -> BlockIR:
+    def lower_block(self, decl: BlockDecl, inputs_optional: bool = False) -> BlockIR:
         block = BlockIR(decl.name, inputs=[], outputs=[], doc=decl.doc)
         env: dict[str, str] = {}          # spec name -> current value id
         used: set[str] = set()
@@ -150,7 +176,7 @@ class _Lowering:
                 block.outputs.append(env[out])
                 used.add(env[out])
         for name, vid in env.items():
-            if vid not in used:
+            if vid not in used and not (inputs_optional and vid in block.inputs):
                 what = "input" if vid in block.inputs else "value"
                 self.fail(defined_at[name], f"{what} '{name}' is never used")
         for pname, p in decl.params.items():
@@ -181,7 +207,7 @@ class _Lowering:
         return any(path[:len(decl.path)] == decl.path for path in self._problem_paths)
 
     def check_tie(self, decl: BlockDecl, p) -> None:
-        target = decl.params.get(p.tied_to)
+        target = decl.params.get(p.tied_to) or self._tie_scope.get(p.tied_to)
         if target is None:
             self.fail(p.path + ("tied", "to"), f"tied to unknown param '{p.tied_to}'{_suggest(p.tied_to, decl.params)}")
             return

@@ -126,8 +126,15 @@ def param_formulas(spec: Spec) -> dict:
         formula = canonical(parse_expr(count))
         note = f"  [if {' and '.join(str(c) for c in t.when)}]" if t.when else ""
         note += f"  [tied to {t.tied_to} if {t.tied_when}]" if t.tied_to else ""
+        if t.head is not None:
+            out[f"{t.name}  (head {t.head})"] = formula + note
+            continue
         out[t.name] = formula + note
         total.append(count)
-    out["total (all optional params present, none tied)"] = canonical(parse_expr(" + ".join(total)))
+    # summed one tensor at a time: the joined text of a large model is over the expression length limit
+    running = "0"
+    for count in total:
+        running = canonical(parse_expr(f"({running}) + {count}"))
+    out["total (all optional params present, none tied)"] = running
     return out
 

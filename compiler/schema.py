@@ -40,7 +40,9 @@ def _param() -> dict:
     kinds = []
     for kind in PARAM_KINDS.values():
         dims = {"type": "array", "items": DIM, "minItems": len(kind.dims), "maxItems": len(kind.dims)}
-        if len(kind.dims) == 1:
+        if kind.variadic:
+            dims = {"type": "array", "items": DIM, "minItems": 1}
+        elif len(kind.dims) == 1:
             dims = {"oneOf": [DIM, dims]}
         props = {kind.name: dims, **{o: EXPR for o in kind.options},
                  "tied": {"$ref": "#/$defs/tie"}, "doc": {"type": "string"}}
@@ -48,7 +50,10 @@ def _param() -> dict:
                       "then": {"properties": props, "additionalProperties": False}})
     block = {"if": {"required": ["block"]},
              "then": {"properties": {"block": {"type": "string", "pattern": IDENT}, "repeat": EXPR,
-                                     "doc": {"type": "string"}},
+                                     "doc": {"type": "string"},
+                                     "static": {"type": "boolean", "description": "its inputs do not change "
+                                                "while decoding (an encoder, cross-attention keys): "
+                                                "generate runs it once"}},
                       "additionalProperties": False}}
     one_of_kinds = [{"required": [k]} for k in [*PARAM_KINDS, "block"]]
     return {"type": "object", "oneOf": one_of_kinds, "allOf": [*kinds, block]}
@@ -79,6 +84,14 @@ def spec_schema() -> dict:
             "reshape": {"type": "array", "items": EXPR},
             "permute": {"type": "array", "items": {"type": "integer"}}}}]}
     names = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
+    head = {"type": "object", "required": ["outputs"], "additionalProperties": False,
+            "properties": {
+                "doc": {"type": "string"},
+                "architectures": {"type": "array", "items": {"type": "string"},
+                                  "description": "config.json architectures that select this head"},
+                "params": block["properties"]["params"],
+                "graph": {"type": "array", "items": {"$ref": "#/$defs/line"}},
+                "outputs": block["properties"]["outputs"]}}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://graphspec.dev/schemas/spec.schema.json",
@@ -101,6 +114,10 @@ def spec_schema() -> dict:
                                                   "properties": {"that": EXPR, "else": {"type": "string"}}}},
             "blocks": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": block},
             "model": block,
+            "heads": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": head,
+                      "description": "task heads over the model's outputs; the first is the default"},
+            "base_prefix": {"type": "string", "description": "prefix of the trunk's tensors in checkpoints "
+                            "saved with a head (bert.); stripped before the weight rules match"},
             "weights": {"type": "array", "items": {
                 # `to` or `ignore`, one of them: the builder says so in words (compiler/spec.py).
                 "type": "object", "required": ["from"], "additionalProperties": False,

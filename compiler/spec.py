@@ -59,6 +59,7 @@ class ParamDecl:
     tied_to: str | None = None
     tied_when: Expr | None = None
     path: PathT = ()
+    static: bool = False             # a block whose inputs do not change while decoding: run once
 
 
 @dataclass
@@ -95,7 +96,16 @@ class WeightRule:
     transforms: list[Any]
     when: Expr | None
     path: PathT
-    ignore: str | None = None         # checkpoint tensors known and deliberately not loaded: why
+    ignore: str | None = None        # a tensor the model does not need, and why (targets are empty)
+
+
+@dataclass
+class HeadDecl:
+    """A task head: a block over the model's outputs, built on top of the trunk when it is chosen."""
+    name: str
+    architectures: list[str]
+    block: BlockDecl                 # its inputs are the model's outputs, filled in by the lowering
+    path: PathT
 
 
 @dataclass
@@ -112,6 +122,16 @@ class Spec:
     weights: list[WeightRule]
     doc: str = ""
     sha256: str = field(default="")
+    heads: dict[str, HeadDecl] = field(default_factory=dict)
+    base_prefix: str = ""            # carried by the trunk's tensors in checkpoints saved with a head
+
+    def head_for(self, architectures) -> str | None:
+        """The head a config.json's `architectures` names, or None."""
+        for arch in architectures or []:
+            for head in self.heads.values():
+                if arch in head.architectures:
+                    return head.name
+        return None
 
     def problem(self, path: PathT, message: str) -> Problem:
         return self.sources.problem(path, message)
@@ -188,6 +208,9 @@ def _schema_problem(err: jsonschema.ValidationError, sources: SourceMap) -> Prob
         allowed = ", ".join(err.schema.get("properties", {}))
         message = f"unexpected field(s) {', '.join(map(repr, extra))}; expected one of: {allowed}"
         path = path + (extra[0],) if extra else path
+    elif err.validator == "oneOf" and all(set(b) == {"required"} for b in err.validator_value):
+        keys = [b["required"][0] for b in err.validator_value]
+        message = f"give exactly one of {' or '.join(map(repr, keys))}"
     elif err.validator == "required":
         message = f"{err.message} (this mapping needs: {', '.join(err.validator_value)})"
     return sources.problem(path, f"{message} [schema: {schema_path}, keyword '{err.validator}']")
@@ -215,10 +238,17 @@ class _Builder:
         blocks = {n: self.block(n, b, ("blocks", n)) for n, b in data["blocks"].items()}
         model = self.block("model", data["model"], ("model",))
         weights = [self.weight_rule(r, ("weights", i)) for i, r in enumerate(data["weights"])]
+        heads = {n: self.head(n, h, ("heads", n)) for n, h in data.get("heads", {}).items()}
         digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
         return Spec(name=data["name"], file=self.sources.file, data=data, sources=self.sources,
                     matches=data.get("matches", {}), config=config, checks=checks, blocks=blocks,
-                    model=model, weights=weights, doc=data.get("doc", ""), sha256=digest)
+                    model=model, weights=weights, doc=data.get("doc", ""), sha256=digest,
+                    heads=heads, base_prefix=data.get("base_prefix", ""))
+
+    def head(self, name: str, data: dict, path: PathT) -> HeadDecl:
+        body = {"inputs": {}, "graph": data.get("graph", []), "outputs": data["outputs"],
+                "params": data.get("params", {}), "doc": data.get("doc", "")}
+        return HeadDecl(name, list(data.get("architectures", [])), self.block(name, body, path), path)
 
     def config_entry(self, name: str, entry: dict, path: PathT) -> ConfigEntry:
         hf = entry.get("hf", [])
@@ -253,7 +283,7 @@ class _Builder:
                     continue
                 attr = op.attr(key) if op is not None else None
                 if attr is not None and attr.type == "enum":
-                    value = repr(value)   # a choice is a word, not a config name (the schema checked it)
+                    value = repr(value)     # a choice is text (`approximate: tanh`), not a config name
                 fields[key] = self.expr(value, lpath + (key,)) if attr is not None else value
             graph.append(OpLine([o.strip() for o in outs.split(",")], body["op"], fields, lpath))
         return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""))
@@ -264,12 +294,14 @@ class _Builder:
         tied_when = self.expr(tied.get("when", True), path + ("tied", "when")) if tied else None
         if "block" in data:
             repeat = self.expr(data["repeat"], path + ("repeat",)) if "repeat" in data else None
-            return ParamDecl(name, "block", {}, {}, block=data["block"], repeat=repeat, path=path)
+            return ParamDecl(name, "block", {}, {}, block=data["block"], repeat=repeat, path=path,
+                             static=bool(data.get("static", False)))
         (kind_name,) = [k for k in data if k in PARAM_KINDS]
         kind = PARAM_KINDS[kind_name]
         shape = data[kind_name]
         shape = shape if isinstance(shape, list) else [shape]
-        dims = {d: self.expr(v, path + (kind_name, i)) for i, (d, v) in enumerate(zip(kind.dims, shape))}
+        names = [f"d{i}" for i in range(len(shape))] if kind.variadic else kind.dims
+        dims = {d: self.expr(v, path + (kind_name, i)) for i, (d, v) in enumerate(zip(names, shape))}
         options = {o: self.expr(data.get(o, default), path + (o,)) for o, default in kind.options.items()}
         return ParamDecl(name, kind_name, dims, options, tied_to=tied_to, tied_when=tied_when, path=path)
 
@@ -283,6 +315,8 @@ class _Builder:
         to = data.get("to", [])
         targets = [to] if isinstance(to, str) else list(to)
         when = self.expr(data["when"], path + ("when",)) if "when" in data else None
+        if "ignore" in data:
+            return WeightRule(sources, [], [], when, path, ignore=data["ignore"])
         transforms = []
         for i, t in enumerate(data.get("transforms", [])):
             tpath = path + ("transforms", i)

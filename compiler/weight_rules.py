@@ -53,20 +53,21 @@ class TensorTemplate:
     tied_to: str | None = None   # the tensor it shares storage with, when `tied_when` holds
     tied_when: object = None
     repeat: tuple = ()           # (placeholder, count Expr) for each enclosing repeat
+    head: str | None = None      # the task head that owns it (built only with that head)
 
 
 def model_tensors(spec) -> list[TensorTemplate]:
     """Every tensor of the model, as templates with one placeholder per repeated block level."""
     out: list[TensorTemplate] = []
 
-    def walk(decl, prefix: str, when: tuple, repeat: tuple) -> None:
+    def walk(decl, prefix: str, when: tuple, repeat: tuple, head: str | None = None) -> None:
         for p in decl.params.values():
             if p.kind == "block":
                 if p.repeat is not None:
                     var = LAYER_VARS[len(repeat)]
-                    walk(spec.blocks[p.block], f"{prefix}{p.name}.{{{var}}}.", when, repeat + ((var, p.repeat),))
+                    walk(spec.blocks[p.block], f"{prefix}{p.name}.{{{var}}}.", when, repeat + ((var, p.repeat),), head)
                 else:
-                    walk(spec.blocks[p.block], f"{prefix}{p.name}.", when, repeat)
+                    walk(spec.blocks[p.block], f"{prefix}{p.name}.", when, repeat, head)
                 continue
             for tensor, shape, cond in param_tensors(p):
                 if isinstance(cond, Expr) and cond.is_constant():
@@ -74,10 +75,14 @@ def model_tensors(spec) -> list[TensorTemplate]:
                         continue          # e.g. `bias: false`: the tensor does not exist
                     cond = True
                 conds = when + ((cond,) if isinstance(cond, Expr) else ())
-                tied = f"{prefix}{p.tied_to}.{tensor}" if p.tied_to else None
-                out.append(TensorTemplate(f"{prefix}{p.name}.{tensor}", tuple(shape), conds, tied, p.tied_when, repeat))
+                # a tie shares the weight matrix only; a bias stays the param's own (an MLM decoder's)
+                tied = f"{prefix}{p.tied_to}.{tensor}" if p.tied_to and tensor == "weight" else None
+                out.append(TensorTemplate(f"{prefix}{p.name}.{tensor}", tuple(shape), conds, tied, p.tied_when,
+                                          repeat, head))
 
     walk(spec.model, "", (), ())
+    for name, head in getattr(spec, "heads", {}).items():
+        walk(head.block, "", (), (), name)
     return out
 
 
@@ -253,7 +258,11 @@ def check_rules(spec) -> list[Problem]:
                 problems.append(spec.problem(rule.path + ("to",) + ((j,) if len(rule.targets) > 1 else ()),
                                              f"target '{target}' maps onto no param (params look like: {', '.join(near)}, ...)"))
             covered.update(hits)
+    seen = set()
     for t in tensors:
+        if t.name in seen:      # heads may each declare a param of the same name (a pooler)
+            continue
+        seen.add(t.name)
         if t.name not in covered and t.tied_to is None:
             problems.append(spec.problem(("weights",), f"param '{t.name}' is fed by no weight rule"))
     return problems

@@ -42,10 +42,22 @@ class ForwardContext:
     """`padding` is [B, past + S] bool (True = a real token) or None when nothing is padded."""
 
     def __init__(self, dtype: torch.dtype, device, padding: torch.Tensor | None = None,
-                 cache: KVCache | None = None, past_len: int = 0):
+                 cache: KVCache | None = None, past_len: int = 0, encoder_padding: torch.Tensor | None = None):
         self.dtype, self.device = dtype, device
         self.padding, self.cache, self.past_len = padding, cache, past_len
+        self.encoder_padding = encoder_padding      # [B, S_enc] bool of an encoder-decoder's source, or None
         self._masks: dict[tuple, object] = {}
+
+    def encoder_mask(self, q_len: int, kv_len: int, causal: bool):
+        """Mask for keys from the encoder's sequence: its padding only (None when unpadded)."""
+        key = ("encoder", q_len, kv_len, bool(causal))
+        if key not in self._masks:
+            saved, self.padding = self.padding, self.encoder_padding
+            try:
+                self._masks[key] = self._build(q_len, kv_len, bool(causal), None)
+            finally:
+                self.padding = saved
+        return self._masks[key]
 
     def attention_mask(self, q_len: int, kv_len: int, causal: bool, window: int | None):
         """None (attend everywhere), "causal" (the kernel's own causal mask), or a bool tensor

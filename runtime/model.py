@@ -2,13 +2,15 @@
 `model(input_ids, attention_mask)` returning `.logits`, and greedy `generate` with a KV cache."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
 from runtime.context import ForwardContext, KVCache
 
 # Model inputs the runtime knows how to supply; a spec's model.inputs must be among them.
-SUPPLIED_INPUTS = ("input_ids", "position_ids")
+SUPPLIED_INPUTS = ("input_ids", "position_ids", "token_type_ids", "pixel_values", "decoder_input_ids")
 
 
 class ModelOutput(dict):
@@ -26,6 +28,59 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def bidirectional(spec) -> bool:
+    """Whether some attention of the spec sees later tokens (an encoder): such a model cannot generate."""
+    for decl in [spec.model, *spec.blocks.values()]:
+        for line in decl.graph:
+            causal = line.fields.get("causal") if line.op == "attention" else None
+            if causal is not None and causal.is_constant() and not causal.evaluate({}):
+                return True
+    return False
+
+
+def _static_modules(spec, decl, owner: nn.Module):
+    """The module instances of the block params declared `static` (each layer's, when repeated)."""
+    for p in decl.params.values():
+        if p.kind != "block":
+            continue
+        module = getattr(owner, p.name)
+        instances = list(module) if p.repeat is not None else [module]
+        for m in instances:
+            if p.static:
+                yield m
+            else:
+                yield from _static_modules(spec, spec.blocks[p.block], m)
+
+
+@contextmanager
+def static_blocks_run_once(spec, net: nn.Module):
+    """While decoding, a static block (an encoder, cross-attention keys and values) sees the same
+    inputs at every step: its first output is kept and handed back at every later call."""
+    modules = list(_static_modules(spec, spec.model, net))
+    for m in modules:
+        memo: dict = {}
+
+        def once(*args, _run=m.forward, _memo=memo):
+            if "out" not in _memo:
+                _memo["out"] = _run(*args)
+            return _memo["out"]
+        m.forward = once
+    try:
+        yield
+    finally:
+        for m in modules:
+            del m.forward
+
+
+def _fixed_dims(spec, config: dict) -> dict[str, tuple[int, dict[int, int]]]:
+    """Per model input: its rank and the dims the config fixes (an image of image_size pixels)."""
+    out = {}
+    for name, decl in spec.model.inputs.items():
+        fixed = {i: int(d.evaluate(config)) for i, d in enumerate(decl.shape) if d.names <= config.keys()}
+        out[name] = (len(decl.shape), fixed)
+    return out
+
+
 class CompiledModel(nn.Module):
     def __init__(self, net: nn.Module, config: dict, spec, manifest: dict, dtype: torch.dtype, device,
                  load_report: dict | None = None):
@@ -38,17 +93,50 @@ class CompiledModel(nn.Module):
         self.device = torch.device(device)
         self.load_report = load_report or {}
         self.input_names = list(spec.model.inputs)
+        self.id2label: dict[int, str] | None = None
+        self._input_dims = _fixed_dims(spec, config)
 
     def __repr__(self) -> str:
         return f"CompiledModel({self.spec.name}, dtype={self.dtype}, device={self.device})\n{self.net!r}"
 
-    def _run(self, input_ids, position_ids, ctx) -> ModelOutput:
-        feeds = {"input_ids": input_ids, "position_ids": position_ids}
+    def _run(self, input_ids, position_ids, ctx, **extra) -> ModelOutput:
+        feeds = {"input_ids": input_ids, "position_ids": position_ids, **extra}
+        if "token_type_ids" in self.input_names and feeds.get("token_type_ids") is None:
+            # one segment, as Transformers assumes when none is given
+            feeds["token_type_ids"] = torch.zeros_like(input_ids)
+        missing = [n for n in self.input_names if feeds.get(n) is None]
+        if missing:
+            raise TypeError(f"{self.spec.name} needs the input(s) {', '.join(missing)}")
+        for name, (rank, fixed) in self._input_dims.items():
+            shape = tuple(feeds[name].shape)
+            if len(shape) != rank or any(shape[i] != size for i, size in fixed.items()):
+                want = [str(fixed.get(i, d)) for i, d in enumerate(self.spec.model.inputs[name].shape)]
+                raise ValueError(f"{self.spec.name}: input {name} must be [{', '.join(want)}] for this config, "
+                                 f"got {list(shape)}")
         return ModelOutput(self.net(*(feeds[n] for n in self.input_names), ctx))
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> ModelOutput:
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None) -> ModelOutput:
+        if "decoder_input_ids" in self.input_names or decoder_input_ids is not None:
+            return self._encoder_decoder(input_ids, attention_mask, decoder_input_ids)
+        extra = {}
+        if position_ids is not None and "position_ids" not in self.input_names:
+            raise TypeError(f"{self.spec.name} computes its own positions; it takes no position_ids")
+        if token_type_ids is not None:
+            extra["token_type_ids"] = self._batch(token_type_ids)
+        if pixel_values is not None:
+            pv = torch.as_tensor(pixel_values, device=self.device).to(self.dtype)
+            extra["pixel_values"] = pv[None] if pv.dim() == 3 else pv
+        unused = [n for n in extra if n not in self.input_names]
+        if unused:
+            raise TypeError(f"{self.spec.name} takes no {', '.join(unused)} (its inputs: {', '.join(self.input_names)})")
+        if input_ids is None:
+            if "input_ids" in self.input_names:
+                raise TypeError(f"{self.spec.name} needs input_ids")
+            return self._run(None, None, ForwardContext(self.dtype, self.device), **extra)
         input_ids = self._batch(input_ids)
         padding = None
         if attention_mask is not None:
@@ -59,16 +147,63 @@ class CompiledModel(nn.Module):
             position_ids = (positions_from_mask(padding) if padding is not None
                             else torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids))
         ctx = ForwardContext(self.dtype, self.device, padding=padding)
-        return self._run(input_ids, position_ids.to(self.device), ctx)
+        return self._run(input_ids, position_ids.to(self.device), ctx, **extra)
+
+    def _source_padding(self, attention_mask):
+        if attention_mask is None:
+            return None
+        mask = self._batch(attention_mask).to(self.device)
+        return None if bool(mask.all()) else mask.bool()
+
+    def _encoder_decoder(self, input_ids, attention_mask, decoder_input_ids) -> ModelOutput:
+        if "decoder_input_ids" not in self.input_names:
+            raise TypeError(f"{self.spec.name} is not an encoder-decoder; it takes no decoder_input_ids")
+        if input_ids is None or decoder_input_ids is None:
+            raise TypeError(f"{self.spec.name} needs input_ids (the source) and decoder_input_ids")
+        ctx = ForwardContext(self.dtype, self.device, encoder_padding=self._source_padding(attention_mask))
+        return self._run(self._batch(input_ids), None, ctx, decoder_input_ids=self._batch(decoder_input_ids))
+
+    def _generate_encoder_decoder(self, input_ids, max_new_tokens, eos, pad, attention_mask) -> torch.Tensor:
+        """Greedy decoding from decoder_start_token_id; the encoder and every layer's cross-attention
+        keys and values run once (static blocks), the decoder's self-attention keys go to the KV cache."""
+        ids = self._batch(input_ids)
+        batch = ids.shape[0]
+        source_padding = self._source_padding(attention_mask)
+        out = torch.full((batch, max_new_tokens + 1), int(self.config.get("decoder_start_token_id", 0)),
+                         dtype=ids.dtype, device=self.device)
+        cache = KVCache(max_new_tokens + 1)
+        eos_t = torch.tensor(eos, device=self.device) if eos else None
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        with static_blocks_run_once(self.spec, self.net):
+            for step in range(max_new_tokens):
+                ctx = ForwardContext(self.dtype, self.device, cache=cache, past_len=step,
+                                     encoder_padding=source_padding)
+                logits = self._run(ids, None, ctx, decoder_input_ids=out[:, step:step + 1])["logits"][:, -1]
+                token = logits.argmax(dim=-1)
+                if eos_t is not None:
+                    token = torch.where(done, torch.full_like(token, pad), token)
+                    done |= torch.isin(token, eos_t)
+                out[:, step + 1] = token
+                if eos_t is not None and bool(done.all()):
+                    return out[:, :step + 2]
+        return out
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, eos_token_id=None,
                  attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None) -> torch.Tensor:
-        """Greedy decoding; returns prompt + new tokens like Transformers' generate.
+        """Greedy decoding; returns prompt + new tokens like Transformers' generate (an encoder-decoder:
+        decoder_start_token_id + new tokens, with `input_ids` the source).
 
         Rows that produced an end token continue with `pad_token_id` (or the first end token)
         until every row has finished or `max_new_tokens` is reached.
         """
+        if "decoder_input_ids" in self.input_names:
+            eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+            pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+            return self._generate_encoder_decoder(input_ids, max_new_tokens, eos, pad, attention_mask)
+        if bidirectional(self.spec):
+            raise TypeError(f"{self.spec.name} is a bidirectional encoder (its attention is not causal); "
+                            "it has no next-token distribution to generate from")
         ids = self._batch(input_ids)
         batch, prompt_len = ids.shape
         total = prompt_len + max_new_tokens

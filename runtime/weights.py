@@ -24,6 +24,7 @@ class Assignment:
     rule: object
     sources: list[str]
     targets: list[str]
+    untie: bool = False          # the targets are tied aliases that the checkpoint gives their own weights
 
 
 @dataclass
@@ -33,6 +34,8 @@ class LoadPlan:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mis_shaped: list[str] = field(default_factory=list)
+    head_missing: list[str] = field(default_factory=list)     # params of the chosen head without weights
+    untied: list[str] = field(default_factory=list)           # tied params loaded with their own tensor
 
     def problems(self) -> list[str]:
         out = []
@@ -66,11 +69,39 @@ def tied_params(module: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str = "") -> LoadPlan:
-    """Match checkpoint tensors (name -> TensorInfo) to the module's params through the rules."""
+def _strip_prefix(spec, tensors: dict, plan: "LoadPlan") -> tuple[dict, dict]:
+    """Checkpoints saved with a head carry the trunk under the spec's base_prefix (`bert.`), those saved
+    without do not; rules are written without it. Returns (rule-side name -> info, rule-side -> file name)."""
+    prefix = getattr(spec, "base_prefix", "")
+    if not prefix:
+        return tensors, {n: n for n in tensors}
+    local, original = {}, {}
+    for name, info in tensors.items():
+        short = name[len(prefix):] if name.startswith(prefix) else name
+        if short in original:
+            plan.unexpected.append(f"{name} (the same tensor as {original[short]} once the prefix '{prefix}' is removed)")
+            continue
+        local[short], original[short] = info, name
+    return local, original
+
+
+def _heads_of(spec, target: str) -> list[str]:
+    """The heads of the spec that declare the param a rule target lands on (none: a trunk param)."""
+    root = target.split(".", 1)[0]
+    return [name for name, head in getattr(spec, "heads", {}).items() if root in head.block.params]
+
+
+def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str = "",
+              head: str | None = None) -> LoadPlan:
+    """Match checkpoint tensors (name -> TensorInfo) to the module's params through the rules.
+
+    With a head chosen, its params without weights go to `head_missing` (the caller decides whether
+    they may be newly initialised), and tensors of the spec's other heads are ignored, with the reason.
+    """
     params = {n: tuple(p.shape) for n, p in module.named_parameters()}
     aliases = tied_params(module)
     plan = LoadPlan()
+    tensors, original = _strip_prefix(spec, tensors, plan)
     consumed: set[str] = set()
     produced: dict[str, str] = {}
     rules = [r for r in spec.weights if _active(r, config)]
@@ -85,22 +116,30 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
             else:
                 plan.unexpected.append(name)
             continue
-        if rule.ignore is not None:
-            plan.ignored[name] = rule.ignore
-            continue
         sources = [fill(s, binding) for s in rule.sources]
         targets = [fill(t, binding) for t in rule.targets]
+        if rule.ignore is not None:
+            plan.ignored[original[name]] = rule.ignore
+            consumed.add(name)
+            continue
         absent = [s for s in sources if s not in tensors]
         if absent:
             plan.missing.extend(f"{s} (needed with {name} for {', '.join(targets)})" for s in absent)
             consumed.update(s for s in sources if s in tensors)
             continue
         consumed.update(sources)
-        if all(t in aliases for t in targets):
-            for s in sources:
-                plan.ignored[s] = f"{', '.join(targets)} is tied to {', '.join(aliases[t] for t in targets)}"
-            continue
+        # A checkpoint that carries its own tensor for a tied param (a T5 v1.1 / Flan LM head under a
+        # Transformers 5 config, which always says tied) gets it: the tie is undone for that param,
+        # as Transformers does. Equal values (old checkpoints saving both) give the same numbers.
+        untie = all(t in aliases for t in targets)
         unknown = [t for t in targets if t not in params and t not in aliases]
+        owners = [_heads_of(spec, t) for t in unknown]
+        if unknown and all(owners):
+            # the module lacks these params, so they are not the chosen head's: another head's weights
+            heads = sorted({h for hs in owners for h in hs})
+            for s in sources:
+                plan.ignored[original[s]] = f"weights of the {', '.join(heads)} head, not the one loaded"
+            continue
         if unknown:
             plan.unexpected.extend(f"{s} (maps to {', '.join(unknown)}, which this config does not have)" for s in sources)
             continue
@@ -119,13 +158,32 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
                 produced[target] = name   # present, only mis-shaped: not also "missing"
                 bad = True
         if not bad:
-            plan.assignments.append(Assignment(rule, sources, targets))
+            plan.assignments.append(Assignment(rule, [original[s] for s in sources], targets, untie))
+            if untie:
+                plan.untied.extend(targets)
             for t in targets:
                 produced[t] = name
     for name in params:
         if name not in produced:
-            plan.missing.append(name)
+            (plan.head_missing if head is not None and head in _heads_of(spec, name) else plan.missing).append(name)
     return plan
+
+
+def init_new(module: nn.Module, names: list[str], dtype: torch.dtype, device, std: float) -> None:
+    """Fresh weights for params the checkpoint lacks, as Transformers initialises them: weights of
+    projections and tables ~ N(0, std), norm scales 1, biases 0."""
+    for name in names:
+        owner_path, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_path) if owner_path else module
+        shape = getattr(owner, leaf).shape
+        value = torch.empty(shape, dtype=dtype, device=device)
+        if leaf == "bias":
+            value.zero_()
+        elif "Norm" in type(owner).__name__:
+            value.fill_(1.0)
+        else:
+            value.normal_(0.0, std)
+        _set_param(module, name, nn.Parameter(value, requires_grad=False))
 
 
 def _match(rules, name: str):
@@ -148,16 +206,22 @@ def _regex(template: str):
 
 def load_into(module: nn.Module, plan: LoadPlan, checkpoint, config: dict, dtype: torch.dtype, device) -> None:
     """Replace every meta param of `module` by the checkpoint's tensor, cast to `dtype`."""
-    for a in plan.assignments:
+    def assign(a):
         tensors = [checkpoint.get(s) for s in a.sources]
         if a.rule.transforms:
             tensors = run_transforms(a.rule, tensors, config)
         for target, tensor in zip(a.targets, tensors):
             tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
             _set_param(module, target, nn.Parameter(tensor.contiguous(), requires_grad=False))
+    for a in plan.assignments:
+        if not a.untie:
+            assign(a)
     for m in module.modules():
         if hasattr(m, "tie_weights"):
             m.tie_weights()
+    for a in plan.assignments:     # after the ties, which would point them back at their owners
+        if a.untie:
+            assign(a)
 
 
 def _set_param(module: nn.Module, dotted: str, value: nn.Parameter) -> None:
@@ -172,4 +236,4 @@ def check_no_meta(module: nn.Module) -> None:
         raise CheckpointError(f"params left without weights (a bug in the weight plan): {', '.join(left[:SHOW])}")
 
 
-__all__ = ["plan_load", "load_into", "LoadPlan", "Expr"]
+__all__ = ["plan_load", "load_into", "init_new", "LoadPlan", "Expr"]

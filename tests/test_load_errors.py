@@ -76,10 +76,19 @@ def test_unexpected_tensors_only_warn_when_not_strict(tmp_path, artifact):
         runtime.load(artifact, checkpoint(tmp_path, tensors), strict=False)
 
 
-def test_tied_head_in_the_checkpoint_is_ignored_and_stays_tied(tmp_path, artifact):
-    model = runtime.load(artifact, checkpoint(tmp_path, config={**CONFIG, "tie_word_embeddings": True}))
+def test_a_tied_head_the_checkpoint_carries_is_loaded_and_untied_like_transformers_5(tmp_path, artifact):
+    tensors = llama_tensors()
+    model = runtime.load(artifact, checkpoint(tmp_path, tensors, config={**CONFIG, "tie_word_embeddings": True}))
+    assert model.net.lm_head.weight is not model.net.embed.weight
+    assert torch.equal(model.net.lm_head.weight, tensors["lm_head.weight"])
+    assert model.load_report["untied"] == ["lm_head.weight"]
+
+
+def test_a_tied_head_absent_from_the_checkpoint_stays_tied(tmp_path, artifact):
+    tensors = llama_tensors()
+    del tensors["lm_head.weight"]
+    model = runtime.load(artifact, checkpoint(tmp_path, tensors, config={**CONFIG, "tie_word_embeddings": True}))
     assert model.net.lm_head.weight is model.net.embed.weight
-    assert "lm_head.weight" in model.load_report["ignored"]
 
 
 def test_zero_copy_load_shares_memory_with_the_mapped_file(tmp_path, artifact):

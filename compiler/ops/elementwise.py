@@ -49,7 +49,7 @@ _binary("mul", "*", "a * b, broadcasting like torch")
 def _scale_emit(e) -> str:
     rounded = e.a("round_factor")
     if rounded in ("False", "None"):
-        return f"{e['x']} * {e.a('by')}"
+        return f"{e['x']} * ({e.a('by')})"
     # A tensor constant in x's dtype, rounded once from the exact value, like a buffer of the model.
     factor = f"torch.tensor({e.a('by')}, dtype={e['x']}.dtype, device={e['x']}.device)"
     return f"{e['x']} * {factor}" if rounded == "True" else f"{e['x']} * ({factor} if {rounded} else {e.a('by')})"

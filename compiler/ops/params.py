@@ -21,6 +21,14 @@ class Norm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
 
+class Tensor(nn.Module):
+    """A bare learned tensor (a class token, learned position embeddings) held as `.weight`."""
+
+    def __init__(self, *shape: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))
+
+
 @dataclass(frozen=True)
 class ParamKind:
     name: str
@@ -29,6 +37,7 @@ class ParamKind:
     tensors: Callable[[dict], list[tuple[str, tuple, object]]]   # dims+options -> (tensor, shape, condition)
     construct: Callable[[dict], str]          # Python source constructing the module, from py-sources
     doc: str = ""
+    variadic: bool = False                    # any rank: the dims are named d0, d1, ... in order
 
 
 def _bias_tensors(shape_w, shape_b, opts):
@@ -48,4 +57,12 @@ PARAM_KINDS: dict[str, ParamKind] = {k.name: k for k in (
               lambda d: _bias_tensors((d["dim"],), (d["dim"],), d),
               lambda s: f"ops.Norm({s['dim']})" if s["bias"] == "False" else f"ops.Norm({s['dim']}, bias={s['bias']})",
               "the scale (and optional shift) of a normalisation"),
+    ParamKind("conv2d", ("in", "out", "kernel"), {"bias": True},
+              lambda d: _bias_tensors((d["out"], d["in"], d["kernel"], d["kernel"]), (d["out"],), d),
+              lambda s: f"nn.Conv2d({s['in']}, {s['out']}, {s['kernel']}, bias={s['bias']})",
+              "a square convolution kernel; weight is [out, in, kernel, kernel] like torch"),
+    ParamKind("tensor", (), {},
+              lambda d: [("weight", tuple(d[f"d{i}"] for i in range(len(d))), True)],
+              lambda s: f"ops.Tensor({', '.join(s[f'd{i}'] for i in range(len(s)))})",
+              "a bare learned tensor of any shape", variadic=True),
 )}
