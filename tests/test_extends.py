@@ -87,6 +87,16 @@ def test_roberta_is_bert_with_padding_aware_positions_and_its_own_tensor_names()
     assert [line.op for line in roberta.model.graph[:4]] == ["not_equal", "cumsum", "mul", "add_scalar"]
 
 
+def test_qwen3_norms_each_query_and_key_head_between_split_and_rope():
+    qwen3 = load_spec("specs/qwen3.yaml")
+    assert [(outs[0], op) for outs, op in graph(qwen3)[3:10]] == [
+        ("q", "split_heads"), ("k", "split_heads"), ("v", "split_heads"), ("q", "rms_norm"), ("k", "rms_norm"),
+        ("q", "rope"), ("k", "rope")]
+    assert "max_window_layers" in qwen3.blocks["attention"].graph[10].fields["window"].text
+    assert "mlp_bias" not in qwen3.config
+    assert {p.options["bias"].text for p in qwen3.blocks["mlp"].params.values()} == {"false"}
+
+
 def test_t5_v1_1_is_t5_with_a_gated_gelu_feed_forward():
     t5, v11 = load_spec("specs/t5.yaml"), load_spec("specs/t5_v1_1.yaml")
     expected = copy.deepcopy(t5.data)
@@ -443,7 +453,7 @@ def test_the_artifact_stores_the_resolved_spec(tmp_path):
     assert stored["spec"] == load_spec("specs/mistral.yaml").data
 
 
-@pytest.mark.parametrize("name", ["mistral", "qwen2", "roberta", "t5_v1_1"])
+@pytest.mark.parametrize("name", ["mistral", "qwen2", "qwen3", "roberta", "t5_v1_1"])
 def test_resolved_output_loads_back_to_the_same_spec(tmp_path, name):
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
