@@ -52,9 +52,10 @@ def diff_specs(a: Spec, b: Spec) -> dict:
         "config": _diff_config(a, b),
         "checks": _diff_checks(a, b),
         "blocks": blocks,
+        "heads": _diff_heads(a, b),
         "weights": _diff_weights(a, b),
     }
-    out["equal"] = not any(_nonempty(out[k]) for k in ("matches", "config", "checks", "blocks", "weights"))
+    out["equal"] = not any(_nonempty(out[k]) for k in ("matches", "config", "checks", "blocks", "heads", "weights"))
     return out
 
 
@@ -186,6 +187,28 @@ def _diff_blocks(a: Spec, b: Spec) -> dict:
     return {"added": [_block_summary(db[n]) for n in db if n not in matched_b],
             "removed": [_block_summary(da[n]) for n in da if n not in dict(pairs)],
             "changed": changed}
+
+
+def _diff_heads(a: Spec, b: Spec) -> dict:
+    """Heads pair by name; a head is a block over the model's outputs plus the architectures it serves."""
+    changed = []
+    for name, hb in b.heads.items():
+        ha = a.heads.get(name)
+        if ha is None:
+            continue
+        entry = _diff_block(ha.block, hb.block)
+        if ha.architectures != hb.architectures:
+            entry = {"architectures": [ha.architectures, hb.architectures], **entry}
+        if entry:
+            changed.append({"head": name, **entry})
+    out = {"added": [{"architectures": h.architectures, **_block_summary(h.block)}
+                     for n, h in b.heads.items() if n not in a.heads],
+           "removed": [{"architectures": h.architectures, **_block_summary(h.block)}
+                       for n, h in a.heads.items() if n not in b.heads],
+           "changed": changed}
+    if a.base_prefix != b.base_prefix:
+        out["base_prefix"] = [a.base_prefix, b.base_prefix]
+    return out
 
 
 def _block_summary(decl: BlockDecl) -> dict:

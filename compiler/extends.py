@@ -25,6 +25,10 @@ child or the parent, wherever it was written. The delta language:
                       lines bind the name, `name#n` is the n-th of them (from 1, top to bottom);
                       a bare name that binds more than once is an error listing the choices.
                       Edits apply in order, each to the graph as the edits before it left it.
+  heads.NAME          merged like blocks: a new head is added (after the parent's, whose order
+                      is kept, so the parent's default head stays the default); `{remove: true}`
+                      removes one; an existing one is merged as a block is (`architectures`,
+                      like `outputs`, is replaced when given; `params`, `graph`, `edits` as above).
   weights[]           a rule whose `from` equals a parent rule's replaces it in place; other rules
                       go before the parent's (rules match first-come, so the child's more specific
                       rules win); `{remove: FROM}` removes the parent rule with that `from`.
@@ -205,11 +209,14 @@ class _Merger:
                 out[key] = self.named(out.get(key), loc, (key,), "block", self.block, self.new_block)
             elif key == "model":
                 out[key] = self.block(out[key], loc, (key,)) if key in out else loc
+            elif key == "heads":
+                out[key] = self.named(out.get(key), loc, (key,), "head", self.block, self.new_block)
             elif key == "weights":
                 out[key] = self.weights(out.get(key), loc)
             else:
                 out[key] = loc    # spec, name, doc, matches and anything the schema will judge
-        order = ["spec", "name", "doc", "matches", "config", "checks", "blocks", "model", "weights"]
+        order = ["spec", "name", "doc", "matches", "base_prefix", "config", "checks", "blocks", "model", "heads",
+                 "weights"]
         out = {k: out[k] for k in sorted(out, key=lambda k: order.index(k) if k in order else len(order))}
         return Located(out, parent.file, parent.mark, parent.key_mark)
 
@@ -251,8 +258,9 @@ class _Merger:
 
     def new_block(self, child: Located, path: PathT) -> Located:
         if isinstance(child.value, dict) and "edits" in child.value:
+            what = "head" if path[0] == "heads" else "block"
             self.fail(child.value["edits"], path + ("edits",),
-                      f"block '{path[-1]}' is new in this spec, so there is no graph to edit; write its graph")
+                      f"{what} '{path[-1]}' is new in this spec, so there is no graph to edit; write its graph")
         return child
 
     def block(self, parent: Located, child: Located, path: PathT) -> Located:

@@ -44,6 +44,43 @@ block attention:
 """
 
 
+BERT_ROBERTA = """\
+bert (specs/bert.yaml) -> roberta (specs/roberta.yaml)
+matches:
+  ~ model_type: [bert] -> [roberta]
+  ~ architectures: [BertModel] -> [RobertaModel]
+config:
+  + padding_idx: int from pad_token_id, default 1
+block model:
+  + op real = not_equal(input_ids, value=padding_idx)
+  + op pos = cumsum(real, dim=1)
+  + op pos = mul(pos, real)
+  + op pos = add_scalar(pos, value=padding_idx)
+  - op pos = positions(input_ids)
+heads:
+  ~ base_prefix 'bert.' -> 'roberta.'
+  ~ base: architectures [BertModel] -> [RobertaModel]
+  ~ masked_lm: architectures [BertForMaskedLM, BertForPreTraining] -> [RobertaForMaskedLM]
+  ~ sequence_classification: architectures [BertForSequenceClassification] -> [RobertaForSequenceClassification]
+  ~ token_classification: architectures [BertForTokenClassification] -> [RobertaForTokenClassification]
+  ~ question_answering: architectures [BertForQuestionAnswering] -> [RobertaForQuestionAnswering]
+weights:
+  + 7 rules: lm_head.dense.{t}, lm_head.layer_norm.{t}, lm_head.decoder.weight, lm_head.bias, lm_head.decoder.bias, classifier.dense.{t}, classifier.out_proj.{t}
+"""
+
+T5_V1_1 = """\
+t5 (specs/t5.yaml) -> t5_v1_1 (specs/t5_v1_1.yaml)
+checks:
+  + feed_forward_proj == 'gated-gelu'
+  - feed_forward_proj == 'relu'
+block feed_forward:
+  + param wi_0: linear: [d_model, d_ff], bias: false
+  + param wi_1: linear: [d_model, d_ff], bias: false
+  - param wi: linear: [d_model, d_ff], bias: false
+  ~ graph 3 -> 5 lines (25% aligned); -relu; +gelu, linear, mul; 1 line(s) re-wired
+"""
+
+
 def run(capsys, *args) -> tuple[int, str]:
     code = main(["diff", *args])
     return code, capsys.readouterr().out
@@ -163,3 +200,34 @@ def test_a_renamed_block_is_matched_by_its_role(tmp_path):
     assert ffn["ops"]["added"] == ["gate = gelu(gate)"] and ffn["ops"]["removed"] == ["gate = silu(gate)"]
     (layer,) = [b for b in d["blocks"]["changed"] if b["block"] == "decoder_layer"]
     assert layer["params"]["changed"] == [{"name": "mlp", "changes": {"block": ["mlp", "ffn"]}}]
+
+
+def test_bert_to_roberta_is_positions_from_padding_and_renamed_tensors(capsys):
+    code, out = run(capsys, "specs/bert.yaml", "specs/roberta.yaml")
+    assert code == 1
+    assert out == BERT_ROBERTA
+
+
+def test_t5_to_v1_1_is_a_gated_gelu_feed_forward(capsys):
+    code, out = run(capsys, "specs/t5.yaml", "specs/t5_v1_1.yaml")
+    assert code == 1
+    assert out == T5_V1_1
+
+
+def test_a_change_only_in_a_head_is_a_difference(tmp_path, capsys):
+    text = Path("specs/bert.yaml").read_text()
+    text = text.replace("      - h:      {op: gelu, x: h}\n", "      - h:      {op: relu, x: h}\n")
+    text = text.replace("  token_classification:\n    architectures: [BertForTokenClassification]\n",
+                        "  tagging:\n    architectures: [BertForTokenClassification]\n")
+    (tmp_path / "child.yaml").write_text(text)
+    code, out = run(capsys, "specs/bert.yaml", str(tmp_path / "child.yaml"))
+    assert code == 1
+    assert out.splitlines()[1:] == [
+        "heads:",
+        "  + tagging (new): architectures [BertForTokenClassification]; params: classifier; ops: linear",
+        "  - token_classification: architectures [BertForTokenClassification]",
+        "  + masked_lm: op h = relu(h)",
+        "  - masked_lm: op h = gelu(h)",
+    ]
+    data = json.loads(run(capsys, "specs/bert.yaml", str(tmp_path / "child.yaml"), "--format", "json")[1])
+    assert data["heads"]["changed"][0]["head"] == "masked_lm" and data["equal"] is False

@@ -69,6 +69,115 @@ def test_qwen2_turns_q_k_v_biases_on_and_o_proj_off():
     assert "matches" in qwen2.data and qwen2.matches["model_type"] == ["qwen2"]
 
 
+def test_roberta_is_bert_with_padding_aware_positions_and_its_own_tensor_names():
+    bert, roberta = load_spec("specs/bert.yaml"), load_spec("specs/roberta.yaml")
+    expected = copy.deepcopy(bert.data)
+    expected.update(name="roberta", doc=roberta.data["doc"], matches=roberta.data["matches"], base_prefix="roberta.")
+    expected["config"]["padding_idx"] = {"hf": "pad_token_id", "type": "int", "default": 1}
+    pos = expected["model"]["graph"].index({"pos": {"op": "positions", "ids": "input_ids"}})
+    expected["model"]["graph"][pos:pos + 1] = roberta.data["model"]["graph"][pos:pos + 4]
+    for head, arch in zip(expected["heads"].values(), ["RobertaModel", "RobertaForMaskedLM",
+                          "RobertaForSequenceClassification", "RobertaForTokenClassification",
+                          "RobertaForQuestionAnswering"]):
+        head["architectures"] = [arch]
+    new_rules = roberta.data["weights"][:9]
+    assert all(r["from"].startswith(("lm_head.", "classifier.")) for r in new_rules)
+    expected["weights"] = new_rules + expected["weights"]
+    assert roberta.data == expected
+    assert [line.op for line in roberta.model.graph[:4]] == ["not_equal", "cumsum", "mul", "add_scalar"]
+
+
+def test_qwen3_norms_each_query_and_key_head_between_split_and_rope():
+    qwen3 = load_spec("specs/qwen3.yaml")
+    assert [(outs[0], op) for outs, op in graph(qwen3)[3:10]] == [
+        ("q", "split_heads"), ("k", "split_heads"), ("v", "split_heads"), ("q", "rms_norm"), ("k", "rms_norm"),
+        ("q", "rope"), ("k", "rope")]
+    assert "max_window_layers" in qwen3.blocks["attention"].graph[10].fields["window"].text
+    assert "mlp_bias" not in qwen3.config
+    assert {p.options["bias"].text for p in qwen3.blocks["mlp"].params.values()} == {"false"}
+
+
+def test_t5_v1_1_is_t5_with_a_gated_gelu_feed_forward():
+    t5, v11 = load_spec("specs/t5.yaml"), load_spec("specs/t5_v1_1.yaml")
+    expected = copy.deepcopy(t5.data)
+    expected.update(name="t5_v1_1", doc=v11.data["doc"], matches=v11.data["matches"])
+    expected["checks"] = [{"that": 'feed_forward_proj == "gated-gelu"',
+                           "else": "this spec describes feed_forward_proj: gated-gelu (relu is specs/t5.yaml)"}]
+    ff = expected["blocks"]["feed_forward"]
+    del ff["params"]["wi"]
+    ff["params"].update(wi_0={"linear": ["d_model", "d_ff"]}, wi_1={"linear": ["d_model", "d_ff"]})
+    ff["graph"] = v11.data["blocks"]["feed_forward"]["graph"]
+    assert v11.data == expected
+    assert graph(v11, "feed_forward") == [(("g",), "linear"), (("g",), "gelu"), (("u",), "linear"),
+                                          (("h",), "mul"), (("y",), "linear")]
+
+
+@pytest.fixture
+def bert_specs(tmp_path):
+    shutil.copy("specs/bert.yaml", tmp_path / "bert.yaml")
+    return tmp_path
+
+
+def test_heads_merge_by_name_like_blocks(bert_specs):
+    child = write(bert_specs, "child.yaml", """\
+        heads:
+          base: {architectures: [ChildModel]}
+          masked_lm:
+            params:
+              decoder: {bias: false}
+            edits:
+              - {update: h#2, set: {approximate: tanh}}
+          sequence_classification:
+            params:
+              pooler: {remove: true}
+            graph:
+              - logits: {op: linear, x: last_hidden_state, w: classifier}
+          token_classification: {remove: true}
+          span:
+            architectures: [ChildForSpan]
+            params:
+              span_out: {linear: [hidden_size, 2], bias: true}
+            graph:
+              - span: {op: linear, x: last_hidden_state, w: span_out}
+            outputs: [span]
+        weights:
+          - {from: "span_out.{t}", to: "span_out.{t}"}
+        """, header="spec: 1\nname: child\nextends: bert\n")
+    spec = load_spec(child)
+    lower(spec)
+    heads = spec.data["heads"]
+    assert list(heads) == ["base", "masked_lm", "sequence_classification", "question_answering", "span"]
+    assert heads["base"]["architectures"] == ["ChildModel"] and heads["base"]["outputs"] == [
+        "last_hidden_state", "pooler_output"]
+    decoder = heads["masked_lm"]["params"]["decoder"]
+    assert decoder["bias"] is False and decoder["tied"] == {"to": "word_embed", "when": "tie_word_embeddings"}
+    assert heads["masked_lm"]["graph"][1] == {"h": {"op": "gelu", "x": "h", "approximate": "tanh"}}
+    assert heads["masked_lm"]["architectures"] == ["BertForMaskedLM", "BertForPreTraining"]
+    assert list(heads["sequence_classification"]["params"]) == ["classifier"]
+    assert len(heads["sequence_classification"]["graph"]) == 1
+
+
+def test_head_mistakes_name_the_head(bert_specs):
+    child = write(bert_specs, "child.yaml", """\
+        heads:
+          nope: {remove: true}
+          fresh:
+            edits:
+              - {remove: logits}
+          masked_lm:
+            edits:
+              - {remove: nothing}
+        """, header="spec: 1\nname: child\nextends: bert\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(child)
+    messages = [(p.message, p.path, p.line) for p in info.value.problems]
+    assert "cannot remove head 'nope': the parent has none" in messages[0][0]
+    assert "head 'fresh' is new in this spec, so there is no graph to edit" in messages[1][0]
+    assert messages[1][1] == "heads.fresh.edits"
+    assert "no line of the graph binds 'nothing'" in messages[2][0] and messages[2][1].startswith("heads.masked_lm")
+    assert messages[2][2] == line_of(child, "{remove: nothing}")
+
+
 def test_matches_are_not_inherited(specs):
     child = write(specs, "child.yaml", "")
     spec = load_spec(child)
@@ -344,7 +453,7 @@ def test_the_artifact_stores_the_resolved_spec(tmp_path):
     assert stored["spec"] == load_spec("specs/mistral.yaml").data
 
 
-@pytest.mark.parametrize("name", ["mistral", "qwen2"])
+@pytest.mark.parametrize("name", ["mistral", "qwen2", "qwen3", "roberta", "t5_v1_1"])
 def test_resolved_output_loads_back_to_the_same_spec(tmp_path, name):
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):

@@ -1,6 +1,6 @@
 """Rendering a semantic diff (`compiler.diff.diff_specs`) as text, Markdown or JSON.
 
-Text and Markdown share one outline: sections (matches, config, checks, blocks, weights) of items
+Text and Markdown share one outline: sections (matches, config, checks, blocks, heads, weights) of items
 marked + (added), - (removed), ~ (changed). Long lists collapse to one line of names, and a block
 whose graph was rewritten is summarised by op counts, so two unrelated architectures still give a
 short, structured answer.
@@ -114,18 +114,24 @@ def _outline(d: dict, brief: bool) -> list[tuple[str, list[tuple[str, str]]]]:
                                                  ("-", "ops: " + _counts(b["ops"]))]))
     for b in blocks["changed"]:
         title = f"block {b['block']}" + (f" (was {b['was']})" if "was" in b else "")
-        items = []
-        if "inputs" in b:
-            items += _named(b["inputs"], "inputs", _fields, compact)
-            items = [(s, f"input {t}" if not t[0].isdigit() else t) for s, t in items]
-        if "params" in b:
-            params = _named(b["params"], "params", _fields, compact)
-            items += [(s, f"param {t}" if not t[0].isdigit() else t) for s, t in params]
-        if "ops" in b:
-            items += _ops(b["ops"], brief)
-        if "outputs" in b:
-            items.append(("~", f"outputs {_show(b['outputs'][0])} -> {_show(b['outputs'][1])}"))
-        out.append((title, items or [("=", "same declarations")]))
+        out.append((title, _block_items(b, compact, brief) or [("=", "same declarations")]))
+    heads = d.get("heads")
+    if heads:
+        # one section: a head that only serves other architectures is one line, not a section
+        items = [("~", f"base_prefix {_show(heads['base_prefix'][0])!r} -> {_show(heads['base_prefix'][1])!r}")
+                 ] if "base_prefix" in heads else []
+        for h in heads["added"]:
+            items.append(("+", f"{h['name']} (new): architectures {_show(h['architectures'])}; "
+                               f"params: {', '.join(h['params']) or '-'}; ops: {_counts(h['ops'])}"))
+        for h in heads["removed"]:
+            items.append(("-", f"{h['name']}: architectures {_show(h['architectures'])}"))
+        for h in heads["changed"]:
+            if "architectures" in h:
+                items.append(("~", f"{h['head']}: architectures {_show(h['architectures'][0])} -> "
+                                   f"{_show(h['architectures'][1])}"))
+            items += [(s, f"{h['head']}: {t}") for s, t in _block_items(h, compact, brief)]
+        if items:
+            out.append(("heads", items))
     weights = d["weights"]
     froms = lambda rules: [_show(r["from"]) for r in rules]  # noqa: E731
     items = _group("+", "rules", froms(weights["added"]), [_rule(r) for r in weights["added"]], compact)
@@ -135,6 +141,21 @@ def _outline(d: dict, brief: bool) -> list[tuple[str, list[tuple[str, str]]]]:
     if items:
         out.append(("weights", items))
     return out
+
+
+def _block_items(b: dict, compact: int, brief: bool) -> list[tuple[str, str]]:
+    items = []
+    if "inputs" in b:
+        items += _named(b["inputs"], "inputs", _fields, compact)
+        items = [(s, f"input {t}" if not t[0].isdigit() else t) for s, t in items]
+    if "params" in b:
+        params = _named(b["params"], "params", _fields, compact)
+        items += [(s, f"param {t}" if not t[0].isdigit() else t) for s, t in params]
+    if "ops" in b:
+        items += _ops(b["ops"], brief)
+    if "outputs" in b:
+        items.append(("~", f"outputs {_show(b['outputs'][0])} -> {_show(b['outputs'][1])}"))
+    return items
 
 
 def _counts(ops: dict) -> str:
