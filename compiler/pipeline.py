@@ -24,6 +24,7 @@ from compiler.errors import SpecError
 from compiler.expr import canonical, parse_expr
 from compiler.ir import ModelIR
 from compiler.lower import lower
+from compiler.passes.fusion import check_contracts, fuse
 from compiler.spec import Spec, load_spec
 from compiler.weight_rules import check_rules, model_tensors
 
@@ -37,6 +38,7 @@ class CompileResult:
     ir: ModelIR | None = None
     spec: Spec | None = None
     notes: list[str] = field(default_factory=list)
+    fusion: object = None          # the FusionPlan, when this call compiled (not a cache hit)
 
 
 @lru_cache(maxsize=1)
@@ -91,20 +93,23 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     problems = check_rules(spec)
     if problems:
         raise SpecError(problems)
+    fusion = fuse(ir, enabled=options.get("fuse", True))
+    check_contracts(ir, fusion)
     files = {
-        "model.py": emit_model(ir, spec_path.name),
+        "model.py": emit_model(ir, spec_path.name, fusion),
         "spec.json": json.dumps({"source": spec_path.name, "spec": spec.data}, indent=1) + "\n",
         "ir.txt": ir.dump() + "\n",
+        "fusion.txt": (fusion.explain(ir) if fusion.enabled else "fusion disabled (--no-fuse)") + "\n",
     }
     manifest = {
         "name": spec.name, "key": key, "source": str(spec_path), "spec_sha256": hashlib.sha256(spec_bytes).hexdigest(),
         "compiler_fingerprint": compiler_fingerprint(), "versions": versions(), "options": options,
         "ops": dict(sorted(Counter(n.op for b in ir.blocks.values() for n in b.order()).items())),
-        "blocks": list(ir.blocks), "params": param_formulas(spec),
+        "blocks": list(ir.blocks), "params": param_formulas(spec), "fusion": fusion.manifest(ir),
     }
     manifest["compile_seconds"] = round(time.perf_counter() - start, 4)
     write_artifact(target, files, manifest)
-    return CompileResult(target, False, time.perf_counter() - start, read_manifest(target), ir, spec)
+    return CompileResult(target, False, time.perf_counter() - start, read_manifest(target), ir, spec, fusion=fusion)
 
 
 def param_formulas(spec: Spec) -> dict:

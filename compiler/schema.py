@@ -101,6 +101,8 @@ def spec_schema() -> dict:
                                                   "properties": {"that": EXPR, "else": {"type": "string"}}}},
             "blocks": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": block},
             "model": block,
+            "expect_fused": {"type": "array", "items": {"type": "string", "pattern": r"^[a-z_][a-z0-9_]*(\+[a-z_][a-z0-9_]*)+$"},
+                             "description": "fusions compilation must achieve, as ops joined by +: add+rms_norm"},
             "weights": {"type": "array", "items": {
                 "type": "object", "required": ["from", "to"], "additionalProperties": False, "properties": {
                     "from": names, "to": names, "when": EXPR, "doc": {"type": "string"},

@@ -15,6 +15,7 @@ from torch import nn
 from compiler.expr import Expr, ExprError
 from compiler.weight_rules import fill, run_shapes, run_transforms, template_regex
 from runtime.errors import CheckpointError
+from runtime.fused_params import assemble, member_layout, virtual_params
 
 SHOW = 12   # names listed per category before "... and N more"
 
@@ -68,7 +69,7 @@ def tied_params(module: nn.Module) -> dict[str, str]:
 
 def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str = "") -> LoadPlan:
     """Match checkpoint tensors (name -> TensorInfo) to the module's params through the rules."""
-    params = {n: tuple(p.shape) for n, p in module.named_parameters()}
+    params = virtual_params(module)
     aliases = tied_params(module)
     plan = LoadPlan()
     consumed: set[str] = set()
@@ -143,13 +144,18 @@ def _regex(template: str):
 
 def load_into(module: nn.Module, plan: LoadPlan, checkpoint, config: dict, dtype: torch.dtype, device) -> None:
     """Replace every meta param of `module` by the checkpoint's tensor, cast to `dtype`."""
+    members, pending = member_layout(module), {}
     for a in plan.assignments:
         tensors = [checkpoint.get(s) for s in a.sources]
         if a.rule.transforms:
             tensors = run_transforms(a.rule, tensors, config)
         for target, tensor in zip(a.targets, tensors):
             tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+            if target in members:
+                pending[target] = tensor
+                continue
             _set_param(module, target, nn.Parameter(tensor.contiguous(), requires_grad=False))
+    assemble(module, pending, _set_param)
     for m in module.modules():
         if hasattr(m, "tie_weights"):
             m.tie_weights()

@@ -10,7 +10,8 @@ from compiler.errors import SpecError
 
 def _cmd_compile(args) -> int:
     from compiler.pipeline import compile_spec
-    result = compile_spec(args.spec, args.output)
+    options = {"fuse": False} if args.no_fuse else {}
+    result = compile_spec(args.spec, args.output, options)
     m = result.manifest
     state = "cache hit (nothing rebuilt)" if result.cache_hit else "compiled"
     print(f"{m['name']}: {state} in {result.seconds * 1000:.1f} ms -> {result.directory}")
@@ -22,6 +23,8 @@ def _cmd_compile(args) -> int:
             print(f"    {name}: {formula}")
     if args.dump_ir:
         print((result.directory / "ir.txt").read_text())
+    if args.explain:
+        print((result.directory / "fusion.txt").read_text(), end="")
     return 0
 
 
@@ -81,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", help="artifact directory (default: the user cache)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--dump-ir", action="store_true", help="print the IR, one line per op")
+    p.add_argument("--explain", action="store_true",
+                   help="print the fusion report: per block, the groups formed and the fusions refused, with reasons")
+    p.add_argument("--no-fuse", "-O0", action="store_true", help="compile without the fusion pass")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("validate", help="check specs; one line per problem, exit 1 if any")

@@ -39,7 +39,7 @@ def _same(ctx) -> list[TType]:
 def _binary(name: str, symbol: str, doc: str) -> OpDef:
     return register(OpDef(
         name=name, doc=doc, operands=("a", "b"), infer=_broadcast,
-        emit=lambda e: f"{e['a']} {symbol} {e['b']}", fusion="broadcast"))
+        emit=lambda e: f"{e['a']} {symbol} {e['b']}", fusion="broadcast", triton=f"{{a}} {symbol} {{b}}"))
 
 
 _binary("add", "+", "a + b, broadcasting like torch")
@@ -49,15 +49,15 @@ _binary("mul", "*", "a * b, broadcasting like torch")
 register(OpDef(
     name="scale", doc="x * factor, factor a config expression (e.g. embedding scaling by hidden ** 0.5)",
     operands=("x",), attrs=(Attr("by", "expr", required=True),), infer=_same,
-    emit=lambda e: f"{e['x']} * {e.a('by')}", fusion="elementwise"))
+    emit=lambda e: f"{e['x']} * {e.a('by')}", fusion="elementwise", triton="{x} * {by}"))
 
 register(OpDef(
     name="silu", doc="x * sigmoid(x)", operands=("x",), infer=_same,
-    emit=lambda e: f"F.silu({e['x']})", fusion="elementwise"))
+    emit=lambda e: f"F.silu({e['x']})", fusion="elementwise", triton="{x} * tl.sigmoid({x})"))
 
 register(OpDef(
     name="relu", doc="max(x, 0)", operands=("x",), infer=_same,
-    emit=lambda e: f"F.relu({e['x']})", fusion="elementwise"))
+    emit=lambda e: f"F.relu({e['x']})", fusion="elementwise", triton="tl.maximum({x}, 0.0)"))
 
 
 def _gelu_emit(e) -> str:
@@ -65,10 +65,17 @@ def _gelu_emit(e) -> str:
     return f"F.gelu({e['x']})" if approx == "'none'" else f"F.gelu({e['x']}, approximate={approx})"
 
 
+# tanh(u) = 2 * sigmoid(2u) - 1: tl.math has no tanh
+_GELU_TRITON = {
+    "none": "0.5 * {x} * (1.0 + tl.math.erf({x} * 0.7071067811865476))",
+    "tanh": "0.5 * {x} * (2.0 * tl.sigmoid(1.5957691216057308 * ({x} + 0.044715 * {x} * {x} * {x})))",
+}
+
 register(OpDef(
     name="gelu", doc="GELU; approximate: none (erf) or tanh (gelu_new / gelu_pytorch_tanh)",
     operands=("x",), attrs=(Attr("approximate", "enum", default="none", choices=("none", "tanh")),),
-    infer=_same, emit=_gelu_emit, fusion="elementwise"))
+    infer=_same, emit=_gelu_emit, fusion="elementwise",
+    triton=lambda attrs: _GELU_TRITON[attrs["approximate"].strip("'\"")]))
 
 
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
@@ -78,6 +85,7 @@ def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
 register(OpDef(
     name="softcap", doc="tanh(x / cap) * cap (logit soft-capping)", operands=("x",),
     attrs=(Attr("cap", "expr", required=True),), infer=_same,
-    emit=lambda e: f"ops.softcap({e['x']}, {e.a('cap')})", fusion="elementwise"))
+    emit=lambda e: f"ops.softcap({e['x']}, {e.a('cap')})", fusion="elementwise",
+    triton="(2.0 * tl.sigmoid(2.0 * {x} / {cap}) - 1.0) * {cap}"))
 
 __all__ = ["softcap", "math"]
