@@ -19,7 +19,8 @@ import torch
 
 from compiler import __version__
 from compiler.artifact import cache_root, is_complete, read_manifest, write_artifact
-from compiler.emit import emit_model
+from compiler.emit import emit_model, py
+from compiler.emit_kernels import emit_kernels, kernel_manifest
 from compiler.errors import SpecError
 from compiler.expr import canonical, parse_expr
 from compiler.ir import ModelIR
@@ -53,10 +54,11 @@ def compiler_fingerprint() -> str:
 
 
 def _triton_version() -> str | None:
+    # From the package metadata: importing triton here would fix its interpreter mode for the process.
+    from importlib.metadata import PackageNotFoundError, version
     try:
-        import triton
-        return triton.__version__
-    except ImportError:
+        return version("triton")
+    except PackageNotFoundError:
         return None
 
 
@@ -95,17 +97,21 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
         raise SpecError(problems)
     fusion = fuse(ir, enabled=options.get("fuse", True))
     check_contracts(ir, fusion)
+    kernels = emit_kernels(ir, fusion, spec_path.name, py) if fusion.enabled else None
     files = {
         "model.py": emit_model(ir, spec_path.name, fusion),
         "spec.json": json.dumps({"source": spec_path.name, "spec": spec.data}, indent=1) + "\n",
         "ir.txt": ir.dump() + "\n",
         "fusion.txt": (fusion.explain(ir) if fusion.enabled else "fusion disabled (--no-fuse)") + "\n",
     }
+    if kernels is not None:
+        files["kernels.py"] = kernels
     manifest = {
         "name": spec.name, "key": key, "source": str(spec_path), "spec_sha256": hashlib.sha256(spec_bytes).hexdigest(),
         "compiler_fingerprint": compiler_fingerprint(), "versions": versions(), "options": options,
         "ops": dict(sorted(Counter(n.op for b in ir.blocks.values() for n in b.order()).items())),
         "blocks": list(ir.blocks), "params": param_formulas(spec), "fusion": fusion.manifest(ir),
+        "kernels": kernel_manifest(fusion),
     }
     manifest["compile_seconds"] = round(time.perf_counter() - start, 4)
     write_artifact(target, files, manifest)

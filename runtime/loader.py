@@ -72,8 +72,12 @@ def open_artifact(directory: str | Path):
 
 
 def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
-         strict: bool = True, config_overrides: dict | None = None) -> CompiledModel:
+         strict: bool = True, config_overrides: dict | None = None, triton: bool | None = None) -> CompiledModel:
     """Build the artifact's model from `checkpoint`'s config.json and load its weights.
+
+    triton=True forces the fused groups' Triton kernels even on CPU tensors (through Triton's
+    interpreter when there is no GPU; also GRAPHSPEC_TRITON=1); False keeps CPU on PyTorch code.
+    The setting belongs to the artifact's module, so it holds for every model loaded from it.
 
     strict=False reports unexpected tensors as a warning instead of an error; missing and
     mis-shaped tensors are always errors.
@@ -86,6 +90,8 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     if unknown:
         raise ArtifactError(f"model inputs {unknown} cannot be supplied by the runtime (it knows {SUPPLIED_INPUTS})")
     torch_dtype = _dtype(dtype, hf)
+    if triton is not None and hasattr(module, "kernels"):
+        module.kernels.force = bool(triton)
     with torch.device("meta"):
         net = module.MODEL(module.Config(**config))
     with open_checkpoint(folder) as ckpt:

@@ -72,6 +72,7 @@ class FusionPlan:
     groups: dict[str, list[Group]] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
     enabled: bool = True
+    kernels: list = field(default_factory=list)      # KernelSource of each group that has one
 
     def group_of(self, block: str) -> dict[str, Group]:
         return {nid: g for g in self.groups.get(block, []) for nid in g.nodes}
