@@ -113,6 +113,8 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
         "blocks": list(ir.blocks), "params": param_formulas(spec), "fusion": fusion.manifest(ir),
         "kernels": kernel_manifest(fusion),
     }
+    if options.get("aot") and kernels is not None:
+        manifest["kernels"] = aot_compile(kernels, manifest["kernels"], options["aot"])
     manifest["compile_seconds"] = round(time.perf_counter() - start, 4)
     write_artifact(target, files, manifest)
     return CompileResult(target, False, time.perf_counter() - start, read_manifest(target), ir, spec, fusion=fusion)
@@ -133,3 +135,15 @@ def param_formulas(spec: Spec) -> dict:
     out["total (all optional params present, none tied)"] = canonical(parse_expr(" + ".join(total)))
     return out
 
+
+
+def aot_compile(kernels_source: str, kernels: dict, targets: list[str]) -> dict:
+    """Compile every kernel for `targets` (sm_80, sm_90) in fp32 and bf16; record shared memory and warps."""
+    import tempfile
+
+    from compiler.triton.aot import compile_in_child
+    with tempfile.TemporaryDirectory(prefix="graphspec-aot-") as tmp:
+        path = Path(tmp) / "kernels.py"
+        path.write_text(kernels_source)
+        compiled = compile_in_child(path, kernels, targets)
+    return {name: {**info, "compiled": compiled[name]} for name, info in kernels.items()}

@@ -11,6 +11,8 @@ from compiler.errors import SpecError
 def _cmd_compile(args) -> int:
     from compiler.pipeline import compile_spec
     options = {"fuse": False} if args.no_fuse else {}
+    if args.aot:
+        options["aot"] = args.aot.split(",")
     result = compile_spec(args.spec, args.output, options)
     m = result.manifest
     state = "cache hit (nothing rebuilt)" if result.cache_hit else "compiled"
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--explain", action="store_true",
                    help="print the fusion report: per block, the groups formed and the fusions refused, with reasons")
     p.add_argument("--no-fuse", "-O0", action="store_true", help="compile without the fusion pass")
+    p.add_argument("--aot", metavar="TARGETS", help="also compile every Triton kernel ahead of time for these "
+                   "GPU targets (e.g. sm_80,sm_90; fp32 and bf16) and record shared memory and warps in the manifest")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("validate", help="check specs; one line per problem, exit 1 if any")

@@ -339,7 +339,7 @@ def {name}_kernel(
     stride_pb,
     scale, window, softcap,  # scalars
     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """{doc}
 
@@ -371,8 +371,8 @@ def {name}_kernel(
         mask_n = offs_n < kv_len
         k = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
-        if q.dtype == tl.float32:
-            scores = tl.dot(q, k, input_precision="ieee") * scale
+        if DOT_F32:
+            scores = tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision="ieee") * scale
         else:
             scores = tl.dot(q, k) * scale
         if HAS_SOFTCAP:
@@ -394,8 +394,8 @@ def {name}_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        if q.dtype == tl.float32:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        if DOT_F32:
+            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
@@ -428,6 +428,8 @@ def {name}(q, k, v, ctx, slot, causal=True, scale=None, window=None, softcap=Non
         head_dim ** -0.5 if scale is None else scale, window or 0, softcap or 1.0,
         IS_CAUSAL=bool(causal), HAS_WINDOW=window is not None and kv_len > window,
         HAS_PAD=ctx.padding is not None, HAS_SOFTCAP=softcap is not None,
+        # fp32 storage: exact fp32 dots (no TF32). The interpreter's bf16 dot is wrong, so it gets fp32 too.
+        DOT_F32=q.dtype == torch.float32 or not q.is_cuda,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
     )
     return out'''
@@ -445,6 +447,7 @@ def flash_attention(name: str, doc: str, block, group, ops, py) -> KernelSource:
     aot = {"pointers": ptrs, "ints": ints, "floats": ["scale", "softcap"], "u8": ["pad_ptr"],
            "constexprs": {"IS_CAUSAL": True, "HAS_WINDOW": node.attrs.get("window") is not None, "HAS_PAD": True,
                           "HAS_SOFTCAP": node.attrs.get("softcap") is not None,
+                          "DOT_F32": {"fp32": True, "bf16": False, "fp16": False},
                           "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 64}, "num_warps": 4}
     source = ATTENTION_KERNEL.replace("{name}", name).replace("{doc}", doc)
     return KernelSource(name, "flash_attention", source, ["q", "k", "v", "ctx", "slot"], aot, call=call)
