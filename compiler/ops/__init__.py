@@ -3,11 +3,11 @@ from . import attention as _attention_ops, elementwise as _elementwise_ops, line
 from . import norms as _norm_ops, rope as _rope_ops, shape_ops as _shape_ops  # noqa: F401
 from .attention import attention
 from .elementwise import softcap
-from .fused import FusedLinear
+from .fused import FusedLinear, Linear
 from .norms import layer_norm, rms_norm
 from .params import Norm
 from .registry import OPS, OpDef, get, register
 from .rope import rope, rope_table
 
 __all__ = ["OPS", "OpDef", "get", "register", "attention", "softcap", "layer_norm", "rms_norm",
-           "rope", "rope_table", "Norm", "FusedLinear"]
+           "rope", "rope_table", "Norm", "FusedLinear", "Linear"]
