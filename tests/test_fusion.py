@@ -135,3 +135,27 @@ def test_fused_and_unfused_compiles_compute_the_same_logits(tmp_path, dtype):
     a, b = fused(x).logits.float(), plain(x).logits.float()
     assert (a - b).abs().max().item() <= (1e-5 if dtype == torch.float32 else 0.05)
     assert fused.generate(x[:1], max_new_tokens=8).tolist() == plain.generate(x[:1], max_new_tokens=8).tolist()
+
+
+def test_fused_toy_model_computes_what_the_unfused_one_does(tmp_path):
+    """Reordered groups, rebound names and a three-way projection, without any checkpoint."""
+    path = tmp_path / "toy.yaml"
+    path.write_text(TOY)
+    from runtime.loader import _import_model
+    outs = []
+    for options in ({}, {"fuse": False}):
+        result = compile_spec(path, tmp_path / f"toy{len(options)}", options)
+        module = _import_model(result.directory, result.manifest)
+        torch.manual_seed(0)
+        net = module.MODEL(module.Config(d=8))
+        gen = torch.Generator().manual_seed(1)
+        weights = {n: torch.randn(8, 8, generator=gen) for n in ("a", "b", "c")}
+        if options:
+            for n, w in weights.items():
+                getattr(net, n).weight.data.copy_(w)
+        else:
+            net.abc.weight.data.copy_(torch.cat([weights[n] for n in ("a", "b", "c")]))
+        x, y, v = torch.randn(2, 3, 8, generator=gen), torch.randn(2, 3, 8, generator=gen), torch.randn(8, generator=gen)
+        with torch.no_grad():
+            outs.append(net(x, y, v)["o"])
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-5

@@ -6,6 +6,8 @@ the interpreter runs each program in numpy.
 """
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,7 +165,7 @@ def test_every_kernel_of_a_spec_matches_its_groups_pytorch_code(tmp_path, dtype)
         want = net(x, y)["o"]
         module.kernels.force = True
         got = net(x, y)["o"]
-        module.kernels.force = False
+        module.kernels.force = None
         close(got, want, dtype)
 
 
@@ -187,4 +189,18 @@ def test_tiny_llama_through_the_triton_path_equals_the_unfused_compile(tmp_path)
         assert (got[:, 2:] - want[:, 2:]).abs().max().item() <= 1e-4
         assert fused.generate(x[:1], max_new_tokens=6).tolist() == plain.generate(x[:1], max_new_tokens=6).tolist()
     finally:
-        runtime.load(compile_spec("specs/llama.yaml", tmp_path / "f").directory, folder, triton=False)
+        sys.modules[type(fused.net).__module__].kernels.force = None
+
+
+def test_environment_variable_forces_the_triton_path(tmp_path, monkeypatch):
+    from runtime.loader import _import_model
+    monkeypatch.setenv("GRAPHSPEC_TRITON", "1")
+    result = compile_spec("specs/llama.yaml", tmp_path / "env")
+    module = _import_model(result.directory, result.manifest)
+    try:
+        assert module.kernels.enabled(torch.zeros(1))
+        assert module.kernels.path_for(torch.device("cpu")) == "triton (interpreter)"
+        monkeypatch.delenv("GRAPHSPEC_TRITON")
+        assert module.kernels.path_for(torch.device("cpu")) == "torch"
+    finally:
+        module.kernels.force = None

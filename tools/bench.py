@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -69,16 +68,24 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return total
 
 
+def _vm_kib(field: str) -> int:
+    # /proc's VmHWM belongs to this process image (ru_maxrss survives exec and would count the parent's peak)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def load_probe(folder: str, dtype: str) -> None:
     """Child process: load time and peak RSS while loading (printed as JSON)."""
     import runtime
     from compiler.pipeline import compile_spec
     artifact = compile_spec(SPEC).directory
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _vm_kib("VmHWM") * 1024
     start = time.perf_counter()
     model = runtime.load(artifact, folder, dtype=dtype)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _vm_kib("VmHWM") * 1024
     weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
     print(json.dumps({"load_s": seconds, "peak_rss": peak, "rss_before": before, "weight_bytes": weights}))
 
@@ -151,17 +158,20 @@ def run(args) -> None:
                 res["torch_compile_s"] = time.perf_counter() - start
                 res["prefill"]["torch.compile(sdpa)"] = median_time(lambda: compiled(long), args.repeat)
 
-            want = None
-            res["decode"] = {}
-            outputs = {}
-            for name, fn in [("graphspec", lambda: ours.generate(prompt, max_new_tokens=args.new_tokens))] + [
-                    (impl, lambda r=ref: r.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                                     do_sample=False, eos_token_id=None, pad_token_id=0))
-                    for impl, ref in refs.items()]:
-                outputs[name] = fn()
-                res["decode"][name] = median_time(fn, args.decode_repeat, warmup=0)
+            res["decode"], outputs = {}, {}
+            runs = [("graphspec", lambda: ours.generate(prompt, max_new_tokens=args.new_tokens))] + [
+                (impl, lambda r=ref: r.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                                 do_sample=False, eos_token_id=None, pad_token_id=0))
+                for impl, ref in refs.items()]
+            for name, fn in runs:
+                times = []
+                for _ in range(args.decode_repeat):     # decode warms up in its own prefill step
+                    start = time.perf_counter()
+                    outputs[name] = fn()
+                    times.append(time.perf_counter() - start)
+                res["decode"][name] = statistics.median(times)
             want = outputs["sdpa"].tolist()
-            res["identical"] = all(o.tolist() == want for o in outputs.values())
+            res["identical"] = {name: o.tolist() == want for name, o in outputs.items()}
         wb = weight_bytes(ours.net)
         res["roofline_tok_s"] = bw * 1e9 / wb
         res["load"] = probe
@@ -183,7 +193,8 @@ def report(res: dict, args) -> None:
     if "torch_compile_s" in res:
         print(f"  (torch.compile's first call took {res['torch_compile_s']:.1f} s)")
     n = args.new_tokens
-    print(f"decode 32 + {n} greedy tokens (tokens/s, median of {args.decode_repeat}), identical outputs: {res['identical']}")
+    print(f"decode 32 + {n} greedy tokens (tokens/s, median of {args.decode_repeat}), outputs identical to sdpa's: "
+          + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["identical"].items()))
     for name, t in dec.items():
         ratio = "" if name == "graphspec" else f"   graphspec is {t / dec['graphspec']:.2f}x"
         print(f"  {name:<22} {n / t:8.1f} tok/s  ({t:6.2f} s){ratio}")

@@ -23,11 +23,14 @@ def env_forced() -> bool:
 class Kernels:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.force = env_forced()
+        self.force: bool | None = None     # the load option; None: GRAPHSPEC_TRITON decides
         self._modules: dict[bool, object] = {}
 
+    def forced(self) -> bool:
+        return env_forced() if self.force is None else self.force
+
     def enabled(self, x: torch.Tensor) -> bool:
-        return x.is_cuda or self.force
+        return x.is_cuda or self.forced()
 
     def interpreted(self) -> bool:
         return not torch.cuda.is_available()
@@ -46,7 +49,7 @@ class Kernels:
     def path_for(self, device: torch.device) -> str:
         if device.type == "cuda":
             return "triton"
-        if self.force:
+        if self.forced():
             return "triton (interpreter)" if self.interpreted() else "triton"
         return "torch"
 
