@@ -106,16 +106,18 @@ def group_method(block: BlockIR, group: Group, names: dict[str, str], slots: dic
     args = [local[v] for v in group.inputs] + (["ctx"] if uses_ctx else [])
     lines = ["", f"    def {group.name}(self, {', '.join(args)}):",
              f'        """Fused group ({group.template}), spec ops: '
-             + "; ".join(_spec_text(block, n) for n in group.members) + '"""',
-             "        cfg = self.cfg"]
+             + "; ".join(_spec_text(block, n) for n in group.members) + '"""']
+    body = []
     kernel = getattr(group, "kernel", None)
     if kernel is not None:
-        lines += [f"        if kernels.{kernel.dispatch}({local[group.inputs[0]]}):",
-                  f"            return kernels.{kernel.name}({kernel.call_args(local, slots)})"]
+        body += [f"        if kernels.{kernel.dispatch}({local[group.inputs[0]]}):",
+                 f"            return kernels.{kernel.name}({kernel.call_args(local, slots)})"]
     for n in group.members:
-        lines.append(f"        {node_line(block, n, local, slots)}")
-    lines.append(f"        return {', '.join(local[o] for o in group.outputs)}")
-    return lines
+        body.append(f"        {node_line(block, n, local, slots)}")
+    body.append(f"        return {', '.join(local[o] for o in group.outputs)}")
+    if any("cfg." in line for line in body):
+        lines.append("        cfg = self.cfg")
+    return lines + body
 
 
 def _spec_text(block: BlockIR, node: Node) -> str:

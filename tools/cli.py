@@ -20,6 +20,13 @@ def _cmd_compile(args) -> int:
     if not args.quiet:
         print(f"  blocks: {', '.join(m['blocks'])}")
         print(f"  ops:    {', '.join(f'{k} x{v}' for k, v in m['ops'].items())}")
+        fusion = m.get("fusion", {})
+        if fusion.get("enabled"):
+            groups = [g for gs in fusion["groups"].values() for g in gs]
+            print(f"  fusion: {len(groups)} groups ({', '.join(g['name'] for g in groups)}), "
+                  f"{len(m.get('kernels', {}))} Triton kernels, {len(fusion['refused'])} refused (--explain)")
+        else:
+            print("  fusion: off (--no-fuse)")
         print("  params:")
         for name, formula in m["params"].items():
             print(f"    {name}: {formula}")
