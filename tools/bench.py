@@ -38,6 +38,21 @@ def median_time(fn, repeat: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def interleaved(fns: dict, repeat: int, warmup: bool = True) -> tuple[dict, dict]:
+    """Median seconds per implementation, alternating them run by run so load changes on the
+    machine hit every implementation alike; also each one's last result."""
+    times, results = {name: [] for name in fns}, {}
+    if warmup:
+        for fn in fns.values():
+            fn()
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, results
+
+
 def build_checkpoint(folder: Path) -> None:
     import transformers
     torch.manual_seed(0)
@@ -148,28 +163,21 @@ def run(args) -> None:
 
         res = {"dtype": dtype_name}
         with torch.inference_mode():
-            res["prefill"] = {"graphspec": median_time(lambda: ours(long), args.repeat)}
-            for impl, ref in refs.items():
-                res["prefill"][impl] = median_time(lambda: ref(long), args.repeat)
+            prefill = {"graphspec": lambda: ours(long), **{impl: (lambda r=ref: r(long)) for impl, ref in refs.items()}}
             if args.torch_compile:
                 compiled = torch.compile(refs["sdpa"])
                 start = time.perf_counter()
                 compiled(long)
                 res["torch_compile_s"] = time.perf_counter() - start
-                res["prefill"]["torch.compile(sdpa)"] = median_time(lambda: compiled(long), args.repeat)
+                prefill["torch.compile(sdpa)"] = lambda: compiled(long)
+            res["prefill"] = interleaved(prefill, args.repeat)[0]
 
-            res["decode"], outputs = {}, {}
-            runs = [("graphspec", lambda: ours.generate(prompt, max_new_tokens=args.new_tokens))] + [
-                (impl, lambda r=ref: r.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                                 do_sample=False, eos_token_id=None, pad_token_id=0))
-                for impl, ref in refs.items()]
-            for name, fn in runs:
-                times = []
-                for _ in range(args.decode_repeat):     # decode warms up in its own prefill step
-                    start = time.perf_counter()
-                    outputs[name] = fn()
-                    times.append(time.perf_counter() - start)
-                res["decode"][name] = statistics.median(times)
+            decode = {"graphspec": lambda: ours.generate(prompt, max_new_tokens=args.new_tokens), **{
+                impl: (lambda r=ref: r.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                                do_sample=False, eos_token_id=None, pad_token_id=0))
+                for impl, ref in refs.items()}}
+            # decode warms up in its own prefill step: no untimed run
+            res["decode"], outputs = interleaved(decode, args.decode_repeat, warmup=False)
             want = outputs["sdpa"].tolist()
             res["identical"] = {name: o.tolist() == want for name, o in outputs.items()}
         wb = weight_bytes(ours.net)

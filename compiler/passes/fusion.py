@@ -134,11 +134,12 @@ def template_of(node: Node) -> str | None:
     op = OPS.get(node.op)
     if op is None or op.triton is None:
         return None
+    from compiler.triton.templates import ROW_REDUCTIONS, TEMPLATES
     if op.fusion in POINTWISE and (callable(op.triton) or "{" in op.triton):
         return "pointwise"
     if op.fusion == "reduction":
-        return "row_reduction"
-    return op.triton           # a dedicated template: rope, flash_attention
+        return "row_reduction" if op.triton in ROW_REDUCTIONS else None
+    return op.triton if op.triton in TEMPLATES else None    # a dedicated template: rope, flash_attention
 
 
 class _BlockFusion:
