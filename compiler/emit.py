@@ -7,6 +7,7 @@ config-generic: sizes come from `cfg`, so the same file serves every checkpoint 
 from __future__ import annotations
 
 from compiler import __version__
+from compiler import emit_fused as fused
 from compiler.expr import Expr
 from compiler.ir import BlockIR, ModelIR, Node
 from compiler.ops import OPS
@@ -32,7 +33,8 @@ def py(expr) -> str:
     return repr(expr)
 
 
-def emit_model(ir: ModelIR, source_name: str) -> str:
+def emit_model(ir: ModelIR, source_name: str, fusion=None) -> str:
+    """`fusion`: a FusionPlan (compiler.passes.fusion); its groups become one call each."""
     spec = ir.spec
     needs_ctx = _context_blocks(ir)
     needs_layer = _layer_blocks(ir)
@@ -50,6 +52,7 @@ def emit_model(ir: ModelIR, source_name: str) -> str:
         "from torch import nn",
         "",
         "from compiler import ops",
+        *fused.module_header(fusion),
         "",
         "",
         _config_class(spec),
@@ -57,7 +60,7 @@ def emit_model(ir: ModelIR, source_name: str) -> str:
     for name, block in ir.blocks.items():
         decl = spec.model if name == "model" else spec.blocks[name]
         cls = class_name(spec.name if name == "model" else name)
-        out += ["", "", _block_class(ir, block, decl, cls, needs_ctx, needs_layer)]
+        out += ["", "", _block_class(ir, block, decl, cls, needs_ctx, needs_layer, fusion)]
     for name, head in ir.heads.items():
         out += ["", "", _head_class(ir, head, spec.heads[name].block, name, needs_ctx)]
     out += ["", "", f"MODEL = {class_name(spec.name)}"]
@@ -165,7 +168,7 @@ def _layer_blocks(ir: ModelIR) -> set[str]:
 
 
 def _block_class(ir: ModelIR, block: BlockIR, decl, cls: str, needs_ctx: set[str],
-                 needs_layer: set[str] = frozenset()) -> str:
+                 needs_layer: set[str] = frozenset(), fusion=None) -> str:
     spec = ir.spec
     doc = decl.doc.strip() or f"{', '.join(f'{i}: {block.values[i].type}' for i in block.inputs)} -> {', '.join(block.values[o].name for o in block.outputs)}"
     if block.name in needs_layer:
@@ -174,7 +177,12 @@ def _block_class(ir: ModelIR, block: BlockIR, decl, cls: str, needs_ctx: set[str
     else:
         init = [f"    def __init__(self, cfg: Config):", "        super().__init__()", "        self.cfg = cfg"]
     ties = []
+    fused_params = fused.params_by_member(fusion, block.name)
     for p in decl.params.values():
+        if p.name in fused_params:
+            if fused_params[p.name].members[0] == p.name:
+                init.append(fused.param_init(fused_params[p.name], py))
+            continue
         if p.kind == "block":
             sub = class_name(p.block)
             if p.repeat is not None and p.block in needs_layer:
@@ -202,29 +210,38 @@ def _block_class(ir: ModelIR, block: BlockIR, decl, cls: str, needs_ctx: set[str
                 lines.append(f"        {body}")
             else:
                 lines += [f"        if {py(when)}:", f"            {body}"]
-    args = [block.values[i].name for i in block.inputs] + (["ctx"] if block.name in needs_ctx else [])
+    units = fused.units(block, fusion)
+    names = fused.value_names(block, units)
+    args = [names[i] for i in block.inputs] + (["ctx"] if block.name in needs_ctx else [])
     lines += ["", f"    def forward(self, {', '.join(args)}):", "        cfg = self.cfg"]
-    slots = 0
-    for node in block.order():
-        if node.block is not None:
-            lines += _call_lines(ir, block, decl, node, needs_ctx)
-            continue
-        op = OPS[node.op]
-        attrs = {k: py(v) for k, v in node.attrs.items()}
-        if node.op == "attention":
-            attrs["slot"] = "self" if slots == 0 else f"(self, {slots})"
-            slots += 1
-        ectx = EmitCtx({f: block.values[v].name for f, v in node.inputs.items()},
-                       {f: f"self.{p}" for f, p in node.params.items()}, attrs,
-                       [block.values[o].name for o in node.outputs])
-        lhs = ", ".join(ectx.outputs)
-        lines.append(_with_shape(f"        {lhs} = {op.emit(ectx)}", block, node))
-    outs = [block.values[o].name for o in block.outputs]
+    slots = fused.attention_slots(units)
+    methods = []
+    for unit in units:
+        if isinstance(unit, Node) and unit.block is not None:
+            lines += _call_lines(ir, block, decl, unit, needs_ctx, names)
+        elif isinstance(unit, Node):
+            lines.append(_with_shape(f"        {node_line(block, unit, names, slots)}", block, unit))
+        else:
+            lines.append(fused.call_line(block, unit, names, _with_shape))
+            methods += fused.group_method(block, unit, names, slots, node_line, block.name in needs_ctx)
+    outs = [names[o] for o in block.outputs]
     if block.name == "model":
-        lines.append("        return {" + ", ".join(f'"{o}": {o}' for o in outs) + "}")
+        lines.append("        return {" + ", ".join(f'"{block.values[o].name}": {names[o]}' for o in block.outputs) + "}")
     else:
         lines.append(f"        return {', '.join(outs)}")
-    return "\n".join(lines)
+    return "\n".join(lines + methods)
+
+
+def node_line(block: BlockIR, node: Node, names: dict[str, str], slots: dict[str, str]) -> str:
+    """`lhs = <the op's PyTorch lowering>` with values named by `names`."""
+    op = OPS[node.op]
+    attrs = {k: py(v) for k, v in node.attrs.items()}
+    if node.id in slots:
+        attrs["slot"] = slots[node.id]
+    ectx = EmitCtx({f: names[v] for f, v in node.inputs.items()},
+                   {f: f"self.{p}" for f, p in node.params.items()}, attrs,
+                   [names[o] for o in node.outputs])
+    return f"{', '.join(ectx.outputs)} = {op.emit(ectx)}"
 
 
 def _with_shape(line: str, block: BlockIR, node: Node) -> str:
@@ -233,12 +250,13 @@ def _with_shape(line: str, block: BlockIR, node: Node) -> str:
     return f"{line}{' ' * pad}# {shapes}"
 
 
-def _call_lines(ir: ModelIR, block: BlockIR, decl, node: Node, needs_ctx: set[str]) -> list[str]:
+def _call_lines(ir: ModelIR, block: BlockIR, decl, node: Node, needs_ctx: set[str], names=None) -> list[str]:
     p = decl.params[node.block]
     callee = ir.blocks[p.block]
     ctx = ["ctx"] if p.block in needs_ctx else []
-    outs = [block.values[o].name for o in node.outputs]
-    args = [block.values[node.inputs[i]].name for i in callee.inputs]
+    name = (lambda v: names[v]) if names is not None else (lambda v: block.values[v].name)
+    outs = [name(o) for o in node.outputs]
+    args = [name(node.inputs[i]) for i in callee.inputs]
     if node.op == "call":
         return [_with_shape(f"        {', '.join(outs)} = self.{p.name}({', '.join(args + ctx)})", block, node)]
     # repeat: each callee output feeds the callee input of the same name in the next layer

@@ -19,12 +19,14 @@ import torch
 
 from compiler import __version__
 from compiler.artifact import cache_root, is_complete, read_manifest, write_artifact
-from compiler.emit import emit_model
+from compiler.emit import emit_model, py
+from compiler.emit_kernels import emit_kernels, kernel_manifest
 from compiler.errors import SpecError
 from compiler.extends import source_chain
 from compiler.expr import canonical, parse_expr
 from compiler.ir import ModelIR
 from compiler.lower import lower
+from compiler.passes.fusion import check_contracts, fuse
 from compiler.spec import Spec, load_spec
 from compiler.weight_rules import check_rules, model_tensors
 
@@ -38,6 +40,7 @@ class CompileResult:
     ir: ModelIR | None = None
     spec: Spec | None = None
     notes: list[str] = field(default_factory=list)
+    fusion: object = None          # the FusionPlan, when this call compiled (not a cache hit)
 
 
 @lru_cache(maxsize=1)
@@ -52,10 +55,11 @@ def compiler_fingerprint() -> str:
 
 
 def _triton_version() -> str | None:
+    # From the package metadata: importing triton here would fix its interpreter mode for the process.
+    from importlib.metadata import PackageNotFoundError, version
     try:
-        import triton
-        return triton.__version__
-    except ImportError:
+        return version("triton")
+    except PackageNotFoundError:
         return None
 
 
@@ -98,22 +102,31 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     problems = check_rules(spec)
     if problems:
         raise SpecError(problems)
+    fusion = fuse(ir, enabled=options.get("fuse", True))
+    check_contracts(ir, fusion)
+    kernels = emit_kernels(ir, fusion, spec_path.name, py) if fusion.enabled else None
     files = {
-        "model.py": emit_model(ir, spec_path.name),
+        "model.py": emit_model(ir, spec_path.name, fusion),
         "spec.json": json.dumps({"source": spec_path.name, **({"extends": [p.name for p in chain]} if chain else {}),
                                  "spec": spec.data}, indent=1) + "\n",
         "ir.txt": ir.dump() + "\n",
+        "fusion.txt": (fusion.explain(ir) if fusion.enabled else "fusion disabled (--no-fuse)") + "\n",
     }
+    if kernels is not None:
+        files["kernels.py"] = kernels
     manifest = {
         "name": spec.name, "key": key, "source": str(spec_path), "spec_sha256": hashlib.sha256(spec_bytes).hexdigest(),
         "parents": {str(p): hashlib.sha256(b).hexdigest() for p, b in zip(chain, parents)},
         "compiler_fingerprint": compiler_fingerprint(), "versions": versions(), "options": options,
         "ops": dict(sorted(Counter(n.op for b in ir.blocks.values() for n in b.order()).items())),
-        "blocks": list(ir.blocks), "params": param_formulas(spec),
+        "blocks": list(ir.blocks), "params": param_formulas(spec), "fusion": fusion.manifest(ir),
+        "kernels": kernel_manifest(fusion),
     }
+    if options.get("aot") and kernels is not None:
+        manifest["kernels"] = aot_compile(kernels, manifest["kernels"], options["aot"])
     manifest["compile_seconds"] = round(time.perf_counter() - start, 4)
     write_artifact(target, files, manifest)
-    return CompileResult(target, False, time.perf_counter() - start, read_manifest(target), ir, spec)
+    return CompileResult(target, False, time.perf_counter() - start, read_manifest(target), ir, spec, fusion=fusion)
 
 
 def param_formulas(spec: Spec) -> dict:
@@ -138,3 +151,15 @@ def param_formulas(spec: Spec) -> dict:
     out["total (all optional params present, none tied)"] = running
     return out
 
+
+
+def aot_compile(kernels_source: str, kernels: dict, targets: list[str]) -> dict:
+    """Compile every kernel for `targets` (sm_80, sm_90) in fp32 and bf16; record shared memory and warps."""
+    import tempfile
+
+    from compiler.triton.aot import compile_in_child
+    with tempfile.TemporaryDirectory(prefix="graphspec-aot-") as tmp:
+        path = Path(tmp) / "kernels.py"
+        path.write_text(kernels_source)
+        compiled = compile_in_child(path, kernels, targets)
+    return {name: {**info, "compiled": compiled[name]} for name, info in kernels.items()}

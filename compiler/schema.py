@@ -118,6 +118,8 @@ def spec_schema() -> dict:
                       "description": "task heads over the model's outputs; the first is the default"},
             "base_prefix": {"type": "string", "description": "prefix of the trunk's tensors in checkpoints "
                             "saved with a head (bert.); stripped before the weight rules match"},
+            "expect_fused": {"type": "array", "items": {"type": "string", "pattern": r"^[a-z_][a-z0-9_]*(\+[a-z_][a-z0-9_]*)+$"},
+                             "description": "fusions compilation must achieve, as ops joined by +: add+rms_norm"},
             "weights": {"type": "array", "items": {
                 # `to` or `ignore`, one of them: the builder says so in words (compiler/spec.py).
                 "type": "object", "required": ["from"], "additionalProperties": False,

@@ -87,8 +87,12 @@ def choose_head(spec, hf: dict, head: str | None) -> str | None:
 
 def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
          strict: bool = True, config_overrides: dict | None = None, head: str | None = None,
-         init_new_head: bool = False) -> CompiledModel:
+         init_new_head: bool = False, triton: bool | None = None) -> CompiledModel:
     """Build the artifact's model from `checkpoint`'s config.json and load its weights.
+
+    triton=True forces the fused groups' Triton kernels even on CPU tensors (through Triton's
+    interpreter when there is no GPU; also GRAPHSPEC_TRITON=1); False keeps CPU on PyTorch code.
+    The setting belongs to the artifact's module, so it holds for every model loaded from it.
 
     strict=False reports unexpected tensors as a warning instead of an error; missing and
     mis-shaped tensors are always errors. `head` picks one of the spec's task heads (default: the
@@ -105,6 +109,8 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     if unknown:
         raise ArtifactError(f"model inputs {unknown} cannot be supplied by the runtime (it knows {SUPPLIED_INPUTS})")
     torch_dtype = _dtype(dtype, hf)
+    if triton is not None and hasattr(module, "kernels"):
+        module.kernels.force = bool(triton)
     with torch.device("meta"):
         net = (module.HEADS[head] if head is not None else module.MODEL)(module.Config(**config))
     with open_checkpoint(folder) as ckpt:

@@ -99,6 +99,11 @@ class CompiledModel(nn.Module):
     def __repr__(self) -> str:
         return f"CompiledModel({self.spec.name}, dtype={self.dtype}, device={self.device})\n{self.net!r}"
 
+    def kernel_report(self) -> dict[str, str]:
+        """Which path each fused group takes here: triton, triton (interpreter) or torch, and why."""
+        from compiler.triton.dispatch import kernel_report
+        return kernel_report(self)
+
     def _run(self, input_ids, position_ids, ctx, **extra) -> ModelOutput:
         feeds = {"input_ids": input_ids, "position_ids": position_ids, **extra}
         if "token_type_ids" in self.input_names and feeds.get("token_type_ids") is None:

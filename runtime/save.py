@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from compiler.weight_rules import fill, invert_transforms, template_regex, transform_name
 from runtime.errors import CheckpointError
+from runtime.fused_params import member_layout
 from runtime.weights import _active
 
 NEEDS_SOURCE_SHAPES = ("concat", "reshape")
@@ -43,10 +44,23 @@ def hf_config(spec, values: dict) -> dict:
     return out
 
 
+def _member_params(net) -> dict[str, torch.Tensor]:
+    """Params by the spec's names: a fused projection (q/k/v as one matrix) is cut back into its members."""
+    layout = member_layout(net)
+    fused = {f for f, _, _ in layout.values()}
+    params = {n: p for n, p in net.named_parameters() if n not in fused}
+    offsets: dict[str, int] = {}
+    for member, (fused_name, _, shape) in sorted(layout.items(), key=lambda kv: (kv[1][0], kv[1][1])):
+        start = offsets.get(fused_name, 0)
+        params[member] = net.get_parameter(fused_name)[start:start + shape[0]]
+        offsets[fused_name] = start + shape[0]
+    return params
+
+
 def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
     """The model's params under checkpoint names, in the checkpoint's layout."""
     spec, config = model.spec, model.config
-    params = dict(model.net.named_parameters())
+    params = _member_params(model.net)
     out: dict[str, torch.Tensor] = {}
     for rule in spec.weights:
         if not _active(rule, config):

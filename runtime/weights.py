@@ -15,6 +15,7 @@ from torch import nn
 from compiler.expr import Expr, ExprError
 from compiler.weight_rules import fill, run_shapes, run_transforms, template_regex
 from runtime.errors import CheckpointError
+from runtime.fused_params import assemble, member_layout, virtual_params
 
 SHOW = 12   # names listed per category before "... and N more"
 
@@ -98,7 +99,7 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
     With a head chosen, its params without weights go to `head_missing` (the caller decides whether
     they may be newly initialised), and tensors of the spec's other heads are ignored, with the reason.
     """
-    params = {n: tuple(p.shape) for n, p in module.named_parameters()}
+    params = virtual_params(module)
     aliases = tied_params(module)
     plan = LoadPlan()
     tensors, original = _strip_prefix(spec, tensors, plan)
@@ -206,16 +207,22 @@ def _regex(template: str):
 
 def load_into(module: nn.Module, plan: LoadPlan, checkpoint, config: dict, dtype: torch.dtype, device) -> None:
     """Replace every meta param of `module` by the checkpoint's tensor, cast to `dtype`."""
+    members, pending = member_layout(module), {}
+
     def assign(a):
         tensors = [checkpoint.get(s) for s in a.sources]
         if a.rule.transforms:
             tensors = run_transforms(a.rule, tensors, config)
         for target, tensor in zip(a.targets, tensors):
             tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+            if target in members:
+                pending[target] = tensor
+                continue
             _set_param(module, target, nn.Parameter(tensor.contiguous(), requires_grad=False))
     for a in plan.assignments:
         if not a.untie:
             assign(a)
+    assemble(module, pending, _set_param)
     for m in module.modules():
         if hasattr(m, "tie_weights"):
             m.tie_weights()

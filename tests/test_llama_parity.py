@@ -27,9 +27,11 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return compile_spec("specs/llama.yaml", tmp_path_factory.mktemp("art") / "llama").directory
+@pytest.fixture(scope="module", params=["fused", "unfused"])
+def artifact(request, tmp_path_factory):
+    """Every parity test runs on the fused compile and on the `--no-fuse` one."""
+    options = {"fuse": request.param == "fused"}
+    return compile_spec("specs/llama.yaml", tmp_path_factory.mktemp("art") / "llama", options).directory
 
 
 def make(tmp_path, name, seed=0, **save_kwargs):

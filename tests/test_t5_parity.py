@@ -67,7 +67,10 @@ def test_greedy_generation_matches_transformers(tmp_path, variant):
     want = ref.generate(ids, attention_mask=mask, max_new_tokens=15, do_sample=False, eos_token_id=None)
     computed = {"encoder": 0, "cross_kv": 0}
     ours.net.encoder.layers[0].register_forward_hook(lambda *_: computed.__setitem__("encoder", computed["encoder"] + 1))
-    ours.net.dec_layers[1].cross_kv.k.register_forward_hook(
+    # the projection inside the static block (fused k/v: `kv`; unfused: `k`), not the block, whose
+    # hooks fire on every (cached) call
+    cross = ours.net.dec_layers[1].cross_kv
+    (cross.kv if hasattr(cross, "kv") else cross.k).register_forward_hook(
         lambda *_: computed.__setitem__("cross_kv", computed["cross_kv"] + 1))
     have = ours.generate(ids, attention_mask=mask, max_new_tokens=15)
     assert have.tolist() == want.tolist()

@@ -12,18 +12,30 @@ def _cmd_compile(args) -> int:
     if args.resolved:
         return _print_resolved(args.spec)
     from compiler.pipeline import compile_spec
-    result = compile_spec(args.spec, args.output)
+    options = {"fuse": False} if args.no_fuse else {}
+    if args.aot:
+        options["aot"] = args.aot.split(",")
+    result = compile_spec(args.spec, args.output, options)
     m = result.manifest
     state = "cache hit (nothing rebuilt)" if result.cache_hit else "compiled"
     print(f"{m['name']}: {state} in {result.seconds * 1000:.1f} ms -> {result.directory}")
     if not args.quiet:
         print(f"  blocks: {', '.join(m['blocks'])}")
         print(f"  ops:    {', '.join(f'{k} x{v}' for k, v in m['ops'].items())}")
+        fusion = m.get("fusion", {})
+        if fusion.get("enabled"):
+            groups = [g for gs in fusion["groups"].values() for g in gs]
+            print(f"  fusion: {len(groups)} groups ({', '.join(g['name'] for g in groups)}), "
+                  f"{len(m.get('kernels', {}))} Triton kernels, {len(fusion['refused'])} refused (--explain)")
+        else:
+            print("  fusion: off (--no-fuse)")
         print("  params:")
         for name, formula in m["params"].items():
             print(f"    {name}: {formula}")
     if args.dump_ir:
         print((result.directory / "ir.txt").read_text())
+    if args.explain:
+        print((result.directory / "fusion.txt").read_text(), end="")
     return 0
 
 
@@ -151,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dump-ir", action="store_true", help="print the IR, one line per op")
     p.add_argument("--resolved", action="store_true",
                    help="print the spec with extends resolved (plain YAML) instead of compiling")
+    p.add_argument("--explain", action="store_true",
+                   help="print the fusion report: per block, the groups formed and the fusions refused, with reasons")
+    p.add_argument("--no-fuse", "-O0", action="store_true", help="compile without the fusion pass")
+    p.add_argument("--aot", metavar="TARGETS", help="also compile every Triton kernel ahead of time for these "
+                   "GPU targets (e.g. sm_80,sm_90; fp32 and bf16) and record shared memory and warps in the manifest")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("validate", help="check specs; one line per problem, exit 1 if any")

@@ -4,6 +4,7 @@ from . import norms as _norm_ops, rope as _rope_ops, shape_ops as _shape_ops  # 
 from . import conv as _conv_ops, indexing as _indexing_ops, relative as _relative_ops  # noqa: F401
 from .attention import attention
 from .elementwise import softcap
+from .fused import FusedLinear, Linear
 from .norms import layer_norm, rms_norm
 from .indexing import concat, positions
 from .relative import relative_buckets
@@ -12,4 +13,4 @@ from .registry import OPS, OpDef, get, register
 from .rope import rope, rope_table
 
 __all__ = ["OPS", "OpDef", "get", "register", "attention", "softcap", "layer_norm", "rms_norm",
-           "rope", "rope_table", "Norm", "Tensor", "concat", "positions", "relative_buckets"]
+           "rope", "rope_table", "Norm", "Tensor", "concat", "positions", "relative_buckets", "FusedLinear", "Linear"]

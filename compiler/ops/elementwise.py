@@ -39,7 +39,7 @@ def _same(ctx) -> list[TType]:
 def _binary(name: str, symbol: str, doc: str) -> OpDef:
     return register(OpDef(
         name=name, doc=doc, operands=("a", "b"), infer=_broadcast,
-        emit=lambda e: f"{e['a']} {symbol} {e['b']}", fusion="broadcast"))
+        emit=lambda e: f"{e['a']} {symbol} {e['b']}", fusion="broadcast", triton=f"{{a}} {symbol} {{b}}"))
 
 
 _binary("add", "+", "a + b, broadcasting like torch")
@@ -62,15 +62,17 @@ register(OpDef(
            Attr("round_factor", "bool", default=False,
                 doc="round the factor to x's dtype before multiplying (Gemma's normalizer in bf16), "
                     "instead of multiplying by the exact factor in the op's compute precision")),
-    infer=_same, emit=_scale_emit, fusion="elementwise"))
+    infer=_same, emit=_scale_emit, fusion="elementwise",
+    # the kernel multiplies by the exact factor; a factor rounded to the dtype first has no Triton form
+    triton=lambda a: "{x} * {by}" if a.get("round_factor", "False") in ("False", "None") else None))
 
 register(OpDef(
     name="silu", doc="x * sigmoid(x)", operands=("x",), infer=_same,
-    emit=lambda e: f"F.silu({e['x']})", fusion="elementwise"))
+    emit=lambda e: f"F.silu({e['x']})", fusion="elementwise", triton="{x} * tl.sigmoid({x})"))
 
 register(OpDef(
     name="relu", doc="max(x, 0)", operands=("x",), infer=_same,
-    emit=lambda e: f"F.relu({e['x']})", fusion="elementwise"))
+    emit=lambda e: f"F.relu({e['x']})", fusion="elementwise", triton="tl.maximum({x}, 0.0)"))
 
 
 def _gelu_emit(e) -> str:
@@ -78,10 +80,17 @@ def _gelu_emit(e) -> str:
     return f"F.gelu({e['x']})" if approx == "'none'" else f"F.gelu({e['x']}, approximate={approx})"
 
 
+# tanh(u) = 2 * sigmoid(2u) - 1: tl.math has no tanh
+_GELU_TRITON = {
+    "none": "0.5 * {x} * (1.0 + tl.math.erf({x} * 0.7071067811865476))",
+    "tanh": "0.5 * {x} * (2.0 * tl.sigmoid(1.5957691216057308 * ({x} + 0.044715 * {x} * {x} * {x})))",
+}
+
 register(OpDef(
     name="gelu", doc="GELU; approximate: none (erf) or tanh (gelu_new / gelu_pytorch_tanh)",
     operands=("x",), attrs=(Attr("approximate", "enum", default="none", choices=("none", "tanh")),),
-    infer=_same, emit=_gelu_emit, fusion="elementwise"))
+    infer=_same, emit=_gelu_emit, fusion="elementwise",
+    triton=lambda attrs: _GELU_TRITON[attrs["approximate"].strip("'\"")]))
 
 
 def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -94,6 +103,7 @@ def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
 register(OpDef(
     name="softcap", doc="tanh(x / cap) * cap (logit soft-capping); x unchanged when cap is null", operands=("x",),
     attrs=(Attr("cap", "expr", required=True, doc="the cap, or null for none"),), infer=_same,
-    emit=lambda e: f"ops.softcap({e['x']}, {e.a('cap')})", fusion="elementwise"))
+    emit=lambda e: f"ops.softcap({e['x']}, {e.a('cap')})", fusion="elementwise",
+    triton=lambda a: None if a["cap"] == "None" else "(2.0 * tl.sigmoid(2.0 * {x} / {cap}) - 1.0) * {cap}"))
 
 __all__ = ["softcap", "math"]

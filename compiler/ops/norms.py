@@ -9,8 +9,9 @@ from .registry import Attr, OpDef, TType, register
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
     # Statistics in fp32 whatever the input dtype, as every reference implementation does.
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    # F.rms_norm is one pass over the row (x * rsqrt(mean(x^2) + eps), the same arithmetic as the
+    # five-op form, which allocates four temporaries).
+    h = F.rms_norm(x.float(), (x.shape[-1],), None, eps)
     if offset:
         # (offset + w) is applied in fp32 before the cast back (Gemma's order of operations).
         return (h * (offset + weight.float())).to(x.dtype)
@@ -33,11 +34,11 @@ register(OpDef(
     name="rms_norm", doc="x / rms(x) * (offset + w), statistics in fp32", operands=("x",),
     params={"w": "norm"},
     attrs=(Attr("eps", "expr", required=True), Attr("offset", "expr", default=0)),
-    infer=_norm_infer, fusion="reduction",
+    infer=_norm_infer, fusion="reduction", triton="rms_norm",
     emit=lambda e: (f"ops.rms_norm({e['x']}, {e.p('w')}.weight, {e.a('eps')})" if e.a("offset") in ("0", "0.0")
                     else f"ops.rms_norm({e['x']}, {e.p('w')}.weight, {e.a('eps')}, offset={e.a('offset')})")))
 
 register(OpDef(
     name="layer_norm", doc="(x - mean) / std * w + b", operands=("x",), params={"w": "norm"},
-    attrs=(Attr("eps", "expr", required=True),), infer=_norm_infer, fusion="reduction",
+    attrs=(Attr("eps", "expr", required=True),), infer=_norm_infer, fusion="reduction", triton="layer_norm",
     emit=lambda e: f"ops.layer_norm({e['x']}, {e.p('w')}.weight, {e.p('w')}.bias, {e.a('eps')})"))

@@ -47,7 +47,7 @@ def _bias_tensors(shape_w, shape_b, opts):
 PARAM_KINDS: dict[str, ParamKind] = {k.name: k for k in (
     ParamKind("linear", ("in", "out"), {"bias": False},
               lambda d: _bias_tensors((d["out"], d["in"]), (d["out"],), d),
-              lambda s: f"nn.Linear({s['in']}, {s['out']}, bias={s['bias']})",
+              lambda s: f"ops.Linear({s['in']}, {s['out']}, bias={s['bias']})",
               "y = x @ weight.T + bias; weight is [out, in] like torch"),
     ParamKind("embedding", ("num", "dim"), {},
               lambda d: [("weight", (d["num"], d["dim"]), True)],

@@ -51,6 +51,11 @@ class OpDef:
     fusion: str = "opaque"
     context: bool = False                     # reads the forward context (mask, KV cache)
     optional_operands: tuple[str, ...] = ()
+    # Triton lowering for the fusion pass. Pointwise ops: an fp32 expression over operand and
+    # attribute names ("{x} * tl.sigmoid({x})"), or a function of the attribute sources giving one;
+    # row reductions, rotary and attention ops: the name
+    # of their kernel template (compiler/triton/templates.py). None: the op never enters a kernel.
+    triton: str | Callable[[dict], str] | None = None
 
     def attr(self, name: str) -> Attr | None:
         return next((a for a in self.attrs if a.name == name), None)

@@ -137,5 +137,5 @@ def _rope_infer(ctx) -> list[TType]:
 
 register(OpDef(
     name="rope", doc="x * cos + rotate_half(x) * sin on [B, H, S, D] (half-split layout)",
-    operands=("x", "cos", "sin"), infer=_rope_infer, fusion="broadcast",
+    operands=("x", "cos", "sin"), infer=_rope_infer, fusion="broadcast", triton="rope",
     emit=lambda e: f"ops.rope({e['x']}, {e['cos']}, {e['sin']})"))

@@ -1,0 +1,1 @@
+"""Triton code generation for fused groups (templates), the emitted module's dispatch, AOT compiles."""

@@ -1,0 +1,469 @@
+"""Triton kernel templates: pointwise, row reduction with prologue/epilogue, rotary, flash attention.
+
+Each template turns one fused group into Python source: a `@triton.jit` kernel and its launcher.
+Style of the Triton tutorials: arguments grouped (pointers, sizes, strides, scalars, constexpr
+meta-parameters), `offs_` / `mask` names, fp32 arithmetic whatever the storage dtype, masked loads so
+any row length works. The ops inside a kernel come from each op's `triton` lowering in the registry;
+row reductions have their row-level lowering here (`ROW_REDUCTIONS`).
+"""
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+
+RESERVED = {"row", "offs_n", "offs_d", "offs_m", "mask", "n_rows", "n_cols", "tl", "triton", "torch", "pid",
+            "BLOCK_N", "BLOCK_M", "BLOCK_D", "acc"}
+
+
+@dataclass
+class KernelSource:
+    name: str                  # the launcher's name; the kernel is `<name>_kernel`
+    template: str
+    source: str                # kernel + launcher source
+    launcher_args: list[str]   # in order: what the model.py method passes
+    aot: dict                  # pointers / ints / floats / constexprs for ahead-of-time compiles
+    dispatch: str = "enabled"
+    call: list[str] = field(default_factory=list)   # model.py expressions, keys into the local names
+
+    def call_args(self, local: dict[str, str], slots: dict[str, str]) -> str:
+        out = []
+        for c in self.call:
+            kind, _, what = c.partition(":")
+            out.append(local[what] if kind == "value" else slots.get(what, "self") if kind == "slot" else what)
+        # kinds: value:<value id> (the method's local name), slot:<node id> (KV-cache slot), expr:<source>
+        return ", ".join(out)
+
+
+def var(vid: str) -> str:
+    name = re.sub(r"\W", "_", vid)
+    return name + "_v" if name in RESERVED else name
+
+
+def _fields(fmt: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(fmt) if f]
+
+
+def pointwise_expr(op, node, values: dict[str, str], attr_src: dict[str, str], scalars: dict[str, str]) -> str:
+    """The op's Triton expression with operands as kernel variables; attributes become scalar args."""
+    fmt = op.triton(attr_src) if callable(op.triton) else op.triton
+    subs = {}
+    for f in _fields(fmt):
+        if f in node.inputs:
+            subs[f] = values[node.inputs[f]]
+        else:
+            arg = f"{f}_{node.id}"
+            scalars[arg] = attr_src[f]
+            subs[f] = arg
+    return fmt.format(**subs)
+
+
+# -- pointwise --------------------------------------------------------------------------------------
+def pointwise(name: str, doc: str, block, group, ops, py) -> KernelSource:
+    inputs = [var(v) for v in group.inputs]
+    outputs = [var(o) for o in group.outputs]
+    scalars: dict[str, str] = {}
+    body, values = [], {v: var(v) for v in group.inputs}
+    for node in group.members:
+        attr_src = {k: py(a) for k, a in node.attrs.items()}
+        expr = pointwise_expr(ops[node.op], node, values, attr_src, scalars)
+        out = var(node.outputs[0])
+        values[node.outputs[0]] = out
+        body.append(f"    {out} = {expr}")
+    ptrs = [f"{v}_ptr" for v in inputs + outputs]
+    strides = [f"stride_{v}" for v in inputs + outputs]
+    k = [
+        "@triton.jit",
+        f"def {name}_kernel(",
+        f"    {', '.join(ptrs)},  # pointers",
+        "    n_rows, n_cols,  # sizes",
+        f"    {', '.join(strides)},  # row strides",
+        *([f"    {', '.join(scalars)},  # scalars"] if scalars else []),
+        "    BLOCK_N: tl.constexpr,",
+        "):",
+        f'    """{doc}"""',
+        "    row = tl.program_id(0).to(tl.int64)",
+        "    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)",
+        "    mask = offs_n < n_cols",
+        *[f"    {v} = tl.load({v}_ptr + row * stride_{v} + offs_n, mask=mask, other=0.0).to(tl.float32)" for v in inputs],
+        *body,
+        *[f"    tl.store({o}_ptr + row * stride_{o} + offs_n, {o}.to({o}_ptr.dtype.element_ty), mask=mask)" for o in outputs],
+    ]
+    first = inputs[0]
+    launcher = [
+        f"def {name}({', '.join(inputs + list(scalars))}):",
+        f'    """{doc}"""',
+        f"    n_cols = {first}.shape[-1]",
+        *[f"    {v}_2d = _rows({v}, n_cols)" for v in inputs],
+        *[f"    {o} = torch.empty({first}.shape, dtype={first}.dtype, device={first}.device)" for o in outputs],
+        f"    n_rows = {first}_2d.shape[0]",
+        "    BLOCK_N = min(triton.next_power_of_2(n_cols), 1024)",
+        "    grid = (n_rows, triton.cdiv(n_cols, BLOCK_N))",
+        f"    {name}_kernel[grid](",
+        f"        {', '.join([f'{v}_2d' for v in inputs] + [f'{o}.view(-1, n_cols)' for o in outputs])},",
+        "        n_rows, n_cols,",
+        f"        {', '.join([f'{v}_2d.stride(0)' for v in inputs] + ['n_cols'] * len(outputs))},",
+        *([f"        {', '.join(scalars)},"] if scalars else []),
+        "        BLOCK_N=BLOCK_N,",
+        "    )",
+        f"    return {', '.join(outputs)}",
+    ]
+    call = [f"value:{v}" for v in group.inputs] + [f"expr:{s}" for s in scalars.values()]
+    aot = {"pointers": ptrs, "ints": ["n_rows", "n_cols", *strides], "floats": list(scalars),
+           "constexprs": {"BLOCK_N": 1024}}
+    return KernelSource(name, "pointwise", "\n".join(k + ["", ""] + launcher), inputs + list(scalars), aot, call=call)
+
+
+# -- row reduction ----------------------------------------------------------------------------------
+def _rms_norm_row(x, out, node, args, py):
+    w = args.param("w", "weight")
+    eps = args.scalar("eps", py(node.attrs["eps"]))
+    offset = py(node.attrs.get("offset"))
+    lines = [f"    ms_{out} = tl.sum({x} * {x}, axis=0) / n_cols",
+             f"    {out} = {x} * tl.math.rsqrt(ms_{out} + {eps})"]
+    wv = f"tl.load({w} + offs_n, mask=mask, other=0.0).to(tl.float32)"
+    if offset in ("0", "0.0", "None"):
+        # Llama's order: round to the storage dtype, then scale by the weight
+        lines.append(f"    {out} = {out}.to({args.dtype}).to(tl.float32) * {wv}")
+    else:
+        off = args.scalar("offset", offset)
+        lines.append(f"    {out} = {out} * ({off} + {wv})")
+    return lines
+
+
+def _layer_norm_row(x, out, node, args, py):
+    w = args.param("w", "weight")
+    b = args.param("w", "bias", optional=True)
+    eps = args.scalar("eps", py(node.attrs["eps"]))
+    return [f"    mean_{out} = tl.sum({x}, axis=0) / n_cols",
+            f"    diff_{out} = tl.where(mask, {x} - mean_{out}, 0.0)",
+            f"    var_{out} = tl.sum(diff_{out} * diff_{out}, axis=0) / n_cols",
+            f"    {out} = diff_{out} * tl.math.rsqrt(var_{out} + {eps}) * tl.load({w} + offs_n, mask=mask, other=0.0).to(tl.float32)",
+            f"    if HAS_{b.upper()}:",
+            f"        {out} += tl.load({b} + offs_n, mask=mask, other=0.0).to(tl.float32)"]
+
+
+ROW_REDUCTIONS = {"rms_norm": _rms_norm_row, "layer_norm": _layer_norm_row}
+
+
+class _Args:
+    """Collects the param pointers and scalars a reduction's row lowering asks for."""
+
+    def __init__(self, node, dtype: str):
+        self.node, self.dtype = node, dtype
+        self.params: list[tuple[str, str, str, bool]] = []   # (kernel ptr name, param, tensor, optional)
+        self.scalars: dict[str, str] = {}
+
+    def param(self, field: str, tensor: str, optional: bool = False) -> str:
+        pname = self.node.params[field]
+        ptr = f"{pname}_{tensor}_ptr"
+        self.params.append((ptr, pname, tensor, optional))
+        return ptr
+
+    def scalar(self, attr: str, src: str) -> str:
+        arg = f"{attr}_{self.node.id}"
+        self.scalars[arg] = src
+        return arg
+
+
+def row_reduction(name: str, doc: str, block, group, ops, py) -> KernelSource:
+    inputs = [var(v) for v in group.inputs]
+    outputs = [var(o) for o in group.outputs]
+    scalars: dict[str, str] = {}
+    body, values = [], {v: var(v) for v in group.inputs}
+    args = None
+    first = inputs[0]
+    for node in group.members:
+        op = ops[node.op]
+        out = var(node.outputs[0])
+        if op.fusion == "reduction":
+            args = _Args(node, f"{first}_ptr.dtype.element_ty")
+            body += ROW_REDUCTIONS[op.triton](values[node.inputs["x"]], out, node, args, py)
+            scalars.update(args.scalars)
+        else:
+            attr_src = {k: py(a) for k, a in node.attrs.items()}
+            body.append(f"    {out} = {pointwise_expr(op, node, values, attr_src, scalars)}")
+        values[node.outputs[0]] = out
+        if node.outputs[0] in group.outputs:
+            body.append(f"    tl.store({out}_ptr + row * stride_{out} + offs_n, {out}.to({out}_ptr.dtype.element_ty), mask=mask)")
+    param_ptrs = [p for p, _, _, _ in args.params]
+    optional = [(p, pname, t) for p, pname, t, opt in args.params if opt]
+    ptrs = [f"{v}_ptr" for v in inputs] + param_ptrs + [f"{o}_ptr" for o in outputs]
+    strides = [f"stride_{v}" for v in inputs + outputs]
+    flags = [f"HAS_{p.upper()}" for p, _, _ in optional]
+    k = [
+        "@triton.jit",
+        f"def {name}_kernel(",
+        f"    {', '.join(ptrs)},  # pointers",
+        "    n_rows, n_cols,  # sizes",
+        f"    {', '.join(strides)},  # row strides",
+        *([f"    {', '.join(scalars)},  # scalars"] if scalars else []),
+        *[f"    {f}: tl.constexpr," for f in flags],
+        "    BLOCK_N: tl.constexpr,",
+        "):",
+        f'    """{doc}"""',
+        "    row = tl.program_id(0).to(tl.int64)",
+        "    offs_n = tl.arange(0, BLOCK_N)",
+        "    mask = offs_n < n_cols",
+        *[f"    {v} = tl.load({v}_ptr + row * stride_{v} + offs_n, mask=mask, other=0.0).to(tl.float32)" for v in inputs],
+        *body,
+    ]
+    param_args = [p[:-4] for p in param_ptrs]       # launcher args: the tensors themselves
+    launcher = [
+        f"def {name}({', '.join(inputs + param_args + list(scalars))}):",
+        f'    """{doc}"""',
+        f"    n_cols = {first}.shape[-1]",
+        *[f"    {v}_2d = _rows({v}, n_cols)" for v in inputs],
+        *[f"    {o} = torch.empty({first}.shape, dtype={first}.dtype, device={first}.device)" for o in outputs],
+        f"    n_rows = {first}_2d.shape[0]",
+        "    BLOCK_N = triton.next_power_of_2(n_cols)",
+        f"    {name}_kernel[(n_rows,)](",
+        f"        {', '.join([f'{v}_2d' for v in inputs] + [_maybe(p[:-4], first) for p, _, _, _ in args.params] + [f'{o}.view(-1, n_cols)' for o in outputs])},",
+        "        n_rows, n_cols,",
+        f"        {', '.join([f'{v}_2d.stride(0)' for v in inputs] + ['n_cols'] * len(outputs))},",
+        *([f"        {', '.join(scalars)},"] if scalars else []),
+        *[f"        {f}={p[:-4]} is not None," for f, (p, _, _) in zip(flags, optional)],
+        "        BLOCK_N=BLOCK_N, num_warps=_row_warps(BLOCK_N),",
+        "    )",
+        f"    return {', '.join(outputs)}",
+    ]
+    call = ([f"value:{v}" for v in group.inputs] + [f"expr:self.{pname}.{t}" for _, pname, t, _ in args.params]
+            + [f"expr:{s}" for s in scalars.values()])
+    aot = {"pointers": ptrs, "ints": ["n_rows", "n_cols", *strides], "floats": list(scalars),
+           "constexprs": {"BLOCK_N": 1024, **{f: True for f in flags}}, "num_warps": 4}
+    return KernelSource(name, "row_reduction", "\n".join(k + ["", ""] + launcher),
+                        inputs + param_args + list(scalars), aot, call=call)
+
+
+def _maybe(arg: str, fallback: str) -> str:
+    # An absent optional tensor (a norm without bias) still needs a pointer; its flag keeps it unread.
+    return f"{arg} if {arg} is not None else {fallback}_2d"
+
+
+# -- rotary -----------------------------------------------------------------------------------------
+ROPE_HELPER = '''@triton.jit
+def _rope_head(x_row, out_row, cos, sin, offs_d, mask, partner, sign, rot):
+    """One head vector: x * cos + rotate_half(x) * sin over the first rot_dim dims, x beyond them."""
+    x = tl.load(x_row + offs_d, mask=mask, other=0.0).to(tl.float32)
+    x_partner = tl.load(x_row + partner, mask=rot, other=0.0).to(tl.float32)
+    y = x * cos + sign * x_partner * sin
+    tl.store(out_row + offs_d, y.to(out_row.dtype.element_ty), mask=mask)
+'''
+
+
+def rope(name: str, doc: str, block, group, ops, py) -> KernelSource | None:
+    cos_ids = {n.inputs["cos"] for n in group.members}
+    sin_ids = {n.inputs["sin"] for n in group.members}
+    if len(cos_ids) != 1 or len(sin_ids) != 1:
+        return None         # members rotate by different tables: stays in PyTorch
+    xs = [var(n.inputs["x"]) for n in group.members]
+    outs = [var(n.outputs[0]) for n in group.members]
+    cos, sin = var(next(iter(cos_ids))), var(next(iter(sin_ids)))
+    n = len(xs)
+    heads = [f"n_heads_{x}" for x in xs]
+    strides = [f"stride_{x}_{d}" for x in xs for d in "bhs"] + [f"stride_{o}_{d}" for o in outs for d in "bhs"]
+    k = [
+        "@triton.jit",
+        f"def {name}_kernel(",
+        f"    {', '.join(f'{x}_ptr' for x in xs)}, {cos}_ptr, {sin}_ptr, {', '.join(f'{o}_ptr' for o in outs)},  # pointers",
+        f"    seq_len, head_dim, rot_dim, {', '.join(heads)},  # sizes",
+        f"    {', '.join(strides)},  # strides of [B, H, S, D] (last dim contiguous)",
+        f"    stride_{cos}_b, stride_{cos}_s, stride_{sin}_b, stride_{sin}_s,",
+        "    BLOCK_D: tl.constexpr,",
+        "):",
+        f'    """{doc}"""',
+        "    pid = tl.program_id(0)",
+        "    head = tl.program_id(1)",
+        "    b = (pid // seq_len).to(tl.int64)",
+        "    s = (pid % seq_len).to(tl.int64)",
+        "    offs_d = tl.arange(0, BLOCK_D)",
+        "    mask = offs_d < head_dim",
+        "    half = rot_dim // 2",
+        "    rot = offs_d < rot_dim",
+        "    partner = tl.where(offs_d < half, offs_d + half, offs_d - half)",
+        "    sign = tl.where(offs_d < half, -1.0, 1.0)",
+        f"    cos = tl.load({cos}_ptr + b * stride_{cos}_b + s * stride_{cos}_s + offs_d, mask=rot, other=1.0).to(tl.float32)",
+        f"    sin = tl.load({sin}_ptr + b * stride_{sin}_b + s * stride_{sin}_s + offs_d, mask=rot, other=0.0).to(tl.float32)",
+    ]
+    # Heads of all members form one grid axis: member i owns heads [start_i, start_i + n_heads_i).
+    start = "0"
+    for i, (x, o, h) in enumerate(zip(xs, outs, heads)):
+        indent = "    " * (i + 1)
+        local = f"head - {start}" if start != "0" else "head"
+        if i < n - 1:
+            k.append(f"{indent}if head < {start if start != '0' else ''}{' + ' if start != '0' else ''}{h}:")
+            inner = indent + "    "
+        else:
+            inner = indent
+        k += [f"{inner}h = ({local}).to(tl.int64)",
+              f"{inner}_rope_head({x}_ptr + b * stride_{x}_b + h * stride_{x}_h + s * stride_{x}_s,",
+              f"{inner}           {o}_ptr + b * stride_{o}_b + h * stride_{o}_h + s * stride_{o}_s,",
+              f"{inner}           cos, sin, offs_d, mask, partner, sign, rot)"]
+        if i < n - 1:
+            k.append(f"{indent}else:")
+        start = h if start == "0" else f"{start} + {h}"
+    launcher = [
+        f"def {name}({', '.join(xs)}, {cos}, {sin}):",
+        f'    """{doc}"""',
+        f"    batch, _, seq_len, head_dim = {xs[0]}.shape",
+        *[f"    {x} = {x} if {x}.stride(-1) == 1 else {x}.contiguous()" for x in xs],
+        *[f"    {o} = torch.empty({x}.shape, dtype={x}.dtype, device={x}.device)" for x, o in zip(xs, outs)],
+        f"    grid = (batch * seq_len, {' + '.join(f'{x}.shape[1]' for x in xs)})",
+        f"    {name}_kernel[grid](",
+        f"        {', '.join(xs)}, {cos}, {sin}, {', '.join(outs)},",
+        f"        seq_len, head_dim, {cos}.shape[-1], {', '.join(f'{x}.shape[1]' for x in xs)},",
+        f"        {', '.join(f'{t}.stride(0), {t}.stride(1), {t}.stride(2)' for t in xs + outs)},",
+        f"        {cos}.stride(0), {cos}.stride(1), {sin}.stride(0), {sin}.stride(1),",
+        "        BLOCK_D=triton.next_power_of_2(head_dim),",
+        "    )",
+        f"    return {', '.join(outs)}",
+    ]
+    order = [n.inputs["x"] for n in group.members] + [next(iter(cos_ids)), next(iter(sin_ids))]
+    call = [f"value:{v}" for v in order]
+    ptrs = [f"{x}_ptr" for x in xs] + [f"{cos}_ptr", f"{sin}_ptr"] + [f"{o}_ptr" for o in outs]
+    ints = ["seq_len", "head_dim", "rot_dim", *heads, *strides,
+            f"stride_{cos}_b", f"stride_{cos}_s", f"stride_{sin}_b", f"stride_{sin}_s"]
+    aot = {"pointers": ptrs, "ints": ints, "floats": [], "constexprs": {"BLOCK_D": 128}}
+    return KernelSource(name, "rope", "\n".join(k + ["", ""] + launcher), xs + [cos, sin], aot, call=call)
+
+
+# -- flash attention --------------------------------------------------------------------------------
+ATTENTION_KERNEL = '''@triton.jit
+def {name}_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, pad_ptr,  # pointers
+    n_heads, kv_group, q_len, kv_len, head_dim,  # sizes
+    stride_qb, stride_qh, stride_qm,  # strides (last dim contiguous)
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    stride_pb,
+    scale, window, softcap,  # scalars
+    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """{doc}
+
+    Online softmax over key blocks; query i sits at key position kv_len - q_len + i (the KV cache
+    holds the past); grouped-query heads read their shared k/v head in place.
+    """
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    kv_h = h // kv_group
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < q_len
+    mask_d = offs_d < head_dim
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q_pos = offs_m + (kv_len - q_len)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    k_base = k_ptr + b * stride_kb + kv_h * stride_kh
+    v_base = v_ptr + b * stride_vb + kv_h * stride_vh
+    end = kv_len
+    if IS_CAUSAL:
+        end = tl.minimum(kv_len, (pid_m + 1) * BLOCK_M + kv_len - q_len)
+    for start_n in range(0, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < kv_len
+        k = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
+                    mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+        if DOT_F32:
+            scores = tl.dot(q.to(tl.float32), k.to(tl.float32), input_precision="ieee") * scale
+        else:
+            scores = tl.dot(q, k) * scale
+        if HAS_SOFTCAP:
+            scores = (2.0 * tl.sigmoid(2.0 * scores / softcap) - 1.0) * softcap
+        valid = mask_n[None, :] & mask_m[:, None]
+        if IS_CAUSAL:
+            valid = valid & (offs_n[None, :] <= q_pos[:, None])
+        if HAS_WINDOW:
+            valid = valid & (offs_n[None, :] > q_pos[:, None] - window)
+        if HAS_PAD:
+            real = tl.load(pad_ptr + b * stride_pb + offs_n, mask=mask_n, other=0)
+            valid = valid & (real[None, :] != 0)
+        scores = tl.where(valid, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        # A row with no visible key yet keeps m = -inf; shift by 0 there so exp() gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(scores - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        if DOT_F32:
+            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+def {name}(q, k, v, ctx, slot, causal=True, scale=None, window=None, softcap=None):
+    """{doc}"""
+    if ctx.cache is not None:
+        k, v = ctx.cache.update(slot, k, v, ctx.past_len)
+    batch, n_heads, q_len, head_dim = q.shape
+    kv_len = k.shape[2]
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    pad = ctx.padding
+    pad = pad[:, :kv_len].to(torch.uint8) if pad is not None else out
+    BLOCK_M = 64 if q.is_cuda else max(16, min(64, triton.next_power_of_2(q_len)))
+    BLOCK_N = 64 if q.is_cuda else max(16, min(64, triton.next_power_of_2(kv_len)))
+    grid = (triton.cdiv(q_len, BLOCK_M), batch * n_heads)
+    {name}_kernel[grid](
+        q, k, v, out, pad,
+        n_heads, n_heads // k.shape[1], q_len, kv_len, head_dim,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        pad.stride(0),
+        head_dim ** -0.5 if scale is None else scale, window or 0, softcap or 1.0,
+        IS_CAUSAL=bool(causal), HAS_WINDOW=window is not None and kv_len > window,
+        HAS_PAD=ctx.padding is not None, HAS_SOFTCAP=softcap is not None,
+        # fp32 storage: exact fp32 dots (no TF32). The interpreter's bf16 dot is wrong, so it gets fp32 too.
+        DOT_F32=q.dtype == torch.float32 or not q.is_cuda,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+    )
+    return out'''
+
+
+def flash_attention(name: str, doc: str, block, group, ops, py) -> KernelSource:
+    node = group.members[0]
+    call = [f"value:{node.inputs[f]}" for f in ("q", "k", "v")] + ["expr:ctx", f"slot:{node.id}"]
+    for attr in ("causal", "scale", "window", "softcap"):
+        if node.attrs.get(attr) is not None:
+            call.append(f"expr:{attr}={py(node.attrs[attr])}")
+    ptrs = ["q_ptr", "k_ptr", "v_ptr", "out_ptr", "pad_ptr"]
+    ints = ["n_heads", "kv_group", "q_len", "kv_len", "head_dim",
+            *[f"stride_{t}{d}" for t in "qkvo" for d in ("b", "h", "m" if t in "qo" else "n")], "stride_pb", "window"]
+    aot = {"pointers": ptrs, "ints": ints, "floats": ["scale", "softcap"], "u8": ["pad_ptr"],
+           "constexprs": {"IS_CAUSAL": True, "HAS_WINDOW": node.attrs.get("window") is not None, "HAS_PAD": True,
+                          "HAS_SOFTCAP": node.attrs.get("softcap") is not None,
+                          "DOT_F32": {"fp32": True, "bf16": False, "fp16": False},
+                          "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 64}, "num_warps": 4}
+    source = ATTENTION_KERNEL.replace("{name}", name).replace("{doc}", doc)
+    return KernelSource(name, "flash_attention", source, ["q", "k", "v", "ctx", "slot"], aot, call=call)
+
+
+TEMPLATES = {"pointwise": pointwise, "row_reduction": row_reduction, "rope": rope,
+             "flash_attention": flash_attention}
+
+
+def _flash_supports(node) -> bool:
+    """The flash kernel implements causal, window, softcap and key padding; an additive score bias
+    (T5's relative positions) or keys from an encoder's sequence stay on the PyTorch path."""
+    keys = node.attrs.get("encoder_keys")
+    from_encoder = keys is not None and not (keys.is_constant() and not keys.evaluate({}))
+    return "bias" not in node.inputs and not from_encoder
+
+
+# Templates that cover only part of their op's attribute space say which nodes they can take.
+SUPPORTS = {"flash_attention": _flash_supports}

@@ -1,0 +1,9 @@
+"""Test-session setup shared by every test module."""
+import os
+
+import torch
+
+# Without a GPU the emitted Triton kernels are tested through Triton's interpreter, which has to be
+# on before anything (transformers' modeling code does) imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

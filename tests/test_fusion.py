@@ -1,0 +1,161 @@
+"""The fusion pass: groups found from fusion kinds and graph structure, decisions, contracts, -O0."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import runtime
+from compiler.errors import SpecError
+from compiler.lower import lower
+from compiler.passes.fusion import check_contracts, fuse
+from compiler.pipeline import compile_spec
+from compiler.spec import load_spec
+from tests.hf_checkpoints import randomize, save
+from tools.cli import main as cli
+
+LLAMA = "specs/llama.yaml"
+
+TOY = """
+spec: 1
+name: toy
+config:
+  d: {hf: d, type: int}
+blocks: {}
+model:
+  inputs: {x: [B, S, d], y: [B, S, d], v: [d]}
+  params:
+    a: {linear: [d, d]}
+    b: {linear: [d, d]}
+    c: {linear: [d, d]}
+  graph:
+    - t: {op: scale, x: x, by: 2.0}
+    - t: {op: silu, x: t}
+    - t: {op: mul, a: t, b: y}
+    - u: {op: add, a: t, b: v}
+    - p: {op: linear, x: u, w: a}
+    - q: {op: linear, x: u, w: b}
+    - r: {op: linear, x: u, w: c}
+    - o: {op: add, a: p, b: q}
+    - o: {op: add, a: o, b: r}
+  outputs: [o]
+weights:
+  - {from: "{p}.weight", to: "{p}.weight"}
+"""
+
+
+def plan_for(path_or_text, tmp_path=None):
+    if tmp_path is not None:
+        path = tmp_path / "toy.yaml"
+        path.write_text(path_or_text)
+        path_or_text = path
+    ir = lower(load_spec(path_or_text))
+    return ir, fuse(ir)
+
+
+def groups_by_ops(ir, plan, block):
+    nodes = {n.id: n for n in ir.blocks[block].order()}
+    return {"+".join(nodes[n].op for n in g.nodes): g for g in plan.groups[block]}
+
+
+def test_llama_groups_are_found_from_fusion_kinds():
+    ir, plan = plan_for(LLAMA)
+    layer = groups_by_ops(ir, plan, "decoder_layer")
+    norm = layer["add+rms_norm"]
+    names = [ir.blocks["decoder_layer"].values[v].name for v in norm.outputs]
+    assert norm.template == "row_reduction" and names == ["x", "h"]   # new residual and normalised output
+    attn = groups_by_ops(ir, plan, "attention")
+    assert attn["rope+rope"].template == "rope"
+    assert attn["linear+linear+linear"].fused_param.members == ["q_proj", "k_proj", "v_proj"]
+    assert attn["linear+linear+linear"].name == "qkv_proj"
+    mlp = groups_by_ops(ir, plan, "mlp")
+    assert mlp["silu+mul"].template == "pointwise"
+    assert mlp["linear+linear"].fused_param.name == "gate_up_proj"
+
+
+def test_every_decision_is_recorded_with_a_reason():
+    ir, plan = plan_for(LLAMA)
+    refused = [d for d in plan.decisions if not d.taken]
+    taken = [d for d in plan.decisions if d.taken]
+    assert taken and refused and all(d.reason for d in plan.decisions)
+    assert any("opaque" in d.reason for d in refused)
+    assert any(d.rule == "horizontal" and "cos, sin" in d.reason for d in taken)
+
+
+def test_chains_merge_and_broadcast_operands_are_refused(tmp_path):
+    ir, plan = plan_for(TOY, tmp_path)
+    groups = groups_by_ops(ir, plan, "model")
+    assert groups["scale+silu+mul"].template == "pointwise"
+    assert "linear+linear+linear" in groups and groups["add+add"].template == "pointwise"
+    assert any(not d.taken and "broadcast" in d.reason and "v" in d.reason for d in plan.decisions)
+
+
+def test_a_tied_projection_is_not_concatenated(tmp_path):
+    text = TOY.replace("c: {linear: [d, d]}", "c: {linear: [d, d], tied: {to: a}}")
+    ir, plan = plan_for(text, tmp_path)
+    groups = groups_by_ops(ir, plan, "model")
+    assert "linear+linear+linear" not in groups
+    assert any(not d.taken and "tied" in d.reason for d in plan.decisions)
+
+
+def test_a_required_fusion_that_did_not_happen_fails_compilation(tmp_path):
+    text = TOY + "expect_fused: [scale+silu, linear+add]\n"
+    path = tmp_path / "toy.yaml"
+    path.write_text(text)
+    ir, plan = plan_for(path)
+    with pytest.raises(SpecError) as err:
+        check_contracts(ir, plan)
+    message = str(err.value)
+    assert "linear+add" in message and "scale+silu" not in message and "toy.yaml" in message
+    with pytest.raises(SpecError):
+        compile_spec(path, tmp_path / "out")
+    compile_spec(path, tmp_path / "out0", {"fuse": False})   # the contract is about the pass
+
+
+def test_explain_prints_groups_and_refusals(tmp_path, capsys):
+    assert cli(["compile", LLAMA, "-o", str(tmp_path / "a"), "-q", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "group add_rms_norm [row_reduction]: add + rms_norm" in out
+    assert "refused" in out and "qkv_proj = concat(q_proj, k_proj, v_proj)" in out
+    assert cli(["compile", LLAMA, "-o", str(tmp_path / "b"), "-q", "-O0"]) == 0
+    assert "FusedLinear" not in (tmp_path / "b" / "model.py").read_text()
+    manifest = compile_spec(LLAMA, tmp_path / "a").manifest
+    assert manifest["fusion"]["fused_params"]["attention"] == {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_and_unfused_compiles_compute_the_same_logits(tmp_path, dtype):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
+    folder = save(randomize(transformers.LlamaForCausalLM(config)), tmp_path / "ckpt")
+    fused = runtime.load(compile_spec(LLAMA, tmp_path / "f").directory, folder, dtype=dtype)
+    plain = runtime.load(compile_spec(LLAMA, tmp_path / "u", {"fuse": False}).directory, folder, dtype=dtype)
+    assert fused.net.layers[0].attn.qkv_proj.weight.shape == (32 + 2 * 16, 32)
+    x = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    a, b = fused(x).logits.float(), plain(x).logits.float()
+    assert (a - b).abs().max().item() <= (1e-5 if dtype == torch.float32 else 0.05)
+    assert fused.generate(x[:1], max_new_tokens=8).tolist() == plain.generate(x[:1], max_new_tokens=8).tolist()
+
+
+def test_fused_toy_model_computes_what_the_unfused_one_does(tmp_path):
+    """Reordered groups, rebound names and a three-way projection, without any checkpoint."""
+    path = tmp_path / "toy.yaml"
+    path.write_text(TOY)
+    from runtime.loader import _import_model
+    outs = []
+    for options in ({}, {"fuse": False}):
+        result = compile_spec(path, tmp_path / f"toy{len(options)}", options)
+        module = _import_model(result.directory, result.manifest)
+        torch.manual_seed(0)
+        net = module.MODEL(module.Config(d=8))
+        gen = torch.Generator().manual_seed(1)
+        weights = {n: torch.randn(8, 8, generator=gen) for n in ("a", "b", "c")}
+        if options:
+            for n, w in weights.items():
+                getattr(net, n).weight.data.copy_(w)
+        else:
+            net.abc.weight.data.copy_(torch.cat([weights[n] for n in ("a", "b", "c")]))
+        x, y, v = torch.randn(2, 3, 8, generator=gen), torch.randn(2, 3, 8, generator=gen), torch.randn(8, generator=gen)
+        with torch.no_grad():
+            outs.append(net(x, y, v)["o"])
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-5
