@@ -9,9 +9,8 @@ from .registry import Attr, OpDef, TType, register
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
     # Statistics in fp32 whatever the input dtype, as every reference implementation does.
-    # F.rms_norm is one pass over the row (x * rsqrt(mean(x^2) + eps), the same arithmetic as the
-    # five-op form, which allocates four temporaries).
-    h = F.rms_norm(x.float(), (x.shape[-1],), None, eps)
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     if offset:
         # (offset + w) is applied in fp32 before the cast back (Gemma's order of operations).
         return (h * (offset + weight.float())).to(x.dtype)
