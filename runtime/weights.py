@@ -207,22 +207,47 @@ def _regex(template: str):
 
 def load_into(module: nn.Module, plan: LoadPlan, checkpoint, config: dict, dtype: torch.dtype, device) -> None:
     """Replace every meta param of `module` by the checkpoint's tensor, cast to `dtype`."""
-    members, pending = member_layout(module), {}
+    members = member_layout(module)
+    parts: dict[str, set[str]] = {}
+    for member, (fused, _, _) in members.items():
+        parts.setdefault(fused, set()).add(member)
+    pending: dict[str, torch.Tensor] = {}
+    sources_of: dict[str, list[str]] = {}
+
+    def assemble_ready() -> None:
+        # Each fused param is concatenated as soon as its members are in, so member copies never
+        # pile up for the whole model before one concatenation at the end.
+        for fused, names in parts.items():
+            if names and names <= pending.keys():
+                assemble(module, {m: pending.pop(m) for m in names}, _set_param)
+                for m in names:
+                    for s in sources_of.pop(m, []):
+                        checkpoint.release(s)
+                parts[fused] = set()
 
     def assign(a):
         tensors = [checkpoint.get(s) for s in a.sources]
         if a.rule.transforms:
             tensors = run_transforms(a.rule, tensors, config)
+        copied = bool(a.rule.transforms)
         for target, tensor in zip(a.targets, tensors):
-            tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+            cast = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+            copied = copied or cast.data_ptr() != tensor.data_ptr()
             if target in members:
-                pending[target] = tensor
+                pending[target] = cast
+                sources_of[target] = list(a.sources)
                 continue
-            _set_param(module, target, nn.Parameter(tensor.contiguous(), requires_grad=False))
+            _set_param(module, target, nn.Parameter(cast.contiguous(), requires_grad=False))
+        # The mapped pages of a source that now lives elsewhere are given back, so loading an fp32
+        # checkpoint as bf16 does not hold both; fused members go when their concatenation is made.
+        if copied and not any(t in members for t in a.targets):
+            for s in a.sources:
+                checkpoint.release(s)
+        assemble_ready()
+
     for a in plan.assignments:
         if not a.untie:
             assign(a)
-    assemble(module, pending, _set_param)
     for m in module.modules():
         if hasattr(m, "tie_weights"):
             m.tie_weights()

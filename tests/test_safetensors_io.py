@@ -417,3 +417,15 @@ def test_a_link_out_of_a_snapshot_to_anywhere_but_blobs_is_refused(tmp_path):
     (snap / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors"}}))
     with pytest.raises(CheckpointError, match="outside the folder"):
         open_checkpoint(snap)
+
+
+def test_released_pages_read_back_the_same_values(tmp_path):
+    """release() gives back the memory of a copied tensor; touching it again re-reads the file."""
+    values = torch.randn(3, 4096)   # several pages, so whole pages are really dropped
+    save_file({"w": values, "b": torch.ones(7)}, str(tmp_path / "m.safetensors"))
+    with SafetensorsFile(tmp_path / "m.safetensors") as f:
+        first = f.get("w").to(torch.bfloat16)
+        f.release("w")
+        f.release("b")
+        assert torch.equal(f.get("w"), values) and torch.equal(f.get("b"), torch.ones(7))
+        assert torch.equal(first, values.to(torch.bfloat16))
