@@ -88,3 +88,21 @@ def cache_root() -> Path:
     root = Path(base)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     return root
+
+
+def import_file(name: str, path: Path):
+    """Import an artifact's Python file as module `name` (once per process); a failed import leaves
+    nothing half-registered in sys.modules."""
+    import importlib.util
+    import sys
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[name]
+        raise
+    return module

@@ -169,13 +169,12 @@ def _layer_blocks(ir: ModelIR) -> set[str]:
 
 def _block_class(ir: ModelIR, block: BlockIR, decl, cls: str, needs_ctx: set[str],
                  needs_layer: set[str] = frozenset(), fusion=None) -> str:
-    spec = ir.spec
     doc = decl.doc.strip() or f"{', '.join(f'{i}: {block.values[i].type}' for i in block.inputs)} -> {', '.join(block.values[o].name for o in block.outputs)}"
     if block.name in needs_layer:
-        init = [f"    def __init__(self, cfg: Config, layer: int):", "        super().__init__()", "        self.cfg = cfg",
+        init = ["    def __init__(self, cfg: Config, layer: int):", "        super().__init__()", "        self.cfg = cfg",
                 "        self.layer = layer"]
     else:
-        init = [f"    def __init__(self, cfg: Config):", "        super().__init__()", "        self.cfg = cfg"]
+        init = ["    def __init__(self, cfg: Config):", "        super().__init__()", "        self.cfg = cfg"]
     ties = []
     fused_params = fused.params_by_member(fusion, block.name)
     for p in decl.params.values():

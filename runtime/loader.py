@@ -1,16 +1,14 @@
 """`load` (an artifact + a checkpoint folder) and `from_pretrained` (a checkpoint folder alone)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import warnings
 from pathlib import Path
 
 import torch
 
 from compiler import __version__
-from compiler.artifact import MANIFEST, is_complete, read_manifest
+from compiler.artifact import MANIFEST, import_file, is_complete, read_manifest
 from compiler.errors import SpecError
 from compiler.spec import load_spec, spec_from_data
 from runtime.config import read_config_json, resolve_config
@@ -41,18 +39,7 @@ def _dtype(dtype, hf: dict) -> torch.dtype:
 
 
 def _import_model(directory: Path, manifest: dict):
-    name = f"graphspec_artifact_{manifest['key'][:16]}_{manifest['name']}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, directory / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception:
-        del sys.modules[name]
-        raise
-    return module
+    return import_file(f"graphspec_artifact_{manifest['key'][:16]}_{manifest['name']}", directory / "model.py")
 
 
 def open_artifact(directory: str | Path):

@@ -265,7 +265,7 @@ class _BlockFusion:
             op = OPS[n.op]
             if n.id not in self.group:
                 return (f"'{n.op}' is {op.fusion}" + (" and has no Triton lowering" if op.fusion in POINTWISE + ("reduction",)
-                                                      else f": no kernel template takes it"))
+                                                      else ": no kernel template takes it"))
         gp, gc = self.group[prod], self.group[cons]
         if gp == gc:
             return None

@@ -8,7 +8,6 @@ Nothing falls back silently: `paths()` is what `CompiledModel.kernel_report()` s
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -68,15 +67,8 @@ def import_kernels(path: Path, interpret: bool):
             raise RuntimeError("the Triton path on CPU needs Triton's interpreter, but triton was imported "
                                "without it: set TRITON_INTERPRET=1 (or GRAPHSPEC_TRITON=1) before the process "
                                "imports triton")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception:
-        del sys.modules[name]
-        raise
-    return module
+    from compiler.artifact import import_file
+    return import_file(name, path)
 
 
 def load_kernels(model_file: str) -> Kernels:
