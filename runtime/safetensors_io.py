@@ -210,16 +210,19 @@ class SafetensorsFile:
         except (RuntimeError, ValueError) as e:
             raise CheckpointError(f"{self.path}: cannot build tensor {name!r}: {e}") from None
 
-    def release(self, name: str) -> None:
-        """Give back the memory of a tensor's mapped pages once it has been copied elsewhere (cast to
-        another dtype, transformed). The mapping is private and never written, so a page touched
-        again is simply read from the file again: this never changes what get() returns."""
+    def release(self, name: str, lo: int = 0, hi: int | None = None) -> None:
+        """Give back the memory of a tensor's mapped pages (bytes lo..hi of it) once they have been
+        copied elsewhere (cast to another dtype, transformed). The mapping is private and never
+        written, so a page touched again is simply read from the file again: this never changes
+        what get() returns."""
         info = self.tensors.get(name)
         if info is None or self._mm is None or not hasattr(self._mm, "madvise"):
             return
         page = mmap.PAGESIZE
-        start = -(-info.start // page) * page        # only pages wholly inside this tensor
-        end = info.end // page * page
+        first = info.start + lo
+        last = info.end if hi is None else min(info.end, info.start + hi)
+        start = -(-first // page) * page             # only pages wholly inside the range
+        end = last // page * page
         if end > start:
             self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
@@ -350,11 +353,11 @@ class Checkpoint:
             raise CheckpointError(f"{self.folder}: checkpoint is closed (reading tensor {name!r})")
         return f.get(name)
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, lo: int = 0, hi: int | None = None) -> None:
         info = self.tensors.get(name)
         f = self._files.get(info.file) if info is not None else None
         if f is not None:
-            f.release(name)
+            f.release(name, lo, hi)
 
     def close(self) -> None:
         files, self._files = self._files, {}

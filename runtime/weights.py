@@ -231,7 +231,11 @@ def load_into(module: nn.Module, plan: LoadPlan, checkpoint, config: dict, dtype
             tensors = run_transforms(a.rule, tensors, config)
         copied = bool(a.rule.transforms)
         for target, tensor in zip(a.targets, tensors):
-            cast = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+            want = dtype if tensor.is_floating_point() else tensor.dtype
+            if not a.rule.transforms and len(a.sources) == 1 and _worth_chunking(tensor, want, device):
+                cast = _cast_in_chunks(tensor, want, lambda lo, hi: checkpoint.release(a.sources[0], lo, hi))
+            else:
+                cast = tensor.to(device=device, dtype=want)
             copied = copied or cast.data_ptr() != tensor.data_ptr()
             if target in members:
                 pending[target] = cast
@@ -254,6 +258,27 @@ def load_into(module: nn.Module, plan: LoadPlan, checkpoint, config: dict, dtype
     for a in plan.assignments:     # after the ties, which would point them back at their owners
         if a.untie:
             assign(a)
+
+
+CHUNK_BYTES = 16 << 20
+
+
+def _worth_chunking(tensor: torch.Tensor, dtype: torch.dtype, device) -> bool:
+    return (tensor.dtype != dtype and torch.device(device).type == "cpu" and tensor.dim() > 0
+            and tensor.is_contiguous() and tensor.numel() * tensor.element_size() > CHUNK_BYTES)
+
+
+def _cast_in_chunks(tensor: torch.Tensor, dtype: torch.dtype, release) -> torch.Tensor:
+    """A cast that gives back each chunk of the mapped source as soon as it is converted, so a large
+    table (embeddings, the LM head) is never resident twice, in both dtypes, while loading."""
+    out = torch.empty(tensor.shape, dtype=dtype)
+    row_bytes = max(1, tensor[0].numel() * tensor.element_size())
+    step = max(1, CHUNK_BYTES // row_bytes)
+    for lo in range(0, tensor.shape[0], step):
+        hi = min(tensor.shape[0], lo + step)
+        out[lo:hi].copy_(tensor[lo:hi])
+        release(lo * row_bytes, hi * row_bytes)
+    return out
 
 
 def _set_param(module: nn.Module, dotted: str, value: nn.Parameter) -> None:

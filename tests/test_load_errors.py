@@ -171,3 +171,17 @@ def test_an_edited_artifact_is_refused(tmp_path, artifact):
 def test_a_folder_that_is_not_an_artifact(tmp_path):
     with pytest.raises(ArtifactError, match="graphspec artifact"):
         runtime.load(tmp_path, tmp_path)
+
+
+def test_a_chunked_cast_loads_the_same_bf16_weights(tmp_path, artifact, monkeypatch):
+    """Large tensors are cast chunk by chunk (giving back the mapped pages as it goes); the result is
+    the plain cast's, bit for bit."""
+    import runtime.weights as weights
+    folder = checkpoint(tmp_path)
+    plain = runtime.load(artifact, folder, dtype=torch.bfloat16)
+    monkeypatch.setattr(weights, "CHUNK_BYTES", 256)   # every tensor here is then "large"
+    chunked = runtime.load(artifact, folder, dtype=torch.bfloat16)
+    for (name, a), (_, b) in zip(plain.net.named_parameters(), chunked.net.named_parameters()):
+        assert a.dtype == b.dtype == torch.bfloat16 and torch.equal(a, b), name
+    x = torch.tensor([[1, 2, 3]])
+    assert torch.equal(plain(x).logits, chunked(x).logits)
