@@ -399,42 +399,30 @@ class _Merger:
 
     # -- lists identified by content ---------------------------------------------------------------
     def checks(self, parent: Located | None, child: Located) -> Located:
-        if parent is None or not isinstance(parent.value, list) or not isinstance(child.value, list):
-            return child
-        out = list(parent.value)
-        for i, item in enumerate(child.value):
-            path = ("checks", i)
-            if _is_removal(item):
-                j = self.find(out, "that", item.value["remove"], path + ("remove",), "check", _norm_expr)
-                if j is not None:
-                    del out[j]
-                continue
-            that = item.get("that")
-            j = next((k for k, c in enumerate(out) if that is not None
-                      and _norm_expr(c.get("that")) == _norm_expr(that)), None)
-            if j is None:
-                out.append(item)
-            else:
-                out[j] = item
-        return Located(out, parent.file, parent.mark, parent.key_mark)
+        return self.keyed_list(parent, child, "checks", "that", "check", _norm_expr, new_first=False)
 
     def weights(self, parent: Located | None, child: Located) -> Located:
+        # The first matching rule wins, so a child's new rules go before the parent's.
+        return self.keyed_list(parent, child, "weights", "from", "weight rule", _norm_names, new_first=True)
+
+    def keyed_list(self, parent: Located | None, child: Located, section: str, key: str, what: str, norm,
+                   new_first: bool) -> Located:
+        """A list whose items are identified by one field: same key replaces, `{remove: KEY}` removes,
+        a new key is added."""
         if parent is None or not isinstance(parent.value, list) or not isinstance(child.value, list):
             return child
         out = list(parent.value)
         added = []
         for i, item in enumerate(child.value):
-            path = ("weights", i)
             if _is_removal(item):
-                j = self.find(out, "from", item.value["remove"], path + ("remove",), "weight rule", _norm_names)
+                j = self.find(out, key, item.value["remove"], (section, i, "remove"), what, norm)
                 if j is not None:
                     del out[j]
                 continue
-            source = item.get("from")
-            j = next((k for k, r in enumerate(out) if source is not None
-                      and _norm_names(r.get("from")) == _norm_names(source)), None)
+            want = item.get(key)
+            j = next((k for k, old in enumerate(out) if want is not None and norm(old.get(key)) == norm(want)), None)
             if j is None:
-                added.append(item)
+                (added if new_first else out).append(item)
             else:
                 out[j] = item
         return Located(added + out, parent.file, parent.mark, parent.key_mark)

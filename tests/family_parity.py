@@ -70,3 +70,30 @@ def assert_left_padded_batch_matches(ref, ours, x, pad=3, new_tokens=20):
     have = ours.generate(x, attention_mask=mask, max_new_tokens=new_tokens)
     assert have.tolist() == want.tolist()
     assert have[0, pad:].tolist() == ours.generate(x[:1, pad:], max_new_tokens=new_tokens)[0].tolist()
+
+
+def assert_padded_rows_match(ref, ours, x, pad: int, side: str) -> None:
+    """Row 1 padded on `side` by `pad` tokens: every real token's logits equal Transformers' given
+    the same positions (Transformers' plain forward does not derive them from the mask)."""
+    mask = torch.ones_like(x)
+    if side == "left":
+        mask[1, :pad] = 0
+    else:
+        mask[1, -pad:] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        expected = ref(x, attention_mask=mask, position_ids=positions).logits
+    got = ours(x, attention_mask=mask).logits
+    real = mask.bool()
+    assert (got[real] - expected[real]).abs().max().item() <= TOL
+
+
+def assert_left_padded_generation_matches(ref, ours, x, pad: int = 3, new_tokens: int = 20) -> None:
+    """Row 0 left-padded by `pad` tokens: batched greedy generation equals Transformers'."""
+    mask = torch.ones_like(x)
+    mask[0, :pad] = 0
+    x[0, :pad] = 0
+    want = ref.generate(x, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                        pad_token_id=0)
+    have = ours.generate(x, attention_mask=mask, max_new_tokens=new_tokens)
+    assert have.tolist() == want.tolist()

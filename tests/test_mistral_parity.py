@@ -10,6 +10,7 @@ import torch
 
 import runtime
 from compiler.pipeline import compile_spec
+from tests.family_parity import assert_left_padded_generation_matches, assert_padded_rows_match
 from tests.hf_checkpoints import randomize, save
 
 transformers = pytest.importorskip("transformers")
@@ -79,30 +80,13 @@ def test_the_window_changes_the_logits(tmp_path, artifact):
 def test_padded_batch_matches_transformers(tmp_path, artifact, side):
     ref, folder = make(tmp_path, "window4_gqa")
     ours = runtime.load(artifact, folder)
-    x = ids(batch=2, length=10)
-    mask = torch.ones_like(x)
-    if side == "left":
-        mask[1, :3] = 0
-    else:
-        mask[1, -3:] = 0
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        expected = ref(x, attention_mask=mask, position_ids=positions).logits
-    got = ours(x, attention_mask=mask).logits
-    real = mask.bool()
-    assert (got[real] - expected[real]).abs().max().item() <= TOL
+    assert_padded_rows_match(ref, ours, ids(batch=2, length=10), pad=3, side=side)
 
 
 def test_left_padded_batch_generates_past_the_window_like_transformers(tmp_path, artifact):
     ref, folder = make(tmp_path, "window4_gqa")
     ours = runtime.load(artifact, folder)
-    x = ids(batch=2, length=7, seed=3)
-    mask = torch.ones_like(x)
-    mask[0, :3] = 0
-    x[0, :3] = 0
-    want = ref.generate(x, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
-    have = ours.generate(x, attention_mask=mask, max_new_tokens=20)
-    assert have.tolist() == want.tolist()
+    assert_left_padded_generation_matches(ref, ours, ids(batch=2, length=7, seed=3), pad=3)
 
 
 def test_from_pretrained_picks_the_mistral_spec(tmp_path):

@@ -58,6 +58,27 @@ def pointwise_expr(op, node, values: dict[str, str], attr_src: dict[str, str], s
     return fmt.format(**subs)
 
 
+def _row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags, offs) -> list[str]:
+    """The start both row templates share: the grouped signature (pointers, sizes, row strides,
+    scalars, flags, block), this program's row and columns, and the inputs loaded as fp32."""
+    return [
+        "@triton.jit",
+        f"def {name}_kernel(",
+        f"    {', '.join(ptrs)},  # pointers",
+        "    n_rows, n_cols,  # sizes",
+        f"    {', '.join(strides)},  # row strides",
+        *([f"    {', '.join(scalars)},  # scalars"] if scalars else []),
+        *[f"    {f}: tl.constexpr," for f in flags],
+        "    BLOCK_N: tl.constexpr,",
+        "):",
+        f'    """{doc}"""',
+        "    row = tl.program_id(0).to(tl.int64)",
+        f"    offs_n = {offs}",
+        "    mask = offs_n < n_cols",
+        *[f"    {v} = tl.load({v}_ptr + row * stride_{v} + offs_n, mask=mask, other=0.0).to(tl.float32)" for v in inputs],
+    ]
+
+
 # -- pointwise --------------------------------------------------------------------------------------
 def pointwise(name: str, doc: str, block, group, ops, py) -> KernelSource:
     inputs = [var(v) for v in group.inputs]
@@ -73,19 +94,8 @@ def pointwise(name: str, doc: str, block, group, ops, py) -> KernelSource:
     ptrs = [f"{v}_ptr" for v in inputs + outputs]
     strides = [f"stride_{v}" for v in inputs + outputs]
     k = [
-        "@triton.jit",
-        f"def {name}_kernel(",
-        f"    {', '.join(ptrs)},  # pointers",
-        "    n_rows, n_cols,  # sizes",
-        f"    {', '.join(strides)},  # row strides",
-        *([f"    {', '.join(scalars)},  # scalars"] if scalars else []),
-        "    BLOCK_N: tl.constexpr,",
-        "):",
-        f'    """{doc}"""',
-        "    row = tl.program_id(0).to(tl.int64)",
-        "    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)",
-        "    mask = offs_n < n_cols",
-        *[f"    {v} = tl.load({v}_ptr + row * stride_{v} + offs_n, mask=mask, other=0.0).to(tl.float32)" for v in inputs],
+        *_row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags=[],
+                          offs="tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)"),
         *body,
         *[f"    tl.store({o}_ptr + row * stride_{o} + offs_n, {o}.to({o}_ptr.dtype.element_ty), mask=mask)" for o in outputs],
     ]
@@ -189,23 +199,10 @@ def row_reduction(name: str, doc: str, block, group, ops, py) -> KernelSource:
     param_ptrs = [p for p, _, _, _ in args.params]
     optional = [(p, pname, t) for p, pname, t, opt in args.params if opt]
     ptrs = [f"{v}_ptr" for v in inputs] + param_ptrs + [f"{o}_ptr" for o in outputs]
-    strides = [f"stride_{v}" for v in inputs + outputs]
     flags = [f"HAS_{p.upper()}" for p, _, _ in optional]
+    strides = [f"stride_{v}" for v in inputs + outputs]
     k = [
-        "@triton.jit",
-        f"def {name}_kernel(",
-        f"    {', '.join(ptrs)},  # pointers",
-        "    n_rows, n_cols,  # sizes",
-        f"    {', '.join(strides)},  # row strides",
-        *([f"    {', '.join(scalars)},  # scalars"] if scalars else []),
-        *[f"    {f}: tl.constexpr," for f in flags],
-        "    BLOCK_N: tl.constexpr,",
-        "):",
-        f'    """{doc}"""',
-        "    row = tl.program_id(0).to(tl.int64)",
-        "    offs_n = tl.arange(0, BLOCK_N)",
-        "    mask = offs_n < n_cols",
-        *[f"    {v} = tl.load({v}_ptr + row * stride_{v} + offs_n, mask=mask, other=0.0).to(tl.float32)" for v in inputs],
+        *_row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags, offs="tl.arange(0, BLOCK_N)"),
         *body,
     ]
     param_args = [p[:-4] for p in param_ptrs]       # launcher args: the tensors themselves
