@@ -111,18 +111,10 @@ def _rule(r) -> dict:
     else:
         out["to"] = r.targets if len(r.targets) > 1 else r.targets[0]
     if r.transforms:
-        out["transforms"] = [_plain_transform(t) for t in r.transforms]
+        out["transforms"] = [_plain(t) for t in r.transforms]
     if r.when is not None:
         out["when"] = r.when.text
     return out
-
-
-def _plain_transform(t):
-    if isinstance(t, dict):
-        return {k: _plain_transform(v) for k, v in t.items()}
-    if isinstance(t, list):
-        return [_plain_transform(v) for v in t]
-    return _text(t)
 
 
 def _diff_weights(a: Spec, b: Spec) -> dict:
