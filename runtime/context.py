@@ -74,6 +74,10 @@ class ForwardContext:
                 return None
             if q_len == kv_len:
                 return "causal"
+        if q_len == 1 and causal and not windowed and bool(self.padding[:, kv_len - 1].all()):
+            # A decode step: the one query is the newest token and real, so causality holds for every
+            # key and the mask is the padding row itself, a view rather than new tensors per step.
+            return self.padding[:, None, None, :kv_len]
         q_pos = torch.arange(kv_len - q_len, kv_len, device=self.device)[:, None]
         k_pos = torch.arange(kv_len, device=self.device)[None, :]
         mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=self.device)
