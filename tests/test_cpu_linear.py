@@ -1,0 +1,77 @@
+"""The CPU routing of `compiler.ops.linear`: same numbers as F.linear, threaded where MKL is not."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compiler.ops import fused
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("rows", [1, 5, fused.SPLIT_ROWS, fused.SPLIT_ROWS + 1])
+@pytest.mark.parametrize("out", [96, 97])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fp32_linear_equals_f_linear_for_any_rows_threads_and_width(threads, n_threads, rows, out, with_bias):
+    threads(n_threads)
+    g = torch.Generator().manual_seed(rows * 1000 + out)
+    x = torch.randn(1, rows, 80, generator=g)
+    w = torch.randn(out, 80, generator=g)
+    b = torch.randn(out, generator=g) if with_bias else None
+    got = fused.linear(x, w, b)
+    assert got.shape == (1, rows, out)
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=0, atol=1e-5)
+
+
+def count_bmm(monkeypatch) -> list:
+    calls = []
+    real = torch.bmm
+
+    def counting(a, b):
+        calls.append((tuple(a.shape), tuple(b.shape)))
+        return real(a, b)
+    monkeypatch.setattr(fused.torch, "bmm", counting)
+    return calls
+
+
+def test_single_fp32_row_on_two_threads_runs_one_gemm_entry_per_thread(threads, monkeypatch):
+    threads(2)
+    calls = count_bmm(monkeypatch)
+    fused.linear(torch.randn(1, 1, 64), torch.randn(128, 64), None)
+    assert calls == [((2, 1, 64), (2, 64, 64))]
+
+
+def test_many_rows_strided_weights_and_one_thread_stay_on_f_linear(threads, monkeypatch):
+    calls = count_bmm(monkeypatch)
+    threads(2)
+    fused.linear(torch.randn(fused.SPLIT_ROWS + 1, 64), torch.randn(128, 64), None)
+    fused.linear(torch.randn(1, 64), torch.randn(64, 128).t(), None)
+    threads(1)
+    fused.linear(torch.randn(1, 64), torch.randn(128, 64), None)
+    assert calls == []
+
+
+def test_fused_linear_parts_are_the_separate_linears(threads):
+    threads(2)
+    m = fused.FusedLinear(48, {"q": 32, "k": 16, "v": 16}, bias=True)
+    x = torch.randn(1, 1, 48)
+    q, k, v = m(x)
+    w, b = m.weight.split([32, 16, 16]), m.bias.split([32, 16, 16])
+    for got, wi, bi in zip((q, k, v), w, b):
+        torch.testing.assert_close(got, F.linear(x, wi, bi), rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not fused.SLOW_LOW_PRECISION, reason="this CPU has a fast bf16 GEMM: torch's own path is used")
+def test_bf16_rows_are_one_fp32_gemm_rounded_once():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 80, generator=g).bfloat16()
+    w = torch.randn(96, 80, generator=g).bfloat16()
+    got = fused.linear(x, w, None)
+    assert got.dtype == torch.bfloat16
+    # at most one bf16 rounding step apart (fp32 summation order may differ), never bf16 accumulation error
+    torch.testing.assert_close(got, F.linear(x.float(), w.float()).bfloat16(), rtol=2 ** -8, atol=1e-6)
