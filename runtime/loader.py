@@ -12,6 +12,7 @@ from compiler import __version__
 from compiler.artifact import MANIFEST, import_file, is_complete, read_manifest
 from compiler.errors import SpecError
 from compiler.spec import load_spec, spec_from_data
+from compiler.triton.dispatch import env_forced
 from runtime.config import read_config_json, resolve_config
 from runtime.errors import ArtifactError, CheckpointError, ConfigError
 from runtime.model import SUPPLIED_INPUTS, CompiledModel
@@ -98,8 +99,9 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     """Build the artifact's model from `checkpoint`'s config.json and load its weights.
 
     triton=True forces the fused groups' Triton kernels even on CPU tensors (through Triton's
-    interpreter when there is no GPU; also GRAPHSPEC_TRITON=1); False keeps CPU on PyTorch code.
-    The setting belongs to the artifact's module, so it holds for every model loaded from it.
+    interpreter when there is no GPU); False keeps CPU on PyTorch code; None reads GRAPHSPEC_TRITON
+    now (=1 forces). The setting belongs to the artifact's module: the latest load decides it for
+    every model loaded from that artifact.
 
     strict=False reports unexpected tensors as a warning instead of an error; missing and
     mis-shaped tensors are always errors. `head` picks one of the spec's task heads (default: the
@@ -116,8 +118,8 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     if unknown:
         raise ArtifactError(f"model inputs {unknown} cannot be supplied by the runtime (it knows {SUPPLIED_INPUTS})")
     torch_dtype = _dtype(dtype, hf)
-    if triton is not None and hasattr(module, "kernels"):
-        module.kernels.force = bool(triton)
+    if hasattr(module, "kernels"):
+        module.kernels.force = env_forced() if triton is None else bool(triton)
     with torch.device("meta"), _no_init():
         net = (module.HEADS[head] if head is not None else module.MODEL)(module.Config(**config))
     with open_checkpoint(folder) as ckpt:

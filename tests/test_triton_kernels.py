@@ -205,3 +205,22 @@ def test_environment_variable_forces_the_triton_path(tmp_path, monkeypatch):
         assert module.kernels.path_for(torch.device("cpu")) == "torch"
     finally:
         module.kernels.force = None
+
+
+def test_environment_variable_is_read_when_a_model_is_loaded(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    folder = save(randomize(transformers.LlamaForCausalLM(config)), tmp_path / "ckpt")
+    artifact = compile_spec("specs/llama.yaml", tmp_path / "a").directory
+    try:
+        monkeypatch.setenv("GRAPHSPEC_TRITON", "1")
+        forced = runtime.load(artifact, folder)
+        assert forced.kernel_report()["decoder_layer.add_rms_norm"] == "triton (interpreter)"
+        monkeypatch.delenv("GRAPHSPEC_TRITON")
+        plain = runtime.load(artifact, folder)
+        # the setting belongs to the artifact's module: the latest load decides it
+        assert plain.kernel_report()["decoder_layer.add_rms_norm"] == "torch"
+        assert forced.kernel_report()["decoder_layer.add_rms_norm"] == "torch"
+    finally:
+        sys.modules[type(forced.net).__module__].kernels.force = None

@@ -1,6 +1,7 @@
 """Rotary position embeddings: the cos/sin table and its application to q or k."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -104,8 +105,14 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     rot = cos.shape[-1]
     if rot < x.shape[-1]:
         return torch.cat((rope(x[..., :rot], cos[:, 0], sin[:, 0]), x[..., rot:]), dim=-1)
-    x1, x2 = x[..., : rot // 2], x[..., rot // 2:]
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    # rotate_half(x) * sin == roll(x, rot/2) * (±sin): the same products, bit for bit (a sign flip is
+    # exact), in five aten ops instead of nine, which counts in a decode step.
+    return x * cos + x.roll(rot // 2, -1) * (sin * _half_signs(rot, sin.dtype, sin.device))
+
+
+@functools.lru_cache(maxsize=64)
+def _half_signs(rot: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.cat((torch.full((rot // 2,), -1.0), torch.ones(rot - rot // 2))).to(dtype=dtype, device=device)
 
 
 def _table_infer(ctx) -> list[TType]:
