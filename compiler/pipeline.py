@@ -27,6 +27,7 @@ from compiler.expr import canonical, parse_expr
 from compiler.ir import ModelIR
 from compiler.lower import lower
 from compiler.passes.fusion import check_contracts, fuse
+from compiler.passes.keep_positions import insert_keep_positions
 from compiler.spec import Spec, load_spec
 from compiler.weight_rules import check_rules, model_tensors
 
@@ -102,6 +103,7 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     problems = check_rules(spec)
     if problems:
         raise SpecError(problems)
+    kept = insert_keep_positions(ir)
     fusion = fuse(ir, enabled=options.get("fuse", True))
     check_contracts(ir, fusion)
     kernels = emit_kernels(ir, fusion, spec_path.name, py) if fusion.enabled else None
@@ -121,6 +123,8 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
         "ops": dict(sorted(Counter(n.op for b in ir.blocks.values() for n in b.order()).items())),
         "blocks": list(ir.blocks), "params": param_formulas(spec), "fusion": fusion.manifest(ir),
         "kernels": kernel_manifest(fusion),
+        # values cut before the model's per-position tail (a forward may compute its last positions only)
+        "keep_positions": kept,
     }
     if options.get("aot") and kernels is not None:
         manifest["kernels"] = aot_compile(kernels, manifest["kernels"], options["aot"])

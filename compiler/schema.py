@@ -60,7 +60,7 @@ def _param() -> dict:
 
 
 def spec_schema() -> dict:
-    ops = sorted([*OPS, "call", "repeat"])
+    ops = sorted([*(n for n, op in OPS.items() if not op.internal), "call", "repeat"])
     op_rules = [{"if": {"properties": {"op": {"const": n}}, "required": ["op"]}, "then": _op_line(n)} for n in ops]
     inputs = {"type": "object", "propertyNames": {"pattern": IDENT},
               "additionalProperties": {"oneOf": [SHAPE, {"type": "object", "properties": {

@@ -42,8 +42,11 @@ class ForwardContext:
     """`padding` is [B, past + S] bool (True = a real token) or None when nothing is padded."""
 
     def __init__(self, dtype: torch.dtype, device, padding: torch.Tensor | None = None,
-                 cache: KVCache | None = None, past_len: int = 0, encoder_padding: torch.Tensor | None = None):
+                 cache: KVCache | None = None, past_len: int = 0, encoder_padding: torch.Tensor | None = None,
+                 keep_positions: int = 0):
         self.dtype, self.device = dtype, device
+        # > 0: the model's per-position tail (final norm, LM head) runs on the last k positions only
+        self.keep_positions = keep_positions
         self.padding, self.cache, self.past_len = padding, cache, past_len
         self.encoder_padding = encoder_padding      # [B, S_enc] bool of an encoder-decoder's source, or None
         self._masks: dict[tuple, object] = {}

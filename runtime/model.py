@@ -13,6 +13,14 @@ from runtime.context import ForwardContext, KVCache
 SUPPLIED_INPUTS = ("input_ids", "position_ids", "token_type_ids", "pixel_values", "decoder_input_ids")
 
 
+def _keep_logits(out: "ModelOutput", keep: int) -> "ModelOutput":
+    # a model without a cut tail (or a head) computed every position: the slice is then done here
+    logits = out.get("logits")
+    if keep and logits is not None and logits.dim() >= 3 and logits.shape[1] > keep:
+        out["logits"] = logits[:, -keep:]
+    return out
+
+
 class ModelOutput(dict):
     """Outputs by name, readable as attributes (`out.logits`) like Transformers' ModelOutput."""
 
@@ -124,9 +132,19 @@ class CompiledModel(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None,
-                decoder_input_ids: torch.Tensor | None = None) -> ModelOutput:
+                decoder_input_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> ModelOutput:
+        """`logits_to_keep=k` (as in Transformers): logits of the last k positions only, 0 for all.
+        The compiler cut the model's per-position tail (manifest "keep_positions"), so the final norm
+        and the LM head then run on those positions alone."""
+        if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an integer >= 0, got {logits_to_keep!r}")
+        return _keep_logits(self._forward(input_ids, attention_mask, position_ids, token_type_ids, pixel_values,
+                                          decoder_input_ids, logits_to_keep), logits_to_keep)
+
+    def _forward(self, input_ids, attention_mask, position_ids, token_type_ids, pixel_values, decoder_input_ids,
+                 keep) -> ModelOutput:
         if "decoder_input_ids" in self.input_names or decoder_input_ids is not None:
-            return self._encoder_decoder(input_ids, attention_mask, decoder_input_ids)
+            return self._encoder_decoder(input_ids, attention_mask, decoder_input_ids, keep)
         extra = {}
         if position_ids is not None and "position_ids" not in self.input_names:
             raise TypeError(f"{self.spec.name} computes its own positions; it takes no position_ids")
@@ -141,7 +159,7 @@ class CompiledModel(nn.Module):
         if input_ids is None:
             if "input_ids" in self.input_names:
                 raise TypeError(f"{self.spec.name} needs input_ids")
-            return self._run(None, None, ForwardContext(self.dtype, self.device), **extra)
+            return self._run(None, None, ForwardContext(self.dtype, self.device, keep_positions=keep), **extra)
         input_ids = self._batch(input_ids)
         padding = None
         if attention_mask is not None:
@@ -151,7 +169,7 @@ class CompiledModel(nn.Module):
         if position_ids is None:
             position_ids = (positions_from_mask(padding) if padding is not None
                             else torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids))
-        ctx = ForwardContext(self.dtype, self.device, padding=padding)
+        ctx = ForwardContext(self.dtype, self.device, padding=padding, keep_positions=keep)
         return self._run(input_ids, position_ids.to(self.device), ctx, **extra)
 
     def _source_padding(self, attention_mask):
@@ -160,12 +178,13 @@ class CompiledModel(nn.Module):
         mask = self._batch(attention_mask).to(self.device)
         return None if bool(mask.all()) else mask.bool()
 
-    def _encoder_decoder(self, input_ids, attention_mask, decoder_input_ids) -> ModelOutput:
+    def _encoder_decoder(self, input_ids, attention_mask, decoder_input_ids, keep: int = 0) -> ModelOutput:
         if "decoder_input_ids" not in self.input_names:
             raise TypeError(f"{self.spec.name} is not an encoder-decoder; it takes no decoder_input_ids")
         if input_ids is None or decoder_input_ids is None:
             raise TypeError(f"{self.spec.name} needs input_ids (the source) and decoder_input_ids")
-        ctx = ForwardContext(self.dtype, self.device, encoder_padding=self._source_padding(attention_mask))
+        ctx = ForwardContext(self.dtype, self.device, encoder_padding=self._source_padding(attention_mask),
+                             keep_positions=keep)
         return self._run(self._batch(input_ids), None, ctx, decoder_input_ids=self._batch(decoder_input_ids))
 
     def _generate_encoder_decoder(self, input_ids, max_new_tokens, eos, pad, attention_mask) -> torch.Tensor:
@@ -231,7 +250,7 @@ class CompiledModel(nn.Module):
         for step in range(max_new_tokens):
             ctx = ForwardContext(self.dtype, self.device,
                                  padding=None if padding is None else padding[:, :past + step_ids.shape[1]],
-                                 cache=cache, past_len=past)
+                                 cache=cache, past_len=past, keep_positions=1)
             logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
             if cache.stale:
                 # The cached keys no longer fit this step (LongRoPE switched factors): like Transformers,
@@ -241,7 +260,7 @@ class CompiledModel(nn.Module):
                 positions = (positions_from_mask(padding[:, :n]) if padding is not None
                              else torch.arange(n, device=self.device).expand(batch, -1))
                 ctx = ForwardContext(self.dtype, self.device,
-                                     padding=None if padding is None else padding[:, :n], cache=cache)
+                                     padding=None if padding is None else padding[:, :n], cache=cache, keep_positions=1)
                 logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
             token = logits.argmax(dim=-1)
             if eos_t is not None:

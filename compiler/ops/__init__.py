@@ -6,11 +6,11 @@ from .attention import attention
 from .elementwise import softcap
 from .fused import FusedLinear, Linear
 from .norms import layer_norm, rms_norm
-from .indexing import concat, positions
+from .indexing import concat, keep_positions, positions
 from .relative import relative_buckets
 from .params import Norm, Tensor
 from .registry import OPS, OpDef, get, register
 from .rope import rope, rope_table
 
 __all__ = ["OPS", "OpDef", "get", "register", "attention", "softcap", "layer_norm", "rms_norm",
-           "rope", "rope_table", "Norm", "Tensor", "concat", "positions", "relative_buckets", "FusedLinear", "Linear"]
+           "rope", "rope_table", "Norm", "Tensor", "concat", "keep_positions", "positions", "relative_buckets", "FusedLinear", "Linear"]

@@ -26,6 +26,19 @@ def _axis(ctx, attr: str, rank: int, extra: int = 0) -> int:
     return d % n
 
 
+def keep_positions(x: torch.Tensor, ctx) -> torch.Tensor:
+    """The last ctx.keep_positions positions (axis 1) of x, or all of x when that is 0."""
+    k = ctx.keep_positions
+    return x[:, -k:] if k and k < x.shape[1] else x
+
+
+register(OpDef(
+    name="keep_positions", doc="the last positions of x [B, S, ...] the caller asked for (all by default)",
+    operands=("x",), context=True, fusion="opaque", internal=True,
+    infer=lambda ctx: [ctx.expect_rank("x", tuple(range(2, 9)))],
+    emit=lambda e: f"ops.keep_positions({e['x']}, ctx)"))
+
+
 def positions(ids: torch.Tensor, ctx) -> torch.Tensor:
     start = ctx.past_len
     return torch.arange(start, start + ids.shape[-1], device=ids.device).expand(ids.shape[0], -1)

@@ -15,7 +15,7 @@ def _linear_infer(ctx) -> list[TType]:
 
 register(OpDef(
     name="linear", doc="x @ w.T + b over the last dimension", operands=("x",), params={"w": "linear"},
-    infer=_linear_infer, emit=lambda e: f"{e.p('w')}({e['x']})", fusion="matmul"))
+    infer=_linear_infer, emit=lambda e: f"{e.p('w')}({e['x']})", fusion="matmul", positionwise=True))
 
 
 def _embedding_infer(ctx) -> list[TType]:

@@ -36,11 +36,11 @@ register(OpDef(
     name="rms_norm", doc="x / rms(x) * (offset + w), statistics in fp32", operands=("x",),
     params={"w": "norm"},
     attrs=(Attr("eps", "expr", required=True), Attr("offset", "expr", default=0)),
-    infer=_norm_infer, fusion="reduction", triton="rms_norm",
+    infer=_norm_infer, fusion="reduction", triton="rms_norm", positionwise=True,
     emit=lambda e: (f"ops.rms_norm({e['x']}, {e.p('w')}.weight, {e.a('eps')})" if e.a("offset") in ("0", "0.0")
                     else f"ops.rms_norm({e['x']}, {e.p('w')}.weight, {e.a('eps')}, offset={e.a('offset')})")))
 
 register(OpDef(
     name="layer_norm", doc="(x - mean) / std * w + b", operands=("x",), params={"w": "norm"},
-    attrs=(Attr("eps", "expr", required=True),), infer=_norm_infer, fusion="reduction", triton="layer_norm",
+    attrs=(Attr("eps", "expr", required=True),), infer=_norm_infer, fusion="reduction", triton="layer_norm", positionwise=True,
     emit=lambda e: f"ops.layer_norm({e['x']}, {e.p('w')}.weight, {e.p('w')}.bias, {e.a('eps')})"))

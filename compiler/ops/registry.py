@@ -56,6 +56,15 @@ class OpDef:
     # row reductions, rotary and attention ops: the name
     # of their kernel template (compiler/triton/templates.py). None: the op never enters a kernel.
     triton: str | Callable[[dict], str] | None = None
+    # Output position s (axis 1 of [B, S, ...]) depends on operand position s alone: linear, norms over
+    # the last dim, pointwise ops. The keep_positions pass may run such an op on the last positions
+    # only. None: true for the elementwise and broadcast kinds.
+    positionwise: bool | None = None
+    internal: bool = False                    # inserted by a pass; not an op a spec may write
+
+    @property
+    def per_position(self) -> bool:
+        return self.fusion in ("elementwise", "broadcast") if self.positionwise is None else self.positionwise
 
     def attr(self, name: str) -> Attr | None:
         return next((a for a in self.attrs if a.name == name), None)

@@ -160,6 +160,7 @@ class Gpt2(nn.Module):
         x = self.add(x, p)                                              # [B, S, hidden_size]
         for layer in self.h:
             x = layer(x, ctx)                                           # [B, S, hidden_size]
+        x = ops.keep_positions(x, ctx)                                  # [B, S, hidden_size]
         x = self.layer_norm(x)                                          # [B, S, hidden_size]
         logits = self.lm_head(x)                                        # [B, S, vocab_size]
         return {"logits": logits}

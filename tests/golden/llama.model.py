@@ -168,6 +168,7 @@ class Llama(nn.Module):
         cos, sin = ops.rope_table(position_ids, ctx, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling) # [B, S, head_dim]; [B, S, head_dim]
         for layer in self.layers:
             x = layer(x, cos, sin, ctx)                                 # [B, S, hidden_size]
+        x = ops.keep_positions(x, ctx)                                  # [B, S, hidden_size]
         x = self.rms_norm(x)                                            # [B, S, hidden_size]
         logits = self.lm_head(x)                                        # [B, S, vocab_size]
         return {"logits": logits}
