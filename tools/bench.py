@@ -182,6 +182,10 @@ def run(args) -> None:
                 res["torch_compile_s"] = time.perf_counter() - start
                 prefill["torch.compile(sdpa)"] = lambda: compiled(long)
             res["prefill"] = interleaved(prefill, args.repeat)[0]
+            # what generation's first step needs: the next-token logits, the LM head on the last position
+            res["prefill_last"] = interleaved({
+                "graphspec": lambda: ours(long, logits_to_keep=1),
+                "sdpa": lambda: refs["sdpa"](long, logits_to_keep=1)}, args.repeat)[0]
 
             decode = {"graphspec": lambda: ours.generate(prompt, max_new_tokens=args.new_tokens), **{
                 impl: (lambda r=ref: r.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
@@ -211,6 +215,11 @@ def report(res: dict, args) -> None:
         print(f"  {name:<22} {tok / t:8.0f} tok/s  ({t * 1000:7.1f} ms){ratio}")
     if "torch_compile_s" in res:
         print(f"  (torch.compile's first call took {res['torch_compile_s']:.1f} s)")
+    last = res["prefill_last"]
+    print(f"prefill 1x{tok} to the next-token logits (logits_to_keep=1):")
+    for name, t in last.items():
+        ratio = "" if name == "graphspec" else f"   graphspec is {t / last['graphspec']:.2f}x"
+        print(f"  {name:<22} {tok / t:8.0f} tok/s  ({t * 1000:7.1f} ms){ratio}")
     n = args.new_tokens
     print(f"decode 32 + {n} greedy tokens (tokens/s, median of {args.decode_repeat}), outputs identical to sdpa's: "
           + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["identical"].items()))
