@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from compiler.ops.indexing import last_positions
 from runtime.context import ForwardContext, KVCache
 
 # Model inputs the runtime knows how to supply; a spec's model.inputs must be among them.
@@ -16,8 +17,8 @@ SUPPLIED_INPUTS = ("input_ids", "position_ids", "token_type_ids", "pixel_values"
 def _keep_logits(out: "ModelOutput", keep: int) -> "ModelOutput":
     # a model without a cut tail (or a head) computed every position: the slice is then done here
     logits = out.get("logits")
-    if keep and logits is not None and logits.dim() >= 3 and logits.shape[1] > keep:
-        out["logits"] = logits[:, -keep:]
+    if logits is not None and logits.dim() >= 3:
+        out["logits"] = last_positions(logits, keep)
     return out
 
 

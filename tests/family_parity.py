@@ -32,8 +32,12 @@ class Family:
         return ref, folder, ours
 
     def ids(self, batch=2, length=11, seed=0):
-        vocab = self.base["vocab_size"]
-        return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+        return random_ids(self.base["vocab_size"], batch, length, seed)
+
+
+def random_ids(vocab: int, batch=2, length=11, seed=0) -> torch.Tensor:
+    """Token ids in [3, vocab): clear of the special ids (pad 0, bos 1, eos 2) the tests configure."""
+    return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def max_logit_diff(ref, ours, x, **kwargs) -> float:

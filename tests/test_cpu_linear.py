@@ -67,11 +67,16 @@ def test_fused_linear_parts_are_the_separate_linears(threads):
 
 
 @pytest.mark.skipif(not fused.SLOW_LOW_PRECISION, reason="this CPU has a fast bf16 GEMM: torch's own path is used")
-def test_bf16_rows_are_one_fp32_gemm_rounded_once():
+def test_bf16_rows_are_one_fp32_gemm_rounded_once(threads, monkeypatch):
+    threads(2)
+    dtypes = []
+    real = torch.bmm
+    monkeypatch.setattr(fused.torch, "bmm", lambda a, b: dtypes.append((a.dtype, b.dtype)) or real(a, b))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 80, generator=g).bfloat16()
     w = torch.randn(96, 80, generator=g).bfloat16()
     got = fused.linear(x, w, None)
+    assert dtypes == [(torch.float32, torch.float32)]
     assert got.dtype == torch.bfloat16
     # at most one bf16 rounding step apart (fp32 summation order may differ), never bf16 accumulation error
     torch.testing.assert_close(got, F.linear(x.float(), w.float()).bfloat16(), rtol=2 ** -8, atol=1e-6)

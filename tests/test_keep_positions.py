@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import runtime
 from compiler.lower import lower
 from compiler.passes.keep_positions import insert_keep_positions
 from compiler.pipeline import compile_spec
@@ -12,8 +13,10 @@ from compiler.spec import load_spec
 from runtime.context import ForwardContext
 from runtime.loader import _import_model
 from tests.family_parity import TOL
+from tests.hf_checkpoints import randomize, save
 from tests.test_gemma2_parity import GEMMA2
 from tests.test_gpt2_parity import GPT2
+from tests.test_llama_parity import BASE as LLAMA_BASE
 
 transformers = pytest.importorskip("transformers")
 
@@ -99,17 +102,14 @@ def test_logits_to_keep_equals_transformers_on_a_padded_batch(tmp_path, family, 
 
 
 def test_llama_generate_runs_its_head_on_the_last_prompt_position_only(tmp_path, monkeypatch):
-    from tests.test_llama_parity import BASE
-    config = transformers.LlamaConfig(**BASE)
-    from tests.hf_checkpoints import randomize, save
-    import runtime
+    config = transformers.LlamaConfig(**LLAMA_BASE)
     ref = randomize(transformers.LlamaForCausalLM(config))
     ours = runtime.from_pretrained(save(ref, tmp_path / "ckpt"))
     rows = []
     head = ours.net.lm_head
     real = head.forward
     monkeypatch.setattr(head, "forward", lambda x: rows.append(x.shape[1]) or real(x))
-    prompt = torch.randint(3, BASE["vocab_size"], (1, 7), generator=torch.Generator().manual_seed(0))
+    prompt = torch.randint(3, LLAMA_BASE["vocab_size"], (1, 7), generator=torch.Generator().manual_seed(0))
     got = ours.generate(prompt, max_new_tokens=4)
     assert rows == [1, 1, 1, 1]
     want = ref.generate(prompt, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)

@@ -6,6 +6,7 @@ import torch
 
 import runtime
 from compiler.pipeline import compile_spec
+from tests.family_parity import assert_greedy_tokens_match, max_logit_diff, random_ids
 from tests.hf_checkpoints import as_transformers_4x, randomize, rewrite_config, save
 
 transformers = pytest.importorskip("transformers")
@@ -41,24 +42,15 @@ def make(tmp_path, name, seed=0, **save_kwargs):
 
 
 def ids(batch=2, length=11, seed=0):
-    return torch.randint(3, BASE["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
+    return random_ids(BASE["vocab_size"], batch, length, seed)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_logits_and_greedy_tokens_match_transformers(tmp_path, artifact, name):
     ref, folder = make(tmp_path, name)
     ours = runtime.load(artifact, folder)
-    x = ids()
-    with torch.no_grad():
-        expected = ref(x).logits
-    got = ours(x).logits
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= TOL
-
-    prompt = ids(batch=1, length=6, seed=1)
-    want = ref.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
-    have = ours.generate(prompt, max_new_tokens=20)
-    assert have.tolist() == want.tolist()
+    assert max_logit_diff(ref, ours, ids()) <= TOL
+    assert_greedy_tokens_match(ref, ours, ids(batch=1, length=6, seed=1))
 
 
 def test_from_pretrained_loads_a_sharded_checkpoint(tmp_path):

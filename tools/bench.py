@@ -205,21 +205,22 @@ def run(args) -> None:
     print(f"\nraw results: {workdir / 'bench.json'}")
 
 
+def prefill_rows(times: dict, tokens: int) -> None:
+    for name, t in times.items():
+        ratio = "" if name == "graphspec" else f"   graphspec is {t / times['graphspec']:.2f}x"
+        print(f"  {name:<22} {tokens / t:8.0f} tok/s  ({t * 1000:7.1f} ms){ratio}")
+
+
 def report(res: dict, args) -> None:
     pre, dec = res["prefill"], res["decode"]
     tok = args.prefill
     print(f"\n== {res['dtype']} ==")
     print(f"prefill 1x{tok} (tokens/s, median of {args.repeat}):")
-    for name, t in pre.items():
-        ratio = "" if name == "graphspec" else f"   graphspec is {t / pre['graphspec']:.2f}x"
-        print(f"  {name:<22} {tok / t:8.0f} tok/s  ({t * 1000:7.1f} ms){ratio}")
+    prefill_rows(pre, tok)
     if "torch_compile_s" in res:
         print(f"  (torch.compile's first call took {res['torch_compile_s']:.1f} s)")
-    last = res["prefill_last"]
     print(f"prefill 1x{tok} to the next-token logits (logits_to_keep=1):")
-    for name, t in last.items():
-        ratio = "" if name == "graphspec" else f"   graphspec is {t / last['graphspec']:.2f}x"
-        print(f"  {name:<22} {tok / t:8.0f} tok/s  ({t * 1000:7.1f} ms){ratio}")
+    prefill_rows(res["prefill_last"], tok)
     n = args.new_tokens
     print(f"decode 32 + {n} greedy tokens (tokens/s, median of {args.decode_repeat}), outputs identical to sdpa's: "
           + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["identical"].items()))

@@ -26,10 +26,13 @@ def _axis(ctx, attr: str, rank: int, extra: int = 0) -> int:
     return d % n
 
 
-def keep_positions(x: torch.Tensor, ctx) -> torch.Tensor:
-    """The last ctx.keep_positions positions (axis 1) of x, or all of x when that is 0."""
-    k = ctx.keep_positions
+def last_positions(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The last k positions (axis 1) of x, or all of x when k is 0."""
     return x[:, -k:] if k and k < x.shape[1] else x
+
+
+def keep_positions(x: torch.Tensor, ctx) -> torch.Tensor:
+    return last_positions(x, ctx.keep_positions)
 
 
 register(OpDef(

@@ -31,7 +31,7 @@ class Kernels:
         return env_forced() if self.force is None else self.force
 
     def enabled(self, x: torch.Tensor) -> bool:
-        return x.is_cuda or (self.force if self.force is not None else env_forced())
+        return x.is_cuda or self.forced()
 
     def interpreted(self) -> bool:
         return not torch.cuda.is_available()
