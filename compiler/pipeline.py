@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
 from compiler import __version__
 from compiler.artifact import cache_root, is_complete, read_manifest, write_artifact
 from compiler.emit import emit_model, py
@@ -55,17 +53,18 @@ def compiler_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def _triton_version() -> str | None:
-    # From the package metadata: importing triton here would fix its interpreter mode for the process.
+def _package_version(name: str) -> str | None:
+    # From the package metadata, not the module: importing torch is over half of a cold compile, and
+    # importing triton here would fix its interpreter mode for the process.
     from importlib.metadata import PackageNotFoundError, version
     try:
-        return version("triton")
+        return version(name)
     except PackageNotFoundError:
         return None
 
 
 def versions() -> dict:
-    return {"graphspec": __version__, "torch": torch.__version__, "triton": _triton_version(),
+    return {"graphspec": __version__, "torch": _package_version("torch"), "triton": _package_version("triton"),
             "python": platform.python_version()}
 
 

@@ -11,11 +11,14 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 from compiler.errors import Problem
 from compiler.expr import Expr
+from compiler.lazy_import import LazyModule
 from compiler.ops.params import PARAM_KINDS
+
+# Imported on first use, not here: the compiler checks rules from shapes alone and must not pay
+# torch's import; only loading and saving transform tensors.
+torch = LazyModule("torch", globals())
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 LAYER_VARS = ("i", "j", "k")

@@ -159,3 +159,15 @@ def test_fused_toy_model_computes_what_the_unfused_one_does(tmp_path):
         with torch.no_grad():
             outs.append(net(x, y, v)["o"])
     assert (outs[0] - outs[1]).abs().max().item() <= 1e-5
+
+
+def test_group_names_avoid_what_the_installed_torch_defines_on_nn_module():
+    """The fusion pass keeps a copy of nn.Module's public attributes (it must not import torch)."""
+    import subprocess
+    import sys
+
+    from compiler.passes.fusion import NN_MODULE_ATTRS
+    # A fresh process: this one has transformers loaded, which adds nn.Module.smart_apply.
+    code = "from torch import nn; print(*(n for n in {*dir(nn.Module), *dir(type(nn.Module))} if n[0] != '_'))"
+    public = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert NN_MODULE_ATTRS == public, "update the copy in compiler/passes/fusion.py"

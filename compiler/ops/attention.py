@@ -1,10 +1,13 @@
 """Scaled dot-product attention over [B, H, S, D] heads, with the KV cache and masks of the context."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from compiler.lazy_import import LazyModule
 
 from .registry import Attr, OpDef, ShapeError, TType, register
+
+# Imported on first use, not here: the compiler reads this module and must not pay torch's import.
+torch = LazyModule("torch", globals())
+F = LazyModule("torch.nn.functional", globals(), "F")
 
 
 def attention(q, k, v, ctx, slot, *, causal: bool = True, scale: float | None = None,

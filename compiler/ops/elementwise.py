@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import math
 
-import torch
+from compiler.lazy_import import LazyModule
 
 from .registry import Attr, OpDef, ShapeError, TType, register
+
+# Imported on first use, not here: the compiler reads this module and must not pay torch's import.
+torch = LazyModule("torch", globals())
 
 
 def _broadcast(ctx) -> list[TType]:

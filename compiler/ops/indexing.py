@@ -2,9 +2,12 @@
 joining and reshaping sequences, integer arithmetic on ids, tanh for poolers."""
 from __future__ import annotations
 
-import torch
+from compiler.lazy_import import LazyModule
 
 from .registry import Attr, OpDef, ShapeError, TType, register
+
+# Imported on first use, not here: the compiler reads this module and must not pay torch's import.
+torch = LazyModule("torch", globals())
 
 
 def _const_int(ctx, attr: str) -> int:

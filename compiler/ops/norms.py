@@ -1,10 +1,13 @@
 """Normalisations over the last dimension."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from compiler.lazy_import import LazyModule
 
 from .registry import Attr, OpDef, TType, register
+
+# Imported on first use, not here: the compiler reads this module and must not pay torch's import.
+torch = LazyModule("torch", globals())
+F = LazyModule("torch.nn.functional", globals(), "F")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:

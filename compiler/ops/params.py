@@ -8,25 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-from torch import nn
 
-
-class Norm(nn.Module):
-    """The weight (and optional bias) of a normalisation; the op decides which normalisation."""
-
-    def __init__(self, dim: int, bias: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
-
-
-class Tensor(nn.Module):
-    """A bare learned tensor (a class token, learned position embeddings) held as `.weight`."""
-
-    def __init__(self, *shape: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(shape))
+# The modules the `norm` and `tensor` kinds construct, ops.Norm and ops.Tensor, are in
+# param_modules.py: they subclass nn.Module, and the compiler reads this table without torch.
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
-import torch
+from compiler.lazy_import import LazyModule
 
 from .registry import Attr, OpDef, TType, register
+
+# Imported on first use, not here: the compiler reads this module and must not pay torch's import.
+torch = LazyModule("torch", globals())
 
 
 def relative_buckets(x: torch.Tensor, ctx, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:

@@ -4,9 +4,12 @@ from __future__ import annotations
 import functools
 import math
 
-import torch
+from compiler.lazy_import import LazyModule
 
 from .registry import Attr, OpDef, ShapeError, TType, register
+
+# Imported on first use, not here: the compiler reads this module and must not pay torch's import.
+torch = LazyModule("torch", globals())
 
 ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 ALIASES = {"su": "longrope"}   # the first Phi-3 configs named LongRoPE after its authors' "su" scaling

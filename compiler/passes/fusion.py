@@ -32,6 +32,21 @@ from compiler.ops import OPS
 POINTWISE = ("elementwise", "broadcast")
 TEMPLATES = {"pointwise": "pointwise", "reduction": "row_reduction"}
 
+# A fused group is a method of its block's nn.Module, so its name must not shadow an attribute of
+# nn.Module (or of its class, `type`). A copy of torch 2.13's public ones, because the compiler must
+# not import torch (over half of a cold compile); group names start with an op name, never with "_".
+# tests/test_fusion.py checks the copy against the installed torch.
+NN_MODULE_ATTRS = frozenset("""
+    T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double
+    dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule
+    half ipu load_state_dict modules mro mtia named_buffers named_children named_modules
+    named_parameters parameters register_backward_hook register_buffer register_forward_hook
+    register_forward_pre_hook register_full_backward_hook register_full_backward_pre_hook
+    register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module
+    register_parameter register_state_dict_post_hook register_state_dict_pre_hook requires_grad_
+    set_extra_state set_submodule share_memory state_dict to to_empty train type xpu zero_grad
+""".split())
+
 
 @dataclass
 class Group:
@@ -383,7 +398,6 @@ def fused_name(members: list[str], taken: set[str]) -> str:
 
 
 def group_name(block: BlockIR, nodes: list[Node], taken: set[str]) -> str:
-    from torch import nn
     ops = list(dict.fromkeys(n.op for n in nodes))
     if len(nodes) > 1 and len(ops) == 1:
         # horizontal: name by what it is applied to (rope_q_k)
@@ -391,7 +405,7 @@ def group_name(block: BlockIR, nodes: list[Node], taken: set[str]) -> str:
     else:
         base = "_".join(ops)
     name, k = base, 2
-    while name in taken or hasattr(nn.Module, name):
+    while name in taken or name in NN_MODULE_ATTRS:
         name = f"{base}_{k}"
         k += 1
     return name

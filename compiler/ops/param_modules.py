@@ -1,0 +1,26 @@
+"""The modules the `norm` and `tensor` param kinds construct in the emitted model.py (ops.Norm, ops.Tensor).
+
+Apart from params.py because defining an nn.Module subclass imports torch, which the compiler must
+not pay for: `compiler.ops` loads this module on first use.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Norm(nn.Module):
+    """The weight (and optional bias) of a normalisation; the op decides which normalisation."""
+
+    def __init__(self, dim: int, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+
+class Tensor(nn.Module):
+    """A bare learned tensor (a class token, learned position embeddings) held as `.weight`."""
+
+    def __init__(self, *shape: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))
