@@ -187,7 +187,10 @@ class _BlockFusion:
                 self.template[nid] = t
 
     def record(self, rule, what, taken, reason, score=0):
-        self.plan.decisions.append(Decision(self.block.name, rule, what, taken, reason, score))
+        decision = Decision(self.block.name, rule, what, taken, reason, score)
+        # Two ops joined by two values (rope_table's cos and sin into the layers) are one decision.
+        if decision not in self.plan.decisions:
+            self.plan.decisions.append(decision)
 
     # -- helpers --------------------------------------------------------------------------------
     def users(self, vid: str) -> list[str]:
