@@ -90,6 +90,28 @@ def _fixed_dims(spec, config: dict) -> dict[str, tuple[int, dict[int, int]]]:
     return out
 
 
+class EndTokens:
+    """Greedy picking with end tokens: a row that produced one continues with the pad token (default:
+    the first end token), and generation may stop once every row has."""
+
+    def __init__(self, eos_token_id, pad_token_id, batch: int, device):
+        eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+        pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+        self.eos = torch.tensor(eos, device=device) if eos else None
+        self.pad = torch.full((batch,), pad, dtype=torch.long, device=device)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        token = logits.argmax(dim=-1)
+        if self.eos is not None:
+            token = torch.where(self.done, self.pad, token)
+            self.done |= torch.isin(token, self.eos)
+        return token
+
+    def all_done(self) -> bool:
+        return self.eos is not None and bool(self.done.all())
+
+
 class CompiledModel(nn.Module):
     def __init__(self, net: nn.Module, config: dict, spec, manifest: dict, dtype: torch.dtype, device,
                  load_report: dict | None = None):
@@ -188,7 +210,8 @@ class CompiledModel(nn.Module):
                              keep_positions=keep)
         return self._run(self._batch(input_ids), None, ctx, decoder_input_ids=self._batch(decoder_input_ids))
 
-    def _generate_encoder_decoder(self, input_ids, max_new_tokens, eos, pad, attention_mask) -> torch.Tensor:
+    def _generate_encoder_decoder(self, input_ids, max_new_tokens, eos_token_id, pad_token_id,
+                                  attention_mask) -> torch.Tensor:
         """Greedy decoding from decoder_start_token_id; the encoder and every layer's cross-attention
         keys and values run once (static blocks), the decoder's self-attention keys go to the KV cache."""
         ids = self._batch(input_ids)
@@ -197,19 +220,14 @@ class CompiledModel(nn.Module):
         out = torch.full((batch, max_new_tokens + 1), int(self.config.get("decoder_start_token_id", 0)),
                          dtype=ids.dtype, device=self.device)
         cache = KVCache(max_new_tokens + 1)
-        eos_t = torch.tensor(eos, device=self.device) if eos else None
-        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        ends = EndTokens(eos_token_id, pad_token_id, batch, self.device)
         with static_blocks_run_once(self.spec, self.net):
             for step in range(max_new_tokens):
                 ctx = ForwardContext(self.dtype, self.device, cache=cache, past_len=step,
                                      encoder_padding=source_padding)
                 logits = self._run(ids, None, ctx, decoder_input_ids=out[:, step:step + 1])["logits"][:, -1]
-                token = logits.argmax(dim=-1)
-                if eos_t is not None:
-                    token = torch.where(done, torch.full_like(token, pad), token)
-                    done |= torch.isin(token, eos_t)
-                out[:, step + 1] = token
-                if eos_t is not None and bool(done.all()):
+                out[:, step + 1] = ends.pick(logits)
+                if ends.all_done():
                     return out[:, :step + 2]
         return out
 
@@ -223,17 +241,13 @@ class CompiledModel(nn.Module):
         until every row has finished or `max_new_tokens` is reached.
         """
         if "decoder_input_ids" in self.input_names:
-            eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
-            pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
-            return self._generate_encoder_decoder(input_ids, max_new_tokens, eos, pad, attention_mask)
+            return self._generate_encoder_decoder(input_ids, max_new_tokens, eos_token_id, pad_token_id, attention_mask)
         if bidirectional(self.spec):
             raise TypeError(f"{self.spec.name} is a bidirectional encoder (its attention is not causal); "
                             "it has no next-token distribution to generate from")
         ids = self._batch(input_ids)
         batch, prompt_len = ids.shape
         total = prompt_len + max_new_tokens
-        eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
-        pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
         padded = attention_mask is not None and not bool(attention_mask.all())
         padding = None
         if padded:
@@ -245,8 +259,7 @@ class CompiledModel(nn.Module):
         cache = KVCache(total)
         out = torch.empty(batch, total, dtype=ids.dtype, device=self.device)
         out[:, :prompt_len] = ids
-        eos_t = torch.tensor(eos, device=self.device) if eos else None
-        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        ends = EndTokens(eos_token_id, pad_token_id, batch, self.device)
         step_ids, past = ids, 0
         for step in range(max_new_tokens):
             ctx = ForwardContext(self.dtype, self.device,
@@ -263,15 +276,12 @@ class CompiledModel(nn.Module):
                 ctx = ForwardContext(self.dtype, self.device,
                                      padding=None if padding is None else padding[:, :n], cache=cache, keep_positions=1)
                 logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
-            token = logits.argmax(dim=-1)
-            if eos_t is not None:
-                token = torch.where(done, torch.full_like(token, pad), token)
-                done |= torch.isin(token, eos_t)
+            token = ends.pick(logits)
             out[:, prompt_len + step] = token
             past += step_ids.shape[1]
             step_ids = token[:, None]
             positions = positions[:, -1:] + 1
-            if eos_t is not None and bool(done.all()):
+            if ends.all_done():
                 return out[:, :prompt_len + step + 1]
         return out
 
