@@ -13,9 +13,10 @@ import difflib
 from collections import Counter
 from typing import Any
 
-from compiler.expr import Expr, canonical, parse_expr
 from compiler.ops import OPS
 from compiler.spec import BlockDecl, OpLine, ParamDecl, Spec
+from compiler.symbolic import canonical
+from runtime.expr import Expr, parse_expr
 
 # Past this many op-line changes in one block, or below this alignment ratio, a block is reported
 # as rewritten (ops counted) rather than line by line.

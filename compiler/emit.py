@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from compiler import __version__
 from compiler import emit_fused as fused
-from compiler.expr import Expr
 from compiler.ir import BlockIR, ModelIR, Node
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
 from compiler.ops.registry import EmitCtx
 from compiler.spec import LAYER_INDEX
+from runtime.expr import Expr
 
 PY_TYPES = {"int": "int", "float": "float", "bool": "bool", "str": "str", "dict": "dict | None",
             "list": "list | None", "any": "object"}

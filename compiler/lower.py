@@ -1,7 +1,7 @@
 """Lowering: `Spec` -> `ModelIR`, with every name, shape and dtype checked on the way.
 
 Shapes are symbolic (config names and free dims such as B and S), so one artifact serves every
-config of the family; two dims are equal when their expressions are (`compiler.expr.same_value`).
+config of the family; two dims are equal when their expressions are (`compiler.symbolic.same_value`).
 Problems are collected, not raised one by one, so an author sees all of them at once.
 """
 from __future__ import annotations
@@ -11,11 +11,12 @@ import difflib
 import networkx as nx
 
 from compiler.errors import Problem, SpecError
-from compiler.expr import Expr, canonical, parse_expr, same_value
 from compiler.ir import BlockIR, ModelIR, Node, Value
 from compiler.ops import OPS
 from compiler.ops.registry import InferCtx, ShapeError, TType
 from compiler.spec import FREE_DIM, LAYER_INDEX, BlockDecl, Spec
+from compiler.symbolic import canonical, same_value
+from runtime.expr import Expr, parse_expr
 
 
 def lower(spec: Spec) -> ModelIR:

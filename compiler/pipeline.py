@@ -21,13 +21,14 @@ from compiler.emit import emit_model, py
 from compiler.emit_kernels import emit_kernels, kernel_manifest
 from compiler.errors import SpecError
 from compiler.extends import source_chain
-from compiler.expr import canonical, parse_expr
 from compiler.ir import ModelIR
 from compiler.lower import lower
 from compiler.passes.fusion import check_contracts, fuse
 from compiler.passes.keep_positions import insert_keep_positions
 from compiler.spec import Spec, load_spec
+from compiler.symbolic import canonical
 from compiler.weight_rules import check_rules, model_tensors
+from runtime.expr import parse_expr
 
 
 @dataclass

@@ -17,12 +17,12 @@ from typing import Any
 import jsonschema
 
 from compiler.errors import Problem, SpecError
-from compiler.expr import Expr, ExprError, parse_expr
 from compiler.extends import load_resolved
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
 from compiler.schema import spec_schema
 from compiler.yaml_source import PathT, SourceMap, format_path
+from runtime.expr import Expr, ExprError, parse_expr
 
 FREE_DIM = re.compile(r"^[A-Z][A-Z0-9_]*$")   # B, S, S_ENC: sizes known only at run time
 # In op attributes of a repeated block (and the blocks it calls): the index of the layer, from 0, so

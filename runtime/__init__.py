@@ -1,7 +1,18 @@
-"""graphspec's runtime: load compiled artifacts and Hugging Face checkpoints, run and generate."""
-from runtime.errors import ArtifactError, CheckpointError, ConfigError
-from runtime.loader import from_pretrained, init_random, load
-from runtime.save import save_pretrained
-from runtime.model import CompiledModel, ModelOutput
+"""graphspec's runtime: load compiled artifacts and Hugging Face checkpoints, run and generate.
 
-__all__ = ["load", "from_pretrained", "init_random", "save_pretrained", "CompiledModel", "ModelOutput", "CheckpointError", "ConfigError", "ArtifactError"]
+The names below load on first use (PEP 562): the compiler imports the runtime's pure-Python parts
+(the expression language, weight-rule templates) and must not pay for importing torch.
+"""
+from runtime.errors import ArtifactError, CheckpointError, ConfigError
+
+_LAZY = {"load": "runtime.loader", "from_pretrained": "runtime.loader", "init_random": "runtime.loader",
+         "save_pretrained": "runtime.save", "CompiledModel": "runtime.model", "ModelOutput": "runtime.model"}
+
+__all__ = [*_LAZY, "CheckpointError", "ConfigError", "ArtifactError"]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import networkx as nx
 
-from compiler.expr import Expr, ExprError
 from runtime.errors import ConfigError
+from runtime.expr import Expr, ExprError
 
 _MISSING = object()
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,),

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from compiler.weight_rules import fill, invert_transforms, template_regex, transform_name
 from runtime.errors import CheckpointError
 from runtime.fused_params import member_layout
+from runtime.rules import fill, invert_transforms, template_regex, transform_name
 from runtime.weights import _active
 
 NEEDS_SOURCE_SHAPES = ("concat", "reshape")

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compiler.expr import Expr, ExprError
-from compiler.weight_rules import fill, run_shapes, run_transforms, template_regex
 from runtime.errors import CheckpointError
+from runtime.expr import Expr, ExprError
 from runtime.fused_params import assemble, member_layout, virtual_params
+from runtime.rules import fill, run_shapes, run_transforms, template_regex
 
 SHOW = 12   # names listed per category before "... and N more"
 

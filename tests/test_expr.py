@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from compiler.expr import Expr, ExprError, canonical, parse_expr, same_value
+from compiler.symbolic import canonical, same_value
+from runtime.expr import ExprError, parse_expr
 
 
 def ev(text, **env):

@@ -4,10 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compiler.expr import parse_expr
 from compiler.spec import WeightRule
-from compiler.weight_rules import (fill, invert_transforms, placeholders, run_shapes, run_transforms,
-                                   template_regex)
+from runtime.expr import parse_expr
+from runtime.rules import (
+    fill,
+    invert_transforms,
+    placeholders,
+    run_shapes,
+    run_transforms,
+    template_regex,
+)
 
 
 def rule(sources, targets, transforms):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from compiler.expr import Expr
 from compiler.ir import BlockIR, ModelIR, Node
+from runtime.expr import Expr
 
 # Attributes worth seeing on a node: they change what the op computes, not just how it is fed.
 SHOWN_ATTRS = ("window", "softcap", "causal", "heads", "approximate")

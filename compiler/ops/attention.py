@@ -54,7 +54,7 @@ def _eager_attention(q, k, v, mask, scale, softcap, bias=None):
 
 
 def _attention_infer(ctx) -> list[TType]:
-    from compiler.expr import same_value
+    from compiler.symbolic import same_value
     q, k, v = (ctx.expect_rank(n, 4) for n in ("q", "k", "v"))
     ctx.expect_same(q.shape[3], k.shape[3], "head dims of 'q' and 'k' must agree")
     ctx.expect_same(k.shape[1], v.shape[1], "'k' and 'v' must have the same number of heads")

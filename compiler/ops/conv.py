@@ -5,7 +5,8 @@ from .registry import Attr, OpDef, ShapeError, TType, register
 
 
 def _conv2d_infer(ctx) -> list[TType]:
-    from compiler.expr import parse_expr, same_value
+    from compiler.symbolic import same_value
+    from runtime.expr import parse_expr
     x = ctx.expect_rank("x", 4)
     if x.dtype != "float":
         raise ShapeError(f"'x' must be a float tensor, got {x}")

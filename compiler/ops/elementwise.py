@@ -12,7 +12,7 @@ torch = LazyModule("torch", globals())
 
 
 def _broadcast(ctx) -> list[TType]:
-    from compiler.expr import same_value
+    from compiler.symbolic import same_value
     a, b = ctx["a"], ctx["b"]
     if a.dtype != b.dtype:
         raise ShapeError(f"dtype clash: 'a' is {a}, 'b' is {b}")

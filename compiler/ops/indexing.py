@@ -107,7 +107,8 @@ def concat(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _concat_infer(ctx) -> list[TType]:
-    from compiler.expr import parse_expr, same_value
+    from compiler.symbolic import same_value
+    from runtime.expr import parse_expr
     a, b = ctx["a"], ctx["b"]
     if len(a.shape) != len(b.shape) or a.dtype != b.dtype:
         raise ShapeError(f"'a' and 'b' must have the same rank and dtype, got {a} and {b}")
@@ -136,7 +137,7 @@ register(OpDef(
 
 
 def _flatten_infer(ctx) -> list[TType]:
-    from compiler.expr import parse_expr
+    from runtime.expr import parse_expr
     x = ctx["x"]
     start = _axis(ctx, "start", len(x.shape))
     end = _axis(ctx, "end", len(x.shape))

@@ -90,7 +90,7 @@ class InferCtx:
         return self.params[name]
 
     def expect_same(self, a, b, what: str) -> None:
-        from compiler.expr import same_value
+        from compiler.symbolic import same_value
         if not same_value(a, b):
             raise ShapeError(f"{what}: {a} vs {b}")
 

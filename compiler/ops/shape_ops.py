@@ -5,7 +5,7 @@ from .registry import Attr, OpDef, ShapeError, TType, register
 
 
 def _split_heads_infer(ctx) -> list[TType]:
-    from compiler.expr import parse_expr
+    from runtime.expr import parse_expr
     x = ctx.expect_rank("x", 3)
     heads = ctx.attr("heads")
     b, s, width = x.shape
@@ -24,7 +24,7 @@ register(OpDef(
 
 
 def _merge_heads_infer(ctx) -> list[TType]:
-    from compiler.expr import parse_expr
+    from runtime.expr import parse_expr
     x = ctx.expect_rank("x", 4)
     b, h, s, d = x.shape
     return [TType((b, s, parse_expr(f"({h}) * ({d})")), x.dtype)]

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from compiler.errors import SpecError
-from compiler.expr import canonical, same_value
 from compiler.ir import BlockIR, ModelIR, Node
 from compiler.ops import OPS
+from compiler.symbolic import canonical, same_value
 
 POINTWISE = ("elementwise", "broadcast")
 TEMPLATES = {"pointwise": "pointwise", "reduction": "row_reduction"}

@@ -13,9 +13,9 @@ outputs feed is in the tail (nothing else may see a cut tensor). Nothing found: 
 """
 from __future__ import annotations
 
-from compiler.expr import same_value
 from compiler.ir import BlockIR, ModelIR, Node, Value
 from compiler.ops import OPS
+from compiler.symbolic import same_value
 
 OUTPUT = "logits"
 

@@ -1,0 +1,179 @@
+"""Weight-rule mechanics: name templates and layout transforms, shared by loading and saving.
+
+A rule is a pair of name templates with placeholders (`model.layers.{i}.self_attn.{proj}.weight` ->
+`layers.{i}.attn.{proj}.weight`); a placeholder matches one dotted segment. Transforms run in
+order on the list of source tensors. Each transform has a shape function (so a checkpoint is
+checked from its headers before any weight is read) and an inverse (so saving can undo loading).
+Pure Python: the compiler checks rules with the shape functions and never imports torch; the
+tensor functions import it when they run (at load or save time, never per forward).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from runtime.expr import Expr
+
+
+def _torch():
+    import torch
+    return torch
+
+
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+LAYER_VARS = ("i", "j", "k")
+
+
+def template_regex(template: str) -> re.Pattern:
+    parts, pos = [], 0
+    for m in PLACEHOLDER.finditer(template):
+        parts.append(re.escape(template[pos:m.start()]))
+        parts.append(f"(?P<{m.group(1)}>[^.]+)")
+        pos = m.end()
+    parts.append(re.escape(template[pos:]))
+    return re.compile("^" + "".join(parts) + "$")
+
+
+def placeholders(template: str) -> set[str]:
+    return set(PLACEHOLDER.findall(template))
+
+
+def fill(template: str, binding: dict[str, str]) -> str:
+    return PLACEHOLDER.sub(lambda m: binding[m.group(1)], template)
+
+
+# -- transforms ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Transform:
+    name: str
+    shapes: Callable      # (list of shapes, arg, config) -> list of shapes
+    apply: Callable       # (list of tensors, arg, config) -> list of tensors
+    inverse: Callable     # (list of tensors, arg, config, original shapes) -> list of tensors
+    arity: Callable       # (n_in, arg) -> n_out, or raises ValueError
+
+
+def _eval(e, config):
+    return e.evaluate(config) if isinstance(e, Expr) else e
+
+
+def _split_sizes(shape, arg, config, n_out):
+    dim = arg["dim"]
+    if "sizes" in arg:
+        return [int(_eval(s, config)) for s in arg["sizes"]]
+    total = shape[dim]
+    if total % n_out:
+        raise ValueError(f"cannot split dim {dim} of size {total} into {n_out} equal parts")
+    return [total // n_out] * n_out
+
+
+def _one(n_in, what):
+    if n_in != 1:
+        raise ValueError(f"'{what}' works on one tensor at a time, it got {n_in}")
+
+
+TRANSFORMS = {t.name: t for t in (
+    Transform(
+        "transpose",
+        shapes=lambda shapes, arg, cfg: [tuple(reversed(s)) if len(s) == 2 else s for s in shapes],
+        apply=lambda ts, arg, cfg: [t.t() if t.dim() == 2 else t for t in ts],
+        inverse=lambda ts, arg, cfg, orig: [t.t() if t.dim() == 2 else t for t in ts],
+        arity=lambda n, arg: n),
+    Transform(
+        "split",
+        shapes=lambda shapes, arg, cfg, n_out=None: _split_shapes(shapes, arg, cfg, n_out),
+        apply=lambda ts, arg, cfg, n_out=None: list(_torch().split(ts[0], _split_sizes(ts[0].shape, arg, cfg, n_out), dim=arg["dim"])),
+        inverse=lambda ts, arg, cfg, orig: [_torch().cat(ts, dim=arg["dim"])],
+        arity=lambda n, arg: (_one(n, "split"), len(arg.get("sizes", [])) or None)[1]),
+    Transform(
+        "concat",
+        shapes=lambda shapes, arg, cfg: [_concat_shape(shapes, arg["dim"])],
+        apply=lambda ts, arg, cfg: [_torch().cat(ts, dim=arg["dim"])],
+        inverse=lambda ts, arg, cfg, orig: list(_torch().split(ts[0], [s[arg["dim"]] for s in orig], dim=arg["dim"])),
+        arity=lambda n, arg: 1),
+    Transform(
+        "reshape",
+        shapes=lambda shapes, arg, cfg: [_reshape_shape(s, [int(_eval(d, cfg)) for d in arg]) for s in shapes],
+        apply=lambda ts, arg, cfg: [t.reshape([int(_eval(d, cfg)) for d in arg]) for t in ts],
+        inverse=lambda ts, arg, cfg, orig: [t.reshape(s) for t, s in zip(ts, orig)],
+        arity=lambda n, arg: n),
+    Transform(
+        "permute",
+        shapes=lambda shapes, arg, cfg: [tuple(s[i] for i in arg) for s in shapes],
+        apply=lambda ts, arg, cfg: [t.permute(*arg) for t in ts],
+        inverse=lambda ts, arg, cfg, orig: [t.permute(*[arg.index(i) for i in range(len(arg))]) for t in ts],
+        arity=lambda n, arg: n),
+)}
+
+
+def _split_shapes(shapes, arg, cfg, n_out):
+    sizes = _split_sizes(shapes[0], arg, cfg, n_out)
+    if sum(sizes) != shapes[0][arg["dim"]]:
+        raise ValueError(f"split sizes {sizes} do not add up to dim {arg['dim']} of {list(shapes[0])}")
+    return [tuple(sz if i == arg["dim"] else d for i, d in enumerate(shapes[0])) for sz in sizes]
+
+
+def _concat_shape(shapes, dim):
+    first = shapes[0]
+    for s in shapes[1:]:
+        if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first)) if i != dim % len(first)):
+            raise ValueError(f"cannot concatenate shapes {[list(x) for x in shapes]} on dim {dim}")
+    return tuple(sum(s[dim] for s in shapes) if i == dim % len(first) else d for i, d in enumerate(first))
+
+
+def _reshape_shape(shape, new):
+    n_old = 1
+    for d in shape:
+        n_old *= d
+    n_new = 1
+    for d in new:
+        n_new *= d
+    if n_old != n_new:
+        raise ValueError(f"cannot reshape {list(shape)} ({n_old} elements) to {new} ({n_new} elements)")
+    return tuple(new)
+
+
+def transform_name(t) -> tuple[str, object]:
+    if isinstance(t, str):
+        return t, None
+    (name, arg), = t.items()
+    return name, arg
+
+
+def _forward(rule, items: list, config: dict, what: str) -> list:
+    """Run the rule's transforms over tensors or shapes (`what` is "apply" or "shapes")."""
+    for t in rule.transforms:
+        name, arg = transform_name(t)
+        step = getattr(TRANSFORMS[name], what)
+        # Only split needs to know how many pieces to make when no sizes are given.
+        items = step(items, arg, config, len(rule.targets)) if name == "split" else step(items, arg, config)
+    return items
+
+
+def run_shapes(rule, shapes: list[tuple], config: dict) -> list[tuple]:
+    """The target shapes a rule produces from source shapes; ValueError if the layout cannot fit."""
+    shapes = _forward(rule, shapes, config, "shapes")
+    if len(shapes) != len(rule.targets):
+        raise ValueError(f"the rule's transforms give {len(shapes)} tensor(s) for {len(rule.targets)} target(s)")
+    return shapes
+
+
+def run_transforms(rule, tensors: list, config: dict) -> list:
+    return _forward(rule, tensors, config, "apply")
+
+
+def invert_transforms(rule, tensors: list, config: dict, source_shapes: list[tuple]) -> list:
+    """Targets back to the checkpoint's layout (used by saving); `source_shapes` are the originals."""
+    stages = [list(source_shapes)]
+    for t in rule.transforms:
+        name, arg = transform_name(t)
+        prev = stages[-1]
+        if any(s is None for s in prev):
+            stages.append([None] * len(prev))   # only concat/reshape inverses read these shapes
+            continue
+        stages.append(_split_shapes(prev, arg, config, len(rule.targets)) if name == "split"
+                      else TRANSFORMS[name].shapes(prev, arg, config))
+    for t, orig in zip(reversed(rule.transforms), reversed(stages[:-1])):
+        name, arg = transform_name(t)
+        tensors = TRANSFORMS[name].inverse(tensors, arg, config, orig)
+    return tensors
