@@ -2,7 +2,9 @@
 
 Shapes are symbolic (config names and free dims such as B and S), so one artifact serves every
 config of the family; two dims are equal when their expressions are (`compiler.symbolic.same_value`).
-Problems are collected, not raised one by one, so an author sees all of them at once.
+Problems are collected, not raised one by one, so an author sees all of them at once. The IR gets
+everything later passes and emitters need — params, ties, heads as blocks, the config, checks and
+weight rules — so nothing after this reads the `Spec`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import difflib
 import networkx as nx
 
 from compiler.errors import Problem, SpecError
-from compiler.ir import BlockIR, ModelIR, Node, Value
+from compiler.ir import Block, Head, Loc, ModelIR, Node, Param, Value
 from compiler.ops import OPS
 from compiler.ops.registry import InferCtx, ShapeError, TType
 from compiler.spec import FREE_DIM, LAYER_INDEX, BlockDecl, Spec
@@ -46,17 +48,33 @@ class _Lowering:
         self._problem_paths.append(tuple(path))
 
     def run(self) -> ModelIR:
+        spec = self.spec
         self.check_config()
         order = self.block_order()
         blocks = {}
         for name in order:
-            decl = self.spec.model if name == "model" else self.spec.blocks[name]
-            blocks[name] = self.lower_block(decl)
-        heads = {name: self.lower_head(head, blocks.get("model")) for name, head in self.spec.heads.items()}
+            blocks[name] = self.lower_block(spec.block(name), "model" if name == "model" else "block")
+        heads = {}
+        for name, head in spec.heads.items():
+            if name in spec.blocks or name == "model":
+                self.fail(head.path, f"head '{name}' has the name of a block; heads and blocks share one namespace")
+                continue
+            block = self.lower_head(head, blocks.get("model"))
+            if block is not None:
+                blocks[name] = block
+                heads[name] = Head(name, list(head.architectures), name, self.loc(head.path))
         self.check_layer_index_uses()
-        return ModelIR(self.spec, blocks, heads={k: v for k, v in heads.items() if v is not None})
+        expect = [(entry, ("expect_fused", i)) for i, entry in enumerate(spec.data.get("expect_fused") or [])]
+        return ModelIR(name=spec.name, doc=spec.doc, file=spec.file, sha256=spec.sha256, data=spec.data,
+                       sources=spec.sources, config=spec.config, checks=spec.checks, weights=spec.weights,
+                       matches=spec.matches, blocks=blocks, heads=heads, base_prefix=spec.base_prefix,
+                       expect_fused=expect)
 
-    def lower_head(self, head, model: BlockIR | None) -> BlockIR | None:
+    def loc(self, path) -> Loc:
+        file, mark = self.spec.sources.locate(path)
+        return Loc(file, mark[0] if mark else None, tuple(path))
+
+    def lower_head(self, head, model: Block | None) -> Block | None:
         """A head is a block whose inputs are the model's outputs; its params join the model's."""
         if model is None or "model" not in self.block_types:
             return None
@@ -71,7 +89,7 @@ class _Lowering:
             decl.inputs[v.name] = InputDecl(v.name, v.type.shape, v.type.dtype, head.path)
         self._tie_scope = self.spec.model.params
         try:
-            return self.lower_block(decl, inputs_optional=True)
+            return self.lower_block(decl, "head", inputs_optional=True)
         finally:
             self._tie_scope = {}
 
@@ -113,7 +131,7 @@ class _Lowering:
         """Callees before callers; unknown, cyclic and unused blocks are problems."""
         uses = nx.DiGraph()
         uses.add_node("model")
-        decls = {"model": self.spec.model, **self.spec.blocks}
+        decls = self.spec.all_blocks()
         for head in self.spec.heads.values():
             # blocks a head instantiates are built with the model, so they count as used by it
             for p in head.block.params.values():
@@ -139,8 +157,9 @@ class _Lowering:
                 self.fail(decl.path, f"block '{bname}' is never used by the model")
         return [b for b in reversed(list(nx.topological_sort(uses))) if b in reachable]
 
-    def lower_block(self, decl: BlockDecl, inputs_optional: bool = False) -> BlockIR:
-        block = BlockIR(decl.name, inputs=[], outputs=[], doc=decl.doc)
+    def lower_block(self, decl: BlockDecl, role: str, inputs_optional: bool = False) -> Block:
+        block = Block(decl.name, role, doc=decl.doc, loc=self.loc(decl.path),
+                      params={n: self.param(p) for n, p in decl.params.items()})
         env: dict[str, str] = {}          # spec name -> current value id
         used: set[str] = set()
         defined_at: dict[str, tuple] = {}
@@ -188,10 +207,14 @@ class _Lowering:
                                            [block.values[v].type for v in block.outputs])
         return block
 
+    def param(self, p) -> Param:
+        return Param(p.name, p.kind, dict(p.dims), dict(p.options), self.loc(p.path), block=p.block,
+                     repeat=p.repeat, tied_to=p.tied_to, tied_when=p.tied_when, static=p.static)
+
     def check_layer_index_uses(self) -> None:
         """The layer index exists only under a repeat: a block using it must never be reached from
         the model through calls alone."""
-        decls = {"model": self.spec.model, **self.spec.blocks}
+        decls = self.spec.all_blocks()
         outside, todo = set(), ["model"]
         while todo:
             name = todo.pop()
@@ -275,7 +298,7 @@ class _Lowering:
             return None
         for vid, name, t in zip(out_ids, line.outputs, types):
             block.values[vid] = Value(vid, name, TType(tuple(_simplify(d) for d in t.shape), t.dtype))
-        return Node(f"n{index}", line.op, inputs, params, attrs, out_ids, line.path, index)
+        return Node(f"n{index}", line.op, inputs, params, attrs, out_ids, self.loc(line.path), index)
 
     def lower_call(self, decl, block, line, index, value, out_ids, used_params) -> Node | None:
         pname = line.fields["block"]
@@ -322,7 +345,7 @@ class _Lowering:
         for vid, name, t in zip(out_ids, line.outputs, out_types):
             shape = tuple(d.substitute(binding) for d in t.shape)
             block.values[vid] = Value(vid, name, TType(shape, t.dtype))
-        return Node(f"n{index}", line.op, inputs, {}, {}, out_ids, line.path, index, block=pname)
+        return Node(f"n{index}", line.op, inputs, {}, {}, out_ids, self.loc(line.path), index, block=pname)
 
     def poison(self, decl, block, line, env, used, defined_at, used_params) -> None:
         """A line that failed still defines its outputs, typed 'error', so later lines do not cascade."""
@@ -339,7 +362,7 @@ class _Lowering:
                 used_params.add(value)
 
     @staticmethod
-    def fresh(block: BlockIR, name: str) -> str:
+    def fresh(block: Block, name: str) -> str:
         if name not in block.values:
             return name
         n = 1

@@ -17,17 +17,16 @@ from pathlib import Path
 
 from compiler import __version__
 from compiler.artifact import cache_root, is_complete, read_manifest, write_artifact
-from compiler.emit import emit_model, py
+from compiler.emit import emit_model
 from compiler.emit_kernels import emit_kernels, kernel_manifest
 from compiler.errors import SpecError
 from compiler.extends import source_chain
 from compiler.ir import ModelIR
-from compiler.lower import lower
-from compiler.passes.fusion import check_contracts, fuse
-from compiler.passes.keep_positions import insert_keep_positions
+from compiler.passes import run_pipeline
+from compiler.report import explain, fusion_manifest
 from compiler.spec import Spec, load_spec
 from compiler.symbolic import canonical
-from compiler.weight_rules import check_rules, model_tensors
+from compiler.weight_rules import model_tensors
 from runtime.expr import parse_expr
 
 
@@ -40,7 +39,6 @@ class CompileResult:
     ir: ModelIR | None = None
     spec: Spec | None = None
     notes: list[str] = field(default_factory=list)
-    fusion: object = None          # the FusionPlan, when this call compiled (not a cache hit)
 
 
 @lru_cache(maxsize=1)
@@ -99,20 +97,14 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
         return CompileResult(target, True, time.perf_counter() - start, read_manifest(target))
 
     spec = load_spec(spec_path)
-    ir = lower(spec)
-    problems = check_rules(spec)
-    if problems:
-        raise SpecError(problems)
-    kept = insert_keep_positions(ir)
-    fusion = fuse(ir, enabled=options.get("fuse", True))
-    check_contracts(ir, fusion)
-    kernels = emit_kernels(ir, fusion, spec_path.name, py) if fusion.enabled else None
+    ir = run_pipeline(spec, options, after=options_printer(options))
+    kernels = emit_kernels(ir, spec_path.name)
     files = {
-        "model.py": emit_model(ir, spec_path.name, fusion),
+        "model.py": emit_model(ir, spec_path.name),
         "spec.json": json.dumps({"source": spec_path.name, **({"extends": [p.name for p in chain]} if chain else {}),
                                  "spec": spec.data}, indent=1) + "\n",
         "ir.txt": ir.dump() + "\n",
-        "fusion.txt": (fusion.explain(ir) if fusion.enabled else "fusion disabled (--no-fuse)") + "\n",
+        "fusion.txt": explain(ir) + "\n",
     }
     if kernels is not None:
         files["kernels.py"] = kernels
@@ -120,23 +112,35 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
         "name": spec.name, "key": key, "source": str(spec_path), "spec_sha256": hashlib.sha256(spec_bytes).hexdigest(),
         "parents": {str(p): hashlib.sha256(b).hexdigest() for p, b in zip(chain, parents)},
         "compiler_fingerprint": compiler_fingerprint(), "versions": versions(), "options": options,
-        "ops": dict(sorted(Counter(n.op for b in ir.blocks.values() for n in b.order()).items())),
-        "blocks": list(ir.blocks), "params": param_formulas(spec), "fusion": fusion.manifest(ir),
-        "kernels": kernel_manifest(fusion),
+        "ops": dict(sorted(Counter(n.op for b in ir.blocks.values() for n in b.ops()).items())),
+        "blocks": [b.name for b in ir.trunk()], "params": param_formulas(ir), "fusion": fusion_manifest(ir),
+        "kernels": kernel_manifest(ir),
         # values cut before the model's per-position tail (a forward may compute its last positions only)
-        "keep_positions": kept,
+        "keep_positions": ir.keep_positions,
     }
     if options.get("aot") and kernels is not None:
         manifest["kernels"] = aot_compile(kernels, manifest["kernels"], options["aot"])
     manifest["compile_seconds"] = round(time.perf_counter() - start, 4)
     write_artifact(target, files, manifest)
-    return CompileResult(target, False, time.perf_counter() - start, read_manifest(target), ir, spec, fusion=fusion)
+    return CompileResult(target, False, time.perf_counter() - start, read_manifest(target), ir, spec)
 
 
-def param_formulas(spec: Spec) -> dict:
+def options_printer(options: dict):
+    """`print_after`: print the IR after that pass (graphspec compile --print-after PASS)."""
+    wanted = options.get("print_after")
+    if not wanted:
+        return None
+
+    def after(name: str, ir: ModelIR) -> None:
+        if name == wanted:
+            print(f"# IR after {name}\n{ir.dump()}")
+    return after
+
+
+def param_formulas(ir: ModelIR) -> dict:
     """Each param's element count as a formula over config names, and the total."""
     out, total = {}, []
-    for t in model_tensors(spec):
+    for t in model_tensors(ir):
         count = " * ".join(f"({d})" for d in t.shape) or "1"
         for _, repeat in t.repeat:
             count = f"({repeat}) * {count}"

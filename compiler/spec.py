@@ -125,6 +125,13 @@ class Spec:
     heads: dict[str, HeadDecl] = field(default_factory=dict)
     base_prefix: str = ""            # carried by the trunk's tensors in checkpoints saved with a head
 
+    def block(self, name: str) -> BlockDecl:
+        """A block declaration by name; "model" is the model's."""
+        return self.model if name == "model" else self.blocks[name]
+
+    def all_blocks(self) -> dict[str, BlockDecl]:
+        return {**self.blocks, "model": self.model}
+
     def head_for(self, architectures) -> str | None:
         """The head a config.json's `architectures` names, or None."""
         for arch in architectures or []:

@@ -22,6 +22,11 @@ def same_value(a: Expr, b: Expr) -> bool:
     return canonical(a) == canonical(b)
 
 
+def same_type(a, b) -> bool:
+    """Two TTypes with the same dtype class and symbolically equal shapes."""
+    return a.dtype == b.dtype and len(a.shape) == len(b.shape) and all(same_value(x, y) for x, y in zip(a.shape, b.shape))
+
+
 class _TooComplex(Exception):
     pass
 

@@ -36,18 +36,21 @@ class TensorTemplate:
     head: str | None = None      # the task head that owns it (built only with that head)
 
 
-def model_tensors(spec) -> list[TensorTemplate]:
-    """Every tensor of the model, as templates with one placeholder per repeated block level."""
+def model_tensors(ir) -> list[TensorTemplate]:
+    """Every tensor of the model (the spec's params: a fused param counts as its members), as
+    templates with one placeholder per repeated block level."""
     out: list[TensorTemplate] = []
 
-    def walk(decl, prefix: str, when: tuple, repeat: tuple, head: str | None = None) -> None:
-        for p in decl.params.values():
+    def walk(block, prefix: str, when: tuple, repeat: tuple, head: str | None = None) -> None:
+        for p in block.params.values():
+            if p.kind == "fused_linear":
+                continue
             if p.kind == "block":
                 if p.repeat is not None:
                     var = LAYER_VARS[len(repeat)]
-                    walk(spec.blocks[p.block], f"{prefix}{p.name}.{{{var}}}.", when, repeat + ((var, p.repeat),), head)
+                    walk(ir.blocks[p.block], f"{prefix}{p.name}.{{{var}}}.", when, repeat + ((var, p.repeat),), head)
                 else:
-                    walk(spec.blocks[p.block], f"{prefix}{p.name}.", when, repeat, head)
+                    walk(ir.blocks[p.block], f"{prefix}{p.name}.", when, repeat, head)
                 continue
             for tensor, shape, cond in param_tensors(p):
                 if isinstance(cond, Expr) and cond.is_constant():
@@ -60,18 +63,18 @@ def model_tensors(spec) -> list[TensorTemplate]:
                 out.append(TensorTemplate(f"{prefix}{p.name}.{tensor}", tuple(shape), conds, tied, p.tied_when,
                                           repeat, head))
 
-    walk(spec.model, "", (), ())
-    for name, head in getattr(spec, "heads", {}).items():
-        walk(head.block, "", (), (), name)
+    walk(ir.model, "", (), ())
+    for name in ir.heads:
+        walk(ir.head_block(name), "", (), (), name)
     return out
 
 
-def check_rules(spec) -> list[Problem]:
+def check_rules(ir) -> list[Problem]:
     """Static checks: every rule lands on params, every param is fed by a rule, placeholders agree."""
     problems = []
-    tensors = model_tensors(spec)
+    tensors = model_tensors(ir)
     covered: set[str] = set()
-    for rule in spec.weights:
+    for rule in ir.weights:
         if rule.ignore is not None:
             continue
         src_vars = [placeholders(s) for s in rule.sources]
@@ -79,10 +82,10 @@ def check_rules(spec) -> list[Problem]:
         all_vars = set().union(*src_vars, *tgt_vars)
         for i, vs in enumerate(src_vars):
             if vs != all_vars:
-                problems.append(spec.problem(rule.path + ("from",), f"source '{rule.sources[i]}' must use the placeholders {sorted(all_vars)}, it uses {sorted(vs)}"))
+                problems.append(ir.problem(rule.path + ("from",), f"source '{rule.sources[i]}' must use the placeholders {sorted(all_vars)}, it uses {sorted(vs)}"))
         for i, vs in enumerate(tgt_vars):
             if vs != all_vars:
-                problems.append(spec.problem(rule.path + ("to",), f"target '{rule.targets[i]}' must use the placeholders {sorted(all_vars)}, it uses {sorted(vs)}"))
+                problems.append(ir.problem(rule.path + ("to",), f"target '{rule.targets[i]}' must use the placeholders {sorted(all_vars)}, it uses {sorted(vs)}"))
         n = len(rule.sources)
         try:
             for t in rule.transforms:
@@ -90,16 +93,16 @@ def check_rules(spec) -> list[Problem]:
                 out = TRANSFORMS[name].arity(n, arg)
                 n = len(rule.targets) if out is None else out
         except ValueError as err:
-            problems.append(spec.problem(rule.path + ("transforms",), str(err)))
+            problems.append(ir.problem(rule.path + ("transforms",), str(err)))
             n = len(rule.targets)
         if n != len(rule.targets):
-            problems.append(spec.problem(rule.path, f"{len(rule.sources)} source(s) become {n} tensor(s) after the transforms, but the rule names {len(rule.targets)} target(s)"))
+            problems.append(ir.problem(rule.path, f"{len(rule.sources)} source(s) become {n} tensor(s) after the transforms, but the rule names {len(rule.targets)} target(s)"))
         for j, target in enumerate(rule.targets):
             rx = template_regex(target)
             hits = [t.name for t in tensors if rx.match(t.name)]
             if not hits:
                 near = sorted(t.name for t in tensors)[:6]
-                problems.append(spec.problem(rule.path + ("to",) + ((j,) if len(rule.targets) > 1 else ()),
+                problems.append(ir.problem(rule.path + ("to",) + ((j,) if len(rule.targets) > 1 else ()),
                                              f"target '{target}' maps onto no param (params look like: {', '.join(near)}, ...)"))
             covered.update(hits)
     seen = set()
@@ -108,5 +111,5 @@ def check_rules(spec) -> list[Problem]:
             continue
         seen.add(t.name)
         if t.name not in covered and t.tied_to is None:
-            problems.append(spec.problem(("weights",), f"param '{t.name}' is fed by no weight rule"))
+            problems.append(ir.problem(("weights",), f"param '{t.name}' is fed by no weight rule"))
     return problems

@@ -7,12 +7,19 @@ from pathlib import Path
 
 from compiler.errors import SpecError
 
+# the compiler's pipeline, by name (compiler/passes/__init__.py NAMES); kept here as data so that
+# building the parser imports nothing heavy
+PASS_NAMES = ["lower", "check_names", "check_weight_rules", "fold_constants", "defer_carried_ops", "keep_positions", "fuse",
+              "check_expect_fused", "select_kernels"]
+
 
 def _cmd_compile(args) -> int:
     if args.resolved:
         return _print_resolved(args.spec)
     from compiler.pipeline import compile_spec
     options = {"fuse": False} if args.no_fuse else {}
+    if args.print_after:
+        options["print_after"] = args.print_after
     if args.aot:
         options["aot"] = args.aot.split(",")
     result = compile_spec(args.spec, args.output, options)
@@ -52,17 +59,12 @@ def _print_resolved(path: str) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from compiler.lower import lower
+    from compiler.passes import run_pipeline
     from compiler.spec import load_spec
-    from compiler.weight_rules import check_rules
     failed = 0
     for path in args.specs:
         try:
-            spec = load_spec(path)
-            lower(spec)
-            problems = check_rules(spec)
-            if problems:
-                raise SpecError(problems)
+            run_pipeline(load_spec(path))   # every pass that can refuse a spec; nothing is written
         except SpecError as err:
             failed += 1
             for problem in err.problems:
@@ -98,17 +100,12 @@ def _cmd_diff(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    from compiler.lower import lower
+    from compiler.passes import run_pipeline
     from compiler.spec import load_spec
     from tools.show import drawing, to_dot, to_mermaid
     spec = load_spec(args.spec)
-    ir = lower(spec)
-    groups = None
-    if getattr(args, "after", None) == "fusion":
-        from compiler.passes.fusion import fuse
-        plan = fuse(ir)
-        groups = {block: [(f"{g.name} [{g.template}]", list(g.nodes)) for g in gs] for block, gs in plan.groups.items()}
-    picture = drawing(ir, groups)
+    ir = run_pipeline(spec, until=args.after)
+    picture = drawing(ir)
     text = to_mermaid(picture) if args.format == "mermaid" else to_dot(picture, spec.name)
     if args.output:
         Path(args.output).write_text(text)
@@ -116,14 +113,6 @@ def _cmd_show(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
-
-
-def _has_fusion_pass() -> bool:
-    import importlib.util
-    try:
-        return importlib.util.find_spec("compiler.passes.fusion") is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def _cmd_schema(args) -> int:
@@ -161,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", help="artifact directory (default: the user cache)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--dump-ir", action="store_true", help="print the IR, one line per op")
+    p.add_argument("--print-after", metavar="PASS", choices=PASS_NAMES,
+                   help=f"print the IR after this pass ({', '.join(PASS_NAMES)})")
     p.add_argument("--resolved", action="store_true",
                    help="print the spec with extends resolved (plain YAML) instead of compiling")
     p.add_argument("--explain", action="store_true",
@@ -186,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec")
     p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
-    if _has_fusion_pass():
-        p.add_argument("--after", choices=["fusion"], help="draw the fusion pass's groups as boxes")
+    p.add_argument("--after", metavar="PASS", choices=PASS_NAMES,
+                   help="draw the IR after this pass (fused groups as boxes after 'fuse'); default: all passes")
     p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the spec language")

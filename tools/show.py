@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from compiler.ir import BlockIR, ModelIR, Node
+from compiler.ir import Block, ModelIR, Node
 from runtime.expr import Expr
 
 # Attributes worth seeing on a node: they change what the op computes, not just how it is fed.
@@ -37,10 +37,10 @@ def _attr(value) -> str:
     return value.text if isinstance(value, Expr) else str(value)
 
 
-def _label(node: Node, block: BlockIR, decl) -> str:
+def _label(node: Node, block: Block) -> str:
     outs = ", ".join(block.values[o].name for o in node.outputs)
     if node.block is not None:
-        p = decl.params[node.block]
+        p = block.params[node.block]
         times = f" × {p.repeat.text}" if p.repeat is not None else ""
         return f"{outs} = {node.op} {node.block}: {p.block}{times}"
     extra = list(node.params.values())
@@ -49,60 +49,59 @@ def _label(node: Node, block: BlockIR, decl) -> str:
     return f"{outs} = {node.op}" + (f" [{', '.join(extra)}]" if extra else "")
 
 
-def drawing(ir: ModelIR, groups: dict[str, list[tuple[str, list[str]]]] | None = None) -> Drawing:
-    """`groups`: per block, (title, node ids) of ops a pass put together (fusion groups), drawn as
-    boxes inside the block's cluster."""
-    spec = ir.spec
-    decls = {**spec.blocks, "model": spec.model}
+def drawing(ir: ModelIR) -> Drawing:
+    """The model's blocks as clusters; fused regions (after the fusion pass) as boxes inside them."""
+    blocks = {b.name: b for b in ir.trunk()}
     uses: dict[str, list[str]] = {}
-    for name, decl in decls.items():
-        for p in decl.params.values():
-            if p.kind == "block" and p.block in ir.blocks:
+    for block in blocks.values():
+        for p in block.params.values():
+            if p.kind == "block" and p.block in blocks:
                 uses.setdefault(p.block, []).append(f"× {p.repeat.text}" if p.repeat is not None else "")
     d = Drawing()
     # The model first, then blocks in the order they are first reached: the picture reads top-down.
     order, queue = [], ["model"]
     while queue:
         name = queue.pop(0)
-        if name in order or name not in ir.blocks:
+        if name in order or name not in blocks:
             continue
         order.append(name)
-        queue += [decls[name].params[n.block].block for n in ir.blocks[name].order() if n.block is not None]
-    order += [n for n in ir.blocks if n not in order]
+        queue += [blocks[name].params[n.block].block for n in blocks[name].ops() if n.block is not None]
+    order += [n for n in blocks if n not in order]
     for name in order:
-        block, decl = ir.blocks[name], decls[name]
+        block = blocks[name]
         counts = sorted({u for u in uses.get(name, []) if u})
-        title = spec.name if name == "model" else name
+        title = ir.name if name == "model" else name
         d.clusters[name] = title + (f" ({', '.join(counts)})" if counts else "")
         made_by: dict[str, tuple[str, bool]] = {}   # value -> (node, one of several outputs)
         for vid in block.inputs:
             nid = _id(name, "in", vid)
             d.nodes[nid] = (name, block.values[vid].name, "input")
             made_by[vid] = (nid, False)
-        for node in block.order():
-            nid = _id(name, node.id)
-            d.nodes[nid] = (name, _label(node, block, decl), "call" if node.block else "op")
-            for vid in node.inputs.values():
-                src, many = made_by[vid]
-                edge = (src, nid, block.values[vid].name if many else "")
-                if edge not in d.edges:
-                    d.edges.append(edge)
-            for vid in node.outputs:
-                made_by[vid] = (nid, len(node.outputs) > 1)
-            if node.block is not None:
-                callee = decl.params[node.block].block
-                p = decl.params[node.block]
-                d.links.append((nid, callee, f"× {p.repeat.text}" if p.repeat is not None else "runs"))
+        for unit in block.order():
+            members = unit.region.nodes if unit.region is not None else [unit]
+            if unit.region is not None:
+                gid = _id("group", name, unit.id)
+                d.groups.setdefault(name, []).append((gid, f"{unit.region.name} [{unit.region.template}]"))
+            for node in members:
+                nid = _id(name, node.id)
+                d.nodes[nid] = (name, _label(node, block), "call" if node.block else "op")
+                if unit.region is not None:
+                    d.group_of[nid] = gid
+                for vid in node.inputs.values():
+                    src, many = made_by[vid]
+                    edge = (src, nid, block.values[vid].name if many else "")
+                    if edge not in d.edges:
+                        d.edges.append(edge)
+                for vid in node.outputs:
+                    made_by[vid] = (nid, len(node.outputs) > 1)
+                if node.block is not None:
+                    p = block.params[node.block]
+                    d.links.append((nid, p.block, f"× {p.repeat.text}" if p.repeat is not None else "runs"))
         for vid in block.outputs:
             nid = _id(name, "out", vid)
             d.nodes[nid] = (name, block.values[vid].name, "output")
             d.edges.append((made_by[vid][0], nid, ""))
         d.entry[name] = next((n for n, (b, _, _) in d.nodes.items() if b == name), _id(name, "empty"))
-        for k, (title, members) in enumerate((groups or {}).get(name, [])):
-            gid = _id("group", name, str(k))
-            d.groups.setdefault(name, []).append((gid, title))
-            for node_id in members:
-                d.group_of[_id(name, node_id)] = gid
     return d
 
 

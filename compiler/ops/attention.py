@@ -71,13 +71,13 @@ def _attention_infer(ctx) -> list[TType]:
 
 
 def _attention_emit(e) -> str:
-    args = [e["q"], e["k"], e["v"], "ctx", e.a("slot")]
+    args = [e["q"], e["k"], e["v"], "ctx", e.slot]
     for name in ("causal", "scale", "window", "softcap"):
-        if e.a(name) != "None":
+        if e.given(name):
             args.append(f"{name}={e.a(name)}")
     if "bias" in e.values:
         args.append(f"bias={e['bias']}")
-    if e.a("encoder_keys") not in ("None", "False"):
+    if e.const("encoder_keys") not in (None, False):
         args.append(f"encoder_keys={e.a('encoder_keys')}")
     return f"ops.attention({', '.join(args)})"
 
@@ -85,6 +85,7 @@ def _attention_emit(e) -> str:
 register(OpDef(
     name="attention", doc="softmax(q k^T * scale + mask) v, with the KV cache; GQA when k has fewer heads",
     operands=("q", "k", "v", "bias"), optional_operands=("bias",), context=True, fusion="attention",
+    kv_cache=True, sequence=("k", 2),
     triton="flash_attention",
     attrs=(Attr("causal", "expr", default=True), Attr("scale", "expr", default=None),
            Attr("window", "expr", default=None, doc="sliding window length, or null"),

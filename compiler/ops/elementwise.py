@@ -39,23 +39,25 @@ def _same(ctx) -> list[TType]:
     return [x]
 
 
-def _binary(name: str, symbol: str, doc: str) -> OpDef:
+def _binary(name: str, symbol: str, doc: str, identity: dict) -> OpDef:
     return register(OpDef(
-        name=name, doc=doc, operands=("a", "b"), infer=_broadcast,
+        name=name, doc=doc, operands=("a", "b"), infer=_broadcast, identity=identity,
         emit=lambda e: f"{e['a']} {symbol} {e['b']}", fusion="broadcast", triton=f"{{a}} {symbol} {{b}}"))
 
 
-_binary("add", "+", "a + b, broadcasting like torch")
-_binary("sub", "-", "a - b, broadcasting like torch")
-_binary("mul", "*", "a * b, broadcasting like torch")
+_binary("add", "+", "a + b, broadcasting like torch", {"a": 0.0, "b": 0.0})
+_binary("sub", "-", "a - b, broadcasting like torch", {"b": 0.0})
+_binary("mul", "*", "a * b, broadcasting like torch", {"a": 1.0, "b": 1.0})
 
 def _scale_emit(e) -> str:
-    rounded = e.a("round_factor")
-    if rounded in ("False", "None"):
+    rounded = e.const("round_factor")
+    if rounded in (False, None):
         return f"{e['x']} * ({e.a('by')})"
     # A tensor constant in x's dtype, rounded once from the exact value, like a buffer of the model.
     factor = f"torch.tensor({e.a('by')}, dtype={e['x']}.dtype, device={e['x']}.device)"
-    return f"{e['x']} * {factor}" if rounded == "True" else f"{e['x']} * ({factor} if {rounded} else {e.a('by')})"
+    if rounded is True:
+        return f"{e['x']} * {factor}"
+    return f"{e['x']} * ({factor} if {e.a('round_factor')} else {e.a('by')})"
 
 
 register(OpDef(
@@ -67,7 +69,19 @@ register(OpDef(
                     "instead of multiplying by the exact factor in the op's compute precision")),
     infer=_same, emit=_scale_emit, fusion="elementwise",
     # the kernel multiplies by the exact factor; a factor rounded to the dtype first has no Triton form
-    triton=lambda a: "{x} * {by}" if a.get("round_factor", "False") in ("False", "None") else None))
+    triton=lambda a: "{x} * {by}" if a.get("round_factor") in (False, None) else None))
+
+def _full_like_emit(e) -> str:
+    value = e.const("value")
+    if value == 0 and not isinstance(value, bool):
+        return f"torch.zeros_like({e['x']})"
+    return f"torch.full_like({e['x']}, {e.a('value')})"
+
+
+register(OpDef(
+    name="full_like", doc="a tensor shaped like x, every element `value`", operands=("x",),
+    attrs=(Attr("value", "expr", required=True),), infer=lambda ctx: [ctx["x"]], emit=_full_like_emit,
+    fusion="opaque", internal=True))
 
 register(OpDef(
     name="silu", doc="x * sigmoid(x)", operands=("x",), infer=_same,
@@ -79,8 +93,8 @@ register(OpDef(
 
 
 def _gelu_emit(e) -> str:
-    approx = e.a("approximate")
-    return f"F.gelu({e['x']})" if approx == "'none'" else f"F.gelu({e['x']}, approximate={approx})"
+    approx = e.const("approximate")
+    return f"F.gelu({e['x']})" if approx == "none" else f"F.gelu({e['x']}, approximate={approx!r})"
 
 
 # tanh(u) = 2 * sigmoid(2u) - 1: tl.math has no tanh
@@ -93,7 +107,7 @@ register(OpDef(
     name="gelu", doc="GELU; approximate: none (erf) or tanh (gelu_new / gelu_pytorch_tanh)",
     operands=("x",), attrs=(Attr("approximate", "enum", default="none", choices=("none", "tanh")),),
     infer=_same, emit=_gelu_emit, fusion="elementwise",
-    triton=lambda attrs: _GELU_TRITON[attrs["approximate"].strip("'\"")]))
+    triton=lambda attrs: _GELU_TRITON.get(attrs["approximate"])))
 
 
 def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -107,6 +121,8 @@ register(OpDef(
     name="softcap", doc="tanh(x / cap) * cap (logit soft-capping); x unchanged when cap is null", operands=("x",),
     attrs=(Attr("cap", "expr", required=True, doc="the cap, or null for none"),), infer=_same,
     emit=lambda e: f"ops.softcap({e['x']}, {e.a('cap')})", fusion="elementwise",
-    triton=lambda a: None if a["cap"] == "None" else "(2.0 * tl.sigmoid(2.0 * {x} / {cap}) - 1.0) * {cap}"))
+    # a cap that only the config decides may be null at run time, which no kernel can take
+    triton=lambda a: None if a["cap"] is None or not isinstance(a["cap"], (int, float))
+    else "(2.0 * tl.sigmoid(2.0 * {x} / {cap}) - 1.0) * {cap}"))
 
 __all__ = ["softcap", "math"]

@@ -52,7 +52,7 @@ def positions(ids: torch.Tensor, ctx) -> torch.Tensor:
 
 register(OpDef(
     name="positions", doc="absolute positions past .. past+S-1 for every row of ids [B, S] (int)",
-    operands=("ids",), context=True, fusion="opaque",
+    operands=("ids",), context=True, fusion="opaque", sequence=("ids", 1),
     infer=lambda ctx: [TType(ctx.expect_rank("ids", 2).shape, "int")],
     emit=lambda e: f"ops.positions({e['ids']}, ctx)"))
 

@@ -40,7 +40,7 @@ register(OpDef(
     params={"w": "norm"},
     attrs=(Attr("eps", "expr", required=True), Attr("offset", "expr", default=0)),
     infer=_norm_infer, fusion="reduction", triton="rms_norm", positionwise=True,
-    emit=lambda e: (f"ops.rms_norm({e['x']}, {e.p('w')}.weight, {e.a('eps')})" if e.a("offset") in ("0", "0.0")
+    emit=lambda e: (f"ops.rms_norm({e['x']}, {e.p('w')}.weight, {e.a('eps')})" if e.const("offset") in (0, None)
                     else f"ops.rms_norm({e['x']}, {e.p('w')}.weight, {e.a('eps')}, offset={e.a('offset')})")))
 
 register(OpDef(

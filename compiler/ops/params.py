@@ -19,7 +19,9 @@ class ParamKind:
     dims: tuple[str, ...]                     # names of the shape list entries: linear: [in, out]
     options: dict[str, object]                # option name -> default (config expressions)
     tensors: Callable[[dict], list[tuple[str, tuple, object]]]   # dims+options -> (tensor, shape, condition)
-    construct: Callable[[dict], str]          # Python source constructing the module, from py-sources
+    # Python source constructing the module, from the options' and dims' sources and their values
+    # (printer.const_value: a constant, or SYMBOLIC when the config decides)
+    construct: Callable[[dict, dict], str]
     doc: str = ""
     variadic: bool = False                    # any rank: the dims are named d0, d1, ... in order
 
@@ -31,22 +33,22 @@ def _bias_tensors(shape_w, shape_b, opts):
 PARAM_KINDS: dict[str, ParamKind] = {k.name: k for k in (
     ParamKind("linear", ("in", "out"), {"bias": False},
               lambda d: _bias_tensors((d["out"], d["in"]), (d["out"],), d),
-              lambda s: f"ops.Linear({s['in']}, {s['out']}, bias={s['bias']})",
+              lambda s, v: f"ops.Linear({s['in']}, {s['out']}, bias={s['bias']})",
               "y = x @ weight.T + bias; weight is [out, in] like torch"),
     ParamKind("embedding", ("num", "dim"), {},
               lambda d: [("weight", (d["num"], d["dim"]), True)],
-              lambda s: f"nn.Embedding({s['num']}, {s['dim']})",
+              lambda s, v: f"nn.Embedding({s['num']}, {s['dim']})",
               "a table of `num` rows of size `dim`"),
     ParamKind("norm", ("dim",), {"bias": False},
               lambda d: _bias_tensors((d["dim"],), (d["dim"],), d),
-              lambda s: f"ops.Norm({s['dim']})" if s["bias"] == "False" else f"ops.Norm({s['dim']}, bias={s['bias']})",
+              lambda s, v: f"ops.Norm({s['dim']})" if v["bias"] in (False, None) else f"ops.Norm({s['dim']}, bias={s['bias']})",
               "the scale (and optional shift) of a normalisation"),
     ParamKind("conv2d", ("in", "out", "kernel"), {"bias": True},
               lambda d: _bias_tensors((d["out"], d["in"], d["kernel"], d["kernel"]), (d["out"],), d),
-              lambda s: f"nn.Conv2d({s['in']}, {s['out']}, {s['kernel']}, bias={s['bias']})",
+              lambda s, v: f"nn.Conv2d({s['in']}, {s['out']}, {s['kernel']}, bias={s['bias']})",
               "a square convolution kernel; weight is [out, in, kernel, kernel] like torch"),
     ParamKind("tensor", (), {},
               lambda d: [("weight", tuple(d[f"d{i}"] for i in range(len(d))), True)],
-              lambda s: f"ops.Tensor({', '.join(s[f'd{i}'] for i in range(len(s)))})",
+              lambda s, v: f"ops.Tensor({', '.join(s[f'd{i}'] for i in range(len(s)))})",
               "a bare learned tensor of any shape", variadic=True),
 )}

@@ -61,6 +61,13 @@ class OpDef:
     # only. None: true for the elementwise and broadcast kinds.
     positionwise: bool | None = None
     internal: bool = False                    # inserted by a pass; not an op a spec may write
+    # Capabilities generic code decides on (never on op names):
+    kv_cache: bool = False                    # keeps keys/values per call site: gets a KV-cache slot
+    # (operand, dim) whose model-level free dim is the sequence the op runs along (emitted as `seq=`)
+    sequence: tuple[str, int] | None = None
+    # operand -> the value that makes the op return its other operand unchanged (add: 0 for either,
+    # mul: 1): lets a pass defer the op into the next layer, starting from that value
+    identity: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_position(self) -> bool:
@@ -109,10 +116,14 @@ class InferCtx:
 
 
 class EmitCtx:
-    """What a lowering sees: Python source for each operand, param and attribute."""
+    """What a lowering sees: Python source for each operand, param and attribute, each attribute's
+    value where the compiler knows it (`const`), the node's KV-cache slot and sequence."""
 
-    def __init__(self, values: dict[str, str], params: dict[str, str], attrs: dict[str, str], outputs: list[str]):
+    def __init__(self, values: dict[str, str], params: dict[str, str], attrs: dict[str, str], outputs: list[str],
+                 consts: dict[str, Any] | None = None, slot: str | None = None, seq: str | None = None):
         self.values, self.params, self.attrs, self.outputs = values, params, attrs, outputs
+        self.consts = consts or {}
+        self.slot, self.seq = slot, seq
 
     def __getitem__(self, operand: str) -> str:
         return self.values[operand]
@@ -122,6 +133,14 @@ class EmitCtx:
 
     def a(self, name: str) -> str:
         return self.attrs[name]
+
+    def const(self, name: str):
+        """The attribute's value when it is a compile-time constant, else printer.SYMBOLIC."""
+        return self.consts.get(name)
+
+    def given(self, name: str) -> bool:
+        """The attribute is set: not absent, not a constant null."""
+        return self.consts.get(name) is not None
 
 
 OPS: dict[str, OpDef] = {}

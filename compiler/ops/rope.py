@@ -97,7 +97,7 @@ def rope_table(pos: torch.Tensor, ctx, dim: int, theta: float, scaling: dict | N
 def _table_emit(e) -> str:
     args = [e["pos"], "ctx", e.a("dim"), e.a("theta"), e.a("scaling")]
     for name in ("max_positions", "original_max_positions"):
-        if e.a(name) != "None":
+        if e.given(name):
             args.append(f"{name}={e.a(name)}")
     return f"ops.rope_table({', '.join(args)})"
 
@@ -128,7 +128,7 @@ def _table_infer(ctx) -> list[TType]:
 
 register(OpDef(
     name="rope_table", doc="cos, sin = rotary tables for integer positions [B, S] -> [B, S, dim]",
-    operands=("pos",), outputs=2, context=True, fusion="opaque",
+    operands=("pos",), outputs=2, context=True, fusion="opaque", sequence=("pos", 1),
     attrs=(Attr("dim", "expr", required=True), Attr("theta", "expr", required=True),
            Attr("scaling", "expr", default=None, doc="the rope_scaling / rope_parameters dict, or null"),
            Attr("max_positions", "expr", default=None,

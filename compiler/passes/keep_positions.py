@@ -13,32 +13,31 @@ outputs feed is in the tail (nothing else may see a cut tensor). Nothing found: 
 """
 from __future__ import annotations
 
-from compiler.ir import BlockIR, ModelIR, Node, Value
+from compiler.ir import Block, ModelIR, Node, Value
 from compiler.ops import OPS
 from compiler.symbolic import same_value
 
 OUTPUT = "logits"
 
 
-def insert_keep_positions(ir: ModelIR, output: str = OUTPUT) -> list[str]:
-    """Rewrite ir.blocks["model"] in place; returns the names of the values cut (empty: no tail)."""
-    block = ir.blocks.get("model")
-    out = next((v for v in block.outputs if block.values[v].name == output), None) if block else None
+def insert_keep_positions(ir: ModelIR, output: str = OUTPUT) -> None:
+    """Rewrite the model block in place; ir.keep_positions lists the values cut (empty: no tail)."""
+    block = ir.model
+    out = next((v for v in block.outputs if block.values[v].name == output), None)
     if out is None or len(block.values[out].type.shape) < 3:
-        return []
+        return
     lead = block.values[out].type.shape[:2]
     tail = _tail(block, out, lead)
-    if not tail:
-        return []
-    return _cut(block, tail)
+    if tail:
+        ir.keep_positions = _cut(block, tail)
 
 
-def _leads_with(block: BlockIR, vid: str, lead: tuple) -> bool:
+def _leads_with(block: Block, vid: str, lead: tuple) -> bool:
     shape = block.values[vid].type.shape
     return len(shape) >= 2 and all(same_value(a, b) for a, b in zip(shape[:2], lead))
 
 
-def _tail(block: BlockIR, out: str, lead: tuple) -> dict[str, Node]:
+def _tail(block: Block, out: str, lead: tuple) -> dict[str, Node]:
     tail: dict[str, Node] = {}
     users: dict[str, set[str]] = {}
     order = block.order()
@@ -63,16 +62,16 @@ def _tail(block: BlockIR, out: str, lead: tuple) -> dict[str, Node]:
     return tail
 
 
-def _cut(block: BlockIR, tail: dict[str, Node]) -> list[str]:
+def _cut(block: Block, tail: dict[str, Node]) -> list[str]:
     produced = {o for n in tail.values() for o in n.outputs}
-    first = min(n.index for n in tail.values())
+    first_node = min(tail.values(), key=lambda n: n.index)
+    first = first_node.index
     entering = []
     for node in sorted(tail.values(), key=lambda n: n.index):
         for vid in node.inputs.values():
             if vid not in produced and vid not in entering and len(block.values[vid].type.shape) >= 2:
                 entering.append(vid)
     names = {v.name for v in block.values.values()}
-    producers = block.producers()
     for k, vid in enumerate(entering):
         value = block.values[vid]
         outside = vid in block.outputs or any(u.id not in tail for u in block.users(vid))
@@ -83,18 +82,9 @@ def _cut(block: BlockIR, tail: dict[str, Node]) -> list[str]:
         block.values[new.id] = new
         # just before the tail's first node, in the author's order
         node = Node(f"keep_positions.{vid}", "keep_positions", {"x": vid}, {}, {}, [new.id],
-                    index=first - 0.5 + k / (2 * len(entering) + 2))
+                    first_node.loc, first - 0.5 + k / (2 * len(entering) + 2))
         block.add(node)
-        for user in tail.values():
-            fields = [f for f, v in user.inputs.items() if v == vid]
-            if not fields:
-                continue
-            for f in fields:
-                user.inputs[f] = new.id
-            src = producers.get(vid)
-            if src is not None and not any(producers.get(v) == src for v in user.inputs.values()):
-                block.graph.remove_edge(src, user.id)
-            block.graph.add_edge(node.id, user.id, value=new.id)
+        block.replace_uses(vid, new.id, among=list(tail.values()))
     return [block.values[v].name for v in entering]
 
 

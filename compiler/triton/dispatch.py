@@ -81,7 +81,7 @@ def kernel_report(model) -> dict[str, str]:
     """Fused group (block.name) -> the path it takes on the model's device."""
     module = sys.modules.get(type(model.net).__module__)
     kernels = getattr(module, "kernels", None)
-    with_kernel = {k["group"] for k in model.manifest.get("kernels", {}).values()}
+    with_kernel = {g for k in model.manifest.get("kernels", {}).values() for g in k.get("groups", [])}
     out = {}
     for block, groups in model.manifest.get("fusion", {}).get("groups", {}).items():
         for g in groups:

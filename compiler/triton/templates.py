@@ -12,6 +12,8 @@ import re
 import string
 from dataclasses import dataclass, field
 
+from compiler.printer import const_value
+
 RESERVED = {"row", "offs_n", "offs_d", "offs_m", "mask", "n_rows", "n_cols", "tl", "triton", "torch", "pid",
             "BLOCK_N", "BLOCK_M", "BLOCK_D", "acc"}
 
@@ -24,15 +26,16 @@ class KernelSource:
     launcher_args: list[str]   # in order: what the model.py method passes
     aot: dict                  # pointers / ints / floats / constexprs for ahead-of-time compiles
     dispatch: str = "enabled"
-    call: list[str] = field(default_factory=list)   # model.py expressions, keys into the local names
+    # What model.py passes the launcher, in order, as data the emitter resolves to its local names:
+    # ("value", value id), ("param", param name, tensor), ("attr", node id, attribute), ("ctx",),
+    # ("slot", node id), or ("kw", keyword, one of those).
+    call: list[tuple] = field(default_factory=list)
 
-    def call_args(self, local: dict[str, str], slots: dict[str, str]) -> str:
-        out = []
-        for c in self.call:
-            kind, _, what = c.partition(":")
-            out.append(local[what] if kind == "value" else slots.get(what, "self") if kind == "slot" else what)
-        # kinds: value:<value id> (the method's local name), slot:<node id> (KV-cache slot), expr:<source>
-        return ", ".join(out)
+
+# What each template can take, for the fusion pass: `chains` takes pointwise prologues and
+# epilogues; `horizontal` batches several independent ops of one kind reading a shared operand.
+TRAITS = {"pointwise": {"chains": True}, "row_reduction": {"chains": True}, "rope": {"horizontal": True},
+          "flash_attention": {}}
 
 
 def var(vid: str) -> str:
@@ -44,16 +47,16 @@ def _fields(fmt: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(fmt) if f]
 
 
-def pointwise_expr(op, node, values: dict[str, str], attr_src: dict[str, str], scalars: dict[str, str]) -> str:
+def pointwise_expr(op, node, values: dict[str, str], scalars: dict[str, tuple]) -> str:
     """The op's Triton expression with operands as kernel variables; attributes become scalar args."""
-    fmt = op.triton(attr_src) if callable(op.triton) else op.triton
+    fmt = op.triton({k: const_value(v) for k, v in node.attrs.items()}) if callable(op.triton) else op.triton
     subs = {}
     for f in _fields(fmt):
         if f in node.inputs:
             subs[f] = values[node.inputs[f]]
         else:
-            arg = f"{f}_{node.id}"
-            scalars[arg] = attr_src[f]
+            arg = var(f"{f}_{node.id}")
+            scalars[arg] = ("attr", node.id, f)
             subs[f] = arg
     return fmt.format(**subs)
 
@@ -80,14 +83,13 @@ def _row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags, offs) -> 
 
 
 # -- pointwise --------------------------------------------------------------------------------------
-def pointwise(name: str, doc: str, block, group, ops, py) -> KernelSource:
+def pointwise(name: str, doc: str, block, group, ops) -> KernelSource:
     inputs = [var(v) for v in group.inputs]
     outputs = [var(o) for o in group.outputs]
     scalars: dict[str, str] = {}
     body, values = [], {v: var(v) for v in group.inputs}
     for node in group.members:
-        attr_src = {k: py(a) for k, a in node.attrs.items()}
-        expr = pointwise_expr(ops[node.op], node, values, attr_src, scalars)
+        expr = pointwise_expr(ops[node.op], node, values, scalars)
         out = var(node.outputs[0])
         values[node.outputs[0]] = out
         body.append(f"    {out} = {expr}")
@@ -118,33 +120,36 @@ def pointwise(name: str, doc: str, block, group, ops, py) -> KernelSource:
         "    )",
         f"    return {', '.join(outputs)}",
     ]
-    call = [f"value:{v}" for v in group.inputs] + [f"expr:{s}" for s in scalars.values()]
+    call = [("value", v) for v in group.inputs] + list(scalars.values())
     aot = {"pointers": ptrs, "ints": ["n_rows", "n_cols", *strides], "floats": list(scalars),
            "constexprs": {"BLOCK_N": 1024}}
     return KernelSource(name, "pointwise", "\n".join(k + ["", ""] + launcher), inputs + list(scalars), aot, call=call)
 
 
 # -- row reduction ----------------------------------------------------------------------------------
-def _rms_norm_row(x, out, node, args, py):
+def _rms_norm_row(x, out, node, args):
     w = args.param("w", "weight")
-    eps = args.scalar("eps", py(node.attrs["eps"]))
-    offset = py(node.attrs.get("offset"))
+    eps = args.scalar("eps")
+    offset = const_value(node.attrs.get("offset"))
     lines = [f"    ms_{out} = tl.sum({x} * {x}, axis=0) / n_cols",
              f"    {out} = {x} * tl.math.rsqrt(ms_{out} + {eps})"]
     wv = f"tl.load({w} + offs_n, mask=mask, other=0.0).to(tl.float32)"
-    if offset in ("0", "0.0", "None"):
-        # Llama's order: round to the storage dtype, then scale by the weight
-        lines.append(f"    {out} = {out}.to({args.dtype}).to(tl.float32) * {wv}")
-    else:
-        off = args.scalar("offset", offset)
-        lines.append(f"    {out} = {out} * ({off} + {wv})")
-    return lines
+    # Llama's order: round to the storage dtype, then scale by the weight; with an offset (Gemma's
+    # 1 + w) the scale is applied in fp32 first. An offset the config decides is decided at launch.
+    llama = f"    {out} = {out}.to({args.dtype}).to(tl.float32) * {wv}"
+    if offset in (0, None):
+        return lines + [llama]
+    gemma = f"    {out} = {out} * ({args.scalar('offset')} + {wv})"
+    if isinstance(offset, (int, float)):
+        return lines + [gemma]
+    flag = args.flag(f"HAS_OFFSET_{node.id}", ("attr", node.id, "offset"))
+    return lines + [f"    if {flag}:", "    " + gemma, "    else:", "    " + llama]
 
 
-def _layer_norm_row(x, out, node, args, py):
+def _layer_norm_row(x, out, node, args):
     w = args.param("w", "weight")
     b = args.param("w", "bias", optional=True)
-    eps = args.scalar("eps", py(node.attrs["eps"]))
+    eps = args.scalar("eps")
     return [f"    mean_{out} = tl.sum({x}, axis=0) / n_cols",
             f"    diff_{out} = tl.where(mask, {x} - mean_{out}, 0.0)",
             f"    var_{out} = tl.sum(diff_{out} * diff_{out}, axis=0) / n_cols",
@@ -162,7 +167,8 @@ class _Args:
     def __init__(self, node, dtype: str):
         self.node, self.dtype = node, dtype
         self.params: list[tuple[str, str, str, bool]] = []   # (kernel ptr name, param, tensor, optional)
-        self.scalars: dict[str, str] = {}
+        self.scalars: dict[str, tuple] = {}
+        self.flags: dict[str, tuple] = {}      # constexpr name -> the attribute whose truth sets it
 
     def param(self, field: str, tensor: str, optional: bool = False) -> str:
         pname = self.node.params[field]
@@ -170,13 +176,18 @@ class _Args:
         self.params.append((ptr, pname, tensor, optional))
         return ptr
 
-    def scalar(self, attr: str, src: str) -> str:
-        arg = f"{attr}_{self.node.id}"
-        self.scalars[arg] = src
+    def scalar(self, attr: str) -> str:
+        arg = var(f"{attr}_{self.node.id}")
+        self.scalars[arg] = ("attr", self.node.id, attr)
         return arg
 
+    def flag(self, name: str, source: tuple) -> str:
+        flag = var(name).upper()
+        self.flags[flag] = source
+        return flag
 
-def row_reduction(name: str, doc: str, block, group, ops, py) -> KernelSource:
+
+def row_reduction(name: str, doc: str, block, group, ops) -> KernelSource:
     inputs = [var(v) for v in group.inputs]
     outputs = [var(o) for o in group.outputs]
     scalars: dict[str, str] = {}
@@ -188,26 +199,27 @@ def row_reduction(name: str, doc: str, block, group, ops, py) -> KernelSource:
         out = var(node.outputs[0])
         if op.fusion == "reduction":
             args = _Args(node, f"{first}_ptr.dtype.element_ty")
-            body += ROW_REDUCTIONS[op.triton](values[node.inputs["x"]], out, node, args, py)
+            body += ROW_REDUCTIONS[op.triton](values[node.inputs["x"]], out, node, args)
             scalars.update(args.scalars)
         else:
-            attr_src = {k: py(a) for k, a in node.attrs.items()}
-            body.append(f"    {out} = {pointwise_expr(op, node, values, attr_src, scalars)}")
+            body.append(f"    {out} = {pointwise_expr(op, node, values, scalars)}")
         values[node.outputs[0]] = out
         if node.outputs[0] in group.outputs:
             body.append(f"    tl.store({out}_ptr + row * stride_{out} + offs_n, {out}.to({out}_ptr.dtype.element_ty), mask=mask)")
     param_ptrs = [p for p, _, _, _ in args.params]
     optional = [(p, pname, t) for p, pname, t, opt in args.params if opt]
     ptrs = [f"{v}_ptr" for v in inputs] + param_ptrs + [f"{o}_ptr" for o in outputs]
-    flags = [f"HAS_{p.upper()}" for p, _, _ in optional]
+    flags = [f"HAS_{p.upper()}" for p, _, _ in optional] + list(args.flags)
+    value_flags = list(args.flags)   # set from an attribute's value at launch
     strides = [f"stride_{v}" for v in inputs + outputs]
     k = [
         *_row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags, offs="tl.arange(0, BLOCK_N)"),
         *body,
     ]
     param_args = [p[:-4] for p in param_ptrs]       # launcher args: the tensors themselves
+    flag_args = [f.lower() for f in value_flags]
     launcher = [
-        f"def {name}({', '.join(inputs + param_args + list(scalars))}):",
+        f"def {name}({', '.join(inputs + param_args + list(scalars) + flag_args)}):",
         f'    """{doc}"""',
         f"    n_cols = {first}.shape[-1]",
         *[f"    {v}_2d = _rows({v}, n_cols)" for v in inputs],
@@ -220,16 +232,17 @@ def row_reduction(name: str, doc: str, block, group, ops, py) -> KernelSource:
         f"        {', '.join([f'{v}_2d.stride(0)' for v in inputs] + ['n_cols'] * len(outputs))},",
         *([f"        {', '.join(scalars)},"] if scalars else []),
         *[f"        {f}={p[:-4]} is not None," for f, (p, _, _) in zip(flags, optional)],
+        *[f"        {f}=bool({f.lower()})," for f in value_flags],
         "        BLOCK_N=BLOCK_N, num_warps=_row_warps(BLOCK_N),",
         "    )",
         f"    return {', '.join(outputs)}",
     ]
-    call = ([f"value:{v}" for v in group.inputs] + [f"expr:self.{pname}.{t}" for _, pname, t, _ in args.params]
-            + [f"expr:{s}" for s in scalars.values()])
+    call = ([("value", v) for v in group.inputs] + [("param", pname, t) for _, pname, t, _ in args.params]
+            + list(scalars.values()) + list(args.flags.values()))
     aot = {"pointers": ptrs, "ints": ["n_rows", "n_cols", *strides], "floats": list(scalars),
            "constexprs": {"BLOCK_N": 1024, **{f: True for f in flags}}, "num_warps": 4}
     return KernelSource(name, "row_reduction", "\n".join(k + ["", ""] + launcher),
-                        inputs + param_args + list(scalars), aot, call=call)
+                        inputs + param_args + list(scalars) + flag_args, aot, call=call)
 
 
 def _maybe(arg: str, fallback: str) -> str:
@@ -248,7 +261,7 @@ def _rope_head(x_row, out_row, cos, sin, offs_d, mask, partner, sign, rot):
 '''
 
 
-def rope(name: str, doc: str, block, group, ops, py) -> KernelSource | None:
+def rope(name: str, doc: str, block, group, ops) -> KernelSource | None:
     cos_ids = {n.inputs["cos"] for n in group.members}
     sin_ids = {n.inputs["sin"] for n in group.members}
     if len(cos_ids) != 1 or len(sin_ids) != 1:
@@ -316,7 +329,7 @@ def rope(name: str, doc: str, block, group, ops, py) -> KernelSource | None:
         f"    return {', '.join(outs)}",
     ]
     order = [n.inputs["x"] for n in group.members] + [next(iter(cos_ids)), next(iter(sin_ids))]
-    call = [f"value:{v}" for v in order]
+    call = [("value", v) for v in order]
     ptrs = [f"{x}_ptr" for x in xs] + [f"{cos}_ptr", f"{sin}_ptr"] + [f"{o}_ptr" for o in outs]
     ints = ["seq_len", "head_dim", "rot_dim", *heads, *strides,
             f"stride_{cos}_b", f"stride_{cos}_s", f"stride_{sin}_b", f"stride_{sin}_s"]
@@ -432,12 +445,12 @@ def {name}(q, k, v, ctx, slot, causal=True, scale=None, window=None, softcap=Non
     return out'''
 
 
-def flash_attention(name: str, doc: str, block, group, ops, py) -> KernelSource:
+def flash_attention(name: str, doc: str, block, group, ops) -> KernelSource:
     node = group.members[0]
-    call = [f"value:{node.inputs[f]}" for f in ("q", "k", "v")] + ["expr:ctx", f"slot:{node.id}"]
+    call = [("value", node.inputs[f]) for f in ("q", "k", "v")] + [("ctx",), ("slot", node.id)]
     for attr in ("causal", "scale", "window", "softcap"):
-        if node.attrs.get(attr) is not None:
-            call.append(f"expr:{attr}={py(node.attrs[attr])}")
+        if const_value(node.attrs.get(attr)) is not None:
+            call.append(("kw", attr, ("attr", node.id, attr)))
     ptrs = ["q_ptr", "k_ptr", "v_ptr", "out_ptr", "pad_ptr"]
     ints = ["n_heads", "kv_group", "q_len", "kv_len", "head_dim",
             *[f"stride_{t}{d}" for t in "qkvo" for d in ("b", "h", "m" if t in "qo" else "n")], "stride_pb", "window"]
@@ -452,13 +465,13 @@ def flash_attention(name: str, doc: str, block, group, ops, py) -> KernelSource:
 
 TEMPLATES = {"pointwise": pointwise, "row_reduction": row_reduction, "rope": rope,
              "flash_attention": flash_attention}
+assert TEMPLATES.keys() == TRAITS.keys()
 
 
 def _flash_supports(node) -> bool:
     """The flash kernel implements causal, window, softcap and key padding; an additive score bias
     (T5's relative positions) or keys from an encoder's sequence stay on the PyTorch path."""
-    keys = node.attrs.get("encoder_keys")
-    from_encoder = keys is not None and not (keys.is_constant() and not keys.evaluate({}))
+    from_encoder = const_value(node.attrs.get("encoder_keys")) not in (None, False)
     return "bias" not in node.inputs and not from_encoder
 
 

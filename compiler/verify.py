@@ -1,0 +1,128 @@
+"""`verify(ir)`: the IR's invariants (stated at the top of compiler/ir.py), checked after every pass
+in the test suite. A failure is a bug in a pass, not in the spec: it raises IRError naming the block,
+the node and what broke."""
+from __future__ import annotations
+
+import networkx as nx
+
+from compiler.ir import REGION, STRUCTURAL, Block, ModelIR, Node
+from compiler.ops import OPS
+from compiler.ops.registry import InferCtx, ShapeError
+from compiler.symbolic import same_type
+
+
+class IRError(AssertionError):
+    """An IR invariant does not hold after a pass."""
+
+
+def verify(ir: ModelIR, after: str = "") -> None:
+    where = f" after {after}" if after else ""
+    for block in ir.blocks.values():
+        problems = _block_problems(ir, block)
+        if problems:
+            raise IRError(f"IR invariant broken{where} in block '{block.name}':\n  " + "\n  ".join(problems))
+
+
+def _block_problems(ir: ModelIR, block: Block) -> list[str]:
+    out: list[str] = []
+    if not nx.is_directed_acyclic_graph(block.graph):
+        return ["the block graph has a cycle"]
+    defined: dict[str, str] = {v: "input" for v in block.inputs}
+    used_params: set[str] = set()
+    for node in block.order():
+        for vid in node.inputs.values():
+            if vid not in defined:
+                out.append(f"{node.id} ({node.op}) reads '{vid}' before any definition")
+        out += _edge_problems(block, node, defined)
+        for vid in node.outputs:
+            if vid in defined:
+                out.append(f"value '{vid}' defined twice ({defined[vid]} and {node.id})")
+            if vid not in block.values:
+                out.append(f"{node.id} defines '{vid}', which has no type")
+            defined[vid] = node.id
+        members = node.region.nodes if node.region is not None else [node]
+        if node.region is not None:
+            out += _region_problems(block, node)
+            if node.region.fused_param is not None:
+                used_params.add(node.region.fused_param)
+        for member in members:
+            used_params.update(member.params.values())
+            if member.op in STRUCTURAL:
+                used_params.add(member.block)
+                out += _call_problems(ir, block, member)
+            elif member.op != REGION:
+                out += _type_problems(block, member)
+    for vid in block.outputs:
+        if vid not in defined:
+            out.append(f"output '{vid}' is never defined")
+    for name, p in block.params.items():
+        if p.fused_into is not None:
+            if p.fused_into not in block.params or name not in block.params[p.fused_into].members:
+                out.append(f"param '{name}' says it is fused into '{p.fused_into}', which does not list it")
+            continue
+        if name not in used_params:
+            out.append(f"param '{name}' is used by no node")
+    return out
+
+
+def _edge_problems(block: Block, node: Node, defined: dict[str, str]) -> list[str]:
+    want = {(defined[v], v) for v in node.inputs.values() if defined.get(v, "input") != "input"}
+    have = {(u, k) for u, _, k in block.graph.in_edges(node.id, keys=True)}
+    if want != have:
+        return [f"{node.id} ({node.op}): edges {sorted(have)} do not mirror its operands {sorted(want)}"]
+    return []
+
+
+def _region_problems(block: Block, node: Node) -> list[str]:
+    region = node.region
+    out = []
+    inside = {o for m in region.nodes for o in m.outputs}
+    reads = list(dict.fromkeys(v for m in region.nodes for v in m.inputs.values() if v not in inside))
+    if sorted(reads) != sorted(region.inputs) or sorted(region.inputs) != sorted(node.inputs.values()):
+        out.append(f"region {region.name}: inputs {region.inputs} are not what its members read from outside {reads}")
+    if region.outputs != node.outputs or not set(region.outputs) <= inside:
+        out.append(f"region {region.name}: outputs {region.outputs} are not member outputs")
+    later = {v for n in block.nodes() if n.id != node.id for v in n.inputs.values()} | set(block.outputs)
+    escaping = [o for o in inside if o in later]
+    if not set(escaping) <= set(region.outputs):
+        out.append(f"region {region.name}: {sorted(set(escaping) - set(region.outputs))} are read after it but not outputs")
+    for m in region.nodes:
+        if block.graph.has_node(m.id):
+            out.append(f"region {region.name}: member {m.id} is still in the block graph")
+    return out
+
+
+def _type_problems(block: Block, node: Node) -> list[str]:
+    op = OPS.get(node.op)
+    if op is None:
+        return [f"{node.id}: unknown op '{node.op}'"]
+    params = {f: block.params[p] for f, p in node.params.items() if p in block.params}
+    if len(params) != len(node.params):
+        return [f"{node.id} ({node.op}): reads params {node.params}, not all in the block"]
+    ctx = InferCtx(op, {f: block.values[v].type for f, v in node.inputs.items()}, node.attrs, params)
+    try:
+        types = op.infer(ctx)
+    except ShapeError as err:
+        return [f"{node.id} ({node.op}): its shape rule fails on its operands: {err}"]
+    recorded = [block.values[o].type for o in node.outputs]
+    if len(types) != len(recorded) or not all(same_type(a, b) for a, b in zip(types, recorded)):
+        return [f"{node.id} ({node.op}): outputs typed {[str(t) for t in recorded]}, its rule says {[str(t) for t in types]}"]
+    return []
+
+
+def _call_problems(ir: ModelIR, block: Block, node: Node) -> list[str]:
+    p = block.params.get(node.block)
+    if p is None or p.kind != "block" or p.block not in ir.blocks:
+        return [f"{node.id} ({node.op}) runs '{node.block}', not a block param of '{block.name}'"]
+    callee = ir.blocks[p.block]
+    out = []
+    if set(node.inputs) != {callee.values[i].name for i in callee.inputs}:
+        out.append(f"{node.id} ({node.op} {p.block}): arguments {sorted(node.inputs)} are not the callee's inputs")
+    if len(node.outputs) != len(callee.outputs):
+        out.append(f"{node.id} ({node.op} {p.block}): {len(node.outputs)} outputs for the callee's {len(callee.outputs)}")
+    if node.op == "repeat":
+        names = {callee.values[i].name for i in callee.inputs}
+        carried = [callee.values[o].name for o in callee.outputs]
+        if not set(carried) <= names:
+            out.append(f"{node.id} (repeat {p.block}): outputs {carried} do not all feed an input of the same name")
+    return out
