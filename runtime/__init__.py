@@ -12,7 +12,12 @@ __all__ = [*_LAZY, "CheckpointError", "ConfigError", "ArtifactError"]
 
 
 def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
     import importlib
-    return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    try:      # a submodule reached as an attribute (runtime.loader) before anything imported it
+        return importlib.import_module(f"runtime.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"runtime.{name}":
+            raise
+        raise AttributeError(f"module 'runtime' has no attribute {name!r}") from None

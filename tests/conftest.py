@@ -7,3 +7,6 @@ import torch
 # on before anything (transformers' modeling code does) imports triton.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Every compile in the suite checks the IR's invariants after each pass (compiler/verify.py).
+os.environ.setdefault("GRAPHSPEC_VERIFY", "1")

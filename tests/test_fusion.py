@@ -6,8 +6,8 @@ import torch
 
 import runtime
 from compiler.errors import SpecError
-from compiler.lower import lower
-from compiler.passes.fusion import check_contracts, fuse
+from compiler.passes import run_pipeline
+from compiler.passes.expect_fused import check_expect_fused
 from compiler.pipeline import compile_spec
 from compiler.spec import load_spec
 from tests.hf_checkpoints import randomize, save
@@ -43,67 +43,69 @@ weights:
 """
 
 
-def plan_for(path_or_text, tmp_path=None):
+def fused_ir(path_or_text, tmp_path=None):
+    """The IR right after the fusion pass."""
     if tmp_path is not None:
         path = tmp_path / "toy.yaml"
         path.write_text(path_or_text)
         path_or_text = path
-    ir = lower(load_spec(path_or_text))
-    return ir, fuse(ir)
+    return run_pipeline(load_spec(path_or_text), until="fuse")
 
 
-def groups_by_ops(ir, plan, block):
-    nodes = {n.id: n for n in ir.blocks[block].order()}
-    return {"+".join(nodes[n].op for n in g.nodes): g for g in plan.groups[block]}
+def regions_by_ops(ir, block):
+    return {"+".join(m.op for m in n.region.nodes): n.region for n in ir.blocks[block].order() if n.region}
 
 
 def test_llama_groups_are_found_from_fusion_kinds():
-    ir, plan = plan_for(LLAMA)
-    layer = groups_by_ops(ir, plan, "decoder_layer")
-    norm = layer["add+rms_norm"]
-    names = [ir.blocks["decoder_layer"].values[v].name for v in norm.outputs]
-    assert norm.template == "row_reduction" and names == ["x", "h"]   # new residual and normalised output
-    attn = groups_by_ops(ir, plan, "attention")
+    ir = fused_ir(LLAMA)
+    layer = ir.blocks["decoder_layer"]
+    norms = [n.region for n in layer.order() if n.region]
+    # after the residual adds moved across layer boundaries: [add+rms_norm, attention, add+rms_norm, mlp]
+    assert [[m.op for m in r.nodes] for r in norms] == [["add", "rms_norm"], ["add", "rms_norm"]]
+    assert [n.op for n in layer.order()] == ["region", "call", "region", "call"]
+    assert all(r.template == "row_reduction" for r in norms)
+    assert [layer.values[v].name for v in norms[1].outputs] == ["x", "h"]   # new residual and normalised output
+    attn = regions_by_ops(ir, "attention")
     assert attn["rope+rope"].template == "rope"
-    assert attn["linear+linear+linear"].fused_param.members == ["q_proj", "k_proj", "v_proj"]
-    assert attn["linear+linear+linear"].name == "qkv_proj"
-    mlp = groups_by_ops(ir, plan, "mlp")
+    assert ir.blocks["attention"].params[attn["linear+linear+linear"].fused_param].members == ["q_proj", "k_proj", "v_proj"]
+    assert attn["linear+linear+linear"].fused_param == "qkv_proj"
+    mlp = regions_by_ops(ir, "mlp")
     assert mlp["silu+mul"].template == "pointwise"
-    assert mlp["linear+linear"].fused_param.name == "gate_up_proj"
+    assert mlp["linear+linear"].fused_param == "gate_up_proj"
 
 
 def test_every_decision_is_recorded_with_a_reason():
-    ir, plan = plan_for(LLAMA)
-    refused = [d for d in plan.decisions if not d.taken]
-    taken = [d for d in plan.decisions if d.taken]
-    assert taken and refused and all(d.reason for d in plan.decisions)
+    ir = fused_ir(LLAMA)
+    refused = [d for d in ir.decisions if not d.taken]
+    taken = [d for d in ir.decisions if d.taken]
+    assert taken and refused and all(d.reason for d in ir.decisions)
     assert any("opaque" in d.reason for d in refused)
     assert any(d.rule == "horizontal" and "cos, sin" in d.reason for d in taken)
 
 
 def test_chains_merge_and_broadcast_operands_are_refused(tmp_path):
-    ir, plan = plan_for(TOY, tmp_path)
-    groups = groups_by_ops(ir, plan, "model")
+    ir = fused_ir(TOY, tmp_path)
+    groups = regions_by_ops(ir, "model")
     assert groups["scale+silu+mul"].template == "pointwise"
     assert "linear+linear+linear" in groups and groups["add+add"].template == "pointwise"
-    assert any(not d.taken and "broadcast" in d.reason and "v" in d.reason for d in plan.decisions)
+    assert any(not d.taken and "broadcast" in d.reason and "v" in d.reason for d in ir.decisions)
 
 
 def test_a_tied_projection_is_not_concatenated(tmp_path):
     text = TOY.replace("c: {linear: [d, d]}", "c: {linear: [d, d], tied: {to: a}}")
-    ir, plan = plan_for(text, tmp_path)
-    groups = groups_by_ops(ir, plan, "model")
+    ir = fused_ir(text, tmp_path)
+    groups = regions_by_ops(ir, "model")
     assert "linear+linear+linear" not in groups
-    assert any(not d.taken and "tied" in d.reason for d in plan.decisions)
+    assert any(not d.taken and "tied" in d.reason for d in ir.decisions)
 
 
 def test_a_required_fusion_that_did_not_happen_fails_compilation(tmp_path):
     text = TOY + "expect_fused: [scale+silu, linear+add]\n"
     path = tmp_path / "toy.yaml"
     path.write_text(text)
-    ir, plan = plan_for(path)
+    ir = fused_ir(path)
     with pytest.raises(SpecError) as err:
-        check_contracts(ir, plan)
+        check_expect_fused(ir)
     message = str(err.value)
     assert "linear+add" in message and "scale+silu" not in message and "toy.yaml" in message
     with pytest.raises(SpecError):
@@ -161,13 +163,14 @@ def test_fused_toy_model_computes_what_the_unfused_one_does(tmp_path):
     assert (outs[0] - outs[1]).abs().max().item() <= 1e-5
 
 
-def test_group_names_avoid_what_the_installed_torch_defines_on_nn_module():
-    """The fusion pass keeps a copy of nn.Module's public attributes (it must not import torch)."""
+def test_param_names_avoid_what_the_installed_torch_defines_on_nn_module():
+    """The compiler keeps a copy of nn.Module's public attributes (it must not import torch)."""
     import subprocess
     import sys
 
-    from compiler.passes.fusion import NN_MODULE_ATTRS
+    from compiler.names import NN_MODULE_ATTRS
     # A fresh process: this one has transformers loaded, which adds nn.Module.smart_apply.
     code = "from torch import nn; print(*(n for n in {*dir(nn.Module), *dir(type(nn.Module))} if n[0] != '_'))"
     public = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
-    assert NN_MODULE_ATTRS == public, "update the copy in compiler/passes/fusion.py"
+    ours = {"training", "cfg", "layer", "tie_weights"}       # what every emitted module sets besides
+    assert NN_MODULE_ATTRS - ours == public, "update the copy in compiler/names.py"

@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 
 from compiler.errors import SpecError
-from compiler.lower import lower
+from compiler.passes import run_pipeline
 from compiler.spec import load_spec
-from compiler.weight_rules import check_rules
 
 BERT = Path("specs/bert.yaml").read_text()
 
@@ -17,19 +16,14 @@ def problems(tmp_path, text: str) -> str:
     path = tmp_path / "bert.yaml"
     path.write_text(text)
     with pytest.raises(SpecError) as err:
-        spec = load_spec(path)
-        lower(spec)
-        found = check_rules(spec)
-        if found:
-            raise SpecError(found)
+        run_pipeline(load_spec(path), until="check_weight_rules")
     return str(err.value)
 
 
 def test_every_encoder_spec_lowers_with_its_heads():
     for name, heads in {"bert": 5, "roberta": 5, "distilbert": 5, "vit": 2}.items():
-        spec = load_spec(f"specs/{name}.yaml")
-        ir = lower(spec)
-        assert len(ir.heads) == heads and not check_rules(spec)
+        ir = run_pipeline(load_spec(f"specs/{name}.yaml"), until="check_weight_rules")
+        assert len(ir.heads) == heads and all(ir.head_block(h).role == "head" for h in ir.heads)
 
 
 def test_a_head_sees_the_model_outputs_not_its_inner_values(tmp_path):

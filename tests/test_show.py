@@ -7,6 +7,7 @@ import networkx as nx
 import pytest
 
 from compiler.lower import lower
+from compiler.passes import run_pipeline
 from compiler.spec import load_spec
 from tools.cli import main
 from tools.show import drawing, to_dot, to_mermaid
@@ -97,9 +98,10 @@ def parse_dot(text: str) -> tuple[nx.DiGraph, dict[str, set[str]], dict[str, str
 @pytest.mark.parametrize("path", SPECS)
 def test_dot_parses_with_one_cluster_per_block_and_the_dataflow_of_the_ir(path):
     ir = lower(load_spec(path))
-    graph, clusters, labels = parse_dot(to_dot(drawing(ir), ir.spec.name))
-    assert set(clusters) == {f"cluster__{b}" for b in ir.blocks}
-    for name, block in ir.blocks.items():
+    graph, clusters, labels = parse_dot(to_dot(drawing(ir), ir.name))
+    assert set(clusters) == {f"cluster__{b.name}" for b in ir.trunk()}
+    for block in ir.trunk():
+        name = block.name
         ops = [n for n in clusters[f"cluster__{name}"] if re.fullmatch(rf"{name}__n[0-9]+", n)]
         assert len(ops) == len(block.order())
         # every output is reached from the block's inputs through its own ops only
@@ -158,7 +160,7 @@ def parse_mermaid(text: str) -> tuple[dict[str, str], list[tuple[str, str]], dic
 def test_mermaid_is_well_formed_with_one_subgraph_per_block(path):
     ir = lower(load_spec(path))
     nodes, edges, clusters = parse_mermaid(to_mermaid(drawing(ir)))
-    assert set(clusters) == {f"cluster__{b}" for b in ir.blocks}
+    assert set(clusters) == {f"cluster__{b.name}" for b in ir.trunk()}
     assert sum(1 for label in nodes.values() if "decoder_layer × num_layers" in label) == 1
     assert ("model__n2", "cluster__decoder_layer") in edges
     assert ("decoder_layer__n1", "cluster__attention") in edges
@@ -182,35 +184,27 @@ def test_the_dot_check_rejects_a_syntax_slip(slip):
         parse_dot(text.replace(*slip))
 
 
-def test_groups_of_a_pass_are_drawn_as_boxes_inside_their_block():
-    ir = lower(load_spec("specs/llama.yaml"))
-    groups = {"mlp": [("silu_mul [pointwise]", ["n2", "n3"])], "attention": [("rope_q_k [rope]", ["n6", "n7"])]}
-    picture = drawing(ir, groups)
+def test_fused_regions_are_drawn_as_boxes_inside_their_block():
+    ir = run_pipeline(load_spec("specs/llama.yaml"), until="fuse")
+    picture = drawing(ir)
     nodes, _, clusters = parse_mermaid(to_mermaid(picture))
-    assert clusters["group__mlp__0"] == {"mlp__n2", "mlp__n3"}
-    assert clusters["group__attention__0"] == {"attention__n6", "attention__n7"}
-    assert "mlp__n2" not in clusters["cluster__mlp"] and "mlp__n0" in clusters["cluster__mlp"]
+    assert clusters["group__mlp__g_silu_mul"] == {"mlp__n2", "mlp__n3"}
+    assert clusters["group__attention__g_rope_q_k"] == {"attention__n6", "attention__n7"}
+    assert "mlp__n2" not in clusters["cluster__mlp"] and "mlp__n4" in clusters["cluster__mlp"]
     graph, dot_clusters, labels = parse_dot(to_dot(picture, "llama"))
-    assert dot_clusters["cluster__group__mlp__0"] == {"mlp__n2", "mlp__n3"}
-    assert labels["cluster__group__mlp__0"] == "silu_mul [pointwise]"
+    assert dot_clusters["cluster__group__mlp__g_silu_mul"] == {"mlp__n2", "mlp__n3"}
+    assert labels["cluster__group__mlp__g_silu_mul"] == "silu_mul [pointwise]"
     assert graph.has_edge("mlp__n2", "mlp__n3")
 
 
-def _has_fusion_pass() -> bool:
-    import importlib.util
-    try:
-        return importlib.util.find_spec("compiler.passes.fusion") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _has_fusion_pass(), reason="compiler/passes/fusion.py comes with the fusion branch")
-def test_show_after_fusion_boxes_the_fusion_groups(capsys):
-    from compiler.passes.fusion import fuse
-    assert main(["show", "specs/llama.yaml", "--after", "fusion"]) == 0
+def test_show_after_a_pass_draws_the_ir_at_that_point(capsys):
+    assert main(["show", "specs/llama.yaml", "--after", "fuse"]) == 0
     nodes, edges, clusters = parse_mermaid(capsys.readouterr().out)
-    plan = fuse(lower(load_spec("specs/llama.yaml")))
-    for block, groups in plan.groups.items():
-        for k, group in enumerate(groups):
-            assert clusters[f"group__{block}__{k}"] == {f"{block}__{n}" for n in group.nodes}
-    assert any(len(members) > 1 for name, members in clusters.items() if name.startswith("group__"))
+    ir = run_pipeline(load_spec("specs/llama.yaml"), until="fuse")
+    for block in ir.trunk():
+        for node in block.order():
+            if node.region is not None:
+                box = "group__" + re.sub(r"[^A-Za-z0-9_]", "_", f"{block.name}__{node.id}")
+                assert clusters[box] == {re.sub(r"[^A-Za-z0-9_]", "_", f"{block.name}__{m.id}") for m in node.region.nodes}
+    assert main(["show", "specs/llama.yaml", "--after", "lower"]) == 0
+    assert "group__" not in capsys.readouterr().out

@@ -94,7 +94,7 @@ register(OpDef(
 
 def _gelu_emit(e) -> str:
     approx = e.const("approximate")
-    return f"F.gelu({e['x']})" if approx == "none" else f"F.gelu({e['x']}, approximate={approx!r})"
+    return f"F.gelu({e['x']})" if approx == "none" else f'F.gelu({e["x"]}, approximate="{approx}")'
 
 
 # tanh(u) = 2 * sigmoid(2u) - 1: tl.math has no tanh

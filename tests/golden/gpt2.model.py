@@ -6,8 +6,8 @@ from __future__ import annotations
 import math  # noqa: F401  (config expressions may use sqrt, floor, ...)
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+import torch  # noqa: F401
+import torch.nn.functional as F  # noqa: F401
 from torch import nn
 
 from compiler import ops
@@ -35,28 +35,62 @@ class Config:
     tie_word_embeddings: bool  # config.json: tie_word_embeddings
 
 
+def gelu(h):
+    """Fused group [pointwise]: h = gelu(h)"""
+    if kernels.enabled(h):
+        return kernels.gelu(h)
+    h = F.gelu(h, approximate="tanh")
+    return h
+
+
+def attention(q, k, v, ctx, slot, scale):
+    """Fused group [flash_attention]: y = attention(q, k, v)"""
+    if kernels.enabled(q):
+        return kernels.attention(q, k, v, ctx, slot, causal=True, scale=scale)
+    y = ops.attention(q, k, v, ctx, slot, causal=True, scale=scale)
+    return y
+
+
+def add_layer_norm(x, h, w, eps):
+    """Fused group [row_reduction]: x = add(x, h); h = layer_norm(x, w=w)"""
+    if kernels.enabled(x):
+        return kernels.add_layer_norm(x, h, w.weight, w.bias, eps)
+    x = x + h
+    h = ops.layer_norm(x, w.weight, w.bias, eps)
+    return x, h
+
+
+def add(x, p):
+    """Fused group [pointwise]: x = add(x, p)"""
+    if kernels.enabled(x):
+        return kernels.add(x, p)
+    x = x + p
+    return x
+
+
+def add_layer_norm_2(x, h, w, eps):
+    """Fused group [row_reduction]: x = add(x, h); x = layer_norm(x, w=w)"""
+    if kernels.enabled(x):
+        return kernels.add_layer_norm_2(x, h, w.weight, w.bias, eps)
+    x = x + h
+    x = ops.layer_norm(x, w.weight, w.bias, eps)
+    return x
+
+
 class Mlp(nn.Module):
     """x: float[B, S, hidden_size] -> y"""
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.c_fc = ops.Linear(cfg.hidden_size, cfg.inner_size, bias=True)
-        self.c_proj = ops.Linear(cfg.inner_size, cfg.hidden_size, bias=True)
+        self.c_fc = ops.Linear(cfg.hidden_size, cfg.inner_size, bias=True)  # gpt2.yaml:54
+        self.c_proj = ops.Linear(cfg.inner_size, cfg.hidden_size, bias=True)  # gpt2.yaml:55
 
     def forward(self, x):
-        cfg = self.cfg
-        h = self.c_fc(x)                                                # [B, S, inner_size]
-        h = self.gelu(h)                                                # [B, S, inner_size]
-        y = self.c_proj(h)                                              # [B, S, hidden_size]
+        h = self.c_fc(x)                                                # [B, S, inner_size]  gpt2.yaml:57
+        h = gelu(h)                                                     # [B, S, inner_size]  gpt2.yaml:58
+        y = self.c_proj(h)                                              # [B, S, hidden_size]  gpt2.yaml:59
         return y
-
-    def gelu(self, h):
-        """Fused group (pointwise), spec ops: h = gelu(h)"""
-        if kernels.enabled(h):
-            return kernels.mlp_gelu(h)
-        h = F.gelu(h, approximate='tanh')
-        return h
 
 
 class Attention(nn.Module):
@@ -66,73 +100,40 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layer = layer
-        self.qkv_proj = ops.FusedLinear(cfg.hidden_size, {"q_proj": cfg.num_heads * cfg.head_dim, "k_proj": cfg.num_heads * cfg.head_dim, "v_proj": cfg.num_heads * cfg.head_dim}, bias=True)
-        self.o_proj = ops.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=True)
+        self.qkv_proj = ops.FusedLinear(cfg.hidden_size, {"q_proj": cfg.num_heads * cfg.head_dim, "k_proj": cfg.num_heads * cfg.head_dim, "v_proj": cfg.num_heads * cfg.head_dim}, bias=True)  # gpt2.yaml:34
+        self.o_proj = ops.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=True)  # gpt2.yaml:37
 
     def forward(self, x, ctx):
         cfg = self.cfg
-        q, k, v = self.qkv_proj(x)                                      # [B, S, head_dim * num_heads]; [B, S, head_dim * num_heads]; [B, S, head_dim * num_heads]
-        q = q.unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)        # [B, num_heads, S, head_dim]
-        k = k.unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)        # [B, num_heads, S, head_dim]
-        v = v.unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)        # [B, num_heads, S, head_dim]
-        y = self.attention(q, k, v, ctx)                                # [B, num_heads, S, head_dim]
-        y = y.transpose(1, 2).flatten(2)                                # [B, S, head_dim * num_heads]
-        y = self.o_proj(y)                                              # [B, S, hidden_size]
-        return y
-
-    def attention(self, q, k, v, ctx):
-        """Fused group (flash_attention), spec ops: y = attention(q, k, v)"""
-        cfg = self.cfg
-        if kernels.enabled(q):
-            return kernels.attention_attention(q, k, v, ctx, self, causal=True, scale=(cfg.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer + 1 if cfg.scale_by_layer else 1))
-        y = ops.attention(q, k, v, ctx, self, causal=True, scale=(cfg.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer + 1 if cfg.scale_by_layer else 1))
+        q, k, v = self.qkv_proj(x)                                      # [B, S, head_dim * num_heads]; [B, S, head_dim * num_heads]; [B, S, head_dim * num_heads]  gpt2.yaml:39-41
+        q = q.unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)        # [B, num_heads, S, head_dim]  gpt2.yaml:42
+        k = k.unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)        # [B, num_heads, S, head_dim]  gpt2.yaml:43
+        v = v.unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)        # [B, num_heads, S, head_dim]  gpt2.yaml:44
+        y = attention(q, k, v, ctx, self, scale=(cfg.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer + 1 if cfg.scale_by_layer else 1))  # [B, num_heads, S, head_dim]  gpt2.yaml:45
+        y = y.transpose(1, 2).flatten(2)                                # [B, S, head_dim * num_heads]  gpt2.yaml:47
+        y = self.o_proj(y)                                              # [B, S, hidden_size]  gpt2.yaml:48
         return y
 
 
 class DecoderLayer(nn.Module):
-    """x: float[B, S, hidden_size] -> x"""
+    """x: float[B, S, hidden_size], h: float[B, S, hidden_size] -> x, h"""
 
     def __init__(self, cfg: Config, layer: int):
         super().__init__()
         self.cfg = cfg
         self.layer = layer
-        self.ln_1 = ops.Norm(cfg.hidden_size, bias=True)
-        self.attn = Attention(cfg, layer)
-        self.ln_2 = ops.Norm(cfg.hidden_size, bias=True)
-        self.mlp = Mlp(cfg)
+        self.ln_1 = ops.Norm(cfg.hidden_size, bias=True)                # gpt2.yaml:65
+        self.attn = Attention(cfg, layer)                               # gpt2.yaml:66
+        self.ln_2 = ops.Norm(cfg.hidden_size, bias=True)                # gpt2.yaml:67
+        self.mlp = Mlp(cfg)                                             # gpt2.yaml:68
 
-    def forward(self, x, ctx):
+    def forward(self, x, h, ctx):
         cfg = self.cfg
-        h = self.layer_norm(x)                                          # [B, S, hidden_size]
-        h = self.attn(h, ctx)                                           # [B, S, hidden_size]
-        x, h = self.add_layer_norm(h, x)                                # [B, S, hidden_size]; [B, S, hidden_size]
-        h = self.mlp(h)                                                 # [B, S, hidden_size]
-        x = self.add(x, h)                                              # [B, S, hidden_size]
-        return x
-
-    def layer_norm(self, x):
-        """Fused group (row_reduction), spec ops: h = layer_norm(x, w=ln_1)"""
-        cfg = self.cfg
-        if kernels.enabled(x):
-            return kernels.decoder_layer_layer_norm(x, self.ln_1.weight, self.ln_1.bias, cfg.layer_norm_eps)
-        h = ops.layer_norm(x, self.ln_1.weight, self.ln_1.bias, cfg.layer_norm_eps)
-        return h
-
-    def add_layer_norm(self, h, x):
-        """Fused group (row_reduction), spec ops: x = add(h, x); h = layer_norm(x, w=ln_2)"""
-        cfg = self.cfg
-        if kernels.enabled(h):
-            return kernels.decoder_layer_add_layer_norm(h, x, self.ln_2.weight, self.ln_2.bias, cfg.layer_norm_eps)
-        x = h + x
-        h = ops.layer_norm(x, self.ln_2.weight, self.ln_2.bias, cfg.layer_norm_eps)
+        x, h = add_layer_norm(x, h, self.ln_1, eps=cfg.layer_norm_eps)  # [B, S, hidden_size]; [B, S, hidden_size]  gpt2.yaml:70,75
+        h = self.attn(h, ctx)                                           # [B, S, hidden_size]  gpt2.yaml:71
+        x, h = add_layer_norm(h, x, self.ln_2, eps=cfg.layer_norm_eps)  # [B, S, hidden_size]; [B, S, hidden_size]  gpt2.yaml:72-73
+        h = self.mlp(h)                                                 # [B, S, hidden_size]  gpt2.yaml:74
         return x, h
-
-    def add(self, x, h):
-        """Fused group (pointwise), spec ops: x = add(x, h)"""
-        if kernels.enabled(x):
-            return kernels.decoder_layer_add(x, h)
-        x = x + h
-        return x
 
 
 class Gpt2(nn.Module):
@@ -141,11 +142,11 @@ class Gpt2(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.wpe = nn.Embedding(cfg.max_positions, cfg.hidden_size)
-        self.h = nn.ModuleList([DecoderLayer(cfg, i) for i in range(cfg.num_layers)])
-        self.ln_f = ops.Norm(cfg.hidden_size, bias=True)
-        self.lm_head = ops.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.hidden_size)        # gpt2.yaml:83
+        self.wpe = nn.Embedding(cfg.max_positions, cfg.hidden_size)     # gpt2.yaml:84
+        self.h = nn.ModuleList([DecoderLayer(cfg, i) for i in range(cfg.num_layers)])  # gpt2.yaml:85
+        self.ln_f = ops.Norm(cfg.hidden_size, bias=True)                # gpt2.yaml:86
+        self.lm_head = ops.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)  # gpt2.yaml:87
         Gpt2.tie_weights(self)
 
     def tie_weights(self) -> None:
@@ -155,30 +156,17 @@ class Gpt2(nn.Module):
 
     def forward(self, input_ids, position_ids, ctx):
         cfg = self.cfg
-        x = self.wte(input_ids)                                         # [B, S, hidden_size]
-        p = self.wpe(position_ids)                                      # [B, S, hidden_size]
-        x = self.add(x, p)                                              # [B, S, hidden_size]
+        x = self.wte(input_ids)                                         # [B, S, hidden_size]  gpt2.yaml:89
+        p = self.wpe(position_ids)                                      # [B, S, hidden_size]  gpt2.yaml:90
+        x = add(x, p)                                                   # [B, S, hidden_size]  gpt2.yaml:91
+        h = torch.zeros_like(x)                                         # [B, S, hidden_size]  gpt2.yaml:75
         for layer in self.h:
-            x = layer(x, ctx)                                           # [B, S, hidden_size]
-        x = ops.keep_positions(x, ctx)                                  # [B, S, hidden_size]
-        x = self.layer_norm(x)                                          # [B, S, hidden_size]
-        logits = self.lm_head(x)                                        # [B, S, vocab_size]
+            x, h = layer(x, h, ctx)                                     # [B, S, hidden_size]; [B, S, hidden_size]  gpt2.yaml:92
+        x = ops.keep_positions(x, ctx)                                  # [B, S, hidden_size]  gpt2.yaml:75
+        h = ops.keep_positions(h, ctx)                                  # [B, S, hidden_size]  gpt2.yaml:75
+        x = add_layer_norm_2(x, h, self.ln_f, eps=cfg.layer_norm_eps)   # [B, S, hidden_size]  gpt2.yaml:75,93
+        logits = self.lm_head(x)                                        # [B, S, vocab_size]  gpt2.yaml:94
         return {"logits": logits}
-
-    def add(self, x, p):
-        """Fused group (pointwise), spec ops: x = add(x, p)"""
-        if kernels.enabled(x):
-            return kernels.model_add(x, p)
-        x = x + p
-        return x
-
-    def layer_norm(self, x):
-        """Fused group (row_reduction), spec ops: x = layer_norm(x, w=ln_f)"""
-        cfg = self.cfg
-        if kernels.enabled(x):
-            return kernels.model_layer_norm(x, self.ln_f.weight, self.ln_f.bias, cfg.layer_norm_eps)
-        x = ops.layer_norm(x, self.ln_f.weight, self.ln_f.bias, cfg.layer_norm_eps)
-        return x
 
 
 MODEL = Gpt2

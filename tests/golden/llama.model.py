@@ -6,8 +6,8 @@ from __future__ import annotations
 import math  # noqa: F401  (config expressions may use sqrt, floor, ...)
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+import torch  # noqa: F401
+import torch.nn.functional as F  # noqa: F401
 from torch import nn
 
 from compiler import ops
@@ -37,29 +37,64 @@ class Config:
     hidden_act: str  # config.json: hidden_act
 
 
+def silu_mul(gate, up):
+    """Fused group [pointwise]: gate = silu(gate); h = mul(gate, up)"""
+    if kernels.enabled(gate):
+        return kernels.silu_mul(gate, up)
+    gate = F.silu(gate)
+    h = gate * up
+    return h
+
+
+def rope_q_k(q, cos, sin, k):
+    """Fused group [rope]: q = rope(q, cos, sin); k = rope(k, cos, sin)"""
+    if kernels.enabled(q):
+        return kernels.rope_q_k(q, k, cos, sin)
+    q = ops.rope(q, cos, sin)
+    k = ops.rope(k, cos, sin)
+    return q, k
+
+
+def attention(q, k, v, ctx, slot, scale):
+    """Fused group [flash_attention]: y = attention(q, k, v)"""
+    if kernels.enabled(q):
+        return kernels.attention(q, k, v, ctx, slot, causal=True, scale=scale)
+    y = ops.attention(q, k, v, ctx, slot, causal=True, scale=scale)
+    return y
+
+
+def add_rms_norm(x, h, w, eps):
+    """Fused group [row_reduction]: x = add(x, h); h = rms_norm(x, w=w)"""
+    if kernels.enabled(x):
+        return kernels.add_rms_norm(x, h, w.weight, eps)
+    x = x + h
+    h = ops.rms_norm(x, w.weight, eps)
+    return x, h
+
+
+def add_rms_norm_2(x, h, w, eps):
+    """Fused group [row_reduction]: x = add(x, h); x = rms_norm(x, w=w)"""
+    if kernels.enabled(x):
+        return kernels.add_rms_norm_2(x, h, w.weight, eps)
+    x = x + h
+    x = ops.rms_norm(x, w.weight, eps)
+    return x
+
+
 class Mlp(nn.Module):
     """x: float[B, S, hidden_size] -> y"""
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.gate_up_proj = ops.FusedLinear(cfg.hidden_size, {"gate_proj": cfg.intermediate_size, "up_proj": cfg.intermediate_size}, bias=cfg.mlp_bias)
-        self.down_proj = ops.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.gate_up_proj = ops.FusedLinear(cfg.hidden_size, {"gate_proj": cfg.intermediate_size, "up_proj": cfg.intermediate_size}, bias=cfg.mlp_bias)  # llama.yaml:57
+        self.down_proj = ops.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)  # llama.yaml:59
 
     def forward(self, x):
-        cfg = self.cfg
-        gate, up = self.gate_up_proj(x)                                 # [B, S, intermediate_size]; [B, S, intermediate_size]
-        h = self.silu_mul(gate, up)                                     # [B, S, intermediate_size]
-        y = self.down_proj(h)                                           # [B, S, hidden_size]
+        gate, up = self.gate_up_proj(x)                                 # [B, S, intermediate_size]; [B, S, intermediate_size]  llama.yaml:61-62
+        h = silu_mul(gate, up)                                          # [B, S, intermediate_size]  llama.yaml:63-64
+        y = self.down_proj(h)                                           # [B, S, hidden_size]  llama.yaml:65
         return y
-
-    def silu_mul(self, gate, up):
-        """Fused group (pointwise), spec ops: gate = silu(gate); h = mul(gate, up)"""
-        if kernels.enabled(gate):
-            return kernels.mlp_silu_mul(gate, up)
-        gate = F.silu(gate)
-        h = gate * up
-        return h
 
 
 class Attention(nn.Module):
@@ -68,81 +103,40 @@ class Attention(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.qkv_proj = ops.FusedLinear(cfg.hidden_size, {"q_proj": cfg.num_heads * cfg.head_dim, "k_proj": cfg.num_kv_heads * cfg.head_dim, "v_proj": cfg.num_kv_heads * cfg.head_dim}, bias=cfg.attention_bias)
-        self.o_proj = ops.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
+        self.qkv_proj = ops.FusedLinear(cfg.hidden_size, {"q_proj": cfg.num_heads * cfg.head_dim, "k_proj": cfg.num_kv_heads * cfg.head_dim, "v_proj": cfg.num_kv_heads * cfg.head_dim}, bias=cfg.attention_bias)  # llama.yaml:36
+        self.o_proj = ops.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.attention_bias)  # llama.yaml:39
 
     def forward(self, x, cos, sin, ctx):
         cfg = self.cfg
-        q, k, v = self.qkv_proj(x)                                      # [B, S, head_dim * num_heads]; [B, S, head_dim * num_kv_heads]; [B, S, head_dim * num_kv_heads]
-        q = q.unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)        # [B, num_heads, S, head_dim]
-        k = k.unflatten(-1, (cfg.num_kv_heads, -1)).transpose(1, 2)     # [B, num_kv_heads, S, head_dim]
-        v = v.unflatten(-1, (cfg.num_kv_heads, -1)).transpose(1, 2)     # [B, num_kv_heads, S, head_dim]
-        q, k = self.rope_q_k(q, cos, sin, k)                            # [B, num_heads, S, head_dim]; [B, num_kv_heads, S, head_dim]
-        y = self.attention(q, k, v, ctx)                                # [B, num_heads, S, head_dim]
-        y = y.transpose(1, 2).flatten(2)                                # [B, S, head_dim * num_heads]
-        y = self.o_proj(y)                                              # [B, S, hidden_size]
-        return y
-
-    def rope_q_k(self, q, cos, sin, k):
-        """Fused group (rope), spec ops: q = rope(q, cos, sin); k = rope(k, cos, sin)"""
-        if kernels.enabled(q):
-            return kernels.attention_rope_q_k(q, k, cos, sin)
-        q = ops.rope(q, cos, sin)
-        k = ops.rope(k, cos, sin)
-        return q, k
-
-    def attention(self, q, k, v, ctx):
-        """Fused group (flash_attention), spec ops: y = attention(q, k, v)"""
-        cfg = self.cfg
-        if kernels.enabled(q):
-            return kernels.attention_attention(q, k, v, ctx, self, causal=True, scale=cfg.head_dim ** -0.5)
-        y = ops.attention(q, k, v, ctx, self, causal=True, scale=cfg.head_dim ** -0.5)
+        q, k, v = self.qkv_proj(x)                                      # [B, S, head_dim * num_heads]; [B, S, head_dim * num_kv_heads]; [B, S, head_dim * num_kv_heads]  llama.yaml:41-43
+        q = q.unflatten(-1, (cfg.num_heads, -1)).transpose(1, 2)        # [B, num_heads, S, head_dim]  llama.yaml:44
+        k = k.unflatten(-1, (cfg.num_kv_heads, -1)).transpose(1, 2)     # [B, num_kv_heads, S, head_dim]  llama.yaml:45
+        v = v.unflatten(-1, (cfg.num_kv_heads, -1)).transpose(1, 2)     # [B, num_kv_heads, S, head_dim]  llama.yaml:46
+        q, k = rope_q_k(q, cos, sin, k)                                 # [B, num_heads, S, head_dim]; [B, num_kv_heads, S, head_dim]  llama.yaml:47-48
+        y = attention(q, k, v, ctx, self, scale=cfg.head_dim ** -0.5)   # [B, num_heads, S, head_dim]  llama.yaml:49
+        y = y.transpose(1, 2).flatten(2)                                # [B, S, head_dim * num_heads]  llama.yaml:50
+        y = self.o_proj(y)                                              # [B, S, hidden_size]  llama.yaml:51
         return y
 
 
 class DecoderLayer(nn.Module):
-    """x: float[B, S, hidden_size], cos: float[B, S, head_dim], sin: float[B, S, head_dim] -> x"""
+    """x: float[B, S, hidden_size], h: float[B, S, hidden_size], cos: float[B, S, head_dim], sin: float[B, S, head_dim] -> x, h"""
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.attn_norm = ops.Norm(cfg.hidden_size)
-        self.attn = Attention(cfg)
-        self.mlp_norm = ops.Norm(cfg.hidden_size)
-        self.mlp = Mlp(cfg)
+        self.attn_norm = ops.Norm(cfg.hidden_size)                      # llama.yaml:71
+        self.attn = Attention(cfg)                                      # llama.yaml:72
+        self.mlp_norm = ops.Norm(cfg.hidden_size)                       # llama.yaml:73
+        self.mlp = Mlp(cfg)                                             # llama.yaml:74
 
-    def forward(self, x, cos, sin, ctx):
+    def forward(self, x, h, cos, sin, ctx):
         cfg = self.cfg
-        h = self.rms_norm(x)                                            # [B, S, hidden_size]
-        h = self.attn(h, cos, sin, ctx)                                 # [B, S, hidden_size]
-        x, h = self.add_rms_norm(x, h)                                  # [B, S, hidden_size]; [B, S, hidden_size]
-        h = self.mlp(h)                                                 # [B, S, hidden_size]
-        x = self.add(x, h)                                              # [B, S, hidden_size]
-        return x
-
-    def rms_norm(self, x):
-        """Fused group (row_reduction), spec ops: h = rms_norm(x, w=attn_norm)"""
-        cfg = self.cfg
-        if kernels.enabled(x):
-            return kernels.decoder_layer_rms_norm(x, self.attn_norm.weight, cfg.rms_norm_eps)
-        h = ops.rms_norm(x, self.attn_norm.weight, cfg.rms_norm_eps)
-        return h
-
-    def add_rms_norm(self, x, h):
-        """Fused group (row_reduction), spec ops: x = add(x, h); h = rms_norm(x, w=mlp_norm)"""
-        cfg = self.cfg
-        if kernels.enabled(x):
-            return kernels.decoder_layer_add_rms_norm(x, h, self.mlp_norm.weight, cfg.rms_norm_eps)
-        x = x + h
-        h = ops.rms_norm(x, self.mlp_norm.weight, cfg.rms_norm_eps)
+        x, h = add_rms_norm(x, h, self.attn_norm, eps=cfg.rms_norm_eps)  # [B, S, hidden_size]; [B, S, hidden_size]  llama.yaml:76,81
+        h = self.attn(h, cos, sin, ctx)                                 # [B, S, hidden_size]  llama.yaml:77
+        x, h = add_rms_norm(x, h, self.mlp_norm, eps=cfg.rms_norm_eps)  # [B, S, hidden_size]; [B, S, hidden_size]  llama.yaml:78-79
+        h = self.mlp(h)                                                 # [B, S, hidden_size]  llama.yaml:80
         return x, h
-
-    def add(self, x, h):
-        """Fused group (pointwise), spec ops: x = add(x, h)"""
-        if kernels.enabled(x):
-            return kernels.decoder_layer_add(x, h)
-        x = x + h
-        return x
 
 
 class Llama(nn.Module):
@@ -151,10 +145,10 @@ class Llama(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.num_layers)])
-        self.norm = ops.Norm(cfg.hidden_size)
-        self.lm_head = ops.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)      # llama.yaml:89
+        self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.num_layers)])  # llama.yaml:90
+        self.norm = ops.Norm(cfg.hidden_size)                           # llama.yaml:91
+        self.lm_head = ops.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)  # llama.yaml:92
         Llama.tie_weights(self)
 
     def tie_weights(self) -> None:
@@ -164,22 +158,16 @@ class Llama(nn.Module):
 
     def forward(self, input_ids, position_ids, ctx):
         cfg = self.cfg
-        x = self.embed(input_ids)                                       # [B, S, hidden_size]
-        cos, sin = ops.rope_table(position_ids, ctx, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling) # [B, S, head_dim]; [B, S, head_dim]
+        x = self.embed(input_ids)                                       # [B, S, hidden_size]  llama.yaml:94
+        cos, sin = ops.rope_table(position_ids, ctx, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)  # [B, S, head_dim]; [B, S, head_dim]  llama.yaml:95
+        h = torch.zeros_like(x)                                         # [B, S, hidden_size]  llama.yaml:81
         for layer in self.layers:
-            x = layer(x, cos, sin, ctx)                                 # [B, S, hidden_size]
-        x = ops.keep_positions(x, ctx)                                  # [B, S, hidden_size]
-        x = self.rms_norm(x)                                            # [B, S, hidden_size]
-        logits = self.lm_head(x)                                        # [B, S, vocab_size]
+            x, h = layer(x, h, cos, sin, ctx)                           # [B, S, hidden_size]; [B, S, hidden_size]  llama.yaml:96
+        x = ops.keep_positions(x, ctx)                                  # [B, S, hidden_size]  llama.yaml:81
+        h = ops.keep_positions(h, ctx)                                  # [B, S, hidden_size]  llama.yaml:81
+        x = add_rms_norm_2(x, h, self.norm, eps=cfg.rms_norm_eps)       # [B, S, hidden_size]  llama.yaml:81,97
+        logits = self.lm_head(x)                                        # [B, S, vocab_size]  llama.yaml:98
         return {"logits": logits}
-
-    def rms_norm(self, x):
-        """Fused group (row_reduction), spec ops: x = rms_norm(x, w=norm)"""
-        cfg = self.cfg
-        if kernels.enabled(x):
-            return kernels.model_rms_norm(x, self.norm.weight, cfg.rms_norm_eps)
-        x = ops.rms_norm(x, self.norm.weight, cfg.rms_norm_eps)
-        return x
 
 
 MODEL = Llama
