@@ -96,6 +96,8 @@ def _type_problems(block: Block, node: Node) -> list[str]:
     op = OPS.get(node.op)
     if op is None:
         return [f"{node.id}: unknown op '{node.op}'"]
+    if not all(v in block.values for v in node.inputs.values()):
+        return []      # an undefined operand is reported as such
     params = {f: block.params[p] for f, p in node.params.items() if p in block.params}
     if len(params) != len(node.params):
         return [f"{node.id} ({node.op}): reads params {node.params}, not all in the block"]
