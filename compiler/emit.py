@@ -51,7 +51,7 @@ def emit_model(ir: ModelIR, source_name: str, fusion=None) -> str:
         "import torch.nn.functional as F",
         "from torch import nn",
         "",
-        "from compiler import ops",
+        "from runtime import ops",
         *fused.module_header(fusion),
         "",
         "",

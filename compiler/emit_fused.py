@@ -13,7 +13,7 @@ from compiler.passes.fusion import FusedParam, Group, contracted_order
 def module_header(fusion) -> list[str]:
     if fusion is None or not getattr(fusion, "kernels", None):
         return []
-    return ["from compiler.triton import dispatch", "", "kernels = dispatch.load_kernels(__file__)"]
+    return ["from runtime.kernels import load_kernels", "", "kernels = load_kernels(__file__)"]
 
 
 def params_by_member(fusion, block: str) -> dict[str, FusedParam]:

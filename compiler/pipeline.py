@@ -45,12 +45,14 @@ class CompileResult:
 
 @lru_cache(maxsize=1)
 def compiler_fingerprint() -> str:
-    """A hash of the compiler's own source: artifacts are stale when the code that wrote them changes."""
+    """A hash of the compiler's and the runtime's source: artifacts are stale when the code that wrote
+    them, or the run-time library their model.py calls, changes."""
     digest = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
+    root = Path(__file__).parent.parent
+    for package in ("compiler", "runtime"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

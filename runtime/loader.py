@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 
 from compiler import __version__
-from compiler.artifact import MANIFEST, import_file, is_complete, read_manifest
+from runtime.artifact import MANIFEST, import_file, is_complete, read_manifest
 from compiler.errors import SpecError
 from compiler.spec import load_spec, spec_from_data
-from compiler.triton.dispatch import env_forced
 from runtime.config import read_config_json, resolve_config
 from runtime.errors import ArtifactError, CheckpointError, ConfigError
+from runtime.kernels import env_forced
 from runtime.model import SUPPLIED_INPUTS, CompiledModel
 from runtime.safetensors_io import open_checkpoint
 from runtime.weights import check_no_meta, init_new, load_into, plan_load

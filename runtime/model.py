@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from compiler.ops.indexing import last_positions
 from runtime.context import ForwardContext, KVCache
+from runtime.ops import last_positions
 
 # Model inputs the runtime knows how to supply; a spec's model.inputs must be among them.
 SUPPLIED_INPUTS = ("input_ids", "position_ids", "token_type_ids", "pixel_values", "decoder_input_ids")
@@ -132,7 +132,7 @@ class CompiledModel(nn.Module):
 
     def kernel_report(self) -> dict[str, str]:
         """Which path each fused group takes here: triton, triton (interpreter) or torch, and why."""
-        from compiler.triton.dispatch import kernel_report
+        from runtime.kernels import kernel_report
         return kernel_report(self)
 
     def _run(self, input_ids, position_ids, ctx, **extra) -> ModelOutput:

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 import runtime
-from compiler import ops
 from compiler.pipeline import compile_spec
-from compiler.triton.dispatch import import_kernels
+from runtime import ops
 from runtime.context import ForwardContext, KVCache
+from runtime.kernels import import_kernels
 from tests.hf_checkpoints import randomize, save
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpreter tests")

@@ -1,7 +1,8 @@
 """The op registry: the closed set of primitives a spec may use.
 
 An op is one `OpDef`: its operands (tensor values), the params it reads, its attributes, a shape
-rule, a PyTorch lowering (a line of Python for the emitted `model.py`) and its fusion kind. The
+rule, a PyTorch lowering (a line of Python for the emitted `model.py`), the run-time function that
+line calls (`run`, in runtime/ops) and its fusion kind. The
 JSON Schema for op lines, the checker, the IR and the emitter all read this table, so adding an op
 is one `register(...)` call and nothing else.
 """
@@ -61,6 +62,9 @@ class OpDef:
     # only. None: true for the elementwise and broadcast kinds.
     positionwise: bool | None = None
     internal: bool = False                    # inserted by a pass; not an op a spec may write
+    # The run-time function the emitted code calls as `ops.<run>(...)` (runtime/ops); None for ops
+    # that lower to plain torch code or to a param module's call.
+    run: str | None = None
 
     @property
     def per_position(self) -> bool:

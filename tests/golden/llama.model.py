@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compiler import ops
-from compiler.triton import dispatch
+from runtime import ops
+from runtime.kernels import load_kernels
 
-kernels = dispatch.load_kernels(__file__)
+kernels = load_kernels(__file__)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Modules the emitted code uses for linears: a CPU-aware `Linear` and the fusion pass's `FusedLinear`."""
+"""Linears: a CPU-aware `Linear` and the fusion pass's `FusedLinear` (several linears as one matmul)."""
 from __future__ import annotations
 
 import torch
