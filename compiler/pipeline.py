@@ -17,6 +17,7 @@ from pathlib import Path
 
 from compiler import __version__
 from compiler.artifact import cache_root, is_complete, read_manifest, write_artifact
+from compiler.contract import derive_contract
 from compiler.emit import emit_model, py
 from compiler.emit_kernels import emit_kernels, kernel_manifest
 from compiler.errors import SpecError
@@ -105,6 +106,7 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     problems = check_rules(spec)
     if problems:
         raise SpecError(problems)
+    contract = derive_contract(spec, ir)
     kept = insert_keep_positions(ir)
     fusion = fuse(ir, enabled=options.get("fuse", True))
     check_contracts(ir, fusion)

@@ -52,6 +52,7 @@ def _print_resolved(path: str) -> int:
 
 
 def _cmd_validate(args) -> int:
+    from compiler.contract import derive_contract
     from compiler.lower import lower
     from compiler.spec import load_spec
     from compiler.weight_rules import check_rules
@@ -59,10 +60,11 @@ def _cmd_validate(args) -> int:
     for path in args.specs:
         try:
             spec = load_spec(path)
-            lower(spec)
+            ir = lower(spec)
             problems = check_rules(spec)
             if problems:
                 raise SpecError(problems)
+            derive_contract(spec, ir)
         except SpecError as err:
             failed += 1
             for problem in err.problems:

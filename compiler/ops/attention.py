@@ -37,7 +37,7 @@ def _attention_emit(e) -> str:
 register(OpDef(
     name="attention", doc="softmax(q k^T * scale + mask) v, with the KV cache; GQA when k has fewer heads",
     operands=("q", "k", "v", "bias"), optional_operands=("bias",), context=True, fusion="attention",
-    triton="flash_attention", run="attention",
+    triton="flash_attention", run="attention", sequence=("k", 2),
     attrs=(Attr("causal", "expr", default=True), Attr("scale", "expr", default=None),
            Attr("window", "expr", default=None, doc="sliding window length, or null"),
            Attr("softcap", "expr", default=None, doc="tanh soft-capping of the scores, or null"),

@@ -33,7 +33,7 @@ register(OpDef(
 
 register(OpDef(
     name="positions", doc="absolute positions past .. past+S-1 for every row of ids [B, S] (int)",
-    operands=("ids",), context=True, fusion="opaque", run="positions",
+    operands=("ids",), context=True, fusion="opaque", run="positions", sequence=("ids", 1),
     infer=lambda ctx: [TType(ctx.expect_rank("ids", 2).shape, "int")],
     emit=lambda e: f"ops.positions({e['ids']}, ctx)"))
 

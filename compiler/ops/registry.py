@@ -65,6 +65,9 @@ class OpDef:
     # The run-time function the emitted code calls as `ops.<run>(...)` (runtime/ops); None for ops
     # that lower to plain torch code or to a param module's call.
     run: str | None = None
+    # (operand, dim) that runs along a sequence, for ops of the context tied to one (its padding, its
+    # past, its KV cache): the compiler resolves that dim to the model's sequence and emits `seq="S"`.
+    sequence: tuple[str, int] | None = None
 
     @property
     def per_position(self) -> bool:

@@ -14,7 +14,7 @@ def _buckets_infer(ctx) -> list[TType]:
 
 register(OpDef(
     name="relative_buckets", doc="int [S, S]: T5 relative-position buckets of each query/key pair of x [B, S, ...]",
-    operands=("x",), context=True, fusion="opaque", run="relative_buckets",
+    operands=("x",), context=True, fusion="opaque", run="relative_buckets", sequence=("x", 1),
     attrs=(Attr("bidirectional", "expr", required=True), Attr("num_buckets", "expr", required=True),
            Attr("max_distance", "expr", required=True)),
     infer=_buckets_infer,

@@ -24,6 +24,7 @@ def _table_infer(ctx) -> list[TType]:
 register(OpDef(
     name="rope_table", doc="cos, sin = rotary tables for integer positions [B, S] -> [B, S, dim]",
     operands=("pos",), outputs=2, context=True, fusion="opaque", run="rope_table",
+    sequence=("pos", 1),
     attrs=(Attr("dim", "expr", required=True), Attr("theta", "expr", required=True),
            Attr("scaling", "expr", default=None, doc="the rope_scaling / rope_parameters dict, or null"),
            Attr("max_positions", "expr", default=None,
