@@ -17,11 +17,12 @@ from pathlib import Path
 
 from compiler import __version__
 from compiler.artifact import cache_root, is_complete, read_manifest, write_artifact
-from compiler.contract import derive_contract
+from compiler.contract import annotate_sequences, derive_contract
 from compiler.emit import emit_model, py
 from compiler.emit_kernels import emit_kernels, kernel_manifest
 from compiler.errors import SpecError
 from compiler.extends import source_chain
+from compiler.interface import build_interface
 from compiler.ir import ModelIR
 from compiler.lower import lower
 from compiler.passes.fusion import check_contracts, fuse
@@ -113,6 +114,7 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     kernels = emit_kernels(ir, fusion, spec_path.name, py) if fusion.enabled else None
     files = {
         "model.py": emit_model(ir, spec_path.name, fusion),
+        "interface.json": json.dumps(build_interface(spec, contract, spec_path.name), indent=1) + "\n",
         "spec.json": json.dumps({"source": spec_path.name, **({"extends": [p.name for p in chain]} if chain else {}),
                                  "spec": spec.data}, indent=1) + "\n",
         "ir.txt": ir.dump() + "\n",

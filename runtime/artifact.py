@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2      # 2: interface.json carries what the runtime reads (runtime/interface.py)
 
 
 def file_sha256(path: Path) -> str:
