@@ -140,8 +140,9 @@ def _config_class(spec) -> str:
 
 
 def _context_blocks(ir: ModelIR) -> set[str]:
-    """Blocks whose forward needs the context (mask, KV cache): they, or a block they call, use it."""
-    needs: set[str] = set()
+    """Blocks whose forward needs the context (mask, KV cache): they, or a block they call, use it.
+    The model's forward always takes it: the runtime calls every model as MODEL(inputs..., ctx)."""
+    needs: set[str] = {"model"}
     for name, block in ir.blocks.items():   # callees come first
         decl = ir.spec.model if name == "model" else ir.spec.blocks[name]
         for node in block.order():

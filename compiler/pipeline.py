@@ -108,6 +108,7 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     if problems:
         raise SpecError(problems)
     contract = derive_contract(spec, ir)
+    annotate_sequences(ir, contract)
     kept = insert_keep_positions(ir)
     fusion = fuse(ir, enabled=options.get("fuse", True))
     check_contracts(ir, fusion)

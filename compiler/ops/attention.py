@@ -23,14 +23,13 @@ def _attention_infer(ctx) -> list[TType]:
 
 
 def _attention_emit(e) -> str:
-    args = [e["q"], e["k"], e["v"], "ctx", e.a("slot")]
+    # encoder_keys is not passed: the keys' sequence (`seq`, resolved by the compiler) says it
+    args = [e["q"], e["k"], e["v"], "ctx", e.a("slot"), *e.seq()]
     for name in ("causal", "scale", "window", "softcap"):
         if e.a(name) != "None":
             args.append(f"{name}={e.a(name)}")
     if "bias" in e.values:
         args.append(f"bias={e['bias']}")
-    if e.a("encoder_keys") not in ("None", "False"):
-        args.append(f"encoder_keys={e.a('encoder_keys')}")
     return f"ops.attention({', '.join(args)})"
 
 
@@ -42,5 +41,6 @@ register(OpDef(
            Attr("window", "expr", default=None, doc="sliding window length, or null"),
            Attr("softcap", "expr", default=None, doc="tanh soft-capping of the scores, or null"),
            Attr("encoder_keys", "expr", default=False,
-                doc="keys from the encoder's sequence: its padding masks them, no KV cache")),
+                doc="v1: keys from the encoder's sequence; the compiler checks it against the keys' shape, "
+                    "which decides masks and the KV cache")),
     infer=_attention_infer, emit=_attention_emit))

@@ -35,7 +35,7 @@ register(OpDef(
     name="positions", doc="absolute positions past .. past+S-1 for every row of ids [B, S] (int)",
     operands=("ids",), context=True, fusion="opaque", run="positions", sequence=("ids", 1),
     infer=lambda ctx: [TType(ctx.expect_rank("ids", 2).shape, "int")],
-    emit=lambda e: f"ops.positions({e['ids']}, ctx)"))
+    emit=lambda e: f"ops.positions({', '.join([e['ids'], 'ctx', *e.seq()])})"))
 
 
 def _int_same(ctx) -> list[TType]:

@@ -130,6 +130,11 @@ class EmitCtx:
     def a(self, name: str) -> str:
         return self.attrs[name]
 
+    def seq(self) -> list[str]:
+        """`seq=...` for an op tied to a sequence, when the compiler resolved one (compiler/contract.py)."""
+        seq = self.attrs.get("seq", "None")
+        return [] if seq == "None" else [f"seq={seq}"]
+
 
 OPS: dict[str, OpDef] = {}
 

@@ -19,4 +19,4 @@ register(OpDef(
            Attr("max_distance", "expr", required=True)),
     infer=_buckets_infer,
     emit=lambda e: (f"ops.relative_buckets({e['x']}, ctx, {e.a('bidirectional')}, {e.a('num_buckets')}, "
-                    f"{e.a('max_distance')})")))
+                    f"{', '.join([e.a('max_distance'), *e.seq()])})")))

@@ -10,7 +10,7 @@ def _table_emit(e) -> str:
     for name in ("max_positions", "original_max_positions"):
         if e.a(name) != "None":
             args.append(f"{name}={e.a(name)}")
-    return f"ops.rope_table({', '.join(args)})"
+    return f"ops.rope_table({', '.join(args + e.seq())})"
 
 
 def _table_infer(ctx) -> list[TType]:

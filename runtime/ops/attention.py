@@ -5,22 +5,19 @@ import torch
 import torch.nn.functional as F
 
 
-def attention(q, k, v, ctx, slot, *, causal: bool = True, scale: float | None = None,
-              window: int | None = None, softcap: float | None = None, bias: torch.Tensor | None = None,
-              encoder_keys: bool = False) -> torch.Tensor:
-    """q: [B, H, S, D]; k, v: [B, Hkv, S, D] with H a multiple of Hkv (grouped-query attention).
+def attention(q, k, v, ctx, slot, *, seq: str | None = None, causal: bool = True, scale: float | None = None,
+              window: int | None = None, softcap: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """q: [B, H, Sq, D]; k, v: [B, Hkv, Sk, D] with H a multiple of Hkv (grouped-query attention).
 
-    `slot` names this op's place in the KV cache (its module); the context appends k and v there
-    and hands back everything cached so far. `bias` ([H, Sq, Sk] or [B, H, Sq, Sk]) is added to the
-    scores (relative position biases). With `encoder_keys` the keys are the encoder's sequence
-    (encoder self-attention, cross-attention): masked by the encoder's padding, never cached.
+    `seq` is the model-level sequence the keys run along: its padding masks them, and when it is the
+    sequence being generated, the context's KV cache appends k and v at `slot` (this op's place,
+    its module) and hands back every key so far. `bias` ([H, Sq, Sk] or [B, H, Sq, Sk]) is added
+    to the scores (relative position biases).
     """
-    if ctx.cache is not None and not encoder_keys:
-        k, v = ctx.cache.update(slot, k, v, ctx.past_len)
-    if encoder_keys:
-        mask = ctx.encoder_mask(q.shape[-2], k.shape[-2], causal)
-    else:
-        mask = ctx.attention_mask(q.shape[-2], k.shape[-2], causal, window)
+    state = ctx.seq(seq)
+    if state.cache is not None:
+        k, v = state.cache.update(slot, k, v, state.past)
+    mask = ctx.mask(seq, q.shape[-2], k.shape[-2], causal, window)
     gqa = k.shape[1] != q.shape[1]
     if softcap or bias is not None:
         return _eager_attention(q, k, v, mask, scale, softcap, bias)

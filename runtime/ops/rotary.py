@@ -73,14 +73,16 @@ def _longrope(scaling: dict, pos: torch.Tensor, max_positions, original_max_posi
 
 
 def rope_table(pos: torch.Tensor, ctx, dim: int, theta: float, scaling: dict | None = None,
-               max_positions: int | None = None, original_max_positions: int | None = None):
-    """cos and sin of shape [B, S, dim] in the half-split layout, in the model's dtype."""
+               max_positions: int | None = None, original_max_positions: int | None = None, seq: str | None = None):
+    """cos and sin of shape [B, S, dim] in the half-split layout, in the model's dtype, for the
+    positions `pos` of sequence `seq`."""
     long, scale = False, 1.0
     if rope_type(scaling) == "longrope":
         long, scale = _longrope(scaling, pos, max_positions, original_max_positions)
-        if ctx.cache is not None:
+        cache = ctx.seq(seq).cache
+        if cache is not None:
             # Keys cached with the short factors do not fit the long ones; Transformers recomputes them too.
-            ctx.cache.regime(("longrope", dim), long)
+            cache.regime(("longrope", dim), long)
     inv = rope_inv_freq(dim, theta, scaling, long).to(pos.device)
     freqs = pos[..., None].float() * inv
     emb = torch.cat((freqs, freqs), dim=-1)

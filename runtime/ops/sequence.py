@@ -15,15 +15,17 @@ def keep_positions(x: torch.Tensor, ctx) -> torch.Tensor:
     return last_positions(x, ctx.keep_positions)
 
 
-def positions(ids: torch.Tensor, ctx) -> torch.Tensor:
-    start = ctx.past_len
+def positions(ids: torch.Tensor, ctx, seq: str | None = None) -> torch.Tensor:
+    """Absolute positions past .. past + S - 1 of the S new tokens of `seq`, for every row of ids [B, S]."""
+    start = ctx.seq(seq).past
     return torch.arange(start, start + ids.shape[-1], device=ids.device).expand(ids.shape[0], -1)
 
 
-def relative_buckets(x: torch.Tensor, ctx, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
+def relative_buckets(x: torch.Tensor, ctx, bidirectional: bool, num_buckets: int, max_distance: int,
+                     seq: str | None = None) -> torch.Tensor:
     """int [S, past + S]: the bucket of (key position - query position) for the S new queries of x
-    [B, S, ...] over every key so far (ctx.past_len of them cached)."""
-    past, n = ctx.past_len, x.shape[1]
+    [B, S, ...] over every key of `seq` so far (its past ones cached)."""
+    past, n = ctx.seq(seq).past, x.shape[1]
     query = torch.arange(past, past + n, device=x.device)[:, None]
     key = torch.arange(past + n, device=x.device)[None, :]
     rel = key - query

@@ -84,8 +84,8 @@ class Attention(nn.Module):
         """Fused group (flash_attention), spec ops: y = attention(q, k, v)"""
         cfg = self.cfg
         if kernels.enabled(q):
-            return kernels.attention_attention(q, k, v, ctx, self, causal=True, scale=(cfg.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer + 1 if cfg.scale_by_layer else 1))
-        y = ops.attention(q, k, v, ctx, self, causal=True, scale=(cfg.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer + 1 if cfg.scale_by_layer else 1))
+            return kernels.attention_attention(q, k, v, ctx, self, seq='S', causal=True, scale=(cfg.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer + 1 if cfg.scale_by_layer else 1))
+        y = ops.attention(q, k, v, ctx, self, seq='S', causal=True, scale=(cfg.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer + 1 if cfg.scale_by_layer else 1))
         return y
 
 

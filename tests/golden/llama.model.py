@@ -95,8 +95,8 @@ class Attention(nn.Module):
         """Fused group (flash_attention), spec ops: y = attention(q, k, v)"""
         cfg = self.cfg
         if kernels.enabled(q):
-            return kernels.attention_attention(q, k, v, ctx, self, causal=True, scale=cfg.head_dim ** -0.5)
-        y = ops.attention(q, k, v, ctx, self, causal=True, scale=cfg.head_dim ** -0.5)
+            return kernels.attention_attention(q, k, v, ctx, self, seq='S', causal=True, scale=cfg.head_dim ** -0.5)
+        y = ops.attention(q, k, v, ctx, self, seq='S', causal=True, scale=cfg.head_dim ** -0.5)
         return y
 
 
@@ -165,7 +165,7 @@ class Llama(nn.Module):
     def forward(self, input_ids, position_ids, ctx):
         cfg = self.cfg
         x = self.embed(input_ids)                                       # [B, S, hidden_size]
-        cos, sin = ops.rope_table(position_ids, ctx, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling) # [B, S, head_dim]; [B, S, head_dim]
+        cos, sin = ops.rope_table(position_ids, ctx, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, seq='S') # [B, S, head_dim]; [B, S, head_dim]
         for layer in self.layers:
             x = layer(x, cos, sin, ctx)                                 # [B, S, hidden_size]
         x = ops.keep_positions(x, ctx)                                  # [B, S, hidden_size]
