@@ -115,3 +115,15 @@ def test_encoder_keys_must_agree_with_the_sequence_the_keys_run_along(tmp_path):
     path, line = edited(tmp_path, t5, "bias: bias, causal: true, scale: 1.0}", "bias: bias, causal: true, scale: 1.0, encoder_keys: true}")
     assert_at(errors_of(path, tmp_path), path, line, "blocks.decoder_attention.graph[6].y.encoder_keys",
               "encoder_keys: true, but the keys run along S, the sequence generate extends")
+
+
+def test_graphspec_diff_shows_contract_declarations(tmp_path, capsys):
+    from tools.cli import main
+    path, _ = edited(tmp_path, LLAMA, "input_ids:    {shape: [B, S], dtype: int}",
+                     "input_ids:    {shape: [B, S], dtype: int, mask: attention_mask}")
+    path, _ = edited(tmp_path, path.read_text(), "  outputs: [logits]\n\n#",
+                     "  outputs: [logits]\n  generate: {tokens: input_ids, logits: logits}\n\n#", name="declared.yaml")
+    assert main(["diff", "specs/llama.yaml", str(path), "--color", "never"]) == 1
+    shown = capsys.readouterr().out
+    assert "~ input input_ids: +mask=attention_mask" in shown
+    assert "generate null -> {tokens: input_ids, logits: logits, start: null}" in shown
