@@ -140,14 +140,6 @@ class Spec:
     heads: dict[str, HeadDecl] = field(default_factory=dict)
     base_prefix: str = ""            # carried by the trunk's tensors in checkpoints saved with a head
 
-    def head_for(self, architectures) -> str | None:
-        """The head a config.json's `architectures` names, or None."""
-        for arch in architectures or []:
-            for head in self.heads.values():
-                if arch in head.architectures:
-                    return head.name
-        return None
-
     def problem(self, path: PathT, message: str) -> Problem:
         return self.sources.problem(path, message)
 
