@@ -1,2 +1,4 @@
 """graphspec's compiler: YAML spec -> validated Spec -> IR -> passes -> emitted artifact."""
-__version__ = "0.1.0"
+from runtime import __version__
+
+__all__ = ["__version__"]

@@ -16,30 +16,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-MANIFEST = "manifest.json"
-FORMAT = 1
+# The reading side (manifest, hashes) is the runtime's; the compiler's cache check uses it too.
+from runtime.artifact import FORMAT, MANIFEST, is_complete, read_manifest
 
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def read_manifest(directory: Path) -> dict | None:
-    try:
-        return json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def is_complete(directory: Path, key: str | None = None) -> bool:
-    """The directory holds an artifact whose files match its manifest (and `key`, if given)."""
-    manifest = read_manifest(directory)
-    if not manifest or manifest.get("format") != FORMAT or (key is not None and manifest.get("key") != key):
-        return False
-    try:
-        return all(file_sha256(directory / name) == digest for name, digest in manifest["files"].items())
-    except (OSError, KeyError, TypeError):
-        return False
+__all__ = ["MANIFEST", "FORMAT", "is_complete", "read_manifest", "write_artifact", "cache_root"]
 
 
 @contextlib.contextmanager
@@ -88,21 +68,3 @@ def cache_root() -> Path:
     root = Path(base)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     return root
-
-
-def import_file(name: str, path: Path):
-    """Import an artifact's Python file as module `name` (once per process); a failed import leaves
-    nothing half-registered in sys.modules."""
-    import importlib.util
-    import sys
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception:
-        del sys.modules[name]
-        raise
-    return module

@@ -221,11 +221,17 @@ def _diff_block(a: BlockDecl, b: BlockDecl) -> dict:
         out["ops"] = ops
     if a.outputs != b.outputs:
         out["outputs"] = [a.outputs, b.outputs]
+    if _generate(a.generate) != _generate(b.generate):
+        out["generate"] = [_generate(a.generate), _generate(b.generate)]
     return out
 
 
 def _input(i) -> dict:
-    return {"shape": [d.text for d in i.shape], "dtype": i.dtype}
+    return {"shape": [d.text for d in i.shape], "dtype": i.dtype, **i.roles}
+
+
+def _generate(g) -> dict | None:
+    return None if g is None else {"tokens": g.tokens, "logits": g.logits, "start": _text(g.start)}
 
 
 def _param(p: ParamDecl) -> dict:

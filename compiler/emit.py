@@ -56,8 +56,8 @@ class _Emitter:
             "import torch.nn.functional as F  # noqa: F401",
             "from torch import nn",
             "",
-            "from compiler import ops",
-            *(["from compiler.triton import dispatch", "", "kernels = dispatch.load_kernels(__file__)"] if has_kernels else []),
+            "from runtime import ops",
+            *(["from runtime.kernels import load_kernels", "", "kernels = load_kernels(__file__)"] if has_kernels else []),
             "",
             "",
             self.config_class(),
@@ -323,6 +323,8 @@ class _Resolver:
             return self.slot_names[self.nodes[entry[1]][0]]
         if kind == "kw":
             return f"{entry[1]}={self(entry[2])}"
+        if kind == "seq":
+            return literal(self.nodes[entry[1]][1].seq)
         i, node = self.nodes[entry[1]]
         return self.attr_names.get((i, entry[2])) or py(node.attrs[entry[2]])
 
@@ -334,8 +336,9 @@ def _slots(block: Block) -> dict[str, str]:
 
 
 def _context_blocks(ir: ModelIR) -> set[str]:
-    """Blocks whose forward needs the context (masks, KV cache): they, or a block they call, use it."""
-    needs: set[str] = set()
+    """Blocks whose forward needs the context (mask, KV cache): they, or a block they call, use it.
+    The model's forward always takes it: the runtime calls every model as MODEL(inputs..., ctx)."""
+    needs: set[str] = {"model"}
     for name, block in ir.blocks.items():   # callees come first
         for node in block.ops():
             if node.op in ("call", "repeat"):

@@ -226,11 +226,14 @@ class ModelIR:
     heads: dict[str, Head] = field(default_factory=dict)
     base_prefix: str = ""
     expect_fused: list[tuple[str, tuple]] = field(default_factory=list)   # (entry, YAML path)
+    # the model's runtime-contract declarations (compiler/spec.py InputDecl roles, GenerateDecl)
+    model_inputs: dict[str, Any] = field(default_factory=dict)
+    generate: Any = None
     # What passes decided, kept on the IR so emitters read one object:
     keep_positions: list[str] = field(default_factory=list)   # values cut before the per-position tail
     decisions: list[Decision] = field(default_factory=list)   # fusion report
     fused: bool = False                                       # the fusion pass ran
-    contract: dict | None = None                              # the runtime contract
+    contract: Any = None                                      # compiler.contract.Contract
     notes: list[str] = field(default_factory=list)
 
     @property

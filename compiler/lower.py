@@ -68,7 +68,7 @@ class _Lowering:
         return ModelIR(name=spec.name, doc=spec.doc, file=spec.file, sha256=spec.sha256, data=spec.data,
                        sources=spec.sources, config=spec.config, checks=spec.checks, weights=spec.weights,
                        matches=spec.matches, blocks=blocks, heads=heads, base_prefix=spec.base_prefix,
-                       expect_fused=expect)
+                       expect_fused=expect, model_inputs=dict(spec.model.inputs), generate=spec.model.generate)
 
     def loc(self, path) -> Loc:
         file, mark = self.spec.sources.locate(path)

@@ -21,6 +21,7 @@ from compiler.emit import emit_model
 from compiler.emit_kernels import emit_kernels, kernel_manifest
 from compiler.errors import SpecError
 from compiler.extends import source_chain
+from compiler.interface import build_interface
 from compiler.ir import ModelIR
 from compiler.passes import run_pipeline
 from compiler.report import explain, fusion_manifest
@@ -43,12 +44,14 @@ class CompileResult:
 
 @lru_cache(maxsize=1)
 def compiler_fingerprint() -> str:
-    """A hash of the compiler's own source: artifacts are stale when the code that wrote them changes."""
+    """A hash of the compiler's and the runtime's source: artifacts are stale when the code that wrote
+    them, or the run-time library their model.py calls, changes."""
     digest = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
+    root = Path(__file__).parent.parent
+    for package in ("compiler", "runtime"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -101,6 +104,7 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     kernels = emit_kernels(ir, spec_path.name)
     files = {
         "model.py": emit_model(ir, spec_path.name),
+        "interface.json": json.dumps(build_interface(ir, spec_path.name), indent=1) + "\n",
         "spec.json": json.dumps({"source": spec_path.name, **({"extends": [p.name for p in chain]} if chain else {}),
                                  "spec": spec.data}, indent=1) + "\n",
         "ir.txt": ir.dump() + "\n",

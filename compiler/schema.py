@@ -13,6 +13,7 @@ from compiler.ops.params import PARAM_KINDS
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EXPR = {"type": ["string", "number", "boolean", "null"], "description": "a literal or a config expression"}
 VALUE = {"type": "string", "pattern": IDENT, "description": "the name of a tensor value"}
+NAME = {"type": "string", "pattern": IDENT}
 OUTPUTS = r"^[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*$"
 DIM = {"type": ["string", "integer"], "description": "a config expression or a free dimension (B, S)"}
 SHAPE = {"type": "array", "items": DIM}
@@ -66,6 +67,27 @@ def spec_schema() -> dict:
               "additionalProperties": {"oneOf": [SHAPE, {"type": "object", "properties": {
                   "shape": SHAPE, "dtype": {"enum": ["float", "int", "bool"]}, "doc": {"type": "string"}},
                   "required": ["shape"], "additionalProperties": False}]}}
+    # The model's inputs may also declare their part of the runtime contract (compiler/contract.py).
+    model_inputs = {"type": "object", "propertyNames": {"pattern": IDENT},
+                    "additionalProperties": {"oneOf": [SHAPE, {"type": "object", "properties": {
+                        "shape": SHAPE, "dtype": {"enum": ["float", "int", "bool"]}, "doc": {"type": "string"},
+                        "mask": {"oneOf": [NAME, {"type": "null"}],
+                                 "description": "the keyword argument carrying this input's padding mask "
+                                                "(1 = a real position), or null for none"},
+                        "supplied": {"enum": ["positions", "key_positions", None],
+                                     "description": "the runtime computes it when the caller does not pass it: "
+                                                    "positions of the new tokens, or of every key so far (with the "
+                                                    "KV cache) among the real tokens of the sequence"},
+                        "of": {**NAME, "description": "the caller input whose sequence supplied positions count"},
+                        "default": {"type": ["number", "boolean", "null"],
+                                    "description": "the value filling it when the caller does not pass it"}},
+                        "required": ["shape"], "additionalProperties": False}]}}
+    generate = {"type": "object", "additionalProperties": False,
+                "description": "how generate runs this model (default: derived from the shapes)",
+                "properties": {"tokens": {**NAME, "description": "the int input generation extends"},
+                               "logits": {**NAME, "description": "the output read for the next token"},
+                               "start": {**EXPR, "description": "the first token of an encoder-decoder's "
+                                                               "output (a config expression)"}}}
     block = {"type": "object", "required": ["inputs", "graph", "outputs"], "additionalProperties": False,
              "properties": {
                  "doc": {"type": "string"},
@@ -113,7 +135,7 @@ def spec_schema() -> dict:
                                                   "additionalProperties": False,
                                                   "properties": {"that": EXPR, "else": {"type": "string"}}}},
             "blocks": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": block},
-            "model": block,
+            "model": {**block, "properties": {**block["properties"], "inputs": model_inputs, "generate": generate}},
             "heads": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": head,
                       "description": "task heads over the model's outputs; the first is the default"},
             "base_prefix": {"type": "string", "description": "prefix of the trunk's tensors in checkpoints "

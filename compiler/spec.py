@@ -70,11 +70,25 @@ class OpLine:
     path: PathT
 
 
+# The runtime-contract keys a model input may declare (compiler/contract.py reads them).
+INPUT_ROLES = ("mask", "supplied", "of", "default")
+
+
 @dataclass
 class InputDecl:
     name: str
     shape: tuple[Expr, ...]
     dtype: str
+    path: PathT
+    roles: dict[str, Any] = field(default_factory=dict)   # the INPUT_ROLES the model input declares
+
+
+@dataclass
+class GenerateDecl:
+    """`generate:` on the model: the input generation extends, the output it reads, the start token."""
+    tokens: str | None
+    logits: str | None
+    start: Expr | None
     path: PathT
 
 
@@ -87,6 +101,7 @@ class BlockDecl:
     outputs: list[str]
     path: PathT
     doc: str = ""
+    generate: GenerateDecl | None = None     # the model's `generate:`, when declared
 
 
 @dataclass
@@ -131,14 +146,6 @@ class Spec:
 
     def all_blocks(self) -> dict[str, BlockDecl]:
         return {**self.blocks, "model": self.model}
-
-    def head_for(self, architectures) -> str | None:
-        """The head a config.json's `architectures` names, or None."""
-        for arch in architectures or []:
-            for head in self.heads.values():
-                if arch in head.architectures:
-                    return head.name
-        return None
 
     def problem(self, path: PathT, message: str) -> Problem:
         return self.sources.problem(path, message)
@@ -277,7 +284,8 @@ class _Builder:
             ipath = path + ("inputs", iname)
             shape, dtype = (decl, "float") if isinstance(decl, list) else (decl["shape"], decl.get("dtype", "float"))
             dims = tuple(self.expr(d, ipath + (i,)) for i, d in enumerate(shape))
-            inputs[iname] = InputDecl(iname, dims, dtype, ipath)
+            roles = {k: decl[k] for k in INPUT_ROLES if isinstance(decl, dict) and k in decl}
+            inputs[iname] = InputDecl(iname, dims, dtype, ipath, roles)
         params = {p: self.param(p, d, path + ("params", p)) for p, d in data.get("params", {}).items()}
         graph = []
         for i, line in enumerate(data["graph"]):
@@ -293,7 +301,12 @@ class _Builder:
                     value = repr(value)     # a choice is text (`approximate: tanh`), not a config name
                 fields[key] = self.expr(value, lpath + (key,)) if attr is not None else value
             graph.append(OpLine([o.strip() for o in outs.split(",")], body["op"], fields, lpath))
-        return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""))
+        generate = None
+        if "generate" in data:
+            g = data["generate"]
+            start = self.expr(g["start"], path + ("generate", "start")) if g.get("start") is not None else None
+            generate = GenerateDecl(g.get("tokens"), g.get("logits"), start, path + ("generate",))
+        return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""), generate)
 
     def param(self, name: str, data: dict, path: PathT) -> ParamDecl:
         tied = data.get("tied")

@@ -5,7 +5,9 @@ The names below load on first use (PEP 562): the compiler imports the runtime's 
 """
 from runtime.errors import ArtifactError, CheckpointError, ConfigError
 
-_LAZY = {"load": "runtime.loader", "from_pretrained": "runtime.loader", "init_random": "runtime.loader",
+__version__ = "0.1.0"   # graphspec's, shared with the compiler (an artifact records the one that wrote it)
+
+_LAZY = {"load": "runtime.loader", "from_pretrained": "runtime.pretrained", "init_random": "runtime.loader",
          "save_pretrained": "runtime.save", "CompiledModel": "runtime.model", "ModelOutput": "runtime.model"}
 
 __all__ = [*_LAZY, "CheckpointError", "ConfigError", "ArtifactError"]

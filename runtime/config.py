@@ -1,8 +1,9 @@
-"""Config resolution: a checkpoint's config.json -> the spec's config values.
+"""Config resolution: a checkpoint's config.json -> the config values of an artifact's interface.
 
-Each spec config entry names the config.json keys it is read from, in order (dotted keys reach into
-nested dicts: `rope_parameters.rope_theta`), so one spec reads checkpoints written by Transformers
-4.x (`rope_scaling`, `rope_theta`, `torch_dtype`) and 5.x (`rope_parameters`, `dtype`) alike.
+Each config entry (runtime/interface.py, from the spec's `config:`) names the config.json keys it is
+read from, in order (dotted keys reach into nested dicts: `rope_parameters.rope_theta`), so one spec
+reads checkpoints written by Transformers 4.x (`rope_scaling`, `rope_theta`, `torch_dtype`) and 5.x
+(`rope_parameters`, `dtype`) alike.
 Missing keys fall back to the default, an expression over other entries.
 """
 from __future__ import annotations
@@ -59,9 +60,9 @@ def lookup(data: dict, dotted: str):
     return node
 
 
-def resolve_config(spec, hf: dict, source: str = "config.json", overrides: dict | None = None) -> dict:
-    """Values for every config entry of `spec`, in dependency order, type-checked and checked."""
-    entries = spec.config
+def resolve_config(interface, hf: dict, source: str = "config.json", overrides: dict | None = None) -> dict:
+    """Values for every config entry of the interface, in dependency order, type-checked and checked."""
+    entries = interface.config
     values: dict = {}
     order = nx.DiGraph()
     for e in entries.values():
@@ -98,7 +99,7 @@ def resolve_config(spec, hf: dict, source: str = "config.json", overrides: dict 
         values[name] = float(value) if e.type == "float" and value is not None else value
     if problems:
         raise ConfigError("\n".join(problems))
-    for check in spec.checks:
+    for check in interface.checks:
         try:
             ok = check.that.evaluate(values)
         except ExprError as err:

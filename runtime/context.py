@@ -1,7 +1,10 @@
-"""The forward context: what attention needs besides q, k, v — the padding mask and the KV cache.
+"""The forward context: what the ops of a forward pass read besides their operands — per model-level
+sequence (`S`, `S_ENC`) its padding, how many of its positions the KV cache already holds, and the
+cache itself — and how many last positions the caller wants.
 
-Built once per forward call, so masks are made once and shared by every layer, and the KV cache is
-allocated once per generation at its final length and written in place at each step.
+Built once per forward call, so masks are made once per sequence and shared by every layer; the KV
+cache (only on the sequence being generated) is allocated once per generation at its final length
+and written in place at each step.
 """
 from __future__ import annotations
 
@@ -38,62 +41,66 @@ class KVCache:
         return kb[:, :, :end], vb[:, :, :end]
 
 
-class ForwardContext:
-    """`padding` is [B, past + S] bool (True = a real token) or None when nothing is padded."""
+class SequenceState:
+    """One model-level sequence: `padding` bool [B, past + length] (True = a real token) or None when
+    nothing is padded; `past` positions already in `cache` (0 and None without a cache)."""
 
-    def __init__(self, dtype: torch.dtype, device, padding: torch.Tensor | None = None,
-                 cache: KVCache | None = None, past_len: int = 0, encoder_padding: torch.Tensor | None = None,
+    __slots__ = ("padding", "past", "cache")
+
+    def __init__(self, padding: torch.Tensor | None = None, past: int = 0, cache: KVCache | None = None):
+        self.padding, self.past, self.cache = padding, past, cache
+
+
+EMPTY = SequenceState()
+
+
+class ForwardContext:
+    def __init__(self, dtype: torch.dtype, device, sequences: dict[str, SequenceState] | None = None,
                  keep_positions: int = 0):
         self.dtype, self.device = dtype, device
+        self.sequences = sequences or {}
         # > 0: the model's per-position tail (final norm, LM head) runs on the last k positions only
         self.keep_positions = keep_positions
-        self.padding, self.cache, self.past_len = padding, cache, past_len
-        self.encoder_padding = encoder_padding      # [B, S_enc] bool of an encoder-decoder's source, or None
         self._masks: dict[tuple, object] = {}
 
-    def encoder_mask(self, q_len: int, kv_len: int, causal: bool):
-        """Mask for keys from the encoder's sequence: its padding only (None when unpadded)."""
-        key = ("encoder", q_len, kv_len, bool(causal))
+    def seq(self, name: str | None) -> SequenceState:
+        """The state of a sequence; an empty one (no padding, no past, no cache) for None (keys along
+        no input sequence, such as image patches) or a sequence this forward does not carry."""
+        return self.sequences.get(name, EMPTY) if name is not None else EMPTY
+
+    def mask(self, seq: str | None, q_len: int, kv_len: int, causal: bool, window: int | None = None):
+        """For keys along `seq`: None (attend everywhere), "causal" (the kernel's own causal mask), or a
+        bool tensor [B or 1, 1, q_len, kv_len] with True where a query may attend."""
+        key = (seq, q_len, kv_len, bool(causal), window)
         if key not in self._masks:
-            saved, self.padding = self.padding, self.encoder_padding
-            try:
-                self._masks[key] = self._build(q_len, kv_len, bool(causal), None)
-            finally:
-                self.padding = saved
+            self._masks[key] = _build(self.seq(seq).padding, self.device, q_len, kv_len, bool(causal), window)
         return self._masks[key]
 
-    def attention_mask(self, q_len: int, kv_len: int, causal: bool, window: int | None):
-        """None (attend everywhere), "causal" (the kernel's own causal mask), or a bool tensor
-        [B or 1, 1, q_len, kv_len] with True where a query may attend."""
-        key = (q_len, kv_len, bool(causal), window)
-        if key not in self._masks:
-            self._masks[key] = self._build(q_len, kv_len, bool(causal), window)
-        return self._masks[key]
 
-    def _build(self, q_len, kv_len, causal, window):
-        windowed = window is not None and kv_len > window
-        if self.padding is None and not windowed:
-            if not causal or q_len == 1:
-                return None
-            if q_len == kv_len:
-                return "causal"
-        if q_len == 1 and causal and not windowed and bool(self.padding[:, kv_len - 1].all()):
-            # A decode step: the one query is the newest token and real, so causality holds for every
-            # key and the mask is the padding row itself, a view rather than new tensors per step.
-            return self.padding[:, None, None, :kv_len]
-        q_pos = torch.arange(kv_len - q_len, kv_len, device=self.device)[:, None]
-        k_pos = torch.arange(kv_len, device=self.device)[None, :]
-        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=self.device)
-        if causal:
-            mask &= k_pos <= q_pos
-        if window is not None:
-            mask &= k_pos > q_pos - window
-        mask = mask[None, None]
-        if self.padding is not None:
-            mask = mask & self.padding[:, None, None, :kv_len]
-            # A padding query may see no key at all; give it its own position so softmax stays finite
-            # (its output is never used, but NaN would spread through later ops on the same row).
-            empty = ~mask.any(dim=-1, keepdim=True)
-            if bool(empty.any()):
-                mask = mask | (empty & (k_pos == q_pos)[None, None])
-        return mask
+def _build(padding, device, q_len, kv_len, causal, window):
+    windowed = window is not None and kv_len > window
+    if padding is None and not windowed:
+        if not causal or q_len == 1:
+            return None
+        if q_len == kv_len:
+            return "causal"
+    if q_len == 1 and causal and not windowed and bool(padding[:, kv_len - 1].all()):
+        # A decode step: the one query is the newest token and real, so causality holds for every
+        # key and the mask is the padding row itself, a view rather than new tensors per step.
+        return padding[:, None, None, :kv_len]
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+    k_pos = torch.arange(kv_len, device=device)[None, :]
+    mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
+    if causal:
+        mask &= k_pos <= q_pos
+    if window is not None:
+        mask &= k_pos > q_pos - window
+    mask = mask[None, None]
+    if padding is not None:
+        mask = mask & padding[:, None, None, :kv_len]
+        # A padding query may see no key at all; give it its own position so softmax stays finite
+        # (its output is never used, but NaN would spread through later ops on the same row).
+        empty = ~mask.any(dim=-1, keepdim=True)
+        if bool(empty.any()):
+            mask = mask | (empty & (k_pos == q_pos)[None, None])
+    return mask

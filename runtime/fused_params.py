@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compiler.ops.fused import FusedLinear
+from runtime.ops import FusedLinear
 
 
 def member_layout(module: nn.Module) -> dict[str, tuple[str, int, tuple]]:

@@ -1,5 +1,12 @@
-"""The loaded model: the emitted network plus what a Transformers user expects around it —
-`model(input_ids, attention_mask)` returning `.logits`, and greedy `generate` with a KV cache."""
+"""The loaded model: the emitted network driven by its artifact's runtime contract (interface.json).
+
+`model(first_input, other_input=..., some_mask=...)` takes the contract's caller inputs by name (the
+first also positionally) and one padding mask per sequence, supplies what the contract says the
+runtime supplies (positions, key positions, fills), and returns the outputs by name. `generate` is
+greedy decoding with a KV cache on the sequence it extends, from a prompt or from a start token
+(encoder-decoder), running the contract's static modules once. Nothing here knows an input, output
+or family name: the contract says them all.
+"""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -7,23 +14,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from compiler.ops.indexing import last_positions
-from runtime.context import ForwardContext, KVCache
-
-# Model inputs the runtime knows how to supply; a spec's model.inputs must be among them.
-SUPPLIED_INPUTS = ("input_ids", "position_ids", "token_type_ids", "pixel_values", "decoder_input_ids")
-
-
-def _keep_logits(out: "ModelOutput", keep: int) -> "ModelOutput":
-    # a model without a cut tail (or a head) computed every position: the slice is then done here
-    logits = out.get("logits")
-    if logits is not None and logits.dim() >= 3:
-        out["logits"] = last_positions(logits, keep)
-    return out
+from runtime.context import ForwardContext, KVCache, SequenceState
+from runtime.interface import Input, Interface
+from runtime.ops import last_positions
 
 
 class ModelOutput(dict):
-    """Outputs by name, readable as attributes (`out.logits`) like Transformers' ModelOutput."""
+    """Outputs by name, readable as attributes (`out.NAME`) like Transformers' ModelOutput."""
 
     def __getattr__(self, name):
         try:
@@ -33,39 +30,33 @@ class ModelOutput(dict):
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position of each token among the real tokens of its row, so padding never shifts RoPE."""
+    """Position of each token among the real tokens of its row, so padding never shifts positions."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def bidirectional(spec) -> bool:
-    """Whether some attention of the spec sees later tokens (an encoder): such a model cannot generate."""
-    for decl in [spec.model, *spec.blocks.values()]:
-        for line in decl.graph:
-            causal = line.fields.get("causal") if line.op == "attention" else None
-            if causal is not None and causal.is_constant() and not causal.evaluate({}):
-                return True
-    return False
+def supplied_positions(state: SequenceState, batch: int, length: int, device, keys: bool = False) -> torch.Tensor:
+    """[B, length]: the positions of the `length` new tokens of a sequence among its real tokens, after
+    the `past` ones already cached; with `keys`, [B, past + length]: those of every key so far."""
+    total = state.past + length
+    first = 0 if keys else state.past
+    if state.padding is None:
+        return torch.arange(first, total, device=device).expand(batch, -1)
+    return positions_from_mask(state.padding[:, :total])[:, first:]
 
 
-def _static_modules(spec, decl, owner: nn.Module):
-    """The module instances of the block params declared `static` (each layer's, when repeated)."""
-    for p in decl.params.values():
-        if p.kind != "block":
-            continue
-        module = getattr(owner, p.name)
-        instances = list(module) if p.repeat is not None else [module]
-        for m in instances:
-            if p.static:
-                yield m
-            else:
-                yield from _static_modules(spec, spec.blocks[p.block], m)
+def modules_at(net: nn.Module, path) -> list[nn.Module]:
+    """The modules a contract path names; `*` steps into every layer of a repeated block."""
+    found = [net]
+    for part in path:
+        found = [child for m in found for child in (list(m) if part == "*" else [getattr(m, part)])]
+    return found
 
 
 @contextmanager
-def static_blocks_run_once(spec, net: nn.Module):
-    """While decoding, a static block (an encoder, cross-attention keys and values) sees the same
+def static_modules_run_once(net: nn.Module, paths):
+    """While decoding, a static module (an encoder, cross-attention keys and values) sees the same
     inputs at every step: its first output is kept and handed back at every later call."""
-    modules = list(_static_modules(spec, spec.model, net))
+    modules = [m for path in paths for m in modules_at(net, path)]
     for m in modules:
         memo: dict = {}
 
@@ -79,15 +70,6 @@ def static_blocks_run_once(spec, net: nn.Module):
     finally:
         for m in modules:
             del m.forward
-
-
-def _fixed_dims(spec, config: dict) -> dict[str, tuple[int, dict[int, int]]]:
-    """Per model input: its rank and the dims the config fixes (an image of image_size pixels)."""
-    out = {}
-    for name, decl in spec.model.inputs.items():
-        fixed = {i: int(d.evaluate(config)) for i, d in enumerate(decl.shape) if d.names <= config.keys()}
-        out[name] = (len(decl.shape), fixed)
-    return out
 
 
 class EndTokens:
@@ -112,179 +94,234 @@ class EndTokens:
         return self.eos is not None and bool(self.done.all())
 
 
+def _count(logits_to_keep) -> int:
+    if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be an integer >= 0, got {logits_to_keep!r}")
+    return logits_to_keep
+
+
 class CompiledModel(nn.Module):
-    def __init__(self, net: nn.Module, config: dict, spec, manifest: dict, dtype: torch.dtype, device,
-                 load_report: dict | None = None):
+    def __init__(self, net: nn.Module, config: dict, interface: Interface, manifest: dict, dtype: torch.dtype,
+                 device, load_report: dict | None = None, head: str | None = None):
         super().__init__()
         self.net = net
         self.config = config
-        self.spec = spec
+        self.interface = interface
+        self.spec = interface          # what the runtime knows of the spec: its name, config, heads, contract
+        self.contract = interface.contract
         self.manifest = manifest
         self.dtype = dtype
         self.device = torch.device(device)
         self.load_report = load_report or {}
-        self.input_names = list(spec.model.inputs)
+        self.head = head
+        self.output_names = interface.heads[head].outputs if head is not None else self.contract.outputs
         self.id2label: dict[int, str] | None = None
-        self._input_dims = _fixed_dims(spec, config)
+        self._inputs = {i.name: i for i in self.contract.inputs}
+        # per input, the dims this config fixes (an image of image_size pixels)
+        self._fixed = {i.name: {k: int(d.evaluate(config)) for k, d in enumerate(i.shape) if d.names <= config.keys()}
+                       for i in self.contract.inputs}
 
     def __repr__(self) -> str:
-        return f"CompiledModel({self.spec.name}, dtype={self.dtype}, device={self.device})\n{self.net!r}"
+        return f"CompiledModel({self.interface.name}, dtype={self.dtype}, device={self.device})\n{self.net!r}"
 
     def kernel_report(self) -> dict[str, str]:
         """Which path each fused group takes here: triton, triton (interpreter) or torch, and why."""
-        from compiler.triton.dispatch import kernel_report
+        from runtime.kernels import kernel_report
         return kernel_report(self)
 
-    def _run(self, input_ids, position_ids, ctx, **extra) -> ModelOutput:
-        feeds = {"input_ids": input_ids, "position_ids": position_ids, **extra}
-        if "token_type_ids" in self.input_names and feeds.get("token_type_ids") is None:
-            # one segment, as Transformers assumes when none is given
-            feeds["token_type_ids"] = torch.zeros_like(input_ids)
-        missing = [n for n in self.input_names if feeds.get(n) is None]
-        if missing:
-            raise TypeError(f"{self.spec.name} needs the input(s) {', '.join(missing)}")
-        for name, (rank, fixed) in self._input_dims.items():
-            shape = tuple(feeds[name].shape)
-            if len(shape) != rank or any(shape[i] != size for i, size in fixed.items()):
-                want = [str(fixed.get(i, d)) for i, d in enumerate(self.spec.model.inputs[name].shape)]
-                raise ValueError(f"{self.spec.name}: input {name} must be [{', '.join(want)}] for this config, "
-                                 f"got {list(shape)}")
-        return ModelOutput(self.net(*(feeds[n] for n in self.input_names), ctx))
-
+    # -- forward ------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None,
-                decoder_input_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> ModelOutput:
-        """`logits_to_keep=k` (as in Transformers): logits of the last k positions only, 0 for all.
-        The compiler cut the model's per-position tail (manifest "keep_positions"), so the final norm
-        and the LM head then run on those positions alone."""
-        if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
-            raise ValueError(f"logits_to_keep must be an integer >= 0, got {logits_to_keep!r}")
-        return _keep_logits(self._forward(input_ids, attention_mask, position_ids, token_type_ids, pixel_values,
-                                          decoder_input_ids, logits_to_keep), logits_to_keep)
+    def forward(self, *args, logits_to_keep: int = 0, **kwargs) -> ModelOutput:
+        """The contract's caller inputs by name (the first also positionally), the padding mask of each
+        sequence by its keyword (1 = a real position), and, optionally, inputs the runtime would supply.
 
-    def _forward(self, input_ids, attention_mask, position_ids, token_type_ids, pixel_values, decoder_input_ids,
-                 keep) -> ModelOutput:
-        if "decoder_input_ids" in self.input_names or decoder_input_ids is not None:
-            return self._encoder_decoder(input_ids, attention_mask, decoder_input_ids, keep)
-        extra = {}
-        if position_ids is not None and "position_ids" not in self.input_names:
-            raise TypeError(f"{self.spec.name} computes its own positions; it takes no position_ids")
-        if token_type_ids is not None:
-            extra["token_type_ids"] = self._batch(token_type_ids)
-        if pixel_values is not None:
-            pv = torch.as_tensor(pixel_values, device=self.device).to(self.dtype)
-            extra["pixel_values"] = pv[None] if pv.dim() == 3 else pv
-        unused = [n for n in extra if n not in self.input_names]
-        if unused:
-            raise TypeError(f"{self.spec.name} takes no {', '.join(unused)} (its inputs: {', '.join(self.input_names)})")
-        if input_ids is None:
-            if "input_ids" in self.input_names:
-                raise TypeError(f"{self.spec.name} needs input_ids")
-            return self._run(None, None, ForwardContext(self.dtype, self.device, keep_positions=keep), **extra)
-        input_ids = self._batch(input_ids)
-        padding = None
-        if attention_mask is not None:
-            attention_mask = self._batch(attention_mask).to(self.device)
-            if not bool(attention_mask.all()):
-                padding = attention_mask.bool()
-        if position_ids is None:
-            position_ids = (positions_from_mask(padding) if padding is not None
-                            else torch.arange(input_ids.shape[1], device=self.device).expand_as(input_ids))
-        ctx = ForwardContext(self.dtype, self.device, padding=padding, keep_positions=keep)
-        return self._run(input_ids, position_ids.to(self.device), ctx, **extra)
-
-    def _source_padding(self, attention_mask):
-        if attention_mask is None:
-            return None
-        mask = self._batch(attention_mask).to(self.device)
-        return None if bool(mask.all()) else mask.bool()
-
-    def _encoder_decoder(self, input_ids, attention_mask, decoder_input_ids, keep: int = 0) -> ModelOutput:
-        if "decoder_input_ids" not in self.input_names:
-            raise TypeError(f"{self.spec.name} is not an encoder-decoder; it takes no decoder_input_ids")
-        if input_ids is None or decoder_input_ids is None:
-            raise TypeError(f"{self.spec.name} needs input_ids (the source) and decoder_input_ids")
-        ctx = ForwardContext(self.dtype, self.device, encoder_padding=self._source_padding(attention_mask),
-                             keep_positions=keep)
-        return self._run(self._batch(input_ids), None, ctx, decoder_input_ids=self._batch(decoder_input_ids))
-
-    def _generate_encoder_decoder(self, input_ids, max_new_tokens, eos_token_id, pad_token_id,
-                                  attention_mask) -> torch.Tensor:
-        """Greedy decoding from decoder_start_token_id; the encoder and every layer's cross-attention
-        keys and values run once (static blocks), the decoder's self-attention keys go to the KV cache."""
-        ids = self._batch(input_ids)
-        batch = ids.shape[0]
-        source_padding = self._source_padding(attention_mask)
-        out = torch.full((batch, max_new_tokens + 1), int(self.config.get("decoder_start_token_id", 0)),
-                         dtype=ids.dtype, device=self.device)
-        cache = KVCache(max_new_tokens + 1)
-        ends = EndTokens(eos_token_id, pad_token_id, batch, self.device)
-        with static_blocks_run_once(self.spec, self.net):
-            for step in range(max_new_tokens):
-                ctx = ForwardContext(self.dtype, self.device, cache=cache, past_len=step,
-                                     encoder_padding=source_padding)
-                logits = self._run(ids, None, ctx, decoder_input_ids=out[:, step:step + 1])["logits"][:, -1]
-                out[:, step + 1] = ends.pick(logits)
-                if ends.all_done():
-                    return out[:, :step + 2]
+        `logits_to_keep=k` (as in Transformers): the next-token logits of the last k positions only, 0
+        for all. The compiler cut the model's per-position tail (manifest "keep_positions"), so the
+        final norm and the head then run on those positions alone.
+        """
+        keep = _count(logits_to_keep)
+        feeds, masks = self._bind(args, kwargs)
+        lengths = self._lengths(feeds)
+        states = {seq: SequenceState(padding) for seq, padding in self._paddings(masks, feeds, lengths).items()}
+        out = self._run(feeds, states, keep)
+        if keep:
+            g = self.contract.generate
+            if g is None or g.logits not in out:
+                why = self.contract.no_generate if g is None else f"the loaded head outputs {', '.join(out)}"
+                raise ValueError(f"logits_to_keep needs next-token logits, which {self.interface.name} has not: {why}")
+            out[g.logits] = last_positions(out[g.logits], keep)
         return out
 
+    def _bind(self, args, kwargs, generated: str | None = None) -> tuple[dict, dict]:
+        """(input name -> tensor, mask keyword -> mask) from a call; `generated`: an input the caller
+        does not pass (generate makes it)."""
+        name, callers = self.interface.name, self.contract.callers
+        if len(args) > 1 or (args and not callers):
+            first = f"its first input ({callers[0].name})" if callers else "no input"
+            raise TypeError(f"{name} takes {first} positionally and the others by name: "
+                            f"{', '.join(self._inputs)}")
+        if args:
+            if callers[0].name in kwargs:
+                raise TypeError(f"{name} got {callers[0].name} both positionally and by name")
+            kwargs = {callers[0].name: args[0], **kwargs}
+        feeds, masks = {}, {}
+        for key, value in kwargs.items():
+            if key in self._inputs:
+                if value is not None:
+                    feeds[key] = self._tensor(self._inputs[key], value)
+            elif key in self.contract.masks:
+                if value is not None:
+                    masks[key] = value
+            else:
+                known = ", ".join(self._inputs) + (f"; masks: {', '.join(self.contract.masks)}" if self.contract.masks else "")
+                raise TypeError(f"{name} takes no {key} (its inputs: {known})")
+        missing = [i.name for i in callers if i.name not in feeds and i.name != generated]
+        if missing:
+            raise TypeError(f"{name} needs the input(s) {', '.join(missing)}")
+        return feeds, masks
+
+    def _tensor(self, inp: Input, value) -> torch.Tensor:
+        t = torch.as_tensor(value, device=self.device)
+        if inp.dtype == "float":
+            if not t.is_floating_point():
+                raise TypeError(f"{self.interface.name}: input {inp.name} takes a float tensor, got {t.dtype}")
+            t = t.to(self.dtype)
+        elif t.is_floating_point() or t.is_complex():
+            raise TypeError(f"{self.interface.name}: input {inp.name} takes an {inp.dtype} tensor, got {t.dtype}")
+        if t.dim() == len(inp.shape) - 1 and self._batched(inp):
+            t = t[None]      # one example without its batch dim
+        return t
+
+    def _batched(self, inp: Input) -> bool:
+        first = inp.shape[0] if inp.shape else None
+        return first is not None and first.kind == "name" and first.value not in self.config
+
+    def _lengths(self, feeds: dict) -> dict[str, int]:
+        """Each sequence's length in this call, from the inputs along it (which must agree)."""
+        lengths, source = {}, {}
+        for i in self.contract.inputs:
+            t = feeds.get(i.name)
+            if i.seq is None or t is None or i.source == "key_positions" or t.dim() < 2:
+                continue
+            n = t.shape[1]
+            if lengths.setdefault(i.seq, n) != n:
+                raise ValueError(f"{self.interface.name}: {source[i.seq]} and {i.name} run along sequence {i.seq} "
+                                 f"but have lengths {lengths[i.seq]} and {n}")
+            source.setdefault(i.seq, i.name)
+        return lengths
+
+    def _batch(self, feeds: dict) -> int:
+        return next(t.shape[0] for n, t in feeds.items() if self._batched(self._inputs[n]) and t.dim())
+
+    def _paddings(self, masks: dict, feeds: dict, lengths: dict) -> dict[str, torch.Tensor | None]:
+        """Sequence -> its padding (bool, True = real) from the masks given; None when nothing is padded."""
+        out = {}
+        for kwarg, mask in masks.items():
+            seq = self.contract.masks[kwarg]
+            if seq not in lengths:
+                raise TypeError(f"{self.interface.name}: {kwarg} masks sequence {seq}, and no input along it is given")
+            m = torch.as_tensor(mask, device=self.device)
+            m = m[None] if m.dim() == 1 else m
+            want = (self._batch(feeds), lengths[seq])
+            if tuple(m.shape) != want:
+                raise ValueError(f"{self.interface.name}: {kwarg} must be [{want[0]}, {want[1]}] like the inputs along "
+                                 f"{seq}, got {list(m.shape)}")
+            out[seq] = None if bool(m.all()) else m.bool()
+        return out
+
+    def _run(self, feeds: dict, states: dict[str, SequenceState], keep: int) -> ModelOutput:
+        feeds = dict(feeds)
+        lengths = self._lengths(feeds)
+        for seq in lengths:
+            states.setdefault(seq, SequenceState())
+        self._supply(feeds, states, lengths)
+        self._check_dims(feeds)
+        ctx = ForwardContext(self.dtype, self.device, states, keep_positions=keep)
+        return ModelOutput(self.net(*(feeds[i.name] for i in self.contract.inputs), ctx))
+
+    def _supply(self, feeds: dict, states: dict[str, SequenceState], lengths: dict[str, int]) -> None:
+        """The inputs the caller left to the runtime: positions, key positions, fills."""
+        batch = None
+        for i in self.contract.inputs:
+            if i.name in feeds:
+                continue
+            batch = self._batch(feeds) if batch is None else batch
+            n, state = lengths[i.seq], states[i.seq]
+            if i.source in ("positions", "key_positions"):
+                feeds[i.name] = supplied_positions(state, batch, n, self.device, keys=i.source == "key_positions")
+            else:
+                dtype = {"int": torch.long, "bool": torch.bool}.get(i.dtype, self.dtype)
+                rest = [int(d.evaluate(self.config)) for d in i.shape[2:]]
+                feeds[i.name] = torch.full((batch, n, *rest), i.value, dtype=dtype, device=self.device)
+
+    def _check_dims(self, feeds: dict) -> None:
+        for name, t in feeds.items():
+            inp, fixed = self._inputs[name], self._fixed[name]
+            shape = tuple(t.shape)
+            if len(shape) != len(inp.shape) or any(shape[i] != size for i, size in fixed.items()):
+                want = [str(fixed.get(i, d)) for i, d in enumerate(inp.shape)]
+                raise ValueError(f"{self.interface.name}: input {name} must be [{', '.join(want)}] for this config, "
+                                 f"got {list(shape)}")
+
+    # -- generate -----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, eos_token_id=None,
-                 attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None) -> torch.Tensor:
-        """Greedy decoding; returns prompt + new tokens like Transformers' generate (an encoder-decoder:
-        decoder_start_token_id + new tokens, with `input_ids` the source).
+    def generate(self, *args, max_new_tokens: int = 20, eos_token_id=None, pad_token_id=None, **kwargs) -> torch.Tensor:
+        """Greedy decoding; returns prompt + new tokens like Transformers' generate. The inputs are those
+        of a forward call; for an encoder-decoder (the contract's start token) the first input is the
+        source, and the output starts from the start token instead of a prompt.
 
         Rows that produced an end token continue with `pad_token_id` (or the first end token)
         until every row has finished or `max_new_tokens` is reached.
         """
-        if "decoder_input_ids" in self.input_names:
-            return self._generate_encoder_decoder(input_ids, max_new_tokens, eos_token_id, pad_token_id, attention_mask)
-        if bidirectional(self.spec):
-            raise TypeError(f"{self.spec.name} is a bidirectional encoder (its attention is not causal); "
-                            "it has no next-token distribution to generate from")
-        ids = self._batch(input_ids)
-        batch, prompt_len = ids.shape
-        total = prompt_len + max_new_tokens
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        padding = None
-        if padded:
-            padding = torch.ones(batch, total, dtype=torch.bool, device=self.device)
-            padding[:, :prompt_len] = self._batch(attention_mask).bool()
-            positions = positions_from_mask(padding[:, :prompt_len])
+        g, name = self.contract.generate, self.interface.name
+        if g is None:
+            raise TypeError(f"{name} cannot generate: {self.contract.no_generate}")
+        if g.logits not in self.output_names:
+            raise TypeError(f"{name} with the '{self.head}' head outputs {', '.join(self.output_names)}; "
+                            f"generate reads {g.logits}")
+        feeds, masks = self._bind(args, kwargs, generated=g.tokens if g.start is not None else None)
+        lengths = self._lengths(feeds)
+        paddings = self._paddings(masks, feeds, lengths)
+        if g.start is not None:
+            if g.tokens in feeds or g.seq in paddings:
+                raise TypeError(f"{name} generates {g.tokens} from its start token: pass the source, not {g.tokens} "
+                                "or its mask")
+            start = int(g.start.evaluate(self.config))
+            prompt = torch.full((self._batch(feeds), 1), start, dtype=torch.long, device=self.device)
         else:
-            positions = torch.arange(prompt_len, device=self.device).expand(batch, -1)
+            prompt = feeds.pop(g.tokens)
+        prompt_padding = paddings.pop(g.seq, None)
+        others = {seq: SequenceState(padding) for seq, padding in paddings.items()}
+        batch, prompt_len = prompt.shape
+        total = prompt_len + max_new_tokens
+        padding = None
+        if prompt_padding is not None:
+            padding = torch.ones(batch, total, dtype=torch.bool, device=self.device)
+            padding[:, :prompt_len] = prompt_padding
         cache = KVCache(total)
-        out = torch.empty(batch, total, dtype=ids.dtype, device=self.device)
-        out[:, :prompt_len] = ids
+        out = torch.empty(batch, total, dtype=prompt.dtype, device=self.device)
+        out[:, :prompt_len] = prompt
         ends = EndTokens(eos_token_id, pad_token_id, batch, self.device)
-        step_ids, past = ids, 0
-        for step in range(max_new_tokens):
-            ctx = ForwardContext(self.dtype, self.device,
-                                 padding=None if padding is None else padding[:, :past + step_ids.shape[1]],
-                                 cache=cache, past_len=past, keep_positions=1)
-            logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
-            if cache.stale:
-                # The cached keys no longer fit this step (LongRoPE switched factors): like Transformers,
-                # recompute the whole sequence so far into a fresh cache.
-                step_ids, past, cache = out[:, :prompt_len + step], 0, KVCache(total)
-                n = step_ids.shape[1]
-                positions = (positions_from_mask(padding[:, :n]) if padding is not None
-                             else torch.arange(n, device=self.device).expand(batch, -1))
-                ctx = ForwardContext(self.dtype, self.device,
-                                     padding=None if padding is None else padding[:, :n], cache=cache, keep_positions=1)
-                logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
-            token = ends.pick(logits)
-            out[:, prompt_len + step] = token
-            past += step_ids.shape[1]
-            step_ids = token[:, None]
-            positions = positions[:, -1:] + 1
-            if ends.all_done():
-                return out[:, :prompt_len + step + 1]
+        step_ids, past = prompt, 0
+        with static_modules_run_once(self.net, self.contract.static):
+            for step in range(max_new_tokens):
+                logits = self._step(feeds, others, step_ids, past, padding, cache)
+                if cache.stale:
+                    # The cached keys no longer fit this step (LongRoPE switched factors): like Transformers,
+                    # recompute the whole sequence so far into a fresh cache.
+                    step_ids, past, cache = out[:, :prompt_len + step], 0, KVCache(total)
+                    logits = self._step(feeds, others, step_ids, past, padding, cache)
+                token = ends.pick(logits)
+                out[:, prompt_len + step] = token
+                past += step_ids.shape[1]
+                step_ids = token[:, None]
+                if ends.all_done():
+                    return out[:, :prompt_len + step + 1]
         return out
 
-    def _batch(self, t) -> torch.Tensor:
-        t = torch.as_tensor(t, device=self.device)
-        return t[None] if t.dim() == 1 else t
+    def _step(self, feeds, others, ids, past: int, padding, cache: KVCache) -> torch.Tensor:
+        """The next-token logits after `ids`, the new tokens of the generated sequence past `past`."""
+        g = self.contract.generate
+        n = past + ids.shape[1]
+        states = {**others, g.seq: SequenceState(None if padding is None else padding[:, :n], past, cache)}
+        return self._run({**feeds, g.tokens: ids}, states, keep=1)[g.logits][:, -1]

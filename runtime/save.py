@@ -20,14 +20,14 @@ from runtime.weights import _active
 NEEDS_SOURCE_SHAPES = ("concat", "reshape")
 
 
-def hf_config(spec, values: dict) -> dict:
+def hf_config(interface, values: dict) -> dict:
     out: dict = {}
-    matches = spec.matches
+    matches = interface.matches
     if matches.get("architectures"):
         out["architectures"] = [matches["architectures"][0]]
     if matches.get("model_type"):
         out["model_type"] = matches["model_type"][0]
-    for entry in spec.config.values():
+    for entry in interface.config.values():
         value = values.get(entry.name)
         if not entry.hf or value is None:
             continue
@@ -59,10 +59,10 @@ def _member_params(net) -> dict[str, torch.Tensor]:
 
 def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
     """The model's params under checkpoint names, in the checkpoint's layout."""
-    spec, config = model.spec, model.config
+    interface, config = model.interface, model.config
     params = _member_params(model.net)
     out: dict[str, torch.Tensor] = {}
-    for rule in spec.weights:
+    for rule in interface.weights:
         if not _active(rule, config):
             continue
         blocked = [transform_name(t)[0] for t in rule.transforms if transform_name(t)[0] in NEEDS_SOURCE_SHAPES]
@@ -95,7 +95,7 @@ def save_pretrained(model, folder: str | Path) -> Path:
             seen.add(key)
             unique[name] = t.clone() if t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
     save_file(unique, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    config = hf_config(model.spec, model.config)
+    config = hf_config(model.interface, model.config)
     config["dtype"] = str(model.dtype).removeprefix("torch.")
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return folder

@@ -1,4 +1,4 @@
-"""Loading a checkpoint through the spec's weight rules.
+"""Loading a checkpoint through the weight rules of an artifact's interface (the spec's `weights:`).
 
 First a plan from the safetensors headers alone: which checkpoint tensors feed which params, with
 the shapes the transforms will produce. Missing, unexpected and mis-shaped tensors are reported
@@ -70,10 +70,10 @@ def tied_params(module: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def _strip_prefix(spec, tensors: dict, plan: "LoadPlan") -> tuple[dict, dict]:
-    """Checkpoints saved with a head carry the trunk under the spec's base_prefix (`bert.`), those saved
+def _strip_prefix(interface, tensors: dict, plan: "LoadPlan") -> tuple[dict, dict]:
+    """Checkpoints saved with a head carry the trunk under the spec's base_prefix (`model_type.`), those saved
     without do not; rules are written without it. Returns (rule-side name -> info, rule-side -> file name)."""
-    prefix = getattr(spec, "base_prefix", "")
+    prefix = interface.base_prefix
     if not prefix:
         return tensors, {n: n for n in tensors}
     local, original = {}, {}
@@ -86,13 +86,16 @@ def _strip_prefix(spec, tensors: dict, plan: "LoadPlan") -> tuple[dict, dict]:
     return local, original
 
 
-def _heads_of(spec, target: str) -> list[str]:
-    """The heads of the spec that declare the param a rule target lands on (none: a trunk param)."""
-    root = target.split(".", 1)[0]
-    return [name for name, head in getattr(spec, "heads", {}).items() if root in head.block.params]
+def _head_owners(interface) -> dict[str, list[str]]:
+    """Top-level param -> the heads that declare it (none: a trunk param)."""
+    owners: dict[str, list[str]] = {}
+    for head in interface.heads:
+        for root in sorted(interface.head_params(head)):
+            owners.setdefault(root, []).append(head)
+    return owners
 
 
-def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str = "",
+def plan_load(interface, config: dict, module: nn.Module, tensors: dict, folder: str = "",
               head: str | None = None) -> LoadPlan:
     """Match checkpoint tensors (name -> TensorInfo) to the module's params through the rules.
 
@@ -102,11 +105,16 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
     params = virtual_params(module)
     aliases = tied_params(module)
     plan = LoadPlan()
-    tensors, original = _strip_prefix(spec, tensors, plan)
+    tensors, original = _strip_prefix(interface, tensors, plan)
+    owners = _head_owners(interface)
+
+    def heads_of(target: str) -> list[str]:
+        return owners.get(target.split(".", 1)[0], [])
+
     consumed: set[str] = set()
     produced: dict[str, str] = {}
-    rules = [r for r in spec.weights if _active(r, config)]
-    inactive = [r for r in spec.weights if not _active(r, config)]
+    rules = [r for r in interface.weights if _active(r, config)]
+    inactive = [r for r in interface.weights if not _active(r, config)]
     for name in sorted(tensors):
         if name in consumed:
             continue
@@ -129,15 +137,15 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
             consumed.update(s for s in sources if s in tensors)
             continue
         consumed.update(sources)
-        # A checkpoint that carries its own tensor for a tied param (a T5 v1.1 / Flan LM head under a
-        # Transformers 5 config, which always says tied) gets it: the tie is undone for that param,
+        # A checkpoint that carries its own tensor for a tied param (an untied LM head under a config that
+        # says tied, as Transformers 5 writes some) gets it: the tie is undone for that param,
         # as Transformers does. Equal values (old checkpoints saving both) give the same numbers.
         untie = all(t in aliases for t in targets)
         unknown = [t for t in targets if t not in params and t not in aliases]
-        owners = [_heads_of(spec, t) for t in unknown]
-        if unknown and all(owners):
+        claimed = [heads_of(t) for t in unknown]
+        if unknown and all(claimed):
             # the module lacks these params, so they are not the chosen head's: another head's weights
-            heads = sorted({h for hs in owners for h in hs})
+            heads = sorted({h for hs in claimed for h in hs})
             for s in sources:
                 plan.ignored[original[s]] = f"weights of the {', '.join(heads)} head, not the one loaded"
             continue
@@ -166,7 +174,7 @@ def plan_load(spec, config: dict, module: nn.Module, tensors: dict, folder: str 
                 produced[t] = name
     for name in params:
         if name not in produced:
-            (plan.head_missing if head is not None and head in _heads_of(spec, name) else plan.missing).append(name)
+            (plan.head_missing if head is not None and head in heads_of(name) else plan.missing).append(name)
     return plan
 
 

@@ -75,7 +75,7 @@ def test_the_manifest_records_ops_blocks_and_param_formulas(tmp_path):
     manifest = json.loads((compile_spec("specs/llama.yaml", tmp_path / "a").directory / "manifest.json").read_text())
     assert manifest["ops"]["linear"] == 8 and manifest["blocks"][-1] == "model"
     assert manifest["params"]["layers.{i}.attn.q_proj.weight"] == "head_dim*hidden_size*num_heads*num_layers"
-    assert set(manifest["files"]) == {"model.py", "spec.json", "ir.txt", "kernels.py", "fusion.txt"}
+    assert set(manifest["files"]) == {"model.py", "interface.json", "spec.json", "ir.txt", "kernels.py", "fusion.txt"}
 
 
 def test_the_checked_in_schema_is_the_generated_one():

@@ -1,9 +1,9 @@
-"""The CPU routing of `compiler.ops.linear`: same numbers as F.linear, threaded where MKL is not."""
+"""The CPU routing of `runtime.ops.linear`: same numbers as F.linear, threaded where MKL is not."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from compiler.ops import fused
+from runtime.ops import linear_layers as fused
 
 
 @pytest.fixture

@@ -143,11 +143,12 @@ def test_fused_toy_model_computes_what_the_unfused_one_does(tmp_path):
     """Reordered groups, rebound names and a three-way projection, without any checkpoint."""
     path = tmp_path / "toy.yaml"
     path.write_text(TOY)
-    from runtime.loader import _import_model
+    from runtime.artifact import import_model
+    from runtime.context import ForwardContext
     outs = []
     for options in ({}, {"fuse": False}):
         result = compile_spec(path, tmp_path / f"toy{len(options)}", options)
-        module = _import_model(result.directory, result.manifest)
+        module = import_model(result.directory, result.manifest)
         torch.manual_seed(0)
         net = module.MODEL(module.Config(d=8))
         gen = torch.Generator().manual_seed(1)
@@ -159,7 +160,7 @@ def test_fused_toy_model_computes_what_the_unfused_one_does(tmp_path):
             net.abc.weight.data.copy_(torch.cat([weights[n] for n in ("a", "b", "c")]))
         x, y, v = torch.randn(2, 3, 8, generator=gen), torch.randn(2, 3, 8, generator=gen), torch.randn(8, generator=gen)
         with torch.no_grad():
-            outs.append(net(x, y, v)["o"])
+            outs.append(net(x, y, v, ForwardContext(torch.float32, "cpu"))["o"])
     assert (outs[0] - outs[1]).abs().max().item() <= 1e-5
 
 

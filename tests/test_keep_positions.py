@@ -10,7 +10,7 @@ from compiler.passes import run_pipeline
 from compiler.pipeline import compile_spec
 from compiler.spec import load_spec
 from runtime.context import ForwardContext
-from runtime.loader import _import_model
+from runtime.artifact import import_model
 from tests.family_parity import TOL
 from tests.hf_checkpoints import randomize, save
 from tests.test_gemma2_parity import GEMMA2
@@ -69,7 +69,7 @@ def test_tail_starts_after_the_last_op_that_moves_positions_and_broadcasts_stay_
 def test_emitted_tail_computes_the_last_positions_only_and_the_other_output_whole(tmp_path):
     result = compile_spec(tail_spec(tmp_path), tmp_path / "art")
     assert result.manifest["keep_positions"] == ["x"]
-    module = _import_model(result.directory, result.manifest)
+    module = import_model(result.directory, result.manifest)
     torch.manual_seed(0)
     net = module.MODEL(module.Config(d=8, v=11))
     x, shift = torch.randn(2, 5, 8), torch.randn(8)

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 import runtime
-from compiler import ops
 from compiler.pipeline import compile_spec
-from compiler.triton.dispatch import import_kernels
-from runtime.context import ForwardContext, KVCache
+from runtime import ops
+from runtime.artifact import import_model
+from runtime.context import ForwardContext, KVCache, SequenceState
+from runtime.kernels import import_kernels
 from tests.hf_checkpoints import randomize, save
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpreter tests")
@@ -130,12 +131,12 @@ def test_flash_attention_kernel_matches_sdpa(llama, case, dtype):
         if cache is not None:           # the past, written by an earlier step
             k0, v0 = rand(batch, c["hk"], c["past"], head_dim, dtype=dtype, seed=7), rand(batch, c["hk"], c["past"], head_dim, dtype=dtype, seed=8)
             cache.update("slot", k0, v0, 0)
-        ctx = ForwardContext(dtype, "cpu", padding=padding, cache=cache, past_len=c["past"])
+        ctx = ForwardContext(dtype, "cpu", {"S": SequenceState(padding, c["past"], cache)})
         q = rand(batch, c["hq"], c["q_len"], head_dim, dtype=dtype, seed=1)
         k = rand(batch, c["hk"], c["q_len"], head_dim, dtype=dtype, seed=2)
         v = rand(batch, c["hk"], c["q_len"], head_dim, dtype=dtype, seed=3)
         fn = llama.attention if use_kernel else ops.attention
-        results.append(fn(q, k, v, ctx, "slot", causal=c["causal"], scale=head_dim ** -0.5, window=c["window"]))
+        results.append(fn(q, k, v, ctx, "slot", seq="S", causal=c["causal"], scale=head_dim ** -0.5, window=c["window"]))
     got, want = results
     if padding is not None:
         # a padding query that sees no key has no defined output; compare the real queries
@@ -154,7 +155,7 @@ def test_every_kernel_of_a_spec_matches_its_groups_pytorch_code(tmp_path, dtype)
     # prologue chain + layer_norm + epilogue chain in one kernel; gelu + rms_norm(offset) in another
     assert sorted(g for k in kernels.values() for g in k["groups"]) == [
         "model.gelu_rms_norm", "model.scale_gelu_softcap_add_layer_norm_relu_sub_mul"]
-    module = runtime.loader._import_model(result.directory, result.manifest)
+    module = import_model(result.directory, result.manifest)
     for n in (96, 1823):
         torch.manual_seed(n)
         net = module.MODEL(module.Config(d=n, eps=1e-5)).to(dtype)
@@ -163,9 +164,10 @@ def test_every_kernel_of_a_spec_matches_its_groups_pytorch_code(tmp_path, dtype)
                 p.add_(0.1 * torch.randn_like(p))
         x, y = rand(2, 3, n, dtype=dtype, seed=1), rand(2, 3, n, dtype=dtype, seed=2)
         module.kernels.force = False
-        want = net(x, y)["o"]
+        ctx = ForwardContext(dtype, "cpu")
+        want = net(x, y, ctx)["o"]
         module.kernels.force = True
-        got = net(x, y)["o"]
+        got = net(x, y, ctx)["o"]
         module.kernels.force = None
         close(got, want, dtype)
 
@@ -194,10 +196,9 @@ def test_tiny_llama_through_the_triton_path_equals_the_unfused_compile(tmp_path)
 
 
 def test_environment_variable_forces_the_triton_path(tmp_path, monkeypatch):
-    from runtime.loader import _import_model
     monkeypatch.setenv("GRAPHSPEC_TRITON", "1")
     result = compile_spec("specs/llama.yaml", tmp_path / "env")
-    module = _import_model(result.directory, result.manifest)
+    module = import_model(result.directory, result.manifest)
     try:
         assert module.kernels.enabled(torch.zeros(1))
         assert module.kernels.path_for(torch.device("cpu")) == "triton (interpreter)"

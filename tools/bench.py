@@ -97,7 +97,7 @@ def load_probe(folder: str, dtype: str) -> None:
     import runtime
     from compiler.pipeline import compile_spec
     import torch
-    from runtime.loader import open_artifact
+    from runtime.artifact import open_artifact
     artifact = compile_spec(SPEC).directory
     # Libraries are loaded once per process, not per checkpoint: import the artifact (model.py pulls in
     # kernels.py and triton) and page in the cast kernels first, so the growth measured is the weights'.

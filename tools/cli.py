@@ -9,7 +9,8 @@ from compiler.errors import SpecError
 
 # the compiler's pipeline, by name (compiler/passes/__init__.py NAMES); kept here as data so that
 # building the parser imports nothing heavy
-PASS_NAMES = ["lower", "check_names", "check_weight_rules", "fold_constants", "defer_carried_ops", "keep_positions", "fuse",
+PASS_NAMES = ["lower", "check_names", "check_weight_rules", "fold_constants", "derive_contract", "defer_carried_ops",
+              "keep_positions", "fuse",
               "check_expect_fused", "select_kernels"]
 
 

@@ -155,6 +155,8 @@ def _block_items(b: dict, compact: int, brief: bool) -> list[tuple[str, str]]:
         items += _ops(b["ops"], brief)
     if "outputs" in b:
         items.append(("~", f"outputs {_show(b['outputs'][0])} -> {_show(b['outputs'][1])}"))
+    if "generate" in b:
+        items.append(("~", f"generate {_show(b['generate'][0])} -> {_show(b['generate'][1])}"))
     return items
 
 

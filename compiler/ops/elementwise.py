@@ -1,14 +1,7 @@
 """Pointwise primitives: binary arithmetic with broadcasting and activations."""
 from __future__ import annotations
 
-import math
-
-from compiler.lazy_import import LazyModule
-
 from .registry import Attr, OpDef, ShapeError, TType, register
-
-# Imported on first use, not here: the compiler reads this module and must not pay torch's import.
-torch = LazyModule("torch", globals())
 
 
 def _broadcast(ctx) -> list[TType]:
@@ -110,19 +103,11 @@ register(OpDef(
     triton=lambda attrs: _GELU_TRITON.get(attrs["approximate"])))
 
 
-def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
-    # null means no capping: configs switch it off with null (Gemma 2's final_logit_softcapping).
-    if cap is None:
-        return x
-    return torch.tanh(x / cap) * cap
-
-
 register(OpDef(
     name="softcap", doc="tanh(x / cap) * cap (logit soft-capping); x unchanged when cap is null", operands=("x",),
     attrs=(Attr("cap", "expr", required=True, doc="the cap, or null for none"),), infer=_same,
-    emit=lambda e: f"ops.softcap({e['x']}, {e.a('cap')})", fusion="elementwise",
+    emit=lambda e: f"ops.softcap({e['x']}, {e.a('cap')})", fusion="elementwise", run="softcap",
     # a cap that only the config decides may be null at run time, which no kernel can take
     triton=lambda a: None if a["cap"] is None or not isinstance(a["cap"], (int, float))
     else "(2.0 * tl.sigmoid(2.0 * {x} / {cap}) - 1.0) * {cap}"))
 
-__all__ = ["softcap", "math"]

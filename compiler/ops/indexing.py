@@ -2,12 +2,7 @@
 joining and reshaping sequences, integer arithmetic on ids, tanh for poolers."""
 from __future__ import annotations
 
-from compiler.lazy_import import LazyModule
-
 from .registry import Attr, OpDef, ShapeError, TType, register
-
-# Imported on first use, not here: the compiler reads this module and must not pay torch's import.
-torch = LazyModule("torch", globals())
 
 
 def _const_int(ctx, attr: str) -> int:
@@ -29,32 +24,18 @@ def _axis(ctx, attr: str, rank: int, extra: int = 0) -> int:
     return d % n
 
 
-def last_positions(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The last k positions (axis 1) of x, or all of x when k is 0."""
-    return x[:, -k:] if k and k < x.shape[1] else x
-
-
-def keep_positions(x: torch.Tensor, ctx) -> torch.Tensor:
-    return last_positions(x, ctx.keep_positions)
-
-
 register(OpDef(
     name="keep_positions", doc="the last positions of x [B, S, ...] the caller asked for (all by default)",
-    operands=("x",), context=True, fusion="opaque", internal=True,
+    operands=("x",), context=True, fusion="opaque", internal=True, run="keep_positions",
     infer=lambda ctx: [ctx.expect_rank("x", tuple(range(2, 9)))],
     emit=lambda e: f"ops.keep_positions({e['x']}, ctx)"))
 
 
-def positions(ids: torch.Tensor, ctx) -> torch.Tensor:
-    start = ctx.past_len
-    return torch.arange(start, start + ids.shape[-1], device=ids.device).expand(ids.shape[0], -1)
-
-
 register(OpDef(
     name="positions", doc="absolute positions past .. past+S-1 for every row of ids [B, S] (int)",
-    operands=("ids",), context=True, fusion="opaque", sequence=("ids", 1),
+    operands=("ids",), context=True, fusion="opaque", run="positions", sequence=("ids", 1),
     infer=lambda ctx: [TType(ctx.expect_rank("ids", 2).shape, "int")],
-    emit=lambda e: f"ops.positions({e['ids']}, ctx)"))
+    emit=lambda e: f"ops.positions({', '.join([e['ids'], 'ctx', *e.seq_arg()])})"))
 
 
 def _int_same(ctx) -> list[TType]:
@@ -98,14 +79,6 @@ register(OpDef(
     infer=_select_infer, fusion="injective", emit=lambda e: f"{e['x']}.select({e.a('dim')}, {e.a('index')})"))
 
 
-def concat(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
-    """torch.cat that broadcasts the other dims first (a class token [1, 1, D] before [B, N, D])."""
-    dim = dim % a.dim()
-    shape = [max(x, y) if i != dim else -1 for i, (x, y) in enumerate(zip(a.shape, b.shape))]
-    return torch.cat((a.expand(*shape[:dim], a.shape[dim], *shape[dim + 1:]),
-                      b.expand(*shape[:dim], b.shape[dim], *shape[dim + 1:])), dim=dim)
-
-
 def _concat_infer(ctx) -> list[TType]:
     from compiler.symbolic import same_value
     from runtime.expr import parse_expr
@@ -132,7 +105,7 @@ def _is_one(d) -> bool:
 
 register(OpDef(
     name="concat", doc="join a and b along dim, broadcasting size-1 dims elsewhere", operands=("a", "b"),
-    attrs=(Attr("dim", "expr", required=True),), infer=_concat_infer, fusion="injective",
+    attrs=(Attr("dim", "expr", required=True),), infer=_concat_infer, fusion="injective", run="concat",
     emit=lambda e: f"ops.concat({e['a']}, {e['b']}, {e.a('dim')})"))
 
 

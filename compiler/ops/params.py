@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 
-# The modules the `norm` and `tensor` kinds construct, ops.Norm and ops.Tensor, are in
-# param_modules.py: they subclass nn.Module, and the compiler reads this table without torch.
+# The modules the kinds construct (ops.Linear, ops.Norm, ops.Tensor) are runtime/ops: they subclass
+# nn.Module, and the compiler reads this table without torch.
 
 
 @dataclass(frozen=True)

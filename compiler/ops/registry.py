@@ -1,12 +1,14 @@
 """The op registry: the closed set of primitives a spec may use.
 
 An op is one `OpDef`: its operands (tensor values), the params it reads, its attributes, a shape
-rule, a PyTorch lowering (a line of Python for the emitted `model.py`) and its fusion kind. The
+rule, a PyTorch lowering (a line of Python for the emitted `model.py`), the run-time function that
+line calls (`run`, in runtime/ops) and its fusion kind. The
 JSON Schema for op lines, the checker, the IR and the emitter all read this table, so adding an op
 is one `register(...)` call and nothing else.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -63,11 +65,15 @@ class OpDef:
     internal: bool = False                    # inserted by a pass; not an op a spec may write
     # Capabilities generic code decides on (never on op names):
     kv_cache: bool = False                    # keeps keys/values per call site: gets a KV-cache slot
-    # (operand, dim) whose model-level free dim is the sequence the op runs along (emitted as `seq=`)
-    sequence: tuple[str, int] | None = None
     # operand -> the value that makes the op return its other operand unchanged (add: 0 for either,
     # mul: 1): lets a pass defer the op into the next layer, starting from that value
     identity: dict[str, float] = field(default_factory=dict)
+    # The run-time function the emitted code calls as `ops.<run>(...)` (runtime/ops); None for ops
+    # that lower to plain torch code or to a param module's call.
+    run: str | None = None
+    # (operand, dim) that runs along a sequence, for ops of the context tied to one (its padding, its
+    # past, its KV cache): the compiler resolves that dim to the model's sequence and emits `seq="S"`.
+    sequence: tuple[str, int] | None = None
 
     @property
     def per_position(self) -> bool:
@@ -141,6 +147,10 @@ class EmitCtx:
     def given(self, name: str) -> bool:
         """The attribute is set: not absent, not a constant null."""
         return self.consts.get(name) is not None
+
+    def seq_arg(self) -> list[str]:
+        """`seq="S"` for an op tied to a sequence the compiler resolved (compiler/contract.py), else nothing."""
+        return [] if self.seq is None else [f"seq={json.dumps(self.seq)}"]
 
 
 OPS: dict[str, OpDef] = {}

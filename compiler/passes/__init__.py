@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+from compiler.contract import derive_contract
 from compiler.errors import SpecError
 from compiler.ir import ModelIR
 from compiler.lower import lower
@@ -44,6 +45,7 @@ PASSES = [
     Pass("check_names", _raising(check_names), "every spec name that becomes a Python identifier is a safe one"),
     Pass("check_weight_rules", _raising(check_rules), "every rule lands on params, every param is fed"),
     Pass("fold_constants", fold_constants, "attributes without config names become constants"),
+    Pass("derive_contract", derive_contract, "the runtime contract; each context op's model-level sequence"),
     Pass("defer_carried_ops", defer_carried_ops, "a layer's last op moves into the next layer, to fuse there",
          needs="fuse"),
     Pass("keep_positions", insert_keep_positions, "cut the model's per-position tail (logits_to_keep)"),

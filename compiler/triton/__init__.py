@@ -1,1 +1,2 @@
-"""Triton code generation for fused groups (templates), the emitted module's dispatch, AOT compiles."""
+"""Triton code generation for fused groups (templates) and ahead-of-time compiles; the emitted
+module's dispatch is runtime/kernels.py."""

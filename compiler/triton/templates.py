@@ -414,15 +414,16 @@ def {name}_kernel(
              out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
 
-def {name}(q, k, v, ctx, slot, causal=True, scale=None, window=None, softcap=None):
+def {name}(q, k, v, ctx, slot, seq=None, causal=True, scale=None, window=None, softcap=None):
     """{doc}"""
-    if ctx.cache is not None:
-        k, v = ctx.cache.update(slot, k, v, ctx.past_len)
+    state = ctx.seq(seq)
+    if state.cache is not None:
+        k, v = state.cache.update(slot, k, v, state.past)
     batch, n_heads, q_len, head_dim = q.shape
     kv_len = k.shape[2]
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    pad = ctx.padding
+    pad = state.padding
     pad = pad[:, :kv_len].to(torch.uint8) if pad is not None else out
     BLOCK_M = 64 if q.is_cuda else max(16, min(64, triton.next_power_of_2(q_len)))
     BLOCK_N = 64 if q.is_cuda else max(16, min(64, triton.next_power_of_2(kv_len)))
@@ -437,7 +438,7 @@ def {name}(q, k, v, ctx, slot, causal=True, scale=None, window=None, softcap=Non
         pad.stride(0),
         head_dim ** -0.5 if scale is None else scale, window or 0, softcap or 1.0,
         IS_CAUSAL=bool(causal), HAS_WINDOW=window is not None and kv_len > window,
-        HAS_PAD=ctx.padding is not None, HAS_SOFTCAP=softcap is not None,
+        HAS_PAD=state.padding is not None, HAS_SOFTCAP=softcap is not None,
         # fp32 storage: exact fp32 dots (no TF32). The interpreter's bf16 dot is wrong, so it gets fp32 too.
         DOT_F32=q.dtype == torch.float32 or not q.is_cuda,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
@@ -448,6 +449,8 @@ def {name}(q, k, v, ctx, slot, causal=True, scale=None, window=None, softcap=Non
 def flash_attention(name: str, doc: str, block, group, ops) -> KernelSource:
     node = group.members[0]
     call = [("value", node.inputs[f]) for f in ("q", "k", "v")] + [("ctx",), ("slot", node.id)]
+    if node.seq is not None:
+        call.append(("kw", "seq", ("seq", node.id)))
     for attr in ("causal", "scale", "window", "softcap"):
         if const_value(node.attrs.get(attr)) is not None:
             call.append(("kw", attr, ("attr", node.id, attr)))

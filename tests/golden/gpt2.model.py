@@ -10,10 +10,10 @@ import torch  # noqa: F401
 import torch.nn.functional as F  # noqa: F401
 from torch import nn
 
-from compiler import ops
-from compiler.triton import dispatch
+from runtime import ops
+from runtime.kernels import load_kernels
 
-kernels = dispatch.load_kernels(__file__)
+kernels = load_kernels(__file__)
 
 
 @dataclass
@@ -46,8 +46,8 @@ def gelu(h):
 def attention(q, k, v, ctx, slot, scale):
     """Fused group [flash_attention]: y = attention(q, k, v)"""
     if kernels.enabled(q):
-        return kernels.attention(q, k, v, ctx, slot, causal=True, scale=scale)
-    y = ops.attention(q, k, v, ctx, slot, causal=True, scale=scale)
+        return kernels.attention(q, k, v, ctx, slot, seq="S", causal=True, scale=scale)
+    y = ops.attention(q, k, v, ctx, slot, seq="S", causal=True, scale=scale)
     return y
 
 

@@ -10,10 +10,10 @@ import torch  # noqa: F401
 import torch.nn.functional as F  # noqa: F401
 from torch import nn
 
-from compiler import ops
-from compiler.triton import dispatch
+from runtime import ops
+from runtime.kernels import load_kernels
 
-kernels = dispatch.load_kernels(__file__)
+kernels = load_kernels(__file__)
 
 
 @dataclass
@@ -58,8 +58,8 @@ def rope_q_k(q, cos, sin, k):
 def attention(q, k, v, ctx, slot, scale):
     """Fused group [flash_attention]: y = attention(q, k, v)"""
     if kernels.enabled(q):
-        return kernels.attention(q, k, v, ctx, slot, causal=True, scale=scale)
-    y = ops.attention(q, k, v, ctx, slot, causal=True, scale=scale)
+        return kernels.attention(q, k, v, ctx, slot, seq="S", causal=True, scale=scale)
+    y = ops.attention(q, k, v, ctx, slot, seq="S", causal=True, scale=scale)
     return y
 
 
@@ -159,7 +159,7 @@ class Llama(nn.Module):
     def forward(self, input_ids, position_ids, ctx):
         cfg = self.cfg
         x = self.embed(input_ids)                                       # [B, S, hidden_size]  llama.yaml:94
-        cos, sin = ops.rope_table(position_ids, ctx, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)  # [B, S, head_dim]; [B, S, head_dim]  llama.yaml:95
+        cos, sin = ops.rope_table(position_ids, ctx, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, seq="S")  # [B, S, head_dim]; [B, S, head_dim]  llama.yaml:95
         h = torch.zeros_like(x)                                         # [B, S, hidden_size]  llama.yaml:81
         for layer in self.layers:
             x, h = layer(x, h, cos, sin, ctx)                           # [B, S, hidden_size]; [B, S, hidden_size]  llama.yaml:96

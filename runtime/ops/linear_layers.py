@@ -1,4 +1,4 @@
-"""Modules the emitted code uses for linears: a CPU-aware `Linear` and the fusion pass's `FusedLinear`."""
+"""Linears: a CPU-aware `Linear` and the fusion pass's `FusedLinear` (several linears as one matmul)."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +8,7 @@ from torch import nn
 
 def _slow_reduced_precision_gemm() -> bool:
     # Without AVX512-BF16 / AMX, torch's bf16 and fp16 GEMMs on CPU run far below its fp32 GEMM
-    # (tools.bench, 1 x 512 tokens of Llama-135M on AVX2: 13.4 s in bf16 against 0.74 s in fp32).
+    # (tools.bench, 1 x 512 tokens of its 135M-parameter model on AVX2: 13.4 s in bf16 against 0.74 s in fp32).
     cap = torch.backends.cpu.get_cpu_capability()
     return "AMX" not in cap and "BF16" not in cap
 
@@ -19,7 +19,7 @@ SLOW_LOW_PRECISION = _slow_reduced_precision_gemm()
 # Up to this many rows (decode steps, short prompts) an fp32 CPU linear is split across the threads.
 # MKL runs a matrix-vector product on one thread whatever torch.get_num_threads() says: 17 GB/s of
 # weights on this 2-core machine, against 30 GB/s for two halves as one batched GEMM (one per
-# thread). Up to 64 rows the split measured faster on every Llama-135M projection; beyond, they tie.
+# thread). Up to 64 rows the split measured faster on every projection of tools.bench's model; beyond, they tie.
 SPLIT_ROWS = 64
 
 

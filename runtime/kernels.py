@@ -1,4 +1,4 @@
-"""Dispatch for emitted modules: which path a fused group takes, and loading kernels.py.
+"""The kernels of an artifact at run time: which path a fused group takes, and loading kernels.py.
 
 CUDA tensors take the Triton kernels. CPU tensors take the group's PyTorch code, unless the Triton
 path is forced (`runtime.load(..., triton=True)` or GRAPHSPEC_TRITON=1): then, without a GPU, the
@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from runtime.artifact import import_file
 
 
 def env_forced() -> bool:
@@ -69,7 +71,6 @@ def import_kernels(path: Path, interpret: bool):
             raise RuntimeError("the Triton path on CPU needs Triton's interpreter, but triton was imported "
                                "without it: set TRITON_INTERPRET=1 (or GRAPHSPEC_TRITON=1) before the process "
                                "imports triton")
-    from compiler.artifact import import_file
     return import_file(name, path)
 
 

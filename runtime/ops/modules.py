@@ -1,8 +1,4 @@
-"""The modules the `norm` and `tensor` param kinds construct in the emitted model.py (ops.Norm, ops.Tensor).
-
-Apart from params.py because defining an nn.Module subclass imports torch, which the compiler must
-not pay for: `compiler.ops` loads this module on first use.
-"""
+"""The modules the `norm` and `tensor` param kinds construct in the emitted model.py (ops.Norm, ops.Tensor)."""
 from __future__ import annotations
 
 import torch

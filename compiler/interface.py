@@ -1,0 +1,62 @@
+"""interface.json: everything the runtime needs from a spec, as plain JSON, so that loading an artifact
+never reads the spec (nor imports the compiler).
+
+Config entries, checks, weight rules, the model's tensors, the heads and the runtime contract
+(compiler/contract.py). Every expression is its text in the expression language, which
+`runtime.expr.parse_expr` reads back; the runtime validates the file (runtime/interface.py).
+"""
+from __future__ import annotations
+
+from compiler.ir import ModelIR
+from compiler.weight_rules import model_tensors
+from runtime.expr import Expr
+from runtime.interface import FORMAT
+from runtime.rules import transform_name
+
+
+def build_interface(ir: ModelIR, source: str) -> dict:
+    """A pure function of the IR (the contract pass put the contract there)."""
+    return {
+        "format": FORMAT, "name": ir.name, "doc": ir.doc, "source": source, "spec_sha256": ir.sha256,
+        "matches": {k: list(v) for k, v in ir.matches.items()},
+        "base_prefix": ir.base_prefix,
+        "config": [_config_entry(e) for e in ir.config.values()],
+        "checks": [{"that": _text(c.that), "else": c.message} for c in ir.checks],
+        "weights": [_weight_rule(r) for r in ir.weights],
+        "tensors": [_tensor(t) for t in model_tensors(ir)],
+        "heads": {name: {"architectures": list(h.architectures),
+                         "outputs": [ir.blocks[h.block].values[o].name for o in ir.blocks[h.block].outputs]}
+                  for name, h in ir.heads.items()},
+        "contract": ir.contract.to_json(),
+    }
+
+
+def _text(expr) -> str | None:
+    return None if expr is None else str(expr)
+
+
+def _config_entry(e) -> dict:
+    out = {"name": e.name, "hf": list(e.hf), "type": e.type, "doc": e.doc}
+    if e.has_default:
+        out["default"] = {"expr": str(e.default)} if isinstance(e.default, Expr) else {"value": e.default}
+    return out
+
+
+def _transform(t):
+    name, arg = transform_name(t)
+    if name == "split" and "sizes" in arg:
+        return {"split": {"dim": arg["dim"], "sizes": [_text(s) for s in arg["sizes"]]}}
+    if name == "reshape":
+        return {"reshape": [_text(s) for s in arg]}
+    return t
+
+
+def _weight_rule(r) -> dict:
+    return {"from": list(r.sources), "to": list(r.targets), "transforms": [_transform(t) for t in r.transforms],
+            "when": _text(r.when), "ignore": r.ignore}
+
+
+def _tensor(t) -> dict:
+    return {"name": t.name, "shape": [_text(d) for d in t.shape], "when": [_text(c) for c in t.when],
+            "tied_to": t.tied_to, "tied_when": _text(t.tied_when) if t.tied_to else None,
+            "repeat": [[var, _text(count)] for var, count in t.repeat], "head": t.head}

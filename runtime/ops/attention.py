@@ -1,0 +1,45 @@
+"""Scaled dot-product attention over [B, H, S, D] heads, with the KV cache and masks of the context."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def attention(q, k, v, ctx, slot, *, seq: str | None = None, causal: bool = True, scale: float | None = None,
+              window: int | None = None, softcap: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """q: [B, H, Sq, D]; k, v: [B, Hkv, Sk, D] with H a multiple of Hkv (grouped-query attention).
+
+    `seq` is the model-level sequence the keys run along: its padding masks them, and when it is the
+    sequence being generated, the context's KV cache appends k and v at `slot` (this op's place,
+    its module) and hands back every key so far. `bias` ([H, Sq, Sk] or [B, H, Sq, Sk]) is added
+    to the scores (relative position biases).
+    """
+    state = ctx.seq(seq)
+    if state.cache is not None:
+        k, v = state.cache.update(slot, k, v, state.past)
+    mask = ctx.mask(seq, q.shape[-2], k.shape[-2], causal, window)
+    gqa = k.shape[1] != q.shape[1]
+    if softcap or bias is not None:
+        return _eager_attention(q, k, v, mask, scale, softcap, bias)
+    if isinstance(mask, str):  # "causal": square, unpadded, the kernel masks without a tensor
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+def _eager_attention(q, k, v, mask, scale, softcap, bias=None):
+    if k.shape[1] != q.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    if bias is not None:
+        scores = scores + bias
+    if isinstance(mask, str):
+        n = scores.shape[-1]
+        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.matmul(probs, v)

@@ -1,0 +1,19 @@
+"""Small tensor ops the emitted code calls by name: joining with broadcasting, soft-capping."""
+from __future__ import annotations
+
+import torch
+
+
+def concat(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    """torch.cat that broadcasts the other dims first (a class token [1, 1, D] before [B, N, D])."""
+    dim = dim % a.dim()
+    shape = [max(x, y) if i != dim else -1 for i, (x, y) in enumerate(zip(a.shape, b.shape))]
+    return torch.cat((a.expand(*shape[:dim], a.shape[dim], *shape[dim + 1:]),
+                      b.expand(*shape[:dim], b.shape[dim], *shape[dim + 1:])), dim=dim)
+
+
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    # null means no capping: configs switch it off with null (a final logit soft-capping set to null).
+    if cap is None:
+        return x
+    return torch.tanh(x / cap) * cap
