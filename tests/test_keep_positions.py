@@ -27,12 +27,14 @@ config:
   v: {hf: v, type: int}
 blocks: {}
 model:
-  inputs: {x: [B, S, d], shift: [d]}
+  inputs: {ids: {shape: [B, S], dtype: int}, shift: [d]}
   params:
+    embed: {embedding: [v, d]}
     mix: {linear: [d, d]}
     norm: {norm: [d]}
     head: {linear: [d, v]}
   graph:
+    - x: {op: embedding, ids: ids, w: embed}
     - x: {op: transpose, x: x, dim0: 1, dim1: 2}
     - x: {op: transpose, x: x, dim0: 1, dim1: 2}
     - h: {op: linear, x: x, w: mix}
@@ -56,9 +58,10 @@ def test_tail_starts_after_the_last_op_that_moves_positions_and_broadcasts_stay_
     ir = run_pipeline(load_spec(tail_spec(tmp_path)), until="keep_positions")
     assert before.keep_positions == [] and ir.keep_positions == ["x"]
     block = ir.blocks["model"]
-    assert [n.op for n in before.model.order()] == ["transpose", "transpose", "linear", "add", "rms_norm", "linear"]
+    assert [n.op for n in before.model.order()] == ["embedding", "transpose", "transpose", "linear", "add", "rms_norm",
+                                                    "linear"]
     ops = [n.op for n in block.order()]
-    assert ops == ["transpose", "transpose", "keep_positions", "linear", "add", "rms_norm", "linear"]
+    assert ops == ["embedding", "transpose", "transpose", "keep_positions", "linear", "add", "rms_norm", "linear"]
     kept = next(n for n in block.order() if n.op == "keep_positions")
     new = block.values[kept.outputs[0]]
     # `x` is also a model output: the cut gets its own name so the output stays whole
@@ -72,13 +75,13 @@ def test_emitted_tail_computes_the_last_positions_only_and_the_other_output_whol
     module = import_model(result.directory, result.manifest)
     torch.manual_seed(0)
     net = module.MODEL(module.Config(d=8, v=11))
-    x, shift = torch.randn(2, 5, 8), torch.randn(8)
+    ids, shift = torch.randint(0, 11, (2, 5)), torch.randn(8)
     with torch.no_grad():
-        full = net(x, shift, ForwardContext(torch.float32, "cpu"))
-        last = net(x, shift, ForwardContext(torch.float32, "cpu", keep_positions=2))
+        full = net(ids, shift, ForwardContext(torch.float32, "cpu"))
+        last = net(ids, shift, ForwardContext(torch.float32, "cpu", keep_positions=2))
     assert last["logits"].shape == (2, 2, 11)
     torch.testing.assert_close(last["logits"], full["logits"][:, -2:], rtol=0, atol=1e-6)
-    torch.testing.assert_close(last["x"], x)
+    torch.testing.assert_close(last["x"], net.embed(ids))
 
 
 def test_encoders_without_logits_get_no_cut():

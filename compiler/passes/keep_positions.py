@@ -7,8 +7,9 @@ final norm, the LM head, a softcap). The pass finds that tail in the model block
 context asks for the last k positions (`ctx.keep_positions = k`, as Transformers' `logits_to_keep`).
 For a 512-token prompt through Llama-135M, the LM head alone is a quarter of the prefill's FLOPs.
 
-A node joins the tail when its op is per-position (`OpDef.per_position`), every operand is either
-[B, S, ...] with the logits' B and S or a rank <= 1 tensor that broadcasts, and everything its
+The output is the one generation reads (the runtime contract's logits). A node joins the tail when
+its op is per-position (`OpDef.per_position`), every operand is either [B, S, ...] with the logits'
+B and S or a rank <= 1 tensor that broadcasts, and everything its
 outputs feed is in the tail (nothing else may see a cut tensor). Nothing found: nothing inserted.
 """
 from __future__ import annotations
@@ -17,13 +18,15 @@ from compiler.ir import Block, ModelIR, Node, Value
 from compiler.ops import OPS
 from compiler.symbolic import same_value
 
-OUTPUT = "logits"
-
-
-def insert_keep_positions(ir: ModelIR, output: str = OUTPUT) -> None:
-    """Rewrite the model block in place; ir.keep_positions lists the values cut (empty: no tail)."""
+def insert_keep_positions(ir: ModelIR) -> None:
+    """Rewrite the model block in place; ir.keep_positions lists the values cut (empty: no tail).
+    The tail is the one of the output generation reads (the contract's logits); a model that does
+    not generate gets no cut."""
     block = ir.model
-    out = next((v for v in block.outputs if block.values[v].name == output), None)
+    generate = ir.contract.generate if ir.contract is not None else None
+    if generate is None:
+        return
+    out = next((v for v in block.outputs if block.values[v].name == generate["logits"]), None)
     if out is None or len(block.values[out].type.shape) < 3:
         return
     lead = block.values[out].type.shape[:2]
