@@ -15,6 +15,8 @@ from compiler.spec import load_spec, spec_from_data
 from compiler.triton.dispatch import env_forced
 from runtime.config import read_config_json, resolve_config
 from runtime.errors import ArtifactError, CheckpointError, ConfigError
+from runtime.generation.config import GenerationConfig
+from runtime.generation.tokenizer import Tokenizer
 from runtime.model import SUPPLIED_INPUTS, CompiledModel
 from runtime.safetensors_io import open_checkpoint
 from runtime.weights import check_no_meta, init_new, load_into, plan_load
@@ -147,6 +149,9 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
               "ignored": plan.ignored,
               "tensors": sum(len(a.sources) for a in plan.assignments)}
     model = CompiledModel(net, config, spec, manifest, torch_dtype, device, report)
+    model.generation_config = GenerationConfig.from_checkpoint(folder)
+    if (folder / "tokenizer.json").is_file():
+        model.tokenizer = Tokenizer.from_folder(folder)
     labels = hf.get("id2label")
     if isinstance(labels, dict):
         model.id2label = {int(k): v for k, v in labels.items()}
@@ -239,4 +244,6 @@ def init_random(artifact: str | Path, hf: dict, dtype=None, seed: int = 0, devic
     net = module.MODEL(module.Config(**config)).to(device=device, dtype=torch_dtype).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return CompiledModel(net, config, spec, manifest, torch_dtype, device, {"initialised": "random"})
+    model = CompiledModel(net, config, spec, manifest, torch_dtype, device, {"initialised": "random"})
+    model.generation_config = GenerationConfig.from_model_config(hf, source="the given config")
+    return model

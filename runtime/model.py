@@ -1,14 +1,12 @@
 """The loaded model: the emitted network plus what a Transformers user expects around it —
-`model(input_ids, attention_mask)` returning `.logits`, and greedy `generate` with a KV cache."""
+`model(input_ids, attention_mask)` returning `.logits`, and `generate` (runtime/generation)."""
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from compiler.ops.indexing import last_positions
-from runtime.context import ForwardContext, KVCache
+from runtime.context import ForwardContext
 
 # Model inputs the runtime knows how to supply; a spec's model.inputs must be among them.
 SUPPLIED_INPUTS = ("input_ids", "position_ids", "token_type_ids", "pixel_values", "decoder_input_ids")
@@ -47,7 +45,7 @@ def bidirectional(spec) -> bool:
     return False
 
 
-def _static_modules(spec, decl, owner: nn.Module):
+def static_modules(spec, decl, owner: nn.Module):
     """The module instances of the block params declared `static` (each layer's, when repeated)."""
     for p in decl.params.values():
         if p.kind != "block":
@@ -58,27 +56,7 @@ def _static_modules(spec, decl, owner: nn.Module):
             if p.static:
                 yield m
             else:
-                yield from _static_modules(spec, spec.blocks[p.block], m)
-
-
-@contextmanager
-def static_blocks_run_once(spec, net: nn.Module):
-    """While decoding, a static block (an encoder, cross-attention keys and values) sees the same
-    inputs at every step: its first output is kept and handed back at every later call."""
-    modules = list(_static_modules(spec, spec.model, net))
-    for m in modules:
-        memo: dict = {}
-
-        def once(*args, _run=m.forward, _memo=memo):
-            if "out" not in _memo:
-                _memo["out"] = _run(*args)
-            return _memo["out"]
-        m.forward = once
-    try:
-        yield
-    finally:
-        for m in modules:
-            del m.forward
+                yield from static_modules(spec, spec.blocks[p.block], m)
 
 
 def _fixed_dims(spec, config: dict) -> dict[str, tuple[int, dict[int, int]]]:
@@ -88,28 +66,6 @@ def _fixed_dims(spec, config: dict) -> dict[str, tuple[int, dict[int, int]]]:
         fixed = {i: int(d.evaluate(config)) for i, d in enumerate(decl.shape) if d.names <= config.keys()}
         out[name] = (len(decl.shape), fixed)
     return out
-
-
-class EndTokens:
-    """Greedy picking with end tokens: a row that produced one continues with the pad token (default:
-    the first end token), and generation may stop once every row has."""
-
-    def __init__(self, eos_token_id, pad_token_id, batch: int, device):
-        eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
-        pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
-        self.eos = torch.tensor(eos, device=device) if eos else None
-        self.pad = torch.full((batch,), pad, dtype=torch.long, device=device)
-        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
-
-    def pick(self, logits: torch.Tensor) -> torch.Tensor:
-        token = logits.argmax(dim=-1)
-        if self.eos is not None:
-            token = torch.where(self.done, self.pad, token)
-            self.done |= torch.isin(token, self.eos)
-        return token
-
-    def all_done(self) -> bool:
-        return self.eos is not None and bool(self.done.all())
 
 
 class CompiledModel(nn.Module):
@@ -126,6 +82,8 @@ class CompiledModel(nn.Module):
         self.input_names = list(spec.model.inputs)
         self.id2label: dict[int, str] | None = None
         self._input_dims = _fixed_dims(spec, config)
+        self.generation_config = None    # runtime.generation.GenerationConfig: set by the loader
+        self.tokenizer = None            # runtime.generation.Tokenizer of the checkpoint folder, if it has one
 
     def __repr__(self) -> str:
         return f"CompiledModel({self.spec.name}, dtype={self.dtype}, device={self.device})\n{self.net!r}"
@@ -210,80 +168,18 @@ class CompiledModel(nn.Module):
                              keep_positions=keep)
         return self._run(self._batch(input_ids), None, ctx, decoder_input_ids=self._batch(decoder_input_ids))
 
-    def _generate_encoder_decoder(self, input_ids, max_new_tokens, eos_token_id, pad_token_id,
-                                  attention_mask) -> torch.Tensor:
-        """Greedy decoding from decoder_start_token_id; the encoder and every layer's cross-attention
-        keys and values run once (static blocks), the decoder's self-attention keys go to the KV cache."""
-        ids = self._batch(input_ids)
-        batch = ids.shape[0]
-        source_padding = self._source_padding(attention_mask)
-        out = torch.full((batch, max_new_tokens + 1), int(self.config.get("decoder_start_token_id", 0)),
-                         dtype=ids.dtype, device=self.device)
-        cache = KVCache(max_new_tokens + 1)
-        ends = EndTokens(eos_token_id, pad_token_id, batch, self.device)
-        with static_blocks_run_once(self.spec, self.net):
-            for step in range(max_new_tokens):
-                ctx = ForwardContext(self.dtype, self.device, cache=cache, past_len=step,
-                                     encoder_padding=source_padding)
-                logits = self._run(ids, None, ctx, decoder_input_ids=out[:, step:step + 1])["logits"][:, -1]
-                out[:, step + 1] = ends.pick(logits)
-                if ends.all_done():
-                    return out[:, :step + 2]
-        return out
-
     @torch.inference_mode()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, eos_token_id=None,
-                 attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None) -> torch.Tensor:
-        """Greedy decoding; returns prompt + new tokens like Transformers' generate (an encoder-decoder:
-        decoder_start_token_id + new tokens, with `input_ids` the source).
-
-        Rows that produced an end token continue with `pad_token_id` (or the first end token)
-        until every row has finished or `max_new_tokens` is reached.
-        """
-        if "decoder_input_ids" in self.input_names:
-            return self._generate_encoder_decoder(input_ids, max_new_tokens, eos_token_id, pad_token_id, attention_mask)
-        if bidirectional(self.spec):
-            raise TypeError(f"{self.spec.name} is a bidirectional encoder (its attention is not causal); "
-                            "it has no next-token distribution to generate from")
-        ids = self._batch(input_ids)
-        batch, prompt_len = ids.shape
-        total = prompt_len + max_new_tokens
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        padding = None
-        if padded:
-            padding = torch.ones(batch, total, dtype=torch.bool, device=self.device)
-            padding[:, :prompt_len] = self._batch(attention_mask).bool()
-            positions = positions_from_mask(padding[:, :prompt_len])
-        else:
-            positions = torch.arange(prompt_len, device=self.device).expand(batch, -1)
-        cache = KVCache(total)
-        out = torch.empty(batch, total, dtype=ids.dtype, device=self.device)
-        out[:, :prompt_len] = ids
-        ends = EndTokens(eos_token_id, pad_token_id, batch, self.device)
-        step_ids, past = ids, 0
-        for step in range(max_new_tokens):
-            ctx = ForwardContext(self.dtype, self.device,
-                                 padding=None if padding is None else padding[:, :past + step_ids.shape[1]],
-                                 cache=cache, past_len=past, keep_positions=1)
-            logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
-            if cache.stale:
-                # The cached keys no longer fit this step (LongRoPE switched factors): like Transformers,
-                # recompute the whole sequence so far into a fresh cache.
-                step_ids, past, cache = out[:, :prompt_len + step], 0, KVCache(total)
-                n = step_ids.shape[1]
-                positions = (positions_from_mask(padding[:, :n]) if padding is not None
-                             else torch.arange(n, device=self.device).expand(batch, -1))
-                ctx = ForwardContext(self.dtype, self.device,
-                                     padding=None if padding is None else padding[:, :n], cache=cache, keep_positions=1)
-                logits = self._run(step_ids, positions, ctx)["logits"][:, -1]
-            token = ends.pick(logits)
-            out[:, prompt_len + step] = token
-            past += step_ids.shape[1]
-            step_ids = token[:, None]
-            positions = positions[:, -1:] + 1
-            if ends.all_done():
-                return out[:, :prompt_len + step + 1]
-        return out
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 generation_config=None, **kwargs):
+        """Transformers' generate (runtime/generation): greedy, sampling, beam search, with the
+        checkpoint's generation_config.json defaults; returns prompt + new tokens (an encoder-decoder:
+        decoder start + new tokens, with `input_ids` the source)."""
+        from runtime.generation import generate
+        from runtime.generation.adapter import CompiledDecoder
+        defaults = self.generation_config
+        kwargs.setdefault("tokenizer", self.tokenizer)
+        return generate(CompiledDecoder(self), input_ids, attention_mask, generation_config, defaults=defaults,
+                        max_positions=None if defaults is None else defaults.max_position_embeddings, **kwargs)
 
     def _batch(self, t) -> torch.Tensor:
         t = torch.as_tensor(t, device=self.device)
