@@ -184,3 +184,14 @@ def test_our_text_streamer_writes_what_transformers_text_streamer_prints(chat_mo
             streamer.put(token[None])
         streamer.end()
     assert written == theirs and len([w for w in written if w]) > 2
+
+
+def test_text_in_text_out_as_the_readme_shows(chat_model):
+    """Two prompts through the checkpoint's tokenizer (left-padded) into generate, like Transformers."""
+    ref, ours, _, _ = chat_model
+    inputs = ours.tokenizer(["The quick brown fox", "Hello"], return_tensors="pt")
+    out = ours.generate(**inputs, max_new_tokens=6, do_sample=True, top_p=0.9, generator=torch.Generator().manual_seed(1))
+    texts = ours.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert len(texts) == 2 and all(texts)
+    have, want = ours.generate(**inputs, max_new_tokens=6), ref.generate(**inputs, max_new_tokens=6)
+    assert have.tolist() == want.tolist()
