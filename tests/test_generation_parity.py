@@ -152,3 +152,13 @@ def test_the_prompt_runs_once_per_input_row_and_beams_reuse_its_cache(family):
     else:
         assert calls[0] == (batch, length)
         assert calls[1:] == [(batch * 4, 1)] * 5
+
+
+def test_an_encoder_decoder_continues_a_given_decoder_prompt_like_transformers(tmp_path):
+    ref, ours = make("t5", tmp_path / "t5", seed=3)
+    ids, mask = prompt(99, pad=0)
+    for decoder_prompt in ([[0, 7, 9], [0, 11, 12]], [[7, 9], [11, 12]]):
+        have, want = both(ref, ours, ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None, num_beams=2,
+                          decoder_input_ids=torch.tensor(decoder_prompt))
+        assert have.tolist() == want.tolist()
+        assert have[:, 1:3].tolist() == [row[-2:] for row in decoder_prompt]

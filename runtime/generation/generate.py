@@ -41,17 +41,21 @@ def infer_mask(ids: torch.Tensor, pad: int | None, eos: torch.Tensor | None) -> 
 def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None, *,
              defaults: GenerationConfig | None = None, max_positions: int | None = None, streamer=None,
              generator: torch.Generator | None = None, tokenizer=None, logits_processor=None,
-             stopping_criteria_list=None, **kwargs):
+             stopping_criteria_list=None, decoder_input_ids=None, **kwargs):
     """Generate with `model` (a Decoder). `kwargs` are GenerationConfig fields (an unknown name is a
     GenerationError). `streamer`: an object with put(ids) / end() (Transformers' TextStreamer works).
     `generator`: the torch.Generator sampling draws from (default: torch's global one).
     `tokenizer`: needed for stop_strings. `logits_processor` / `stopping_criteria_list`: extra callables,
-    run after the built-in processors (before the sampling warpers) / criteria."""
+    run after the built-in processors (before the sampling warpers) / criteria. `decoder_input_ids`: an
+    encoder-decoder's decoder prompt (the start token is put before it unless every row has it)."""
     settings, default_max_length = resolve(defaults, generation_config, kwargs)
     check_mode(settings, streamer)
     device = model.device
     if generator is not None and not isinstance(generator, torch.Generator):
         raise GenerationError(f"generate(): generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator is not None and generator.device.type != torch.device(device).type:
+        raise GenerationError(f"generate(): the generator is on {generator.device} but the model on {device}; "
+                              f"make it with torch.Generator(device={str(device)!r})")
     ids = _ids(input_ids, "input_ids", device)
     mask = None if attention_mask is None else _ids(attention_mask, "attention_mask", device)
     if mask is not None and mask.shape != ids.shape:
@@ -59,6 +63,14 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     eos, pad = special_tokens(settings, device)
     if model.is_encoder_decoder:
         rows = decoder_start(settings, ids.shape[0], device)
+        if decoder_input_ids is not None:
+            given = _ids(decoder_input_ids, "decoder_input_ids", device)
+            if given.shape[0] != ids.shape[0]:
+                raise GenerationError(f"generate(): decoder_input_ids has {given.shape[0]} rows, input_ids "
+                                      f"{ids.shape[0]}")
+            rows = torch.cat([rows, given], dim=1) if bool((given[:, 0] != rows[:, 0]).all()) else given
+    elif decoder_input_ids is not None:
+        raise GenerationError("generate(): decoder_input_ids is for encoder-decoders; this model only decodes")
     else:
         rows = ids
         if mask is None:
