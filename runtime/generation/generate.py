@@ -38,6 +38,22 @@ def infer_mask(ids: torch.Tensor, pad: int | None, eos: torch.Tensor | None) -> 
     return (ids != pad).long()
 
 
+def _start_rows(model, settings: GenerationConfig, ids: torch.Tensor, decoder_input_ids) -> torch.Tensor:
+    """[B, L]: the tokens the loop extends — the prompt, or an encoder-decoder's decoder start (followed
+    by its decoder prompt, which gets the start token put before it unless every row begins with it)."""
+    if not model.is_encoder_decoder:
+        if decoder_input_ids is not None:
+            raise GenerationError("generate(): decoder_input_ids is for encoder-decoders; this model only decodes")
+        return ids
+    rows = decoder_start(settings, ids.shape[0], ids.device)
+    if decoder_input_ids is None:
+        return rows
+    given = _ids(decoder_input_ids, "decoder_input_ids", ids.device)
+    if given.shape[0] != ids.shape[0]:
+        raise GenerationError(f"generate(): decoder_input_ids has {given.shape[0]} rows, input_ids {ids.shape[0]}")
+    return torch.cat([rows, given], dim=1) if bool((given[:, 0] != rows[:, 0]).all()) else given
+
+
 def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None, *,
              defaults: GenerationConfig | None = None, max_positions: int | None = None, streamer=None,
              generator: torch.Generator | None = None, tokenizer=None, logits_processor=None,
@@ -61,20 +77,9 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     if mask is not None and mask.shape != ids.shape:
         raise GenerationError(f"generate(): attention_mask is {list(mask.shape)}, input_ids {list(ids.shape)}")
     eos, pad = special_tokens(settings, device)
-    if model.is_encoder_decoder:
-        rows = decoder_start(settings, ids.shape[0], device)
-        if decoder_input_ids is not None:
-            given = _ids(decoder_input_ids, "decoder_input_ids", device)
-            if given.shape[0] != ids.shape[0]:
-                raise GenerationError(f"generate(): decoder_input_ids has {given.shape[0]} rows, input_ids "
-                                      f"{ids.shape[0]}")
-            rows = torch.cat([rows, given], dim=1) if bool((given[:, 0] != rows[:, 0]).all()) else given
-    elif decoder_input_ids is not None:
-        raise GenerationError("generate(): decoder_input_ids is for encoder-decoders; this model only decodes")
-    else:
-        rows = ids
-        if mask is None:
-            mask = infer_mask(ids, pad, eos)
+    rows = _start_rows(model, settings, ids, decoder_input_ids)
+    if mask is None and not model.is_encoder_decoder:
+        mask = infer_mask(ids, pad, eos)
     if mask is not None and bool(mask.all()):
         mask = None
     if settings.stop_strings is not None and tokenizer is None:
