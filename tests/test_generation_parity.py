@@ -162,3 +162,14 @@ def test_an_encoder_decoder_continues_a_given_decoder_prompt_like_transformers(t
                           decoder_input_ids=torch.tensor(decoder_prompt))
         assert have.tolist() == want.tolist()
         assert have[:, 1:3].tolist() == [row[-2:] for row in decoder_prompt]
+
+
+def test_beams_crossing_longropes_original_context_match_transformers(tmp_path):
+    """Phi-3's LongRoPE switches factors past the original context, and the cache is computed again:
+    the reordered beams must be what is computed again."""
+    from tests.test_phi3_parity import LONGROPE, PHI3
+    ref, _, ours = PHI3.make(tmp_path / "longrope", LONGROPE)
+    ids, mask = prompt(97, pad=2, length=6)
+    for kwargs in (dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, num_return_sequences=2)):
+        have, want = both(ref, ours, ids, attention_mask=mask, max_new_tokens=8, eos_token_id=None, **kwargs)
+        assert have.tolist() == want.tolist()
