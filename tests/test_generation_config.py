@@ -125,6 +125,7 @@ def test_an_unknown_argument_is_our_error_naming_it(tmp_path):
     (dict(max_length=4), "the input is 5 tokens long but max_length is 4"),
     (dict(num_beam_groups=2), "num_beam_groups=2 is a Transformers feature graphspec does not implement"),
     (dict(suppress_tokens=[4], forced_eos_token_id=4), "every token of forced_eos_token_id"),
+    (dict(do_sample=True, suppress_tokens=list(range(97))), "leave no token to draw"),
 ])
 def test_a_bad_setting_is_our_error_naming_it(tmp_path, kwargs, match):
     _, ours = make("llama", tmp_path / "l")

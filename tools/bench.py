@@ -207,9 +207,9 @@ def run(args) -> None:
 
 
 def search_rows(ours, ref, prompt, args) -> dict:
-    """Sampling (Transformers' defaults: top_k 50) and 4-beam search against Transformers sdpa, each
-    call seeded alike, so the sampled tokens must agree too; greedy again beside sampling, interleaved,
-    for the per-token cost of sampling."""
+    """Sampling (Transformers' defaults: top_k 50) and 4-beam search against Transformers sdpa; greedy
+    again beside sampling, interleaved, for the per-token cost of sampling. (Sampled tokens differ from
+    Transformers' for one seed: graphspec draws by inverting the cumulative sum, one uniform per row.)"""
     n, beams = args.new_tokens, args.beam_new_tokens
     none = dict(eos_token_id=None, pad_token_id=0)
 
@@ -222,12 +222,11 @@ def search_rows(ours, ref, prompt, args) -> dict:
         "graphspec greedy": lambda: ours.generate(prompt, max_new_tokens=n, eos_token_id=None),
         "graphspec sample": seeded(lambda: ours.generate(prompt, max_new_tokens=n, do_sample=True, eos_token_id=None)),
         "sdpa sample": seeded(lambda: ref.generate(prompt, max_new_tokens=n, do_sample=True, **none))}
-    times, outputs = interleaved(sampling, args.decode_repeat, warmup=False)
+    times = interleaved(sampling, args.decode_repeat, warmup=False)[0]
     beam = {"graphspec": lambda: ours.generate(prompt, max_new_tokens=beams, num_beams=4, eos_token_id=None),
             "sdpa": lambda: ref.generate(prompt, max_new_tokens=beams, num_beams=4, do_sample=False, **none)}
     beam_times, beam_outputs = interleaved(beam, args.decode_repeat, warmup=False)
-    return {"sample": times, "sample_identical": outputs["graphspec sample"].tolist() == outputs["sdpa sample"].tolist(),
-            "beam": beam_times, "beam_identical": beam_outputs["graphspec"].tolist() == beam_outputs["sdpa"].tolist()}
+    return {"sample": times, "beam": beam_times, "beam_identical": beam_outputs["graphspec"].tolist() == beam_outputs["sdpa"].tolist()}
 
 
 def prefill_rows(times: dict, tokens: int) -> None:
@@ -257,8 +256,7 @@ def report(res: dict, args) -> None:
     print(f"  roofline (read bandwidth / weight bytes): {res['roofline_tok_s']:.1f} tok/s; graphspec reaches "
           f"{n / dec['graphspec'] / res['roofline_tok_s']:.0%}")
     sample = res["sample"]
-    print(f"sampling 32 + {n} tokens (do_sample, top_k 50; tokens/s), tokens identical to sdpa's under one seed: "
-          f"{'yes' if res['sample_identical'] else 'NO'}")
+    print(f"sampling 32 + {n} tokens (do_sample, top_k 50; tokens/s, median of {args.decode_repeat}):")
     for name, t in sample.items():
         print(f"  {name:<22} {n / t:8.1f} tok/s  ({t:6.2f} s)")
     print(f"  sampling costs {sample['graphspec sample'] / sample['graphspec greedy'] - 1:+.1%} per token over greedy; "

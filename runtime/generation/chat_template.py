@@ -110,6 +110,9 @@ def render(source: str, messages: list, add_generation_prompt: bool = False, too
     import jinja2
     if not isinstance(messages, (list, tuple)) or not messages:
         raise GenerationError("a chat needs a non-empty list of messages")
+    for name, items in (("tools", tools), ("documents", documents)):
+        if items is not None and not all(isinstance(item, dict) for item in items):
+            raise GenerationError(f"chat {name} must be a list of dicts (JSON schemas for tools)")
     template = compile_template(source)
     try:
         return template.render(messages=[_message(m) for m in messages], tools=_plain(tools),
