@@ -44,6 +44,8 @@ def sample(model, plan: Plan, rows: torch.Tensor, logits: torch.Tensor, processo
     keep = s.return_dict_in_generate
     scores_seen = [] if keep and s.output_scores else None
     logits_seen = [] if keep and s.output_logits else None
+    # as in Transformers, only an end token makes finished rows continue with the pad token: a row that
+    # met a stop string (or a caller's criterion) without one goes on with what it draws
     pad = plan.pad if plan.eos is not None else None
     while True:
         logits = logits.to(dtype=torch.float32, copy=True)
