@@ -67,21 +67,21 @@ class CompiledDecoder:
         self.past = 0
         self.group = 1          # rows per input row after fork: they share the static outputs
 
-    def prefill(self, input_ids, attention_mask, max_length, decoder_input_ids=None):
-        rows = input_ids if decoder_input_ids is None else decoder_input_ids
+    def prefill(self, prompt, mask, max_length, decoder_prompt=None):
+        rows = prompt if decoder_prompt is None else decoder_prompt
         batch, length = rows.shape
         self.capacity = max_length
         self.tokens = torch.empty(batch, max_length, dtype=torch.long, device=self.device)
         self.cache = KVCache(max_length)
         self.past = 0
         if self.is_encoder_decoder:
-            self.source = input_ids
-            self.source_padding = None if attention_mask is None else attention_mask.bool()
+            self.source = prompt
+            self.source_padding = None if mask is None else mask.bool()
             self.static = _StaticOutputs(self.model)
-        elif attention_mask is not None:
+        elif mask is not None:
             # the generated tokens are real: only the prompt part of the padding row can be False
             self.padding = torch.ones(batch, max_length, dtype=torch.bool, device=self.device)
-            self.padding[:, :length] = attention_mask.bool()
+            self.padding[:, :length] = mask.bool()
         return self._append(rows)
 
     def step(self, tokens):

@@ -76,7 +76,7 @@ def stopping_criteria(plan: Plan, tokenizer=None, custom=()) -> list:
     return out
 
 
-def apply(processors, input_ids, scores):
+def apply(processors, ids, scores):
     for processor in processors:
-        scores = processor(input_ids, scores)
+        scores = processor(ids, scores)
     return scores

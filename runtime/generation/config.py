@@ -228,7 +228,8 @@ class GenerationConfig:
 
 
 def max_positions(hf: dict) -> int | None:
-    """config.json's position limit, under Transformers' name or GPT-2's (its attribute map's alias)."""
+    """config.json's position limit, under Transformers' name or the alias some configs use (a config
+    class's attribute map resolves it in Transformers)."""
     for key in ("max_position_embeddings", "n_positions"):
         if _is_int(hf.get(key)):
             return hf[key]

@@ -15,7 +15,7 @@ from runtime.errors import GenerationError
 from runtime.generation.beam import beam_search
 from runtime.generation.chain import logits_processors, stopping_criteria
 from runtime.generation.config import GenerationConfig, resolve
-from runtime.generation.plan import Plan, check_mode, decoder_start, length_limits, special_tokens
+from runtime.generation.plan import Plan, check_mode, length_limits, special_tokens, start_tokens
 from runtime.generation.sampling import sample
 
 
@@ -29,7 +29,7 @@ def _ids(value, name: str, device) -> torch.Tensor:
 
 
 def infer_mask(ids: torch.Tensor, pad: int | None, eos: torch.Tensor | None) -> torch.Tensor | None:
-    """Transformers' guess when no attention_mask is given: the pad token marks padding, if it occurs
+    """Transformers' guess when no mask is given: the pad token marks padding, if it occurs
     in the input and is not an end token; otherwise nothing is padding (None)."""
     if pad is None or not bool((ids == pad).any()):
         return None
@@ -38,32 +38,33 @@ def infer_mask(ids: torch.Tensor, pad: int | None, eos: torch.Tensor | None) -> 
     return (ids != pad).long()
 
 
-def _start_rows(model, settings: GenerationConfig, ids: torch.Tensor, decoder_input_ids) -> torch.Tensor:
+def _start_rows(model, settings: GenerationConfig, ids: torch.Tensor, decoder_prompt) -> torch.Tensor:
     """[B, L]: the tokens the loop extends — the prompt, or an encoder-decoder's decoder start (followed
     by its decoder prompt, which gets the start token put before it unless every row begins with it)."""
     if not model.is_encoder_decoder:
-        if decoder_input_ids is not None:
-            raise GenerationError("generate(): decoder_input_ids is for encoder-decoders; this model only decodes")
+        if decoder_prompt is not None:
+            raise GenerationError("generate(): a decoder prompt is for encoder-decoders; this model only decodes")
         return ids
-    rows = decoder_start(settings, ids.shape[0], ids.device)
-    if decoder_input_ids is None:
+    rows = start_tokens(settings, ids.shape[0], ids.device)
+    if decoder_prompt is None:
         return rows
-    given = _ids(decoder_input_ids, "decoder_input_ids", ids.device)
+    given = _ids(decoder_prompt, "the decoder prompt", ids.device)
     if given.shape[0] != ids.shape[0]:
-        raise GenerationError(f"generate(): decoder_input_ids has {given.shape[0]} rows, input_ids {ids.shape[0]}")
+        raise GenerationError(f"generate(): the decoder prompt has {given.shape[0]} rows, the input {ids.shape[0]}")
     return torch.cat([rows, given], dim=1) if bool((given[:, 0] != rows[:, 0]).all()) else given
 
 
-def generate(model, input_ids, attention_mask=None, generation_config: GenerationConfig | None = None, *,
+def generate(model, prompt, mask=None, generation_config: GenerationConfig | None = None, *,
              defaults: GenerationConfig | None = None, max_positions: int | None = None, streamer=None,
              generator: torch.Generator | None = None, tokenizer=None, logits_processor=None,
-             stopping_criteria_list=None, decoder_input_ids=None, **kwargs):
+             stopping_criteria_list=None, decoder_prompt=None, **kwargs):
     """Generate with `model` (a Decoder). `kwargs` are GenerationConfig fields (an unknown name is a
     GenerationError). `streamer`: an object with put(ids) / end() (Transformers' TextStreamer works).
     `generator`: the torch.Generator sampling draws from (default: torch's global one).
     `tokenizer`: needed for stop_strings. `logits_processor` / `stopping_criteria_list`: extra callables,
-    run after the built-in processors (before the sampling warpers) / criteria. `decoder_input_ids`: an
-    encoder-decoder's decoder prompt (the start token is put before it unless every row has it)."""
+    run after the built-in processors (before the sampling warpers) / criteria. `prompt` [B, S] / `mask`:
+    the tokens to continue and their padding (0), or an encoder-decoder's source; `decoder_prompt`: its
+    decoder's first tokens (the start token is put before them unless every row has it)."""
     settings, default_max_length = resolve(defaults, generation_config, kwargs)
     check_mode(settings, streamer)
     device = model.device
@@ -72,12 +73,12 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
     if generator is not None and generator.device.type != torch.device(device).type:
         raise GenerationError(f"generate(): the generator is on {generator.device} but the model on {device}; "
                               f"make it with torch.Generator(device={str(device)!r})")
-    ids = _ids(input_ids, "input_ids", device)
-    mask = None if attention_mask is None else _ids(attention_mask, "attention_mask", device)
+    ids = _ids(prompt, "the input", device)
+    mask = None if mask is None else _ids(mask, "the mask", device)
     if mask is not None and mask.shape != ids.shape:
-        raise GenerationError(f"generate(): attention_mask is {list(mask.shape)}, input_ids {list(ids.shape)}")
+        raise GenerationError(f"generate(): the mask is {list(mask.shape)}, the input {list(ids.shape)}")
     eos, pad = special_tokens(settings, device)
-    rows = _start_rows(model, settings, ids, decoder_input_ids)
+    rows = _start_rows(model, settings, ids, decoder_prompt)
     if mask is None and not model.is_encoder_decoder:
         mask = infer_mask(ids, pad, eos)
     if mask is not None and bool(mask.all()):
@@ -98,7 +99,7 @@ def generate(model, input_ids, attention_mask=None, generation_config: Generatio
         streamer.put(rows.cpu())
     try:
         # the prompt runs once per input row; its cache is then copied to the row's beams / samples
-        logits = model.prefill(ids, mask, max_length, decoder_input_ids=start if model.is_encoder_decoder else None)
+        logits = model.prefill(ids, mask, max_length, decoder_prompt=start if model.is_encoder_decoder else None)
         if expand > 1:
             model.fork(expand)
             logits = logits.repeat_interleave(expand, dim=0)

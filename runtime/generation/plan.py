@@ -42,8 +42,8 @@ def special_tokens(settings: GenerationConfig, device) -> tuple[torch.Tensor | N
     return eos, pad
 
 
-def decoder_start(settings: GenerationConfig, batch: int, device) -> torch.Tensor:
-    """[B, 1]: an encoder-decoder's first decoder token, decoder_start_token_id (else bos_token_id)."""
+def start_tokens(settings: GenerationConfig, batch: int, device) -> torch.Tensor:
+    """[B, 1]: an encoder-decoder's first decoder token: the start token (else bos_token_id)."""
     start = settings.decoder_start_token_id
     if start is None:
         start = settings.bos_token_id

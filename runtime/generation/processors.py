@@ -1,7 +1,7 @@
 """Logits processors that penalise, forbid or force tokens, with Transformers' semantics.
 
-Each is a small callable `(input_ids [N, L], scores [N, V] float) -> scores [N, V]` over the scores of
-the next token; `input_ids` is every token of each row so far (prompt included). They never modify
+Each is a small callable `(ids [N, L], scores [N, V] float) -> scores [N, V]` over the scores of
+the next token; `ids` is every token of each row so far (prompt included). They never modify
 their input. The sampling warpers (temperature, top-k, ...) are in warpers.py, the ordered list in
 chain.py.
 """
@@ -28,9 +28,8 @@ class RepetitionPenalty:
     def __init__(self, penalty: float, ignore: torch.Tensor | None = None):
         self.penalty, self.ignore = penalty, ignore
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, ids, scores):
         vocab = scores.shape[-1]
-        ids = input_ids
         if self.ignore is not None:
             cols = torch.arange(ids.shape[1], device=ids.device)
             ids = ids.masked_fill(cols[None, :] < self.ignore.to(ids.device)[:, None], vocab)
@@ -47,14 +46,14 @@ class NoRepeatNGram:
     def __init__(self, n: int):
         self.n = n
 
-    def __call__(self, input_ids, scores):
-        length = input_ids.shape[1]
+    def __call__(self, ids, scores):
+        length = ids.shape[1]
         if length < self.n:
             return scores
         vocab = scores.shape[-1]
         # every n-gram of the row; one whose first n-1 tokens equal the row's last n-1 bans its last token
-        grams = input_ids.unfold(1, self.n, 1)                                    # [N, W, n]
-        suffix = input_ids[:, length - self.n + 1:]                               # [N, n-1]
+        grams = ids.unfold(1, self.n, 1)                                    # [N, W, n]
+        suffix = ids[:, length - self.n + 1:]                               # [N, n-1]
         hits = (grams[:, :, :-1] == suffix[:, None, :]).all(dim=-1)               # [N, W]
         banned_ids = torch.where(hits, grams[:, :, -1].clamp(max=vocab), vocab)
         banned = torch.zeros(scores.shape[0], vocab + 1, dtype=torch.bool, device=scores.device)
@@ -89,16 +88,16 @@ class SequenceBias:
                   for group in by_length.values()]
         self._tables = (single, groups)
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, ids, scores):
         if self._tables is None:
             self._prepare(scores)
         single, groups = self._tables
         bias = torch.zeros_like(scores) + single
         for prefixes, last, values in groups:
             k = prefixes.shape[1]
-            if k > input_ids.shape[1]:
+            if k > ids.shape[1]:
                 continue
-            ends_with = (input_ids[:, None, -k:] == prefixes).all(dim=-1)              # [N, G]
+            ends_with = (ids[:, None, -k:] == prefixes).all(dim=-1)              # [N, G]
             bias.index_add_(1, last, torch.where(ends_with, values, 0.0).to(bias.dtype))
         return scores + bias
 
@@ -116,8 +115,8 @@ class MinLength:
     def __init__(self, min_length: int, eos: torch.Tensor):
         self.min_length, self.eos = min_length, eos
 
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[-1] < self.min_length:
+    def __call__(self, ids, scores):
+        if ids.shape[-1] < self.min_length:
             return scores.masked_fill(_vocab_mask(scores, self.eos), NEG_INF)
         return scores.clone()
 
@@ -128,8 +127,8 @@ class MinNewTokens:
     def __init__(self, prompt_length: int, min_new_tokens: int, eos: torch.Tensor):
         self.prompt_length, self.min_new_tokens, self.eos = prompt_length, min_new_tokens, eos
 
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[-1] - self.prompt_length < self.min_new_tokens:
+    def __call__(self, ids, scores):
+        if ids.shape[-1] - self.prompt_length < self.min_new_tokens:
             return scores.masked_fill(_vocab_mask(scores, self.eos), NEG_INF)
         return scores.clone()
 
@@ -146,8 +145,8 @@ class ForcedBOS:
     def __init__(self, token: int):
         self.token = token
 
-    def __call__(self, input_ids, scores):
-        return _only(scores, self.token) if input_ids.shape[-1] == 1 else scores
+    def __call__(self, ids, scores):
+        return _only(scores, self.token) if ids.shape[-1] == 1 else scores
 
 
 class ForcedEOS:
@@ -156,8 +155,8 @@ class ForcedEOS:
     def __init__(self, max_length: int, eos: torch.Tensor):
         self.max_length, self.eos = max_length, eos
 
-    def __call__(self, input_ids, scores):
-        return _only(scores, self.eos.to(scores.device)) if input_ids.shape[-1] == self.max_length - 1 else scores
+    def __call__(self, ids, scores):
+        return _only(scores, self.eos.to(scores.device)) if ids.shape[-1] == self.max_length - 1 else scores
 
 
 class SuppressTokens:
@@ -166,7 +165,7 @@ class SuppressTokens:
     def __init__(self, tokens: list[int], device=None):
         self.tokens = torch.tensor(list(tokens), dtype=torch.long, device=device)
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, ids, scores):
         return scores.masked_fill(_vocab_mask(scores, self.tokens), NEG_INF)
 
 
@@ -177,13 +176,13 @@ class SuppressTokensAtBegin:
         self.tokens = torch.tensor(list(tokens), dtype=torch.long, device=device)
         self.begin_index = begin_index
 
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[-1] == self.begin_index:
+    def __call__(self, ids, scores):
+        if ids.shape[-1] == self.begin_index:
             return scores.masked_fill(_vocab_mask(scores, self.tokens), NEG_INF)
         return scores
 
 
-def remove_invalid_values(input_ids, scores):
+def remove_invalid_values(ids, scores):
     """NaN -> 0 and ±inf -> the dtype's largest / smallest finite value, so sampling cannot fail."""
     info = torch.finfo(scores.dtype)
     out = torch.where(scores != scores, 0.0, scores)
@@ -191,6 +190,6 @@ def remove_invalid_values(input_ids, scores):
     return torch.where(scores == NEG_INF, info.min, out)
 
 
-def renormalize(input_ids, scores):
+def renormalize(ids, scores):
     """Log-softmax after every other processor: the scores are log-probabilities again."""
     return scores.log_softmax(dim=-1)

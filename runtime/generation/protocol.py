@@ -16,11 +16,11 @@ class Decoder(Protocol):
     is_encoder_decoder: bool     # True: `prefill` takes the source and the decoder's start tokens
     device: torch.device
 
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int,
-                decoder_input_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def prefill(self, prompt: torch.Tensor, mask: torch.Tensor | None, max_length: int,
+                decoder_prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Run the prompt ([B, S], mask [B, S] with 0 at padding, or None) into a cache that can grow to
         `max_length` tokens per row; an encoder-decoder runs the source through its encoder and
-        `decoder_input_ids` [B, S_dec] through its decoder. Returns the next-token logits [B, V]."""
+        `decoder_prompt` [B, S_dec] through its decoder. Returns the next-token logits [B, V]."""
         ...
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Stop strings: a row is done when the text of its last tokens contains a stop string that ends
 inside the last token (the token may run past it), as Transformers' StopStringCriteria decides.
 
-Each token's text is what it contributes in the middle of a text: for byte-level tokenizers (GPT-2's
+Each token's text is what it contributes in the middle of a text: for byte-level tokenizers (the
 byte alphabet) and byte-fallback tokens (`<0x0A>`) its bytes, otherwise the tokenizer's decoder
 output for the token after a fixed prefix, with the prefix cut off — so a SentencePiece `▁word`
 counts as " word". Like Transformers, only the last as many tokens as the longest stop string has
@@ -18,7 +18,7 @@ _PREFIX = "abcdef"
 
 
 def _byte_alphabet() -> dict[str, int]:
-    """GPT-2's printable stand-in for each byte, inverted: character -> byte."""
+    """The byte-level BPE alphabet's printable stand-in for each byte, inverted: character -> byte."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     stand_in = {b: chr(b) for b in printable}
     extra = 0
@@ -34,16 +34,16 @@ def backend_of(tokenizer):
     return getattr(tokenizer, "backend_tokenizer", tokenizer)
 
 
-def _decoder_types(state) -> set[str]:
+def _types_in(state) -> set[str]:
     found = set()
     if isinstance(state, dict):
         if isinstance(state.get("type"), str):
             found.add(state["type"])
         for value in state.values():
-            found |= _decoder_types(value)
+            found |= _types_in(value)
     elif isinstance(state, list):
         for value in state:
-            found |= _decoder_types(value)
+            found |= _types_in(value)
     return found
 
 
@@ -56,7 +56,7 @@ def matching_mode(backend) -> str | None:
         return "byte_level"
     try:
         state = decoder.__getstate__()
-        types = _decoder_types(json.loads(state.decode() if isinstance(state, bytes) else state))
+        types = _types_in(json.loads(state.decode() if isinstance(state, bytes) else state))
     except (TypeError, ValueError, AttributeError):
         return None
     if "ByteFallback" in types:
@@ -118,6 +118,6 @@ class StopStrings:
         # an occurrence ending inside the last token starts after len(joined) - last - len(target)
         return any(t in joined[max(0, len(joined) - last - len(t) + 1):] for t in self.targets)
 
-    def __call__(self, input_ids, scores=None):
-        rows = input_ids[:, -self.window:].tolist()
-        return torch.tensor([self._row_done(r) for r in rows], dtype=torch.bool, device=input_ids.device)
+    def __call__(self, ids, scores=None):
+        rows = ids[:, -self.window:].tolist()
+        return torch.tensor([self._row_done(r) for r in rows], dtype=torch.bool, device=ids.device)

@@ -1,6 +1,6 @@
 """Sampling warpers with Transformers' semantics: they reshape the next-token distribution before a
 draw (temperature) or cut its tail to -inf (top-k, top-p, min-p, typical). Same call shape as the
-processors: `(input_ids [N, L], scores [N, V]) -> scores`. `keep` is the least number of tokens a
+processors: `(ids [N, L], scores [N, V]) -> scores`. `keep` is the least number of tokens a
 cut leaves (beam sampling keeps one more than the end tokens, so a beam can always continue).
 
 The cuts compute their thresholds with the same operations, in the same order, as Transformers,
@@ -19,7 +19,7 @@ class Temperature:
     def __init__(self, temperature: float):
         self.temperature = temperature
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, ids, scores):
         return scores / self.temperature
 
 
@@ -29,7 +29,7 @@ class TopK:
     def __init__(self, k: int, keep: int = 1):
         self.k = max(k, keep)
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, ids, scores):
         k = min(self.k, scores.shape[-1])
         kth = torch.topk(scores, k).values[..., -1:]
         return scores.masked_fill(scores < kth, NEG_INF)
@@ -41,7 +41,7 @@ class TopP:
     def __init__(self, p: float, keep: int = 1):
         self.p, self.keep = p, keep
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, ids, scores):
         ascending, order = torch.sort(scores, descending=False)
         mass_below = ascending.softmax(dim=-1).cumsum(dim=-1)
         # a token goes when the tokens less likely than it, itself included, hold at most 1 - p
@@ -56,7 +56,7 @@ class MinP:
     def __init__(self, p: float, keep: int = 1):
         self.p, self.keep = p, keep
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, ids, scores):
         probs = scores.softmax(dim=-1)
         cut = probs < self.p * probs.amax(dim=-1, keepdim=True)
         best = torch.topk(probs, min(self.keep, probs.shape[-1]), dim=-1).indices
@@ -71,7 +71,7 @@ class Typical:
     def __init__(self, mass: float, keep: int = 1):
         self.mass, self.keep = mass, keep
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, ids, scores):
         logp = scores.log_softmax(dim=-1)
         entropy = -(logp * logp.exp()).nansum(-1, keepdim=True)
         distance, order = torch.sort((-logp - entropy).abs(), descending=False)
