@@ -3,14 +3,15 @@
 The names below load on first use (PEP 562): the compiler imports the runtime's pure-Python parts
 (the expression language, weight-rule templates) and must not pay for importing torch.
 """
-from runtime.errors import ArtifactError, CheckpointError, ConfigError
+from runtime.errors import ArtifactError, CheckpointError, ConfigError, GenerationError
 
 __version__ = "0.1.0"   # graphspec's, shared with the compiler (an artifact records the one that wrote it)
 
 _LAZY = {"load": "runtime.loader", "from_pretrained": "runtime.pretrained", "init_random": "runtime.loader",
-         "save_pretrained": "runtime.save", "CompiledModel": "runtime.model", "ModelOutput": "runtime.model"}
+         "save_pretrained": "runtime.save", "CompiledModel": "runtime.model", "ModelOutput": "runtime.model",
+         "GenerationConfig": "runtime.generation.config", "load_tokenizer": "runtime.generation.tokenizer"}
 
-__all__ = [*_LAZY, "CheckpointError", "ConfigError", "ArtifactError"]
+__all__ = [*_LAZY, "CheckpointError", "ConfigError", "ArtifactError", "GenerationError"]
 
 
 def __getattr__(name: str):

@@ -12,3 +12,7 @@ class ConfigError(Exception):
 
 class ArtifactError(Exception):
     """A compiled artifact directory is missing, incomplete or was not written by this compiler."""
+
+
+class GenerationError(ValueError):
+    """A generation setting (an argument of generate, a generation_config.json value) that cannot be used."""

@@ -13,6 +13,8 @@ import torch
 from runtime.artifact import open_artifact
 from runtime.config import read_config_json, resolve_config
 from runtime.errors import CheckpointError, ConfigError
+from runtime.generation.config import GenerationConfig
+from runtime.generation.tokenizer import Tokenizer
 from runtime.kernels import env_forced
 from runtime.model import CompiledModel
 from runtime.safetensors_io import open_checkpoint
@@ -123,6 +125,9 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
               "ignored": plan.ignored,
               "tensors": sum(len(a.sources) for a in plan.assignments)}
     model = CompiledModel(net, config, interface, art.manifest, torch_dtype, device, report, head=head)
+    model.generation_config = GenerationConfig.from_checkpoint(folder)
+    if (folder / "tokenizer.json").is_file():
+        model.tokenizer = Tokenizer.from_folder(folder)
     labels = hf.get("id2label")
     if isinstance(labels, dict):
         model.id2label = {int(k): v for k, v in labels.items()}
@@ -142,4 +147,6 @@ def init_random(artifact: str | Path, hf: dict, dtype=None, seed: int = 0, devic
     net = art.module.MODEL(art.module.Config(**config)).to(device=device, dtype=torch_dtype).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return CompiledModel(net, config, art.interface, art.manifest, torch_dtype, device, {"initialised": "random"})
+    model = CompiledModel(net, config, art.interface, art.manifest, torch_dtype, device, {"initialised": "random"})
+    model.generation_config = GenerationConfig.from_model_config(hf, source="the given config")
+    return model

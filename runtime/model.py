@@ -3,18 +3,16 @@
 `model(first_input, other_input=..., some_mask=...)` takes the contract's caller inputs by name (the
 first also positionally) and one padding mask per sequence, supplies what the contract says the
 runtime supplies (positions, key positions, fills), and returns the outputs by name. `generate` is
-greedy decoding with a KV cache on the sequence it extends, from a prompt or from a start token
-(encoder-decoder), running the contract's static modules once. Nothing here knows an input, output
-or family name: the contract says them all.
+Transformers' (runtime/generation), on the sequence the contract generates, from a prompt or from a
+start token (encoder-decoder). Nothing here knows an input, output or family name: the contract says
+them all.
 """
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from runtime.context import ForwardContext, KVCache, SequenceState
+from runtime.context import ForwardContext, SequenceState
 from runtime.interface import Input, Interface
 from runtime.ops import last_positions
 
@@ -52,48 +50,6 @@ def modules_at(net: nn.Module, path) -> list[nn.Module]:
     return found
 
 
-@contextmanager
-def static_modules_run_once(net: nn.Module, paths):
-    """While decoding, a static module (an encoder, cross-attention keys and values) sees the same
-    inputs at every step: its first output is kept and handed back at every later call."""
-    modules = [m for path in paths for m in modules_at(net, path)]
-    for m in modules:
-        memo: dict = {}
-
-        def once(*args, _run=m.forward, _memo=memo):
-            if "out" not in _memo:
-                _memo["out"] = _run(*args)
-            return _memo["out"]
-        m.forward = once
-    try:
-        yield
-    finally:
-        for m in modules:
-            del m.forward
-
-
-class EndTokens:
-    """Greedy picking with end tokens: a row that produced one continues with the pad token (default:
-    the first end token), and generation may stop once every row has."""
-
-    def __init__(self, eos_token_id, pad_token_id, batch: int, device):
-        eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
-        pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
-        self.eos = torch.tensor(eos, device=device) if eos else None
-        self.pad = torch.full((batch,), pad, dtype=torch.long, device=device)
-        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
-
-    def pick(self, logits: torch.Tensor) -> torch.Tensor:
-        token = logits.argmax(dim=-1)
-        if self.eos is not None:
-            token = torch.where(self.done, self.pad, token)
-            self.done |= torch.isin(token, self.eos)
-        return token
-
-    def all_done(self) -> bool:
-        return self.eos is not None and bool(self.done.all())
-
-
 def _count(logits_to_keep) -> int:
     if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
         raise ValueError(f"logits_to_keep must be an integer >= 0, got {logits_to_keep!r}")
@@ -120,6 +76,8 @@ class CompiledModel(nn.Module):
         # per input, the dims this config fixes (an image of image_size pixels)
         self._fixed = {i.name: {k: int(d.evaluate(config)) for k, d in enumerate(i.shape) if d.names <= config.keys()}
                        for i in self.contract.inputs}
+        self.generation_config = None    # runtime.generation.GenerationConfig: set by the loader
+        self.tokenizer = None            # runtime.generation.Tokenizer of the checkpoint folder, if it has one
 
     def __repr__(self) -> str:
         return f"CompiledModel({self.interface.name}, dtype={self.dtype}, device={self.device})\n{self.net!r}"
@@ -265,63 +223,17 @@ class CompiledModel(nn.Module):
 
     # -- generate -----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, *args, max_new_tokens: int = 20, eos_token_id=None, pad_token_id=None, **kwargs) -> torch.Tensor:
-        """Greedy decoding; returns prompt + new tokens like Transformers' generate. The inputs are those
-        of a forward call; for an encoder-decoder (the contract's start token) the first input is the
-        source, and the output starts from the start token instead of a prompt.
-
-        Rows that produced an end token continue with `pad_token_id` (or the first end token)
-        until every row has finished or `max_new_tokens` is reached.
-        """
-        g, name = self.contract.generate, self.interface.name
-        if g is None:
-            raise TypeError(f"{name} cannot generate: {self.contract.no_generate}")
-        if g.logits not in self.output_names:
-            raise TypeError(f"{name} with the '{self.head}' head outputs {', '.join(self.output_names)}; "
-                            f"generate reads {g.logits}")
-        feeds, masks = self._bind(args, kwargs, generated=g.tokens if g.start is not None else None)
-        lengths = self._lengths(feeds)
-        paddings = self._paddings(masks, feeds, lengths)
-        if g.start is not None:
-            if g.tokens in feeds or g.seq in paddings:
-                raise TypeError(f"{name} generates {g.tokens} from its start token: pass the source, not {g.tokens} "
-                                "or its mask")
-            start = int(g.start.evaluate(self.config))
-            prompt = torch.full((self._batch(feeds), 1), start, dtype=torch.long, device=self.device)
-        else:
-            prompt = feeds.pop(g.tokens)
-        prompt_padding = paddings.pop(g.seq, None)
-        others = {seq: SequenceState(padding) for seq, padding in paddings.items()}
-        batch, prompt_len = prompt.shape
-        total = prompt_len + max_new_tokens
-        padding = None
-        if prompt_padding is not None:
-            padding = torch.ones(batch, total, dtype=torch.bool, device=self.device)
-            padding[:, :prompt_len] = prompt_padding
-        cache = KVCache(total)
-        out = torch.empty(batch, total, dtype=prompt.dtype, device=self.device)
-        out[:, :prompt_len] = prompt
-        ends = EndTokens(eos_token_id, pad_token_id, batch, self.device)
-        step_ids, past = prompt, 0
-        with static_modules_run_once(self.net, self.contract.static):
-            for step in range(max_new_tokens):
-                logits = self._step(feeds, others, step_ids, past, padding, cache)
-                if cache.stale:
-                    # The cached keys no longer fit this step (LongRoPE switched factors): like Transformers,
-                    # recompute the whole sequence so far into a fresh cache.
-                    step_ids, past, cache = out[:, :prompt_len + step], 0, KVCache(total)
-                    logits = self._step(feeds, others, step_ids, past, padding, cache)
-                token = ends.pick(logits)
-                out[:, prompt_len + step] = token
-                past += step_ids.shape[1]
-                step_ids = token[:, None]
-                if ends.all_done():
-                    return out[:, :prompt_len + step + 1]
-        return out
-
-    def _step(self, feeds, others, ids, past: int, padding, cache: KVCache) -> torch.Tensor:
-        """The next-token logits after `ids`, the new tokens of the generated sequence past `past`."""
-        g = self.contract.generate
-        n = past + ids.shape[1]
-        states = {**others, g.seq: SequenceState(None if padding is None else padding[:, :n], past, cache)}
-        return self._run({**feeds, g.tokens: ids}, states, keep=1)[g.logits][:, -1]
+    def generate(self, *args, generation_config=None, **kwargs):
+        """Transformers' generate (runtime/generation): greedy, sampling, beam search, with the
+        checkpoint's generation_config.json defaults. The model inputs are those of a forward call (the
+        first also positionally) with their masks; every other keyword is a generation argument.
+        Returns prompt + new tokens (an encoder-decoder: start token + new tokens)."""
+        from runtime.generation import generate
+        from runtime.generation.adapter import CompiledDecoder
+        inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in self._inputs or k in self.contract.masks}
+        decoder = CompiledDecoder(self, args, inputs)
+        defaults = self.generation_config
+        kwargs.setdefault("tokenizer", self.tokenizer)
+        return generate(decoder, decoder.tokens, decoder.mask, generation_config, defaults=defaults,
+                        target_prefix=decoder.target_prefix,
+                        max_positions=None if defaults is None else defaults.max_position_embeddings, **kwargs)

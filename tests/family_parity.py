@@ -50,7 +50,7 @@ def max_logit_diff(ref, ours, x, **kwargs) -> float:
 
 def assert_greedy_tokens_match(ref, ours, prompt, new_tokens=20):
     want = ref.generate(prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
-    have = ours.generate(prompt, max_new_tokens=new_tokens)
+    have = ours.generate(prompt, max_new_tokens=new_tokens, eos_token_id=None)
     assert have.tolist() == want.tolist()
 
 
@@ -71,9 +71,9 @@ def assert_left_padded_batch_matches(ref, ours, x, pad=3, new_tokens=20):
     assert (batched[1:] - expected[1:]).abs().max().item() <= TOL
     want = ref.generate(x, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
                         pad_token_id=0)
-    have = ours.generate(x, attention_mask=mask, max_new_tokens=new_tokens)
+    have = ours.generate(x, attention_mask=mask, max_new_tokens=new_tokens, eos_token_id=None)
     assert have.tolist() == want.tolist()
-    assert have[0, pad:].tolist() == ours.generate(x[:1, pad:], max_new_tokens=new_tokens)[0].tolist()
+    assert have[0, pad:].tolist() == ours.generate(x[:1, pad:], max_new_tokens=new_tokens, eos_token_id=None)[0].tolist()
 
 
 def assert_padded_rows_match(ref, ours, x, pad: int, side: str) -> None:
@@ -99,5 +99,5 @@ def assert_left_padded_generation_matches(ref, ours, x, pad: int = 3, new_tokens
     x[0, :pad] = 0
     want = ref.generate(x, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
                         pad_token_id=0)
-    have = ours.generate(x, attention_mask=mask, max_new_tokens=new_tokens)
+    have = ours.generate(x, attention_mask=mask, max_new_tokens=new_tokens, eos_token_id=None)
     assert have.tolist() == want.tolist()

@@ -9,7 +9,7 @@ import torch
 
 import runtime
 from compiler.pipeline import compile_spec
-from runtime.errors import CheckpointError
+from runtime.errors import CheckpointError, GenerationError
 from tests.encoder_cases import TOL, token_batch
 from tests.hf_checkpoints import randomize, save
 
@@ -83,7 +83,7 @@ def test_unknown_head_names_the_heads_the_spec_has(tmp_path, artifact):
 def test_an_encoder_refuses_to_generate_and_to_take_positions(tmp_path, artifact):
     _, folder = make(tmp_path, "BertForMaskedLM")
     ours = runtime.load(artifact, folder)
-    with pytest.raises(TypeError, match="bidirectional encoder"):
+    with pytest.raises(GenerationError, match="bidirectional encoder"):
         ours.generate(torch.tensor([[5, 6, 7]]))
     with pytest.raises(TypeError, match="takes no position_ids"):
         ours(torch.tensor([[5, 6, 7]]), position_ids=torch.tensor([[0, 1, 2]]))

@@ -114,7 +114,7 @@ def test_llama_generate_runs_its_head_on_the_last_prompt_position_only(tmp_path,
     real = head.forward
     monkeypatch.setattr(head, "forward", lambda x: rows.append(x.shape[1]) or real(x))
     prompt = torch.randint(3, LLAMA_BASE["vocab_size"], (1, 7), generator=torch.Generator().manual_seed(0))
-    got = ours.generate(prompt, max_new_tokens=4)
+    got = ours.generate(prompt, max_new_tokens=4, eos_token_id=None)
     assert rows == [1, 1, 1, 1]
     want = ref.generate(prompt, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert got.tolist() == want.tolist()

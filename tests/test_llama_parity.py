@@ -103,9 +103,9 @@ def test_left_padded_batch_generates_like_transformers(tmp_path, artifact):
     mask[0, :3] = 0
     x[0, :3] = 0
     want = ref.generate(x, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
-    have = ours.generate(x, attention_mask=mask, max_new_tokens=20)
+    have = ours.generate(x, attention_mask=mask, max_new_tokens=20, eos_token_id=None)
     assert have.tolist() == want.tolist()
-    alone = ours.generate(x[:1, 3:], max_new_tokens=20)
+    alone = ours.generate(x[:1, 3:], max_new_tokens=20, eos_token_id=None)
     assert have[0, 3:].tolist() == alone[0].tolist()
 
 
@@ -113,7 +113,7 @@ def test_generation_stops_at_the_end_token_like_transformers(tmp_path, artifact)
     ref, folder = make(tmp_path, "mha")
     ours = runtime.load(artifact, folder)
     prompt = ids(batch=2, length=5, seed=4)
-    free = ours.generate(prompt, max_new_tokens=12)
+    free = ours.generate(prompt, max_new_tokens=12, eos_token_id=None)
     eos = int(free[0, 8])   # a token row 0 really produces, so the stop is exercised
     want = ref.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=0)
     have = ours.generate(prompt, max_new_tokens=12, eos_token_id=eos, pad_token_id=0)

@@ -57,7 +57,7 @@ def test_logits_and_greedy_tokens_match_transformers(tmp_path, artifact, name):
     use_cache = ours.config["sliding_window"] != 1
     want = ref.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0,
                         use_cache=use_cache)
-    have = ours.generate(prompt, max_new_tokens=20)
+    have = ours.generate(prompt, max_new_tokens=20, eos_token_id=None)
     assert have.tolist() == want.tolist()
 
 

@@ -72,7 +72,7 @@ def test_greedy_generation_matches_transformers(tmp_path, variant):
     cross = ours.net.dec_layers[1].cross_kv
     (cross.kv if hasattr(cross, "kv") else cross.k).register_forward_hook(
         lambda *_: computed.__setitem__("cross_kv", computed["cross_kv"] + 1))
-    have = ours.generate(ids, attention_mask=mask, max_new_tokens=15)
+    have = ours.generate(ids, attention_mask=mask, max_new_tokens=15, eos_token_id=None)
     assert have.tolist() == want.tolist()
     assert len(set(have[0].tolist())) >= 4, "degenerate output would not exercise the cache"
     assert computed == {"encoder": 1, "cross_kv": 1}   # run once for 15 decoding steps
@@ -82,7 +82,7 @@ def test_generation_stops_at_the_end_token_and_static_blocks_are_restored(tmp_pa
     ref, folder = make(tmp_path, "v1_0", seed=3, scale=6.0, **SAME_DEPTH)
     ours = runtime.from_pretrained(folder)
     ids, mask = source()
-    free = ours.generate(ids, attention_mask=mask, max_new_tokens=10)
+    free = ours.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None)
     eos = int(free[0, 4])
     want = ref.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=eos, pad_token_id=0)
     have = ours.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=0)

@@ -3,7 +3,7 @@
 Both run in this process, on the same threads, dtype and weights (saved once in the Hugging Face
 layout). Prints medians of repeated runs and ratios: prefill (1 x 512 tokens) against Transformers
 `sdpa`, `eager` and `torch.compile`; greedy decode (32-token prompt, 128 new tokens, outputs must be
-identical); decode as a fraction of the weight-streaming bound (measured bandwidth / weight bytes);
+identical); sampling and 4-beam search against sdpa (and sampling's cost over greedy); decode as a fraction of the weight-streaming bound (measured bandwidth / weight bytes);
 cold and warm compile; checkpoint load time and peak RSS (in a child process, so nothing else
 loaded here counts). Takes minutes; never part of the test suite. Transformers is imported only here.
 """
@@ -187,7 +187,7 @@ def run(args) -> None:
                 "graphspec": lambda: ours(long, logits_to_keep=1),
                 "sdpa": lambda: refs["sdpa"](long, logits_to_keep=1)}, args.repeat)[0]
 
-            decode = {"graphspec": lambda: ours.generate(prompt, max_new_tokens=args.new_tokens), **{
+            decode = {"graphspec": lambda: ours.generate(prompt, max_new_tokens=args.new_tokens, eos_token_id=None), **{
                 impl: (lambda r=ref: r.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                                 do_sample=False, eos_token_id=None, pad_token_id=0))
                 for impl, ref in refs.items()}}
@@ -195,6 +195,7 @@ def run(args) -> None:
             res["decode"], outputs = interleaved(decode, args.decode_repeat, warmup=False)
             want = outputs["sdpa"].tolist()
             res["identical"] = {name: o.tolist() == want for name, o in outputs.items()}
+            res.update(search_rows(ours, refs["sdpa"], prompt, args))
         wb = weight_bytes(ours.net)
         res["roofline_tok_s"] = bw * 1e9 / wb
         res["load"] = probe
@@ -203,6 +204,29 @@ def run(args) -> None:
         del ours, refs
     print(json.dumps(rows, indent=1), file=open(workdir / "bench.json", "w"))
     print(f"\nraw results: {workdir / 'bench.json'}")
+
+
+def search_rows(ours, ref, prompt, args) -> dict:
+    """Sampling (Transformers' defaults: top_k 50) and 4-beam search against Transformers sdpa; greedy
+    again beside sampling, interleaved, for the per-token cost of sampling. (Sampled tokens differ from
+    Transformers' for one seed: graphspec draws by inverting the cumulative sum, one uniform per row.)"""
+    n, beams = args.new_tokens, args.beam_new_tokens
+    none = dict(eos_token_id=None, pad_token_id=0)
+
+    def seeded(fn):
+        def call():
+            torch.manual_seed(0)
+            return fn()
+        return call
+    sampling = {
+        "graphspec greedy": lambda: ours.generate(prompt, max_new_tokens=n, eos_token_id=None),
+        "graphspec sample": seeded(lambda: ours.generate(prompt, max_new_tokens=n, do_sample=True, eos_token_id=None)),
+        "sdpa sample": seeded(lambda: ref.generate(prompt, max_new_tokens=n, do_sample=True, **none))}
+    times = interleaved(sampling, args.decode_repeat, warmup=False)[0]
+    beam = {"graphspec": lambda: ours.generate(prompt, max_new_tokens=beams, num_beams=4, eos_token_id=None),
+            "sdpa": lambda: ref.generate(prompt, max_new_tokens=beams, num_beams=4, do_sample=False, **none)}
+    beam_times, beam_outputs = interleaved(beam, args.decode_repeat, warmup=False)
+    return {"sample": times, "beam": beam_times, "beam_identical": beam_outputs["graphspec"].tolist() == beam_outputs["sdpa"].tolist()}
 
 
 def prefill_rows(times: dict, tokens: int) -> None:
@@ -231,6 +255,18 @@ def report(res: dict, args) -> None:
     print(f"  graphspec vs best Transformers: {best / dec['graphspec']:.2f}x")
     print(f"  roofline (read bandwidth / weight bytes): {res['roofline_tok_s']:.1f} tok/s; graphspec reaches "
           f"{n / dec['graphspec'] / res['roofline_tok_s']:.0%}")
+    sample = res["sample"]
+    print(f"sampling 32 + {n} tokens (do_sample, top_k 50; tokens/s, median of {args.decode_repeat}):")
+    for name, t in sample.items():
+        print(f"  {name:<22} {n / t:8.1f} tok/s  ({t:6.2f} s)")
+    print(f"  sampling costs {sample['graphspec sample'] / sample['graphspec greedy'] - 1:+.1%} per token over greedy; "
+          f"graphspec is {sample['sdpa sample'] / sample['graphspec sample']:.2f}x sdpa")
+    nb, beam = args.beam_new_tokens, res["beam"]
+    print(f"4-beam search 32 + {nb} tokens (steps/s), tokens identical to sdpa's: "
+          f"{'yes' if res['beam_identical'] else 'NO'}")
+    for name, t in beam.items():
+        print(f"  {name:<22} {nb / t:8.1f} steps/s  ({t * 1000 / nb:6.1f} ms per step)")
+    print(f"  graphspec is {beam['sdpa'] / beam['graphspec']:.2f}x sdpa per beam step")
     load = res["load"]
     print(f"load: {load['load_s']:.2f} s, peak RSS {load['peak_rss'] / 2**20:.0f} MiB "
           f"(before loading {load['rss_before'] / 2**20:.0f} MiB; growth {(load['peak_rss'] - load['rss_before']) / load['weight_bytes']:.2f}x "
@@ -244,6 +280,7 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--decode-repeat", type=int, default=3)
+    p.add_argument("--beam-new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
     p.add_argument("--probe-load", help=argparse.SUPPRESS)

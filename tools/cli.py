@@ -123,23 +123,64 @@ def _cmd_schema(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    """Generate from a checkpoint; a bad input (checkpoint, tokenizer, option) is one line on stderr, exit 2."""
+    from runtime.errors import ArtifactError, CheckpointError, ConfigError, GenerationError
+    try:
+        return _run(args)
+    except (SpecError, ArtifactError, CheckpointError, ConfigError, GenerationError) as err:
+        text = "; ".join(err.problems) if isinstance(err, SpecError) else str(err)
+        print(f"graphspec run: error: {' '.join(text.split())}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     import torch
 
     import runtime
+    from runtime.errors import GenerationError
+    from runtime.generation.text_streamer import TextStreamer
     model = (runtime.load(args.artifact, args.checkpoint, dtype=args.dtype) if args.artifact
              else runtime.from_pretrained(args.checkpoint, dtype=args.dtype))
+    tok = model.tokenizer
     if args.prompt is not None:
-        from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(Path(args.checkpoint) / "tokenizer.json"))
-        ids = torch.tensor([tok.encode(args.prompt).ids])
+        if tok is None:
+            raise GenerationError(f"{args.checkpoint} has no tokenizer.json to encode --prompt with; "
+                                  "give token ids with --ids instead")
+        if args.chat:
+            ids = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
+        else:
+            ids = tok.encode(args.prompt)
+        if not ids:
+            raise GenerationError("--prompt encodes to no tokens")
     else:
-        ids = torch.tensor([[int(t) for t in args.ids.split(",")]])
-    out = model.generate(ids, max_new_tokens=args.max_new_tokens, eos_token_id=model.config.get("eos_token_id"))
-    new = out[0, ids.shape[1]:].tolist()
-    print("tokens:", new)
-    if args.prompt is not None:
-        print("text:", tok.decode(new))
+        if args.chat:
+            raise GenerationError("--chat needs --prompt (the user message)")
+        try:
+            ids = [int(t) for t in args.ids.split(",")]
+        except ValueError:
+            raise GenerationError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
+    options = {name: getattr(args, name) for name in ("do_sample", "temperature", "top_k", "top_p", "num_beams",
+                                                      "max_new_tokens") if getattr(args, name) is not None}
+    generator = torch.Generator(device=model.device)
+    if args.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(args.seed)
+    stream = args.prompt is not None and options.get("num_beams", 1) == 1
+    streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True) if stream else None
+    out = model.generate(torch.tensor([ids]), streamer=streamer, generator=generator, **options)
+    # an encoder-decoder returns its decoder's start token + the new tokens, a decoder prompt + new tokens
+    new = out[0, 1 if model.contract.generate.start is not None else len(ids):]
+    if args.prompt is None:
+        print("tokens:", new.tolist())
+    elif not stream:
+        print(tok.decode(new, skip_special_tokens=True))
     return 0
+
+
+def _one_line_usage_error(message: str):
+    print(f"graphspec run: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,13 +226,22 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("schema", help="print the JSON Schema of the spec language")
     p.set_defaults(func=_cmd_schema)
 
-    p = sub.add_parser("run", help="greedy generation from a checkpoint folder")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("run", help="generate text (or token ids) from a checkpoint folder or hub id")
+    p.error = _one_line_usage_error
+    p.add_argument("checkpoint", help="a checkpoint folder, or a hub id already in the Hugging Face cache")
     p.add_argument("--artifact", help="a compiled artifact (default: pick and compile the spec)")
-    p.add_argument("--prompt", help="text, tokenized with the folder's tokenizer.json")
+    p.add_argument("--prompt", help="text, encoded with the checkpoint's tokenizer.json; the reply streams")
+    p.add_argument("--chat", action="store_true", help="wrap --prompt as a user message in the chat template")
     p.add_argument("--ids", default="1,2,3", help="comma-separated token ids when there is no prompt")
     p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 or auto")
+    p.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int, help="seed of the sampling draws (default: a fresh one each run)")
+    p.add_argument("--num-beams", type=int, help="beam search (the text is printed when the search ends)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"],
+                   help="float32 (default), bfloat16, float16 or auto (config.json's)")
     p.set_defaults(func=_cmd_run)
 
     args = parser.parse_args(argv)

@@ -1,0 +1,179 @@
+"""The Decoder protocol (protocol.py) over a CompiledModel, driven by its runtime contract alone.
+
+The contract names what is generated (`generate.tokens` along `generate.seq`, read from
+`generate.logits`; a `start` token for an encoder-decoder) and the static modules (an encoder,
+cross-attention keys and values) that see the same inputs at every step. The KV cache lives on the
+generated sequence only: allocated once per generation at its final length ([rows, kv heads,
+max_length, head dim] per attention op) and written in place; `reorder_cache` permutes its filled
+part in place, `fork` copies the prompt's part to each row's beams or samples. Static modules run
+once per input row and share their outputs with the forked rows.
+"""
+from __future__ import annotations
+
+import torch
+
+from runtime.context import KVCache, SequenceState
+from runtime.errors import GenerationError
+from runtime.model import modules_at
+
+
+def _map_tensors(value, fn):
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
+class _StaticOutputs:
+    """While installed, each static module runs on its first call and hands that output back after."""
+
+    def __init__(self, net, paths):
+        self.modules = [m for path in paths for m in modules_at(net, path)]
+        self.outputs: dict = {}
+        for m in self.modules:
+            m.forward = self._once(m, m.forward)
+
+    def _once(self, module, run):
+        def forward(*args):
+            if module not in self.outputs:
+                self.outputs[module] = run(*args)
+            return self.outputs[module]
+        return forward
+
+    def apply(self, fn) -> None:
+        self.outputs = {m: _map_tensors(out, fn) for m, out in self.outputs.items()}
+
+    def remove(self) -> None:
+        for m in self.modules:
+            m.__dict__.pop("forward", None)
+
+
+class CompiledDecoder:
+    """A CompiledModel as a Decoder for one generation, bound to one call's inputs: `args` / `kwargs`
+    are those of a forward call (the contract's inputs and masks). `tokens` and `mask` are what the
+    generation loop starts from (the prompt, or an encoder-decoder's source), `target_prefix` the
+    caller's decoder tokens, if any."""
+
+    def __init__(self, model, args, kwargs):
+        g, name = model.contract.generate, model.interface.name
+        if g is None:
+            raise GenerationError(f"{name} cannot generate: {model.contract.no_generate}")
+        if g.logits not in model.output_names:
+            raise GenerationError(f"{name} with the '{model.head}' head outputs {', '.join(model.output_names)}; "
+                                  f"generate reads {g.logits}")
+        self.model, self.g = model, g
+        self.device = model.device
+        self.is_encoder_decoder = g.start is not None
+        feeds, masks = model._bind(args, kwargs, generated=g.tokens)
+        lengths = model._lengths(feeds)
+        paddings = model._paddings(masks, feeds, lengths)
+        self.target_prefix = feeds.pop(g.tokens, None) if self.is_encoder_decoder else None
+        if self.is_encoder_decoder:
+            if g.seq in paddings:
+                raise GenerationError(f"{name} generates {g.tokens}: its mask is made while generating, not given")
+            first = model.contract.callers[0]
+            self.tokens, self.mask = feeds[first.name], _as_mask(paddings.get(first.seq))
+        else:
+            if g.tokens not in feeds:
+                raise GenerationError(f"{name} generates from {g.tokens}: pass it")
+            self.tokens = feeds.pop(g.tokens)
+            self.mask = _as_mask(paddings.pop(g.seq, None))
+        self.feeds = feeds                        # every other input, at the input batch size
+        self.others = paddings                    # every other sequence's padding
+        self.cache: KVCache | None = None
+        self.static: _StaticOutputs | None = None
+        self.tokens_so_far = self.padding = None
+        self.past = 0
+        self.group = 1          # rows per input row after fork: they share the static outputs
+
+    def prefill(self, prompt, mask, max_length, target_prefix=None):
+        rows = prompt if target_prefix is None else target_prefix
+        batch, length = rows.shape
+        self.capacity = max_length
+        self.tokens_so_far = torch.empty(batch, max_length, dtype=torch.long, device=self.device)
+        self.cache = KVCache(max_length)
+        self.past = 0
+        if self.is_encoder_decoder:
+            self.static = _StaticOutputs(self.model.net, self.model.contract.static)
+            if mask is not None:
+                self.others[self.model.contract.callers[0].seq] = mask.bool()
+        elif mask is not None:
+            # the generated tokens are real: only the prompt part of the padding row can be False
+            self.padding = torch.ones(batch, max_length, dtype=torch.bool, device=self.device)
+            self.padding[:, :length] = mask.bool()
+        return self._append(rows)
+
+    def step(self, tokens):
+        return self._append(tokens[:, None])
+
+    def _run(self, ids, past: int):
+        end = past + ids.shape[1]
+        states = {seq: SequenceState(p) for seq, p in self.others.items()}
+        states[self.g.seq] = SequenceState(None if self.padding is None else self.padding[:, :end], past, self.cache)
+        out = self.model._run({**self.feeds, self.g.tokens: ids}, states, keep=1)
+        return out[self.g.logits][:, -1]
+
+    def _append(self, ids):
+        end = self.past + ids.shape[1]
+        self.tokens_so_far[:, self.past:end] = ids
+        logits = self._run(ids, self.past)
+        if self.cache.stale:
+            # The cached keys no longer fit this step (LongRoPE switched factors): like Transformers,
+            # run the whole sequence so far again into a fresh cache.
+            self.cache = KVCache(self.capacity)
+            logits = self._run(self.tokens_so_far[:, :end], 0)
+        self.past = end
+        return logits
+
+    def _rows(self, fn) -> None:
+        """Apply a row operation to everything held per row besides the cache."""
+        self.tokens_so_far = fn(self.tokens_so_far)
+        if self.padding is not None:
+            self.padding = fn(self.padding)
+
+    def _per_source(self, fn) -> None:
+        """Apply a row operation to what is held per input row (other inputs, paddings, static outputs)."""
+        self.feeds = {k: fn(t) if t.dim() else t for k, t in self.feeds.items()}
+        self.others = {k: None if p is None else fn(p) for k, p in self.others.items()}
+        if self.static is not None:
+            self.static.apply(fn)
+
+    def reorder_cache(self, beam_idx):
+        rows = self.tokens_so_far.shape[0]
+        same = torch.arange(rows, device=beam_idx.device)
+        if torch.equal(beam_idx, same):
+            return
+        past = self.past
+        for k, v in self.cache.slots.values():
+            k[:, :, :past] = k[:, :, :past].index_select(0, beam_idx)
+            v[:, :, :past] = v[:, :, :past].index_select(0, beam_idx)
+        self._rows(lambda t: t.index_select(0, beam_idx))
+        # rows of one fork group share what is per source; only rows moving across groups carry it
+        if not torch.equal(beam_idx // self.group, same // self.group):
+            self._per_source(lambda t: t.index_select(0, beam_idx))
+            self.group = 1
+
+    def fork(self, n: int):
+        past = self.past
+        for slot, (k, v) in list(self.cache.slots.items()):
+            wide_k = k.new_empty((k.shape[0] * n, *k.shape[1:]))
+            wide_v = v.new_empty((v.shape[0] * n, *v.shape[1:]))
+            wide_k[:, :, :past] = k[:, :, :past].repeat_interleave(n, dim=0)
+            wide_v[:, :, :past] = v[:, :, :past].repeat_interleave(n, dim=0)
+            self.cache.slots[slot] = (wide_k, wide_v)
+        self._rows(lambda t: t.repeat_interleave(n, dim=0))
+        self._per_source(lambda t: t.repeat_interleave(n, dim=0))
+        self.group *= n
+
+    def close(self):
+        if self.static is not None:
+            self.static.remove()
+        self.cache = self.static = None
+
+
+def _as_mask(padding):
+    """The loop's 0/1 mask from a sequence's padding (None: nothing padded)."""
+    return None if padding is None else padding.long()
