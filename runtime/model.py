@@ -179,7 +179,7 @@ class CompiledModel(nn.Module):
         defaults = self.generation_config
         kwargs.setdefault("tokenizer", self.tokenizer)
         return generate(CompiledDecoder(self), input_ids, attention_mask, generation_config, defaults=defaults,
-                        decoder_prompt=kwargs.pop("decoder_input_ids", None),
+                        target_prefix=kwargs.pop("decoder_input_ids", None),
                         max_positions=None if defaults is None else defaults.max_position_embeddings, **kwargs)
 
     def _batch(self, t) -> torch.Tensor:

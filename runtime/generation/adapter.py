@@ -67,8 +67,8 @@ class CompiledDecoder:
         self.past = 0
         self.group = 1          # rows per input row after fork: they share the static outputs
 
-    def prefill(self, prompt, mask, max_length, decoder_prompt=None):
-        rows = prompt if decoder_prompt is None else decoder_prompt
+    def prefill(self, prompt, mask, max_length, target_prefix=None):
+        rows = prompt if target_prefix is None else target_prefix
         batch, length = rows.shape
         self.capacity = max_length
         self.tokens = torch.empty(batch, max_length, dtype=torch.long, device=self.device)

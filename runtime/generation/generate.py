@@ -38,32 +38,32 @@ def infer_mask(ids: torch.Tensor, pad: int | None, eos: torch.Tensor | None) -> 
     return (ids != pad).long()
 
 
-def _start_rows(model, settings: GenerationConfig, ids: torch.Tensor, decoder_prompt) -> torch.Tensor:
+def _start_rows(model, settings: GenerationConfig, ids: torch.Tensor, target_prefix) -> torch.Tensor:
     """[B, L]: the tokens the loop extends — the prompt, or an encoder-decoder's decoder start (followed
-    by its decoder prompt, which gets the start token put before it unless every row begins with it)."""
+    by the target prefix given, which gets the start token put before it unless every row begins with it)."""
     if not model.is_encoder_decoder:
-        if decoder_prompt is not None:
-            raise GenerationError("generate(): a decoder prompt is for encoder-decoders; this model only decodes")
+        if target_prefix is not None:
+            raise GenerationError("generate(): a target prefix is for encoder-decoders; this model only decodes")
         return ids
     rows = start_tokens(settings, ids.shape[0], ids.device)
-    if decoder_prompt is None:
+    if target_prefix is None:
         return rows
-    given = _ids(decoder_prompt, "the decoder prompt", ids.device)
+    given = _ids(target_prefix, "the target prefix", ids.device)
     if given.shape[0] != ids.shape[0]:
-        raise GenerationError(f"generate(): the decoder prompt has {given.shape[0]} rows, the input {ids.shape[0]}")
+        raise GenerationError(f"generate(): the target prefix has {given.shape[0]} rows, the input {ids.shape[0]}")
     return torch.cat([rows, given], dim=1) if bool((given[:, 0] != rows[:, 0]).all()) else given
 
 
 def generate(model, prompt, mask=None, generation_config: GenerationConfig | None = None, *,
              defaults: GenerationConfig | None = None, max_positions: int | None = None, streamer=None,
              generator: torch.Generator | None = None, tokenizer=None, logits_processor=None,
-             stopping_criteria_list=None, decoder_prompt=None, **kwargs):
+             stopping_criteria_list=None, target_prefix=None, **kwargs):
     """Generate with `model` (a Decoder). `kwargs` are GenerationConfig fields (an unknown name is a
     GenerationError). `streamer`: an object with put(ids) / end() (Transformers' TextStreamer works).
     `generator`: the torch.Generator sampling draws from (default: torch's global one).
     `tokenizer`: needed for stop_strings. `logits_processor` / `stopping_criteria_list`: extra callables,
     run after the built-in processors (before the sampling warpers) / criteria. `prompt` [B, S] / `mask`:
-    the tokens to continue and their padding (0), or an encoder-decoder's source; `decoder_prompt`: its
+    the tokens to continue and their padding (0), or an encoder-decoder's source; `target_prefix`: its
     decoder's first tokens (the start token is put before them unless every row has it)."""
     settings, default_max_length = resolve(defaults, generation_config, kwargs)
     check_mode(settings, streamer)
@@ -78,7 +78,7 @@ def generate(model, prompt, mask=None, generation_config: GenerationConfig | Non
     if mask is not None and mask.shape != ids.shape:
         raise GenerationError(f"generate(): the mask is {list(mask.shape)}, the input {list(ids.shape)}")
     eos, pad = special_tokens(settings, device)
-    rows = _start_rows(model, settings, ids, decoder_prompt)
+    rows = _start_rows(model, settings, ids, target_prefix)
     if mask is None and not model.is_encoder_decoder:
         mask = infer_mask(ids, pad, eos)
     if mask is not None and bool(mask.all()):
@@ -99,7 +99,7 @@ def generate(model, prompt, mask=None, generation_config: GenerationConfig | Non
         streamer.put(rows.cpu())
     try:
         # the prompt runs once per input row; its cache is then copied to the row's beams / samples
-        logits = model.prefill(ids, mask, max_length, decoder_prompt=start if model.is_encoder_decoder else None)
+        logits = model.prefill(ids, mask, max_length, target_prefix=start if model.is_encoder_decoder else None)
         if expand > 1:
             model.fork(expand)
             logits = logits.repeat_interleave(expand, dim=0)

@@ -17,10 +17,10 @@ class Decoder(Protocol):
     device: torch.device
 
     def prefill(self, prompt: torch.Tensor, mask: torch.Tensor | None, max_length: int,
-                decoder_prompt: torch.Tensor | None = None) -> torch.Tensor:
+                target_prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Run the prompt ([B, S], mask [B, S] with 0 at padding, or None) into a cache that can grow to
         `max_length` tokens per row; an encoder-decoder runs the source through its encoder and
-        `decoder_prompt` [B, S_dec] through its decoder. Returns the next-token logits [B, V]."""
+        `target_prefix` [B, S_dec] through its decoder. Returns the next-token logits [B, V]."""
         ...
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
