@@ -127,7 +127,7 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     model = CompiledModel(net, config, interface, art.manifest, torch_dtype, device, report, head=head)
     model.generation_config = GenerationConfig.from_checkpoint(folder)
     if (folder / "tokenizer.json").is_file():
-        model.tokenizer = Tokenizer.from_folder(folder)
+        model.tokenizer = Tokenizer.from_folder(folder, model.text_keys())
     labels = hf.get("id2label")
     if isinstance(labels, dict):
         model.id2label = {int(k): v for k, v in labels.items()}

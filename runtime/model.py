@@ -82,6 +82,21 @@ class CompiledModel(nn.Module):
     def __repr__(self) -> str:
         return f"CompiledModel({self.interface.name}, dtype={self.dtype}, device={self.device})\n{self.net!r}"
 
+    def text_keys(self) -> tuple[str, str | None]:
+        """What a tokenizer's output must be named to feed this model: the input text goes to (the
+        tokens generation extends, or an encoder-decoder's source, or the first caller int input along
+        a sequence) and the keyword of that sequence's padding mask (None: it has none)."""
+        g = self.contract.generate
+        callers = [i for i in self.contract.callers if i.dtype == "int" and i.seq is not None]
+        if g is not None and g.start is None:
+            text = self._inputs[g.tokens]
+        elif callers:
+            text = callers[0]
+        else:
+            return ("ids", None)
+        mask = next((k for k, seq in self.contract.masks.items() if seq == text.seq), None)
+        return text.name, mask
+
     def kernel_report(self) -> dict[str, str]:
         """Which path each fused group takes here: triton, triton (interpreter) or torch, and why."""
         from runtime.kernels import kernel_report

@@ -3,6 +3,8 @@ same files, stop strings against Transformers' StopStringCriteria and generate, 
 Transformers' TextIteratorStreamer) receiving text as it is generated."""
 from __future__ import annotations
 
+import copy
+
 import threading
 
 import pytest
@@ -124,6 +126,25 @@ def test_from_pretrained_carries_the_checkpoint_tokenizer(chat_model):
     _, ours, ref_tok, folder = chat_model
     assert ours.tokenizer.encode("Hello world") == ref_tok("Hello world")["input_ids"]
     assert ours.tokenizer.chat_template == CHAT_TEMPLATE
+
+
+def test_a_models_tokenizer_names_its_output_after_the_models_inputs(chat_model, tmp_path):
+    _, ours, ref_tok, folder = chat_model
+    batch = ours.tokenizer(["Hello world", "The quick brown fox"], return_tensors="pt")
+    ref_tok = copy.deepcopy(ref_tok)
+    ref_tok.pad_token = ref_tok.eos_token            # ours pads with the end token when there is no pad token
+    want = ref_tok(["Hello world", "The quick brown fox"], return_tensors="pt", padding=True, padding_side="left")
+    assert set(batch) == {"input_ids", "attention_mask"}        # llama's contract names them so
+    assert torch.equal(batch["input_ids"], want["input_ids"]) and torch.equal(batch["attention_mask"], want["attention_mask"])
+    assert ours.generate(**batch, max_new_tokens=3).shape == (2, batch["input_ids"].shape[1] + 3)
+    # a spec whose inputs have other names gets a tokenizer speaking its names
+    from tests.test_contract_runtime import v2_llama
+    from compiler.pipeline import compile_spec
+    renamed = runtime.load(compile_spec(v2_llama(tmp_path), tmp_path / "v2").directory, folder)
+    batch = renamed.tokenizer(["Hello world", "The quick brown fox"], return_tensors="pt")
+    assert set(batch) == {"tokens", "pad"}
+    assert renamed.generate(**batch, max_new_tokens=3).tolist() == ours.generate(
+        batch["tokens"], attention_mask=batch["pad"], max_new_tokens=3).tolist()
 
 
 def test_generation_stops_at_a_stop_string_like_transformers(chat_model):

@@ -14,6 +14,10 @@ from runtime.generation.chat_template import render as render_chat
 from runtime.generation.config import read_json
 
 NAMED = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# What a tokenizer returns when no model says otherwise: Transformers' tokenizer keys. A tokenizer
+# attached to a model (`model.tokenizer`) names them after the model's contract instead (its token
+# input and that sequence's mask), so `model.generate(**model.tokenizer(text))` fits any spec.
+DEFAULT_KEYS = ("input_ids", "attention_mask")
 
 
 def _token_text(value, path: Path, key: str) -> str | None:
@@ -66,13 +70,15 @@ class Tokenizer:
     clean_up_tokenization_spaces from tokenizer_config.json (never for BPE models)."""
 
     def __init__(self, backend, config: dict | None = None, special_tokens: dict | None = None,
-                 chat_template=None, name: str = "tokenizer"):
-        """`backend`: a tokenizers.Tokenizer, or the path of its tokenizer.json (read on first use)."""
+                 chat_template=None, name: str = "tokenizer", keys: tuple[str, str | None] = DEFAULT_KEYS):
+        """`backend`: a tokenizers.Tokenizer, or the path of its tokenizer.json (read on first use).
+        `keys`: the names of the ids and of the mask in what a call returns (None: no mask)."""
         self._backend = backend
         self.config = config or {}
         self.special_tokens_map = dict(special_tokens or {})
         self.chat_template = chat_template
         self.name = name
+        self.keys = tuple(keys)
 
     @property
     def backend_tokenizer(self):
@@ -85,7 +91,7 @@ class Tokenizer:
         return self._backend
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "Tokenizer":
+    def from_folder(cls, folder: str | Path, keys: tuple[str, str | None] = DEFAULT_KEYS) -> "Tokenizer":
         """The folder's tokenizer; tokenizer.json itself is parsed on first use."""
         folder = Path(folder)
         path = folder / "tokenizer.json"
@@ -93,7 +99,7 @@ class Tokenizer:
             raise CheckpointError(f"{folder}: no tokenizer.json (graphspec reads fast tokenizers only)")
         config_path = folder / "tokenizer_config.json"
         config = read_json(config_path) if config_path.is_file() else {}
-        return cls(path, config, _special_tokens(folder, config), _chat_templates(folder, config), str(folder))
+        return cls(path, config, _special_tokens(folder, config), _chat_templates(folder, config), str(folder), keys)
 
     def __getattr__(self, name: str):
         # bos_token, eos_token_id, ... as Transformers' tokenizers expose them (None when absent)
@@ -118,8 +124,9 @@ class Tokenizer:
         return self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def __call__(self, text: str | list[str], add_special_tokens: bool = True, return_tensors: str | None = None):
-        """{"input_ids", "attention_mask"}; a list of texts is padded on the left (for generation) with
-        the pad token (else the end token, else 0). return_tensors="pt" gives [rows, length] tensors."""
+        """{ids key: ids, mask key: mask} (self.keys); a list of texts is padded on the left (for
+        generation) with the pad token (else the end token, else 0). return_tensors="pt" gives
+        [rows, length] tensors."""
         texts = [text] if isinstance(text, str) else list(text)
         ids = [self.encode(t, add_special_tokens) for t in texts]
         longest = max(len(i) for i in ids)
@@ -127,12 +134,15 @@ class Tokenizer:
         masks = [[0] * (longest - len(i)) + [1] * len(i) for i in ids]
         ids = [[pad] * (longest - len(i)) + i for i in ids]
         if return_tensors is None:
-            return {"input_ids": ids[0] if isinstance(text, str) else ids,
-                    "attention_mask": masks[0] if isinstance(text, str) else masks}
-        if return_tensors != "pt":
+            out = {self.keys[0]: ids[0] if isinstance(text, str) else ids,
+                   self.keys[1]: masks[0] if isinstance(text, str) else masks}
+        elif return_tensors == "pt":
+            import torch
+            out = {self.keys[0]: torch.tensor(ids), self.keys[1]: torch.tensor(masks)}
+        else:
             raise GenerationError(f"{self.name}: return_tensors must be 'pt' or None, got {return_tensors!r}")
-        import torch
-        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(masks)}
+        out.pop(None, None)      # a model without a mask for this sequence
+        return out
 
     def decode(self, token_ids, skip_special_tokens: bool = False, **_ignored) -> str:
         if hasattr(token_ids, "tolist"):
@@ -193,6 +203,6 @@ def _clean_up(text: str) -> str:
     return text
 
 
-def load_tokenizer(folder: str | Path) -> Tokenizer:
+def load_tokenizer(folder: str | Path, keys: tuple[str, str | None] = DEFAULT_KEYS) -> Tokenizer:
     """The tokenizer of a checkpoint folder (tokenizer.json, tokenizer_config.json)."""
-    return Tokenizer.from_folder(folder)
+    return Tokenizer.from_folder(folder, keys)
