@@ -17,6 +17,8 @@ NAME = {"type": "string", "pattern": IDENT}
 OUTPUTS = r"^[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*$"
 DIM = {"type": ["string", "integer"], "description": "a config expression or a free dimension (B, S)"}
 SHAPE = {"type": "array", "items": DIM}
+DIMS = {"type": "array", "items": {"type": ["string", "integer"]}, "minItems": 1,
+        "description": "a list of config expressions"}
 CONFIG_TYPES = ["int", "float", "bool", "str", "dict", "list", "any"]
 
 
@@ -31,7 +33,7 @@ def _op_line(name: str) -> dict:
     for pname in op.params:
         props[pname] = {"type": "string", "pattern": IDENT, "description": f"a param of kind {op.params[pname]}"}
     for attr in op.attrs:
-        props[attr.name] = {"enum": list(attr.choices)} if attr.type == "enum" else EXPR
+        props[attr.name] = {"enum": list(attr.choices)} if attr.type == "enum" else DIMS if attr.type == "dims" else EXPR
     required = ["op", *(o for o in op.operands if o not in op.optional_operands), *op.params,
                 *(a.name for a in op.attrs if a.required)]
     return {"properties": props, "required": required, "additionalProperties": False}

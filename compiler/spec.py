@@ -20,6 +20,7 @@ from compiler.errors import Problem, SpecError
 from compiler.extends import load_resolved
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
+from compiler.ops.registry import Dims
 from compiler.schema import spec_schema
 from compiler.yaml_source import PathT, SourceMap, format_path
 from runtime.expr import Expr, ExprError, parse_expr
@@ -240,7 +241,8 @@ class _Builder:
 
     def expr(self, value: Any, path: PathT) -> Expr | None:
         try:
-            return parse_expr(value)
+            # a list where the schema allows one (an op's dims attribute: `shape: [0, 0, heads, -1]`)
+            return Dims(value) if isinstance(value, list) else parse_expr(value)
         except ExprError as err:
             self.fail(path, f"bad expression {value!r}: {err}")
             return None
