@@ -208,10 +208,9 @@ def _clamp_triton(a) -> str | None:
     if any(a.get(b) is not None and not isinstance(a.get(b), (int, float)) for b in ("min", "max")):
         return None
     expr = "{x}"
-    if a.get("min") is not None:
-        expr = f"tl.maximum({expr}, {{min}})"
-    if a.get("max") is not None:
-        expr = f"tl.minimum({expr}, {{max}})"
+    for bound, fn in (("min", "maximum"), ("max", "minimum")):
+        if a.get(bound) is not None:     # NaN stays NaN, as in torch.clamp
+            expr = f"tl.{fn}({expr}, {{{bound}}}, propagate_nan=tl.PropagateNan.ALL)"
     return expr
 
 
