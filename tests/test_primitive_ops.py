@@ -255,3 +255,52 @@ def test_alibi_slopes_equal_transformers_for_any_head_count(heads):
     from runtime import ops
     got = ops.alibi_slopes(ForwardContext(torch.float32, "cpu"), heads)
     assert got.dtype == torch.float32 and torch.equal(got, _bloom_slopes(heads))
+
+
+F3 = ("float", ["B", "S", "d"], "normal")
+# the op line (or lines, the last one wrong), the inputs, what the error says
+BAD_LINES = {
+    "dtype_clash": ("{op: add, a: x, b: i}", {"x": F3, "i": ("int", ["B", "S", "d"], "")}, "dtype clash"),
+    "fp32_with_float": (["s: {op: alibi_slopes, heads: d}", "{op: mul, a: x, b: s}"], {"x": F3},
+                        "cast one of them first"),
+    "no_broadcast": ("{op: sub, a: x, b: v}", {"x": F3, "v": ("float", ["k"], "")}, "shapes do not broadcast"),
+    "int_true_division": ("{op: div, a: i, b: i}", {"i": ("int", ["B"], "")}, "true division needs float operands"),
+    "compare_without_other": ("{op: eq, a: x}", {"x": F3}, "give either 'b' (a tensor) or 'value'"),
+    "compare_with_both": ("{op: lt, a: x, b: x, value: 1}", {"x": F3}, "give either 'b' (a tensor) or 'value'"),
+    "where_float_cond": ("{op: where, cond: x, a: x, value: 0}", {"x": F3}, "'cond' must be a bool tensor"),
+    "dim_out_of_range": ("{op: sum, x: x, dim: 3}", {"x": F3}, "'dim' is 3, out of range for a rank-3 tensor"),
+    "dim_from_config": ("{op: softmax, x: x, dim: k}", {"x": F3}, "'dim' must be a constant (an integer), got k"),
+    "keepdim_not_bool": ("{op: max, x: x, dim: 0, keepdim: 1}", {"x": F3}, "'keepdim' must be true or false"),
+    "mean_of_ints": ("{op: mean, x: i, dim: 0}", {"i": ("int", ["B"], "")}, "'x' must be a float or fp32 tensor"),
+    "argmax_of_bools": ("{op: argmax, x: m, dim: 1}", {"m": ("bool", ["B", "S"], "")}, "'x' must be a float, fp32 or int"),
+    "gather_float_index": ("{op: gather, x: x, index: x, dim: 0}", {"x": F3}, "'index' must be a int tensor"),
+    "gather_rank": ("{op: gather, x: x, index: i, dim: 0}", {"x": F3, "i": ("int", ["B"], "")}, "the same rank"),
+    "one_hot_of_floats": ("{op: one_hot, x: x, num_classes: 3}", {"x": F3}, "'x' must be a int tensor"),
+    "matmul_inner": ("{op: matmul, a: x, b: x}", {"x": F3}, "the last dim of 'a' must equal the second-last of 'b'"),
+    "matmul_rank": ("{op: matmul, a: x, b: v}", {"x": F3, "v": ("float", ["d"], "")}, "at least 2 dims"),
+    "slice_step": ("{op: slice, x: x, dim: 1, step: 0}", {"x": F3}, "'step' must be at least 1"),
+    "squeeze_not_one": ("{op: squeeze, x: x, dim: 1}", {"x": F3}, "dim 1 of 'x' must have size 1"),
+    "expand_both": ("{op: expand, x: x, like: x, shape: [1]}", {"x": F3}, "give either 'like'"),
+    "expand_stretch": ("{op: expand, x: x, shape: [B2, k, k]}", {"x": F3}, "unknown config name 'B2'"),
+    "expand_size": ("{op: expand, x: x, shape: [k, k, k]}", {"x": F3}, "stretches only from 1"),
+    "reshape_count": ("{op: reshape, x: x, shape: [0, 0, k]}", {"x": F3}, "the number of elements differs"),
+    "reshape_two_inferred": ("{op: reshape, x: x, shape: [-1, -1]}", {"x": F3}, "only one shape entry may be -1"),
+    "reshape_keep_past_rank": ("{op: reshape, x: v, shape: [0, 0]}", {"v": ("float", ["d"], "")}, "shape entry 1 is 0"),
+    "clamp_no_bound": ("{op: clamp, x: x}", {"x": F3}, "give 'min', 'max' or both"),
+    "conv1d_channels": ("{op: conv1d, x: x, w: conv}", {"x": F3}, "channels of 'x' must equal the input channels of 'conv'"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_LINES))
+def test_a_shape_rule_refusal_is_a_spec_error_at_its_line(name):
+    from compiler.errors import SpecError
+    lines, inputs, words = BAD_LINES[name]
+    *before, line = [lines] if isinstance(lines, str) else lines
+    case = Case([*before, f"y: {line}"], inputs, None, params={"conv": "{conv1d: [k, d, 3]}"} if "conv" in line else {})
+    text = spec_text(case)
+    with pytest.raises(SpecError) as info:
+        build(text, "bad.yaml")
+    at = text[:text.index(f"y: {line}")].count("\n") + 1
+    message = str(info.value)
+    assert f"bad.yaml:{at}:" in message and f"at model.graph[{len(before)}]" in message, message
+    assert words in message, message

@@ -155,7 +155,8 @@ class InferCtx:
         t = self.inputs[operand]
         allowed = (dtype,) if isinstance(dtype, str) else dtype
         if t.dtype not in allowed:
-            raise ShapeError(f"'{operand}' must be a {' or '.join(allowed)} tensor, got {t}")
+            kinds = allowed[0] if len(allowed) == 1 else f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+            raise ShapeError(f"'{operand}' must be a {kinds} tensor, got {t}")
         return t
 
     def expect_float(self, operand: str) -> TType:
