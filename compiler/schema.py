@@ -42,7 +42,8 @@ def _op_line(name: str) -> dict:
 def _param() -> dict:
     kinds = []
     for kind in PARAM_KINDS.values():
-        dims = {"type": "array", "items": DIM, "minItems": len(kind.dims), "maxItems": len(kind.dims)}
+        dims = {"type": "array", "items": DIM, "minItems": len(kind.dims), "maxItems": len(kind.dims),
+                "description": f"[{', '.join(kind.dims)}]"}
         if kind.variadic:
             dims = {"type": "array", "items": DIM, "minItems": 1}
         elif len(kind.dims) == 1:
@@ -157,6 +158,8 @@ def spec_schema() -> dict:
             "line": {"type": "object", "minProperties": 1, "maxProperties": 1,
                      "propertyNames": {"pattern": OUTPUTS},
                      "additionalProperties": {"type": "object", "required": ["op"],
+                                              "description": "an op line under the names of its outputs "
+                                                             "(`- y: {op: silu, x: h}`)",
                                               "properties": {"op": {"enum": ops}}, "allOf": op_rules}},
             "param": _param(),
             "tie": {"type": "object", "required": ["to"], "additionalProperties": False,

@@ -5,7 +5,6 @@ later (`compiler.lower`). Expressions are parsed here so that a bad one points a
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -22,6 +21,7 @@ from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
 from compiler.ops.registry import Dims
 from compiler.schema import spec_schema
+from compiler.schema_messages import explained, schema_sentence
 from compiler.yaml_source import PathT, SourceMap, format_path
 from runtime.expr import Expr, ExprError, parse_expr
 
@@ -194,7 +194,7 @@ def _schema_errors(data: dict) -> list[jsonschema.ValidationError]:
         if key not in seen:
             seen.add(key)
             unique.append(err)
-    return unique
+    return explained(unique)
 
 
 def _leaves(err: jsonschema.ValidationError):
@@ -212,23 +212,8 @@ def _leaves(err: jsonschema.ValidationError):
 
 
 def _schema_problem(err: jsonschema.ValidationError, sources: SourceMap) -> Problem:
-    path = tuple(err.absolute_path)
-    schema_path = "/".join(str(p) for p in err.absolute_schema_path)
-    message = err.message
-    if err.validator == "enum" and path and path[-1] == "op":
-        close = difflib.get_close_matches(str(err.instance), err.validator_value, n=1)
-        message = f"unknown op '{err.instance}'" + (f"; did you mean '{close[0]}'?" if close else "")
-    elif err.validator == "additionalProperties" and not err.validator_value:
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        allowed = ", ".join(err.schema.get("properties", {}))
-        message = f"unexpected field(s) {', '.join(map(repr, extra))}; expected one of: {allowed}"
-        path = path + (extra[0],) if extra else path
-    elif err.validator == "oneOf" and all(set(b) == {"required"} for b in err.validator_value):
-        keys = [b["required"][0] for b in err.validator_value]
-        message = f"give exactly one of {' or '.join(map(repr, keys))}"
-    elif err.validator == "required":
-        message = f"{err.message} (this mapping needs: {', '.join(err.validator_value)})"
-    return sources.problem(path, f"{message} [schema: {schema_path}, keyword '{err.validator}']")
+    path, message = schema_sentence(err)
+    return sources.problem(path, message)
 
 
 class _Builder:
