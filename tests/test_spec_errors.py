@@ -77,7 +77,7 @@ def test_dtype_clash_float_ids_for_an_embedding(tmp_path):
     path, line = broken(tmp_path, "{op: embedding, ids: input_ids, w: embed}", "{op: embedding, ids: position_ids, w: embed}")
     text = path.read_text().replace("position_ids: {shape: [B, S], dtype: int}", "position_ids: {shape: [B, S]}")
     path.write_text(text)
-    assert_at(errors_of(path, tmp_path), path, line, "model.graph[0].x", "'ids' must be a int tensor")
+    assert_at(errors_of(path, tmp_path), path, line, "model.graph[0].x", "'ids' must be an int tensor")
 
 
 def test_bad_expression_points_at_its_line(tmp_path):

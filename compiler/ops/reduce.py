@@ -4,7 +4,7 @@ normalize) are row reductions with a Triton lowering (compiler/triton/templates.
 the others run in PyTorch."""
 from __future__ import annotations
 
-from .registry import DIM, FLOATS, LAST_DIM, Attr, OpDef, TType, register
+from .registry import DIM, FLOATS, LAST_DIM, Attr, OpDef, TType, along_features, register
 
 KEEPDIM = Attr("keepdim", "bool", default=False, doc="keep the reduced dim with size 1 (a constant)")
 
@@ -26,6 +26,7 @@ def _reduction(name: str, doc: str, method: str, dtype, example: str, allowed=(*
 
     return register(OpDef(
         name=name, doc=doc, operands=("x",), attrs=(DIM, KEEPDIM), infer=infer, fusion="reduction",
+        positionwise=along_features,
         emit=lambda e: f"{e['x']}.{method}({e.a('dim')}, keepdim={e.a('keepdim')})",
         shape_doc="x without `dim` (size 1 there with keepdim)", example=example))
 
@@ -54,7 +55,7 @@ def _topk_infer(ctx) -> list[TType]:
 
 register(OpDef(
     name="topk", doc="the k largest (or smallest) values of x along dim and their indices (int)",
-    operands=("x",), outputs=2, infer=_topk_infer, fusion="opaque",
+    operands=("x",), outputs=2, infer=_topk_infer, fusion="opaque", positionwise=along_features,
     attrs=(Attr("k", "expr", required=True), LAST_DIM, Attr("largest", "bool", default=True),
            Attr("sorted", "bool", default=True, doc="values in order, largest first")),
     emit=lambda e: (f"torch.topk({e['x']}, {e.a('k')}, dim={e.a('dim')}, largest={e.a('largest')}, "
@@ -77,12 +78,13 @@ def _last_dim(lowering: str):
 register(OpDef(
     name="softmax", doc="exp(x) / sum(exp(x)) along dim, computed in fp32 and rounded once to x's dtype",
     operands=("x",), attrs=(LAST_DIM,), infer=_along_infer, fusion="reduction", triton=_last_dim("softmax"),
+    positionwise=along_features,
     emit=lambda e: f"torch.softmax({e['x']}, {e.a('dim')})",
     shape_doc="the shape and dtype of x (float)", example="probs: {op: softmax, x: router_logits, dim: -1}"))
 
 register(OpDef(
     name="log_softmax", doc="x - log(sum(exp(x))) along dim", operands=("x",), attrs=(LAST_DIM,),
-    infer=_along_infer, fusion="reduction", triton=_last_dim("log_softmax"),
+    infer=_along_infer, fusion="reduction", triton=_last_dim("log_softmax"), positionwise=along_features,
     emit=lambda e: f"torch.log_softmax({e['x']}, {e.a('dim')})",
     shape_doc="the shape and dtype of x (float)", example="logp: {op: log_softmax, x: logits}"))
 
@@ -93,7 +95,7 @@ def _normalize_triton(a) -> str | None:
 
 register(OpDef(
     name="normalize", doc="x / max(||x||_p, eps) along dim (F.normalize): unit vectors for p = 2",
-    operands=("x",), infer=_along_infer, fusion="reduction", triton=_normalize_triton,
+    operands=("x",), infer=_along_infer, fusion="reduction", triton=_normalize_triton, positionwise=along_features,
     attrs=(Attr("p", "expr", default=2, doc="the norm's exponent"), LAST_DIM,
            Attr("eps", "expr", default=1e-12, doc="the smallest norm divided by")),
     emit=lambda e: f"F.normalize({e['x']}, p={e.a('p')}, dim={e.a('dim')}, eps={e.a('eps')})",
@@ -108,5 +110,6 @@ def _cumsum_infer(ctx) -> list[TType]:
 
 register(OpDef(
     name="cumsum", doc="running sum of x along dim (bools count as integers)", operands=("x",),
-    attrs=(DIM,), infer=_cumsum_infer, fusion="opaque", emit=lambda e: f"{e['x']}.cumsum({e.a('dim')})",
+    attrs=(DIM,), infer=_cumsum_infer, fusion="opaque", positionwise=along_features,
+    emit=lambda e: f"{e['x']}.cumsum({e.a('dim')})",
     shape_doc="the shape of x; its dtype (int for bool)", example="pos: {op: cumsum, x: mask, dim: 1}"))

@@ -69,6 +69,12 @@ class Attr:
     doc: str = ""
 
 
+def along_features(attrs: dict, rank: int) -> bool:
+    """An op along `dim` keeps positions apart when that dim comes after B and S ([B, S, ...])."""
+    dim = attrs.get("dim")
+    return isinstance(dim, int) and not isinstance(dim, bool) and rank > 2 and -rank <= dim < rank and dim % rank >= 2
+
+
 DIM = Attr("dim", "expr", required=True, doc="the dim, negative from the end (a constant)")
 LAST_DIM = Attr("dim", "expr", default=-1, doc="the dim, negative from the end (a constant)")
 
@@ -93,8 +99,10 @@ class OpDef:
     triton: str | Callable[[dict], str] | None = None
     # Output position s (axis 1 of [B, S, ...]) depends on operand position s alone: linear, norms over
     # the last dim, pointwise ops. The keep_positions pass may run such an op on the last positions
-    # only. None: true for the elementwise and broadcast kinds.
-    positionwise: bool | None = None
+    # only. None: true for the elementwise and broadcast kinds. A function of the node's attribute
+    # values and its first operand's rank decides per node (an op along `dim`: per position when that
+    # dim is past B and S, `along_features`).
+    positionwise: bool | Callable[[dict, int], bool] | None = None
     internal: bool = False                    # inserted by a pass; not an op a spec may write
     # Capabilities generic code decides on (never on op names):
     kv_cache: bool = False                    # keeps keys/values per call site: gets a KV-cache slot
@@ -112,8 +120,11 @@ class OpDef:
     shape_doc: str = ""
     example: str = ""
 
-    @property
-    def per_position(self) -> bool:
+    def per_position(self, attrs: dict | None = None, rank: int = 0) -> bool:
+        """Output position s depends on operand position s alone, for these attribute values
+        (compile-time constants, printer.const_value) and an operand of this rank."""
+        if callable(self.positionwise):
+            return self.positionwise(attrs or {}, rank)
         return self.fusion in ("elementwise", "broadcast") if self.positionwise is None else self.positionwise
 
     def attr(self, name: str) -> Attr | None:
@@ -156,7 +167,8 @@ class InferCtx:
         allowed = (dtype,) if isinstance(dtype, str) else dtype
         if t.dtype not in allowed:
             kinds = allowed[0] if len(allowed) == 1 else f"{', '.join(allowed[:-1])} or {allowed[-1]}"
-            raise ShapeError(f"'{operand}' must be a {kinds} tensor, got {t}")
+            article = "an" if kinds.startswith("int") else "a"
+            raise ShapeError(f"'{operand}' must be {article} {kinds} tensor, got {t}")
         return t
 
     def expect_float(self, operand: str) -> TType:
