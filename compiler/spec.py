@@ -224,10 +224,10 @@ class _Builder:
     def fail(self, path: PathT, message: str) -> None:
         self.problems.append(self.sources.problem(path, message))
 
-    def expr(self, value: Any, path: PathT) -> Expr | None:
+    def expr(self, value: Any, path: PathT, dims: bool = False) -> Expr | None:
+        """`dims`: a list of expressions (an op's dims attribute: `shape: [0, 0, num_heads, -1]`)."""
         try:
-            # a list where the schema allows one (an op's dims attribute: `shape: [0, 0, heads, -1]`)
-            return Dims(value) if isinstance(value, list) else parse_expr(value)
+            return Dims(value) if dims else parse_expr(value)
         except ExprError as err:
             self.fail(path, f"bad expression {value!r}: {err}")
             return None
@@ -286,7 +286,7 @@ class _Builder:
                 attr = op.attr(key) if op is not None else None
                 if attr is not None and attr.type == "enum":
                     value = repr(value)     # a choice is text (`approximate: tanh`), not a config name
-                fields[key] = self.expr(value, lpath + (key,)) if attr is not None else value
+                fields[key] = self.expr(value, lpath + (key,), attr.type == "dims") if attr is not None else value
             graph.append(OpLine([o.strip() for o in outs.split(",")], body["op"], fields, lpath))
         generate = None
         if "generate" in data:
