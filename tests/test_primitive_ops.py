@@ -250,6 +250,21 @@ def test_dropout_drops_only_while_training():
     assert torch.equal(got, F.dropout(x, 0.25, training=True)) and not torch.equal(got, x)
 
 
+def test_a_loaded_model_drops_after_train_and_not_after_eval(tmp_path):
+    import runtime
+    from compiler.pipeline import compile_spec
+    path = tmp_path / "drop.yaml"
+    path.write_text(spec_text(Case(["y: {op: dropout, x: x, p: 0.5}"], X, None)))
+    model = runtime.init_random(compile_spec(path, tmp_path / "art").directory, {"d": 6, "h": 2, "k": 3})
+    x = torch.ones(B, S, 6)
+    assert torch.equal(model(x).y, x)
+    model.train()
+    dropped = model(x).y
+    assert set(dropped.unique().tolist()) == {0.0, 2.0}
+    model.eval()
+    assert torch.equal(model(x).y, x)
+
+
 @pytest.mark.parametrize("heads", [1, 2, 3, 5, 6, 8, 12, 16, 20, 24, 25, 32, 33, 40, 64, 71, 112])
 def test_alibi_slopes_equal_transformers_for_any_head_count(heads):
     from runtime import ops

@@ -6,8 +6,13 @@ from .registry import FLOATS, Attr, OpDef, ShapeError, TType, register
 
 def broadcast_shape(ctx, operands: tuple[str, ...]) -> tuple:
     """The shape of operands broadcast together, like torch (dims aligned from the right, 1 stretches)."""
+    return broadcast_types({o: ctx[o] for o in operands})
+
+
+def broadcast_types(types: dict) -> tuple:
+    """broadcast_shape over named types (TType by operand name)."""
     from compiler.symbolic import same_value
-    shapes = [list(reversed(ctx[o].shape)) for o in operands]
+    shapes = [list(reversed(t.shape)) for t in types.values()]
     out = []
     for i in range(max(len(s) for s in shapes)):
         dim = None
@@ -18,7 +23,7 @@ def broadcast_shape(ctx, operands: tuple[str, ...]) -> tuple:
             if dim is None or is_one(dim) or same_value(dim, d):
                 dim = d
             else:
-                listed = ", ".join(f"'{o}' is {ctx[o]}" for o in operands)
+                listed = ", ".join(f"'{o}' is {t}" for o, t in types.items())
                 raise ShapeError(f"shapes do not broadcast: {listed}")
         out.append(dim)
     return tuple(reversed(out))

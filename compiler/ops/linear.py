@@ -32,15 +32,14 @@ register(OpDef(
 
 
 def _matmul_infer(ctx) -> list[TType]:
-    from .elementwise import broadcast_shape, same_dtype
-    from .registry import InferCtx
+    from .elementwise import broadcast_types, same_dtype
     a, b = ctx.expect_float("a"), ctx.expect_float("b")
     same_dtype(ctx, ("a", "b"))
     if len(a.shape) < 2 or len(b.shape) < 2:
         raise ShapeError(f"'a' and 'b' must have at least 2 dims, got {a} and {b}")
     ctx.expect_same(a.shape[-1], b.shape[-2], "the last dim of 'a' must equal the second-last of 'b'")
-    batch = InferCtx(ctx.op, {"a": TType(a.shape[:-2], a.dtype), "b": TType(b.shape[:-2], b.dtype)}, {}, {})
-    return [TType(broadcast_shape(batch, ("a", "b")) + (a.shape[-2], b.shape[-1]), a.dtype)]
+    batch = broadcast_types({"a": TType(a.shape[:-2], a.dtype), "b": TType(b.shape[:-2], b.dtype)})
+    return [TType(batch + (a.shape[-2], b.shape[-1]), a.dtype)]
 
 
 register(OpDef(

@@ -10,10 +10,10 @@ KEEPDIM = Attr("keepdim", "bool", default=False, doc="keep the reduced dim with 
 
 
 def _reduced(ctx, dtype: str) -> TType:
+    from runtime.expr import parse_expr
     x = ctx["x"]
     dim = ctx.axis("dim", len(x.shape))
     keep = ctx.const("keepdim", (bool,), "true or false")
-    from runtime.expr import parse_expr
     rest = (parse_expr(1),) if keep else ()
     return TType(x.shape[:dim] + rest + x.shape[dim + 1:], dtype)
 
