@@ -217,7 +217,7 @@ class _Emitter:
                     attrs or {k: py(v) for k, v in node.attrs.items()},
                     [names[o] for o in node.outputs],
                     {k: const_value(v) for k, v in node.attrs.items()},
-                    slot if slot is not None else self.slots.get(node.id), node.seq)
+                    slot if slot is not None else self.slots.get(node.id), node.seq, node.attrs, py)
         return f"{', '.join(e.outputs)} = {op.emit(e)}"
 
     def call_lines(self, block: Block, node: Node) -> list[str]:

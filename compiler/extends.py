@@ -33,8 +33,9 @@ child or the parent, wherever it was written. The delta language:
                       go before the parent's (rules match first-come, so the child's more specific
                       rules win); `{remove: FROM}` removes the parent rule with that `from`.
 
-A bare `extends: name` is `name.yaml` next to the child; anything else is a path relative to the
-child. The parent must lie under the child's directory or the package's specs/ directory.
+A bare `extends: name` is `name.yaml` next to the child, or else the shipped specs/name.yaml;
+anything else is a path relative to the child. The parent must lie under the child's directory or
+the package's specs/ directory.
 """
 from __future__ import annotations
 
@@ -119,15 +120,20 @@ def parent_path(value: Any, child: Path, at: Located) -> Path:
                                  ("extends",)))
     value = value.strip()
     bare = "/" not in value and os.sep not in value and not value.endswith((".yaml", ".yml"))
-    candidate = child.parent / (f"{value}.yaml" if bare else value)
-    real = Path(os.path.realpath(candidate))
+    # a bare name is a spec next to the child, else a shipped one: a user's own folder extends llama
+    candidates = [child.parent / f"{value}.yaml", SPECS_DIR / f"{value}.yaml"] if bare else [child.parent / value]
     allowed = [Path(os.path.realpath(child.parent)), Path(os.path.realpath(SPECS_DIR))]
-    if not any(real == d or d in real.parents for d in allowed):
-        raise SpecError(_problem(at, f"extends '{value}' points outside the allowed directories "
-                                     f"({', '.join(str(d) for d in allowed)})", ("extends",)))
-    if not real.is_file():
-        raise SpecError(_problem(at, f"extends '{value}': no such spec (looked for {candidate})", ("extends",)))
-    return real
+    for candidate in candidates:
+        real = Path(os.path.realpath(candidate))
+        if not any(real == d or d in real.parents for d in allowed):
+            raise SpecError(_problem(at, f"extends '{value}' points outside the allowed directories "
+                                         f"({', '.join(str(d) for d in allowed)})", ("extends",)))
+        if real.is_file():
+            return real
+    looked = " and ".join(str(c) for c in candidates)
+    shipped = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.yaml")))
+    raise SpecError(_problem(at, f"extends '{value}': no such spec (looked for {looked}"
+                                 + (f"; the shipped specs are {shipped})" if bare else ")"), ("extends",)))
 
 
 def source_chain(path: str | os.PathLike, text: str | None = None) -> list[Path]:

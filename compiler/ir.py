@@ -62,6 +62,7 @@ class Region:
     inputs: list[str]                 # value ids read from outside, in first-use order
     outputs: list[str]                # value ids read after the region or returned
     fused_param: str | None = None    # a projection: the fused param holding the concatenated weights
+    dtypes: dict[str, str] = field(default_factory=dict)   # a kernel's view: each value's dtype class
     # set by select_kernels: the function model.py defines for this body (shared by every region
     # computing the same thing; None: printed in place) and its Triton kernel, if a template takes it
     function: Any = None

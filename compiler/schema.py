@@ -17,6 +17,8 @@ NAME = {"type": "string", "pattern": IDENT}
 OUTPUTS = r"^[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*$"
 DIM = {"type": ["string", "integer"], "description": "a config expression or a free dimension (B, S)"}
 SHAPE = {"type": "array", "items": DIM}
+DIMS = {"type": "array", "items": {"type": ["string", "integer"]}, "minItems": 1,
+        "description": "a list of config expressions"}
 CONFIG_TYPES = ["int", "float", "bool", "str", "dict", "list", "any"]
 
 
@@ -31,7 +33,7 @@ def _op_line(name: str) -> dict:
     for pname in op.params:
         props[pname] = {"type": "string", "pattern": IDENT, "description": f"a param of kind {op.params[pname]}"}
     for attr in op.attrs:
-        props[attr.name] = {"enum": list(attr.choices)} if attr.type == "enum" else EXPR
+        props[attr.name] = {"enum": list(attr.choices)} if attr.type == "enum" else DIMS if attr.type == "dims" else EXPR
     required = ["op", *(o for o in op.operands if o not in op.optional_operands), *op.params,
                 *(a.name for a in op.attrs if a.required)]
     return {"properties": props, "required": required, "additionalProperties": False}
@@ -40,7 +42,8 @@ def _op_line(name: str) -> dict:
 def _param() -> dict:
     kinds = []
     for kind in PARAM_KINDS.values():
-        dims = {"type": "array", "items": DIM, "minItems": len(kind.dims), "maxItems": len(kind.dims)}
+        dims = {"type": "array", "items": DIM, "minItems": len(kind.dims), "maxItems": len(kind.dims),
+                "description": f"[{', '.join(kind.dims)}]"}
         if kind.variadic:
             dims = {"type": "array", "items": DIM, "minItems": 1}
         elif len(kind.dims) == 1:
@@ -155,6 +158,8 @@ def spec_schema() -> dict:
             "line": {"type": "object", "minProperties": 1, "maxProperties": 1,
                      "propertyNames": {"pattern": OUTPUTS},
                      "additionalProperties": {"type": "object", "required": ["op"],
+                                              "description": "an op line under the names of its outputs "
+                                                             "(`- y: {op: silu, x: h}`)",
                                               "properties": {"op": {"enum": ops}}, "allOf": op_rules}},
             "param": _param(),
             "tie": {"type": "object", "required": ["to"], "additionalProperties": False,

@@ -5,7 +5,6 @@ later (`compiler.lower`). Expressions are parsed here so that a bad one points a
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -20,7 +19,9 @@ from compiler.errors import Problem, SpecError
 from compiler.extends import load_resolved
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
+from compiler.ops.registry import Dims
 from compiler.schema import spec_schema
+from compiler.schema_messages import explained, schema_sentence
 from compiler.yaml_source import PathT, SourceMap, format_path
 from runtime.expr import Expr, ExprError, parse_expr
 
@@ -193,7 +194,7 @@ def _schema_errors(data: dict) -> list[jsonschema.ValidationError]:
         if key not in seen:
             seen.add(key)
             unique.append(err)
-    return unique
+    return explained(unique)
 
 
 def _leaves(err: jsonschema.ValidationError):
@@ -211,23 +212,8 @@ def _leaves(err: jsonschema.ValidationError):
 
 
 def _schema_problem(err: jsonschema.ValidationError, sources: SourceMap) -> Problem:
-    path = tuple(err.absolute_path)
-    schema_path = "/".join(str(p) for p in err.absolute_schema_path)
-    message = err.message
-    if err.validator == "enum" and path and path[-1] == "op":
-        close = difflib.get_close_matches(str(err.instance), err.validator_value, n=1)
-        message = f"unknown op '{err.instance}'" + (f"; did you mean '{close[0]}'?" if close else "")
-    elif err.validator == "additionalProperties" and not err.validator_value:
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        allowed = ", ".join(err.schema.get("properties", {}))
-        message = f"unexpected field(s) {', '.join(map(repr, extra))}; expected one of: {allowed}"
-        path = path + (extra[0],) if extra else path
-    elif err.validator == "oneOf" and all(set(b) == {"required"} for b in err.validator_value):
-        keys = [b["required"][0] for b in err.validator_value]
-        message = f"give exactly one of {' or '.join(map(repr, keys))}"
-    elif err.validator == "required":
-        message = f"{err.message} (this mapping needs: {', '.join(err.validator_value)})"
-    return sources.problem(path, f"{message} [schema: {schema_path}, keyword '{err.validator}']")
+    path, message = schema_sentence(err)
+    return sources.problem(path, message)
 
 
 class _Builder:
@@ -238,9 +224,10 @@ class _Builder:
     def fail(self, path: PathT, message: str) -> None:
         self.problems.append(self.sources.problem(path, message))
 
-    def expr(self, value: Any, path: PathT) -> Expr | None:
+    def expr(self, value: Any, path: PathT, dims: bool = False) -> Expr | None:
+        """`dims`: a list of expressions (an op's dims attribute: `shape: [0, 0, num_heads, -1]`)."""
         try:
-            return parse_expr(value)
+            return Dims(value) if dims else parse_expr(value)
         except ExprError as err:
             self.fail(path, f"bad expression {value!r}: {err}")
             return None
@@ -299,7 +286,7 @@ class _Builder:
                 attr = op.attr(key) if op is not None else None
                 if attr is not None and attr.type == "enum":
                     value = repr(value)     # a choice is text (`approximate: tanh`), not a config name
-                fields[key] = self.expr(value, lpath + (key,)) if attr is not None else value
+                fields[key] = self.expr(value, lpath + (key,), attr.type == "dims") if attr is not None else value
             graph.append(OpLine([o.strip() for o in outs.split(",")], body["op"], fields, lpath))
         generate = None
         if "generate" in data:

@@ -50,6 +50,8 @@ def _canon(e: Expr) -> Poly:
     polys = []
     for a in e.args:
         polys.append(_canon(a))
+    if k == "dims":     # a list attribute (compiler.ops.registry.Dims): equal entry by entry
+        return _atom_poly("[" + ", ".join(_poly_str(p) for p in polys) + "]")
     if k == "attr":
         base = _poly_str(polys[0])
         return _atom_poly(f"{base}.{v}" if _ATOM_NAME_RE.fullmatch(base) else f"({base}).{v}")

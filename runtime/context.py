@@ -56,9 +56,11 @@ EMPTY = SequenceState()
 
 class ForwardContext:
     def __init__(self, dtype: torch.dtype, device, sequences: dict[str, SequenceState] | None = None,
-                 keep_positions: int = 0):
+                 keep_positions: int = 0, training: bool = False):
         self.dtype, self.device = dtype, device
         self.sequences = sequences or {}
+        # the model trains (`model.train()`): dropout drops; in evaluation it is the identity
+        self.training = training
         # > 0: the model's per-position tail (final norm, LM head) runs on the last k positions only
         self.keep_positions = keep_positions
         self._masks: dict[tuple, object] = {}

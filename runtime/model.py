@@ -209,7 +209,8 @@ class CompiledModel(nn.Module):
             states.setdefault(seq, SequenceState())
         self._supply(feeds, states, lengths)
         self._check_dims(feeds)
-        ctx = ForwardContext(self.dtype, self.device, states, keep_positions=keep)
+        # the network is built in eval mode; `model.train()` reaches it (dropout then drops)
+        ctx = ForwardContext(self.dtype, self.device, states, keep_positions=keep, training=self.net.training)
         return ModelOutput(self.net(*(feeds[i.name] for i in self.contract.inputs), ctx))
 
     def _supply(self, feeds: dict, states: dict[str, SequenceState], lengths: dict[str, int]) -> None:

@@ -87,7 +87,7 @@ def test_a_block_bound_to_two_sequences_names_both_uses(tmp_path):
     ("position_ids: {shape: [B, S], dtype: int}", "position_ids: {shape: [B, S], dtype: int, default: 0.5}",
      "model.inputs.position_ids.default", ["must be a number of its type"]),
     ("position_ids: {shape: [B, S], dtype: int}", "position_ids: {shape: [B, S], dtype: int, supplied: rotary}",
-     "model.inputs.position_ids.supplied", ["'rotary' is not one of"]),
+     "model.inputs.position_ids.supplied", ["supplied must be one of 'positions', 'key_positions' or null, got 'rotary'"]),
     ("  outputs: [logits]\n\n#", "  outputs: [logits]\n  generate: {tokens: position_ids, logits: logits}\n\n#",
      "model.generate.tokens", ["tokens must name a model input the caller passes", "input_ids"]),
     ("  outputs: [logits]\n\n#", "  outputs: [logits]\n  generate: {tokens: input_ids, logits: hidden}\n\n#",

@@ -410,9 +410,25 @@ def test_a_bare_name_resolves_next_to_the_child_and_the_package_specs_dir_is_all
     package_specs = Path("specs").resolve()
     child = write(tmp_path, "child.yaml", "", header=f"spec: 1\nname: child\nextends: {package_specs}/llama.yaml\n")
     assert load_spec(child).data["blocks"] == load_spec(LLAMA).data["blocks"]
-    lonely = write(tmp_path, "lonely.yaml", "")
-    with pytest.raises(SpecError, match=f"looked for {tmp_path}/llama.yaml"):
-        load_spec(lonely)
+
+
+def test_a_bare_name_from_a_users_own_folder_falls_back_to_the_shipped_specs(tmp_path):
+    mine = write(tmp_path, "mine.yaml", "", header="spec: 1\nname: mine\nextends: llama\n")
+    spec = load_spec(mine)
+    assert spec.data["blocks"] == load_spec(LLAMA).data["blocks"]
+    assert spec.sources.file_of(spec.config["vocab_size"].path) == str(Path("specs/llama.yaml").resolve())
+    # a spec of that name next to the child comes first
+    shutil.copy(LLAMA, tmp_path / "llama.yaml")
+    assert load_spec(mine).sources.file_of(spec.config["vocab_size"].path) == str(tmp_path / "llama.yaml")
+
+
+def test_a_bare_name_found_nowhere_lists_every_place_looked(tmp_path):
+    lost = write(tmp_path, "lost.yaml", "", header="spec: 1\nname: lost\nextends: lama\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(lost)
+    message = info.value.problems[0].message
+    assert f"looked for {tmp_path}/lama.yaml and {Path('specs').resolve()}/lama.yaml" in message
+    assert "the shipped specs are" in message and "llama" in message
 
 
 def test_the_parent_must_be_a_name_or_path(specs):

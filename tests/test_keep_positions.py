@@ -69,6 +69,19 @@ def test_tail_starts_after_the_last_op_that_moves_positions_and_broadcasts_stay_
     assert block.outputs[0] == kept.inputs["x"]
 
 
+@pytest.mark.parametrize("dim,in_tail", [(-1, True), (2, True), (1, False)])
+def test_an_op_along_a_dim_joins_the_tail_only_when_that_dim_is_past_the_positions(tmp_path, dim, in_tail):
+    path = tmp_path / "tail.yaml"
+    path.write_text(TAIL.replace("    - logits: {op: linear, x: h, w: head}",
+                                 "    - logits: {op: linear, x: h, w: head}\n"
+                                 f"    - logits: {{op: log_softmax, x: logits, dim: {dim}}}"))
+    ir = run_pipeline(load_spec(path), until="keep_positions")
+    kept = [n for n in ir.model.order() if n.op == "keep_positions"]
+    order = [n.op for n in ir.model.order()]
+    assert ir.keep_positions == ["x"] if in_tail else ir.keep_positions == []
+    assert bool(kept) == in_tail and (not in_tail or order.index("keep_positions") < order.index("log_softmax"))
+
+
 def test_emitted_tail_computes_the_last_positions_only_and_the_other_output_whole(tmp_path):
     result = compile_spec(tail_spec(tmp_path), tmp_path / "art")
     assert result.manifest["keep_positions"] == ["x"]

@@ -77,7 +77,7 @@ def test_dtype_clash_float_ids_for_an_embedding(tmp_path):
     path, line = broken(tmp_path, "{op: embedding, ids: input_ids, w: embed}", "{op: embedding, ids: position_ids, w: embed}")
     text = path.read_text().replace("position_ids: {shape: [B, S], dtype: int}", "position_ids: {shape: [B, S]}")
     path.write_text(text)
-    assert_at(errors_of(path, tmp_path), path, line, "model.graph[0].x", "'ids' must be a int tensor")
+    assert_at(errors_of(path, tmp_path), path, line, "model.graph[0].x", "'ids' must be an int tensor")
 
 
 def test_bad_expression_points_at_its_line(tmp_path):
@@ -104,10 +104,64 @@ def test_weight_rule_onto_no_param_and_param_left_unmapped(tmp_path):
     assert "param 'norm.weight' is fed by no weight rule" in message
 
 
-def test_schema_violation_names_the_keyword_and_schema_path(tmp_path):
-    path, line = broken(tmp_path, "{op: silu, x: gate}", "{op: silu, x: gate, inplace: true}")
+SCHEMA_SENTENCES = {
+    "field_of_an_op": ("{op: silu, x: gate}", "{op: silu, x: gate, inplace: true}", "blocks.mlp.graph[2].gate.inplace",
+                       "op 'silu' takes x; 'inplace' is not one of its fields"),
+    "field_of_an_op_with_attributes": (
+        "{op: silu, x: gate}", "{op: softcap, x: gate, cap: 30.0, dim: -1}", "blocks.mlp.graph[2].gate.dim",
+        "op 'softcap' takes x and cap; 'dim' is not one of its fields"),
+    "missing_operand": ("{op: silu, x: gate}", "{op: where, a: gate, value: 0}", "blocks.mlp.graph[2].gate",
+                        "op 'where' needs cond (it takes cond and a; optionally b and value)"),
+    "a_choice": ("{op: silu, x: gate}", "{op: gelu, x: gate, approximate: fast}", "blocks.mlp.graph[2].gate.approximate",
+                 "approximate must be one of 'none' or 'tanh', got 'fast'"),
+    "a_value_name": ("{op: silu, x: gate}", "{op: silu, x: 3}", "blocks.mlp.graph[2].gate.x",
+                     "x must be the name of a tensor value, got 3"),
+    "config_field_slip": ("vocab_size:          {hf: vocab_size, type: int}", "vocab_size:          {hf: vocab_size, typ: int}",
+                          "config.vocab_size.typ", "config entry 'vocab_size' takes hf, type, default and doc; 'typ' is "
+                                                   "not one of its fields; did you mean 'type'?"),
+    "param_dims": ("q_proj: {linear: [hidden_size, num_heads * head_dim]", "q_proj: {linear: [hidden_size]",
+                   "blocks.attention.params.q_proj.linear", "linear needs at least 2 entries ([in, out])"),
+    "param_kind": ("q_proj: {linear: [hidden_size, num_heads * head_dim]", "q_proj: {lineer: [hidden_size, num_heads * head_dim]",
+                   "blocks.attention.params.q_proj", "param 'q_proj' needs exactly one kind: linear, embedding, norm, "
+                                                     "conv2d, conv1d, tensor or block; did you mean 'linear'?"),
+    "a_name": ("name: llama", "name: 3llama", "name",
+               "name must be a name of letters, digits and _ that does not start with a digit, got '3llama'"),
+}
+
+
+@pytest.mark.parametrize("case", list(SCHEMA_SENTENCES))
+def test_schema_violations_read_as_sentences_at_their_line(tmp_path, case):
+    old, new, yaml_path, sentence = SCHEMA_SENTENCES[case]
+    path, line = broken(tmp_path, old, new)
     message = errors_of(path, tmp_path)
-    assert_at(message, path, line, "blocks.mlp.graph[2].gate.inplace", "unexpected field(s) 'inplace'", "keyword 'additionalProperties'")
+    assert_at(message, path, line, yaml_path, sentence)
+    assert "[schema:" not in message and "properties/" not in message, message
+
+
+def test_a_param_of_two_kinds_is_one_problem(tmp_path):
+    path, line = broken(tmp_path, "q_proj: {linear: [hidden_size, num_heads * head_dim]",
+                        "q_proj: {embedding: [2, 2], linear: [hidden_size, num_heads * head_dim]")
+    message = errors_of(path, tmp_path)
+    assert message.count("\n") == 0 and "param 'q_proj' gives embedding and linear; needs exactly one kind" in message
+
+
+def test_did_you_mean_only_for_slips():
+    from compiler.errors import did_you_mean
+    from compiler.ops import OPS
+    assert did_you_mean("sofmax", OPS) == "; did you mean 'softmax'?"
+    assert did_you_mean("rms_nrom", OPS) == "; did you mean 'rms_norm'?"      # two letters swapped: one edit
+    assert did_you_mean("intermediate", ["intermediate_size", "hidden_size"]) == "; did you mean 'intermediate_size'?"
+    # other words a few letters away are not slips
+    assert did_you_mean("softmax", [n for n in OPS if n != "softmax"]) == ""
+    assert did_you_mean("argmin", OPS) == ""
+    assert did_you_mean("c", ["a", "b"]) == ""
+
+
+def test_an_unknown_op_close_to_none_gets_no_suggestion(tmp_path):
+    path, line = broken(tmp_path, "{op: silu, x: gate}", "{op: swiglu, x: gate}")
+    message = errors_of(path, tmp_path)
+    assert_at(message, path, line, "blocks.mlp.graph[2].gate.op", "unknown op 'swiglu'")
+    assert "did you mean" not in message
 
 
 def test_python_tags_are_refused_and_never_run(tmp_path):

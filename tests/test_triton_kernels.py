@@ -7,12 +7,14 @@ the interpreter runs each program in numpy.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import runtime
+from compiler.ops import OPS
 from compiler.pipeline import compile_spec
 from runtime import ops
 from runtime.artifact import import_model
@@ -170,6 +172,56 @@ def test_every_kernel_of_a_spec_matches_its_groups_pytorch_code(tmp_path, dtype)
         got = net(x, y, ctx)["o"]
         module.kernels.force = None
         close(got, want, dtype)
+
+
+KERNEL_OPS = Path("tests/specs/kernel_ops.yaml")
+
+
+@pytest.fixture(scope="module")
+def kernel_ops(tmp_path_factory):
+    result = compile_spec(KERNEL_OPS, tmp_path_factory.mktemp("ops") / "kernel_ops")
+    return result, import_model(result.directory, result.manifest)
+
+
+def test_every_op_with_a_triton_lowering_enters_a_kernel_of_the_test_spec(kernel_ops):
+    """tests/specs/kernel_ops.yaml exists for these kernels: if an op gains a lowering, it joins the spec."""
+    result, _ = kernel_ops
+    in_kernels = {op for group in result.manifest["fusion"]["groups"]["model"] for op in group["ops"]}
+    lowered = {name for name, op in OPS.items()
+               if op.triton is not None and op.fusion in ("elementwise", "broadcast", "reduction") and not op.internal}
+    # the kernels of TOY and of llama's templates (rope) are tested above
+    shipped = {"add", "mul", "scale", "silu", "gelu", "softcap", "rms_norm", "layer_norm", "relu", "rope"}
+    assert lowered - shipped <= in_kernels
+    groups = {g["name"]: g["template"] for g in result.manifest["fusion"]["groups"]["model"]}
+    assert sorted(groups.values()) == ["pointwise", "pointwise", "row_reduction", "row_reduction", "row_reduction"]
+    assert set(result.manifest["kernels"]) == set(groups)
+
+
+@pytest.mark.parametrize("n", [96, 1823])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernels_of_the_primitive_ops_match_their_groups_pytorch_code(kernel_ops, n, dtype):
+    """Pointwise chains through comparisons, where, casts (bool in, bool out, fp32 out) and the row
+    reductions softmax, log_softmax and normalize, with prologues. Kernels compute in fp32, so the
+    reference is the groups' PyTorch code in fp32 on the same inputs: in bf16, exp then log alone
+    rounds a small value away (exp(0.003) is 1.0 in bf16), which the kernel keeps."""
+    _, module = kernel_ops
+    net = module.MODEL(module.Config(d=n))
+    x, y = rand(2, 3, n, dtype=dtype, seed=1), rand(2, 3, n, dtype=dtype, seed=2)
+    x[0, 0, :7] = y[0, 0, :7]                     # equal elements, for eq and le
+    m = rand(2, 3, n, seed=3) > 0
+    try:
+        module.kernels.force = False
+        want = net(x.float(), y.float(), m, ForwardContext(torch.float32, "cpu"))
+        module.kernels.force = True
+        got = net(x, y, m, ForwardContext(dtype, "cpu"))
+    finally:
+        module.kernels.force = None
+    assert got["flag"].dtype == torch.bool and torch.equal(got["flag"], want["flag"])
+    assert got["probs"].dtype == torch.float32
+    for name in ("w", "logp", "unit"):
+        assert got[name].dtype == dtype
+        close(got[name], want[name].to(dtype), dtype)
+    close(got["probs"], want["probs"], torch.float32)
 
 
 def test_tiny_llama_through_the_triton_path_equals_the_unfused_compile(tmp_path):

@@ -1,4 +1,4 @@
-"""The `graphspec` command line: compile, validate, diff, show, run, schema."""
+"""The `graphspec` command line: compile, validate, diff, show, run, schema, ops."""
 from __future__ import annotations
 
 import argparse
@@ -122,6 +122,23 @@ def _cmd_schema(args) -> int:
     return 0
 
 
+def _cmd_ops(args) -> int:
+    from compiler import op_reference
+    from compiler.errors import did_you_mean
+    if args.markdown:
+        sys.stdout.write(op_reference.markdown())
+        return 0
+    if args.name is None:
+        sys.stdout.write(op_reference.op_lines())
+        return 0
+    ops = {op.name: op for op in op_reference.public_ops()}
+    if args.name not in ops:
+        print(f"error: no op '{args.name}'{did_you_mean(args.name, ops)} (graphspec ops lists them)", file=sys.stderr)
+        return 1
+    sys.stdout.write(op_reference.op_page(ops[args.name]))
+    return 0
+
+
 def _cmd_run(args) -> int:
     """Generate from a checkpoint; a bad input (checkpoint, tokenizer, option) is one line on stderr, exit 2."""
     from runtime.errors import ArtifactError, CheckpointError, ConfigError, GenerationError
@@ -225,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("schema", help="print the JSON Schema of the spec language")
     p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("ops", help="the op reference: one line per op, or one op in full")
+    p.add_argument("name", nargs="?", help="an op: what it computes, operands, attributes, shape rule, an example")
+    p.add_argument("--markdown", action="store_true", help="every op as markdown (schemas/ops.md)")
+    p.set_defaults(func=_cmd_ops)
 
     p = sub.add_parser("run", help="generate text (or token ids) from a checkpoint folder or hub id")
     p.error = _one_line_usage_error

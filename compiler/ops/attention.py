@@ -42,4 +42,6 @@ register(OpDef(
            Attr("encoder_keys", "expr", default=False,
                 doc="v1: keys from the encoder's sequence; the compiler checks it against the keys' shape, "
                     "which decides masks and the KV cache")),
-    infer=_attention_infer, emit=_attention_emit))
+    infer=_attention_infer, emit=_attention_emit,
+    shape_doc="q [B, H, Sq, D], k and v [B, Hkv, Sk, D] (H a multiple of Hkv; bias [(B,) H, Sq, Sk]) -> [B, H, Sq, Dv]",
+    example="y: {op: attention, q: q, k: k, v: v, scale: head_dim ** -0.5}"))

@@ -1,4 +1,4 @@
-"""Primitives that read a weight matrix: linear projections and embedding lookups."""
+"""Matrix products: linear projections, embedding lookups, the product of two values."""
 from __future__ import annotations
 
 from .registry import OpDef, ShapeError, TType, register
@@ -15,7 +15,8 @@ def _linear_infer(ctx) -> list[TType]:
 
 register(OpDef(
     name="linear", doc="x @ w.T + b over the last dimension", operands=("x",), params={"w": "linear"},
-    infer=_linear_infer, emit=lambda e: f"{e.p('w')}({e['x']})", fusion="matmul", positionwise=True))
+    infer=_linear_infer, emit=lambda e: f"{e.p('w')}({e['x']})", fusion="matmul", positionwise=True,
+    shape_doc="x [..., in] -> [..., out] for a linear param [in, out]", example="q: {op: linear, x: h, w: q_proj}"))
 
 
 def _embedding_infer(ctx) -> list[TType]:
@@ -26,4 +27,23 @@ def _embedding_infer(ctx) -> list[TType]:
 
 register(OpDef(
     name="embedding", doc="rows of w picked by integer ids", operands=("ids",), params={"w": "embedding"},
-    infer=_embedding_infer, emit=lambda e: f"{e.p('w')}({e['ids']})", fusion="opaque"))
+    infer=_embedding_infer, emit=lambda e: f"{e.p('w')}({e['ids']})", fusion="opaque",
+    shape_doc="int ids [...] -> [..., dim] for an embedding param [num, dim]", example="h: {op: embedding, ids: input_ids, w: embed}"))
+
+
+def _matmul_infer(ctx) -> list[TType]:
+    from .elementwise import broadcast_types, same_dtype
+    a, b = ctx.expect_float("a"), ctx.expect_float("b")
+    same_dtype(ctx, ("a", "b"))
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise ShapeError(f"'a' and 'b' must have at least 2 dims, got {a} and {b}")
+    ctx.expect_same(a.shape[-1], b.shape[-2], "the last dim of 'a' must equal the second-last of 'b'")
+    batch = broadcast_types({"a": TType(a.shape[:-2], a.dtype), "b": TType(b.shape[:-2], b.dtype)})
+    return [TType(batch + (a.shape[-2], b.shape[-1]), a.dtype)]
+
+
+register(OpDef(
+    name="matmul", doc="the matrix product a @ b of two values, batched over their leading dims (torch.matmul)",
+    operands=("a", "b"), infer=_matmul_infer, fusion="matmul", emit=lambda e: f"torch.matmul({e['a']}, {e['b']})",
+    shape_doc="a [..., m, k] @ b [..., k, n] -> [..., m, n], leading dims broadcast; one float dtype",
+    example="logits: {op: matmul, a: text_embeds, b: image_embeds_t}"))

@@ -26,6 +26,11 @@ class ParamKind:
     variadic: bool = False                    # any rank: the dims are named d0, d1, ... in order
 
 
+def _grouped(channels, groups):
+    from runtime.expr import parse_expr
+    return channels if groups.is_constant() and groups.evaluate({}) == 1 else parse_expr(f"({channels}) // ({groups})")
+
+
 def _bias_tensors(shape_w, shape_b, opts):
     return [("weight", shape_w, True), ("bias", shape_b, opts["bias"])]
 
@@ -47,6 +52,10 @@ PARAM_KINDS: dict[str, ParamKind] = {k.name: k for k in (
               lambda d: _bias_tensors((d["out"], d["in"], d["kernel"], d["kernel"]), (d["out"],), d),
               lambda s, v: f"nn.Conv2d({s['in']}, {s['out']}, {s['kernel']}, bias={s['bias']})",
               "a square convolution kernel; weight is [out, in, kernel, kernel] like torch"),
+    ParamKind("conv1d", ("in", "out", "kernel"), {"bias": True, "groups": 1},
+              lambda d: _bias_tensors((d["out"], _grouped(d["in"], d["groups"]), d["kernel"]), (d["out"],), d),
+              lambda s, v: f"nn.Conv1d({s['in']}, {s['out']}, {s['kernel']}, groups={s['groups']}, bias={s['bias']})",
+              "a 1-d convolution kernel; weight is [out, in / groups, kernel] like torch"),
     ParamKind("tensor", (), {},
               lambda d: [("weight", tuple(d[f"d{i}"] for i in range(len(d))), True)],
               lambda s, v: f"ops.Tensor({', '.join(s[f'd{i}'] for i in range(len(s)))})",

@@ -12,8 +12,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from runtime.expr import Expr, parse_expr
+
 # Fusion kinds in the spirit of TVM's pattern kinds; the fusion pass decides from these alone.
 FUSION_KINDS = ("elementwise", "broadcast", "injective", "reduction", "matmul", "attention", "opaque")
+# Dtype classes of values: "float" is the model's compute dtype (whatever a checkpoint is loaded in),
+# "fp32" is float32 whatever that dtype (a step a spec keeps in full precision: a router's softmax,
+# ALiBi slopes), "int" is int64, "bool" is bool. Arithmetic never mixes two classes silently: a cast says so.
+FLOATS = ("float", "fp32")
+DTYPES = ("float", "fp32", "int", "bool")
 
 
 class ShapeError(Exception):
@@ -24,20 +31,52 @@ class ShapeError(Exception):
 class TType:
     """A tensor's static type: a symbolic shape (Exprs over config names and free dims) and a dtype class."""
     shape: tuple
-    dtype: str = "float"      # "float" (the model's compute dtype), "int" or "bool"
+    dtype: str = "float"      # one of DTYPES
 
     def __str__(self) -> str:
         return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
 
 
+class Dims(Expr):
+    """A list of config expressions as one attribute value (`shape: [0, 0, num_heads, -1]`): names,
+    folding, evaluation and printing work on it as on any expression, entry by entry."""
+
+    __slots__ = ()
+
+    def __init__(self, entries):
+        entries = tuple(parse_expr(e) for e in entries)
+        self.kind, self.value, self.args, self.prec = "dims", None, entries, 9
+        self.text = "[" + ", ".join(e.text for e in entries) + "]"
+        self.names = frozenset().union(*(e.names for e in entries))
+
+    def evaluate(self, env):
+        return tuple(e.evaluate(env) for e in self.args)
+
+    def to_python(self, name=lambda n: n) -> str:
+        return "(" + "".join(f"{e.to_python(name)}, " for e in self.args).rstrip(" ") + ")"
+
+    def substitute(self, values):
+        return Dims(e.substitute(values) for e in self.args)
+
+
 @dataclass(frozen=True)
 class Attr:
     name: str
-    type: str                  # "expr" (config expression), "enum", "bool"
+    type: str                  # "expr" (config expression), "enum", "bool", "dims" (a list of expressions)
     required: bool = False
     default: Any = None
     choices: tuple = ()
     doc: str = ""
+
+
+def along_features(attrs: dict, rank: int) -> bool:
+    """An op along `dim` keeps positions apart when that dim comes after B and S ([B, S, ...])."""
+    dim = attrs.get("dim")
+    return isinstance(dim, int) and not isinstance(dim, bool) and rank > 2 and -rank <= dim < rank and dim % rank >= 2
+
+
+DIM = Attr("dim", "expr", required=True, doc="the dim, negative from the end (a constant)")
+LAST_DIM = Attr("dim", "expr", default=-1, doc="the dim, negative from the end (a constant)")
 
 
 @dataclass(frozen=True)
@@ -60,8 +99,10 @@ class OpDef:
     triton: str | Callable[[dict], str] | None = None
     # Output position s (axis 1 of [B, S, ...]) depends on operand position s alone: linear, norms over
     # the last dim, pointwise ops. The keep_positions pass may run such an op on the last positions
-    # only. None: true for the elementwise and broadcast kinds.
-    positionwise: bool | None = None
+    # only. None: true for the elementwise and broadcast kinds. A function of the node's attribute
+    # values and its first operand's rank decides per node (an op along `dim`: per position when that
+    # dim is past B and S, `along_features`).
+    positionwise: bool | Callable[[dict, int], bool] | None = None
     internal: bool = False                    # inserted by a pass; not an op a spec may write
     # Capabilities generic code decides on (never on op names):
     kv_cache: bool = False                    # keeps keys/values per call site: gets a KV-cache slot
@@ -74,9 +115,16 @@ class OpDef:
     # (operand, dim) that runs along a sequence, for ops of the context tied to one (its padding, its
     # past, its KV cache): the compiler resolves that dim to the model's sequence and emits `seq="S"`.
     sequence: tuple[str, int] | None = None
+    # For the op reference (`graphspec ops`, schemas/ops.md): the shape rule in words, and one line of
+    # a spec's graph using the op (a test validates every example against the schema).
+    shape_doc: str = ""
+    example: str = ""
 
-    @property
-    def per_position(self) -> bool:
+    def per_position(self, attrs: dict | None = None, rank: int = 0) -> bool:
+        """Output position s depends on operand position s alone, for these attribute values
+        (compile-time constants, printer.const_value) and an operand of this rank."""
+        if callable(self.positionwise):
+            return self.positionwise(attrs or {}, rank)
         return self.fusion in ("elementwise", "broadcast") if self.positionwise is None else self.positionwise
 
     def attr(self, name: str) -> Attr | None:
@@ -114,11 +162,37 @@ class InferCtx:
             raise ShapeError(f"'{operand}' must have rank {' or '.join(map(str, ranks))}, got {t}")
         return t
 
-    def expect_dtype(self, operand: str, dtype: str) -> TType:
+    def expect_dtype(self, operand: str, dtype: str | tuple[str, ...]) -> TType:
         t = self.inputs[operand]
-        if t.dtype != dtype:
-            raise ShapeError(f"'{operand}' must be a {dtype} tensor, got {t}")
+        allowed = (dtype,) if isinstance(dtype, str) else dtype
+        if t.dtype not in allowed:
+            kinds = allowed[0] if len(allowed) == 1 else f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+            article = "an" if kinds.startswith("int") else "a"
+            raise ShapeError(f"'{operand}' must be {article} {kinds} tensor, got {t}")
         return t
+
+    def expect_float(self, operand: str) -> TType:
+        """A float tensor: the model's dtype or explicit fp32."""
+        return self.expect_dtype(operand, FLOATS)
+
+    def const(self, attr: str, kinds: tuple = (int,), what: str = "an integer"):
+        """An attribute whose value the shape depends on: it must be a constant of one of `kinds`."""
+        e = self.attrs.get(attr)
+        if e is None or not e.is_constant():
+            raise ShapeError(f"'{attr}' must be a constant ({what}), got {e}")
+        value = e.evaluate({})
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ShapeError(f"'{attr}' must be {what}, got {value!r}")
+        return value
+
+    def axis(self, attr: str, rank: int, extra: int = 0) -> int:
+        """A dim attribute made non-negative (negative counts from the end, like torch); `extra`
+        allows dims past the end (unsqueeze inserts one)."""
+        d = self.const(attr)
+        n = rank + extra
+        if not -n <= d < n:
+            raise ShapeError(f"'{attr}' is {d}, out of range for a rank-{rank} tensor")
+        return d % n
 
 
 class EmitCtx:
@@ -126,10 +200,17 @@ class EmitCtx:
     value where the compiler knows it (`const`), the node's KV-cache slot and sequence."""
 
     def __init__(self, values: dict[str, str], params: dict[str, str], attrs: dict[str, str], outputs: list[str],
-                 consts: dict[str, Any] | None = None, slot: str | None = None, seq: str | None = None):
+                 consts: dict[str, Any] | None = None, slot: str | None = None, seq: str | None = None,
+                 exprs: dict[str, Any] | None = None, python: Callable[[Any], str] | None = None):
         self.values, self.params, self.attrs, self.outputs = values, params, attrs, outputs
         self.consts = consts or {}
         self.slot, self.seq = slot, seq
+        self.exprs, self.python = exprs or {}, python
+
+    def entries(self, name: str) -> list[tuple[Any, str]]:
+        """A dims attribute entry by entry: (its value when constant, else SYMBOLIC; its Python source)."""
+        from compiler.printer import const_value
+        return [(const_value(d), self.python(d)) for d in self.exprs[name].args]
 
     def __getitem__(self, operand: str) -> str:
         return self.values[operand]

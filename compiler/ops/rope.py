@@ -31,7 +31,9 @@ register(OpDef(
                 doc="max_position_embeddings: LongRoPE's default factor is its ratio to the original context"),
            Attr("original_max_positions", "expr", default=None,
                 doc="the pretraining context, where the scaling dict does not say it (older LongRoPE configs)")),
-    infer=_table_infer, emit=_table_emit))
+    infer=_table_infer, emit=_table_emit,
+    shape_doc="two values, cos and sin: int positions [B, S] -> [B, S, dim] each",
+    example="cos, sin: {op: rope_table, pos: position_ids, dim: head_dim, theta: rope_theta}"))
 
 
 def _rope_infer(ctx) -> list[TType]:
@@ -44,4 +46,6 @@ def _rope_infer(ctx) -> list[TType]:
 register(OpDef(
     name="rope", doc="x * cos + rotate_half(x) * sin on [B, H, S, D] (half-split layout)",
     operands=("x", "cos", "sin"), infer=_rope_infer, fusion="broadcast", triton="rope", run="rope",
-    emit=lambda e: f"ops.rope({e['x']}, {e['cos']}, {e['sin']})"))
+    emit=lambda e: f"ops.rope({e['x']}, {e['cos']}, {e['sin']})",
+    shape_doc="x [B, H, S, D] with a table [B, S, R], R <= D (partial rotary), -> the shape of x",
+    example="q: {op: rope, x: q, cos: cos, sin: sin}"))

@@ -27,9 +27,9 @@ import networkx as nx
 from compiler.ir import REGION, Block, Decision, ModelIR, Node, Param, Region
 from compiler.names import NN_MODULE_ATTRS
 from compiler.ops import OPS
-from compiler.printer import const_value, op_label
+from compiler.printer import op_label
 from compiler.symbolic import canonical, same_value
-from compiler.triton.templates import ROW_REDUCTIONS, SUPPORTS, TRAITS
+from compiler.triton.templates import ROW_REDUCTIONS, SUPPORTS, TRAITS, triton_lowering
 
 POINTWISE = ("elementwise", "broadcast")
 PROJECTION = "projection"     # this pass's own group kind: a matmul over concatenated weights
@@ -38,16 +38,17 @@ PROJECTION = "projection"     # this pass's own group kind: a matmul over concat
 def template_of(node: Node) -> str | None:
     """The kernel template an op can enter, from its fusion kind and Triton lowering alone."""
     op = OPS.get(node.op)
-    if op is None or op.triton is None:
+    if op is None:
         return None
-    if callable(op.triton) and op.triton({k: const_value(v) for k, v in node.attrs.items()}) is None:
-        return None     # these attribute values have no Triton form (e.g. softcap with a null cap)
-    if op.fusion in POINTWISE and (callable(op.triton) or "{" in op.triton):
+    lowering = triton_lowering(op, node)
+    if lowering is None:
+        return None     # no Triton form, or none for these attribute values (e.g. softcap with a null cap)
+    if op.fusion in POINTWISE and "{" in lowering:
         return "pointwise"
     if op.fusion == "reduction":
-        return "row_reduction" if op.triton in ROW_REDUCTIONS else None
-    if op.triton in TRAITS and SUPPORTS.get(op.triton, lambda n: True)(node):
-        return op.triton    # a dedicated template: rope, flash_attention
+        return "row_reduction" if lowering in ROW_REDUCTIONS else None
+    if lowering in TRAITS and SUPPORTS.get(lowering, lambda n: True)(node):
+        return lowering    # a dedicated template: rope, flash_attention
     return None
 
 
@@ -70,9 +71,15 @@ class _BlockFusion:
             if t is not None and chains(t):
                 out = self.shape(node.outputs[0])
                 odd = [v for v in node.inputs.values() if not self.same_shape(self.shape(v), out)]
+                ints = [v for v in [*node.inputs.values(), *node.outputs] if block.values[v].type.dtype == "int"]
                 if odd:
                     self.record("kernel", op_label(block, node), False,
                                 f"operand '{block.values[odd[0]].name}' is broadcast; kernels read full rows", ops=[node.op])
+                    t = None
+                elif ints:
+                    self.record("kernel", op_label(block, node), False,
+                                f"'{block.values[ints[0]].name}' is an int tensor; kernels compute in fp32, which "
+                                "would round large integers", ops=[node.op])
                     t = None
             if t is not None:
                 self.group[nid] = nid

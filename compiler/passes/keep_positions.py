@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from compiler.ir import Block, ModelIR, Node, Value
 from compiler.ops import OPS
+from compiler.printer import const_value
 from compiler.symbolic import same_value
 
 def insert_keep_positions(ir: ModelIR) -> None:
@@ -50,7 +51,8 @@ def _tail(block: Block, out: str, lead: tuple) -> dict[str, Node]:
     outputs = set(block.outputs)
     for node in reversed(order):
         op = OPS.get(node.op)
-        if op is None or not op.per_position:
+        rank = len(block.values[next(iter(node.inputs.values()))].type.shape) if node.inputs else 0
+        if op is None or not op.per_position({k: const_value(v) for k, v in node.attrs.items()}, rank):
             continue
         if not all(_leads_with(block, o, lead) for o in node.outputs):
             continue

@@ -39,14 +39,15 @@ def select_kernels(ir: ModelIR) -> None:
         if region.fused_param is not None:
             continue
         view, params, attrs = _view(block, region)
-        key = _key(view, attrs)
+        key = _key(view, attrs, [block.values[v].type.dtype for v in region.inputs])
         fn = functions.get(key)
         if fn is None:
             name = _fresh(region.name, taken)
             taken.add(name)
             view.name = name
             template = TEMPLATES.get(region.template)
-            kernel = template(name, _doc(view), None, _single_assignment(view), OPS) if template is not None else None
+            kernel = (template(name, _doc(view), None, _typed(_single_assignment(view), block, region), OPS)
+                      if template is not None else None)
             fn = GroupFunction(name, view, kernel, params, attrs,
                                any(OPS[n.op].context for n in view.nodes),
                                [i for i, n in enumerate(view.nodes) if OPS[n.op].kv_cache])
@@ -106,16 +107,26 @@ def _single_assignment(view: Region) -> Region:
     return Region(view.name, view.template, nodes, list(view.inputs), [rename.get(o, o) for o in view.outputs])
 
 
-def _key(view: Region, attrs) -> tuple:
+def _typed(view: Region, block: Block, region: Region) -> Region:
+    """The kernel's view with each value's dtype class (the view's names stand for the region's values
+    position by position)."""
+    view.dtypes = {local: block.values[v].type.dtype for local, v in zip(view.inputs, region.inputs)}
+    for local, node in zip(view.nodes, region.nodes):
+        view.dtypes.update({o: block.values[v].type.dtype for o, v in zip(local.outputs, node.outputs)})
+    return view
+
+
+def _key(view: Region, attrs, dtypes: list[str]) -> tuple:
     """What the body computes, with values by position (input k, output j of member i) rather than
-    by name: regions that differ only in their values' names share a function."""
+    by name: regions that differ only in their values' names share a function (and their kernel, when
+    their inputs' dtype classes agree too)."""
     where = {v: ("in", k) for k, v in enumerate(view.inputs)}
     members = []
     for i, n in enumerate(view.nodes):
         members.append((n.op, tuple((f, where[v]) for f, v in n.inputs.items()), tuple(n.params.items()), n.seq,
                         tuple((a, "<config>" if (i, a) in attrs else repr(const_value(v))) for a, v in n.attrs.items())))
         where.update({o: ("out", i, j) for j, o in enumerate(n.outputs)})
-    return view.template, len(view.inputs), tuple(where[o] for o in view.outputs), tuple(members)
+    return view.template, tuple(dtypes), tuple(where[o] for o in view.outputs), tuple(members)
 
 
 def _doc(view: Region) -> str:

@@ -25,6 +25,8 @@ def signature(kernel, aot: dict, dtype: str) -> tuple[dict, dict]:
             constexprs[arg] = value[dtype] if isinstance(value, dict) else value
         elif arg in aot.get("u8", ()):
             sig[arg] = "*u8"
+        elif arg in aot.get("typed", {}):     # fp32 or bool whatever the model's dtype
+            sig[arg] = f"*{aot['typed'][arg]}"
         elif arg in aot["pointers"]:
             sig[arg] = f"*{dtype}"
         elif arg in aot["ints"]:

@@ -47,13 +47,23 @@ def _fields(fmt: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(fmt) if f]
 
 
-def pointwise_expr(op, node, values: dict[str, str], scalars: dict[str, tuple]) -> str:
-    """The op's Triton expression with operands as kernel variables; attributes become scalar args."""
-    fmt = op.triton({k: const_value(v) for k, v in node.attrs.items()}) if callable(op.triton) else op.triton
+def triton_lowering(op, node) -> str | None:
+    """The op's Triton lowering for this node's attribute values (None: those values have none)."""
+    if callable(op.triton):
+        return op.triton({k: const_value(v) for k, v in node.attrs.items()})
+    return op.triton
+
+
+def pointwise_expr(op, node, values: dict[str, str], scalars: dict[str, tuple], dtype: str | None = None) -> str:
+    """The op's Triton expression with operands as kernel variables; attributes become scalar args;
+    `{dtype}` is the kernel's model dtype (`dtype`, the element type of its float inputs)."""
+    fmt = triton_lowering(op, node)
     subs = {}
     for f in _fields(fmt):
         if f in node.inputs:
             subs[f] = values[node.inputs[f]]
+        elif f == "dtype":
+            subs[f] = dtype
         else:
             arg = var(f"{f}_{node.id}")
             scalars[arg] = ("attr", node.id, f)
@@ -61,7 +71,48 @@ def pointwise_expr(op, node, values: dict[str, str], scalars: dict[str, tuple]) 
     return fmt.format(**subs)
 
 
-def _row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags, offs) -> list[str]:
+class _Typed:
+    """What the row templates need of their values' dtype classes (compiler/ops/registry.py DTYPES):
+    kernels compute in fp32; bool values load as 0 / 1 and store as bool; float values (the model's
+    dtype) are allocated like the group's first float input, which also gives `{dtype}`. A group whose
+    float outputs have no float input to take the dtype from has no kernel."""
+
+    TORCH = {"fp32": "torch.float32", "bool": "torch.bool"}
+    AOT = {"fp32": "fp32", "bool": "i1"}
+
+    def __init__(self, group, inputs: list[str]):
+        self.dtypes = {var(k): v for k, v in group.dtypes.items()}
+        self.ref = next((v for v in inputs if self.dtypes.get(v, "float") == "float"), None)
+
+    def of(self, v: str) -> str:
+        return self.dtypes.get(v, "float")
+
+    def usable(self, values: list[str], uses_dtype: bool) -> bool:
+        return self.ref is not None or not (uses_dtype or any(self.of(v) == "float" for v in values))
+
+    @property
+    def element(self) -> str | None:
+        return f"{self.ref}_ptr.dtype.element_ty" if self.ref else None
+
+    def alloc(self, v: str, like: str) -> str:
+        dtype = self.TORCH.get(self.of(v), f"{self.ref}.dtype")
+        return f"    {v} = torch.empty({like}.shape, dtype={dtype}, device={like}.device)"
+
+    def other(self, v: str) -> str:
+        return "0" if self.of(v) == "bool" else "0.0"
+
+    def stored(self, v: str) -> str:
+        return f"{v}.to(tl.int1)" if self.of(v) == "bool" else v
+
+    def aot_types(self, values: list[str]) -> dict:
+        return {f"{v}_ptr": self.AOT[self.of(v)] for v in values if self.of(v) in self.AOT}
+
+
+def _uses_dtype(ops, nodes) -> bool:
+    return any("dtype" in _fields(triton_lowering(ops[n.op], n) or "") for n in nodes)
+
+
+def _row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags, offs, typed) -> list[str]:
     """The start both row templates share: the grouped signature (pointers, sizes, row strides,
     scalars, flags, block), this program's row and columns, and the inputs loaded as fp32."""
     return [
@@ -78,18 +129,22 @@ def _row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags, offs) -> 
         "    row = tl.program_id(0).to(tl.int64)",
         f"    offs_n = {offs}",
         "    mask = offs_n < n_cols",
-        *[f"    {v} = tl.load({v}_ptr + row * stride_{v} + offs_n, mask=mask, other=0.0).to(tl.float32)" for v in inputs],
+        *[f"    {v} = tl.load({v}_ptr + row * stride_{v} + offs_n, mask=mask, other={typed.other(v)}).to(tl.float32)"
+          for v in inputs],
     ]
 
 
 # -- pointwise --------------------------------------------------------------------------------------
-def pointwise(name: str, doc: str, block, group, ops) -> KernelSource:
+def pointwise(name: str, doc: str, block, group, ops) -> KernelSource | None:
     inputs = [var(v) for v in group.inputs]
     outputs = [var(o) for o in group.outputs]
+    typed = _Typed(group, inputs)
+    if not typed.usable(outputs, _uses_dtype(ops, group.members)):
+        return None
     scalars: dict[str, str] = {}
     body, values = [], {v: var(v) for v in group.inputs}
     for node in group.members:
-        expr = pointwise_expr(ops[node.op], node, values, scalars)
+        expr = pointwise_expr(ops[node.op], node, values, scalars, typed.element)
         out = var(node.outputs[0])
         values[node.outputs[0]] = out
         body.append(f"    {out} = {expr}")
@@ -97,9 +152,10 @@ def pointwise(name: str, doc: str, block, group, ops) -> KernelSource:
     strides = [f"stride_{v}" for v in inputs + outputs]
     k = [
         *_row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags=[],
-                          offs="tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)"),
+                          offs="tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)", typed=typed),
         *body,
-        *[f"    tl.store({o}_ptr + row * stride_{o} + offs_n, {o}.to({o}_ptr.dtype.element_ty), mask=mask)" for o in outputs],
+        *[f"    tl.store({o}_ptr + row * stride_{o} + offs_n, {typed.stored(o)}.to({o}_ptr.dtype.element_ty), mask=mask)"
+          for o in outputs],
     ]
     first = inputs[0]
     launcher = [
@@ -107,7 +163,7 @@ def pointwise(name: str, doc: str, block, group, ops) -> KernelSource:
         f'    """{doc}"""',
         f"    n_cols = {first}.shape[-1]",
         *[f"    {v}_2d = _rows({v}, n_cols)" for v in inputs],
-        *[f"    {o} = torch.empty({first}.shape, dtype={first}.dtype, device={first}.device)" for o in outputs],
+        *[typed.alloc(o, first) for o in outputs],
         f"    n_rows = {first}_2d.shape[0]",
         "    BLOCK_N = min(triton.next_power_of_2(n_cols), 1024)",
         "    grid = (n_rows, triton.cdiv(n_cols, BLOCK_N))",
@@ -122,16 +178,24 @@ def pointwise(name: str, doc: str, block, group, ops) -> KernelSource:
     ]
     call = [("value", v) for v in group.inputs] + list(scalars.values())
     aot = {"pointers": ptrs, "ints": ["n_rows", "n_cols", *strides], "floats": list(scalars),
-           "constexprs": {"BLOCK_N": 1024}}
+           "constexprs": {"BLOCK_N": 1024}, **_typed_pointers(typed, inputs + outputs)}
     return KernelSource(name, "pointwise", "\n".join(k + ["", ""] + launcher), inputs + list(scalars), aot, call=call)
 
 
+def _typed_pointers(typed: _Typed, values: list[str]) -> dict:
+    """The AOT signature's pointers of a fixed element type (fp32, bool) whatever the model's dtype."""
+    fixed = typed.aot_types(values)
+    return {"typed": fixed} if fixed else {}
+
+
 # -- row reduction ----------------------------------------------------------------------------------
+# Each lowering reads its row `x` as fp32 (lanes past the row are masked: a prologue may have made
+# them nonzero, so sums and maxima exclude them) and writes `out` over the same columns.
 def _rms_norm_row(x, out, node, args):
     w = args.param("w", "weight")
     eps = args.scalar("eps")
     offset = const_value(node.attrs.get("offset"))
-    lines = [f"    ms_{out} = tl.sum({x} * {x}, axis=0) / n_cols",
+    lines = [f"    ms_{out} = tl.sum(tl.where(mask, {x} * {x}, 0.0), axis=0) / n_cols",
              f"    {out} = {x} * tl.math.rsqrt(ms_{out} + {eps})"]
     wv = f"tl.load({w} + offs_n, mask=mask, other=0.0).to(tl.float32)"
     # Llama's order: round to the storage dtype, then scale by the weight; with an offset (Gemma's
@@ -150,7 +214,7 @@ def _layer_norm_row(x, out, node, args):
     w = args.param("w", "weight")
     b = args.param("w", "bias", optional=True)
     eps = args.scalar("eps")
-    return [f"    mean_{out} = tl.sum({x}, axis=0) / n_cols",
+    return [f"    mean_{out} = tl.sum(tl.where(mask, {x}, 0.0), axis=0) / n_cols",
             f"    diff_{out} = tl.where(mask, {x} - mean_{out}, 0.0)",
             f"    var_{out} = tl.sum(diff_{out} * diff_{out}, axis=0) / n_cols",
             f"    {out} = diff_{out} * tl.math.rsqrt(var_{out} + {eps}) * tl.load({w} + offs_n, mask=mask, other=0.0).to(tl.float32)",
@@ -158,17 +222,44 @@ def _layer_norm_row(x, out, node, args):
             f"        {out} += tl.load({b} + offs_n, mask=mask, other=0.0).to(tl.float32)"]
 
 
-ROW_REDUCTIONS = {"rms_norm": _rms_norm_row, "layer_norm": _layer_norm_row}
+def _softmax_row(x, out, node, args, log: bool = False):
+    lines = [f"    max_{out} = tl.max(tl.where(mask, {x}, float('-inf')), axis=0)",
+             f"    exp_{out} = tl.where(mask, tl.exp({x} - max_{out}), 0.0)"]
+    if log:
+        return lines + [f"    {out} = {x} - max_{out} - tl.log(tl.sum(exp_{out}, axis=0))"]
+    return lines + [f"    {out} = exp_{out} / tl.sum(exp_{out}, axis=0)"]
+
+
+def _log_softmax_row(x, out, node, args):
+    return _softmax_row(x, out, node, args, log=True)
+
+
+def _normalize_row(x, out, node, args):
+    # F.normalize with p = 2: x / max(||x||, eps)
+    eps = args.scalar("eps")
+    return [f"    norm_{out} = tl.sqrt_rn(tl.sum(tl.where(mask, {x} * {x}, 0.0), axis=0))",
+            f"    {out} = {x} / tl.maximum(norm_{out}, {eps})"]
+
+
+ROW_REDUCTIONS = {"rms_norm": _rms_norm_row, "layer_norm": _layer_norm_row, "softmax": _softmax_row,
+                  "log_softmax": _log_softmax_row, "normalize": _normalize_row}
 
 
 class _Args:
     """Collects the param pointers and scalars a reduction's row lowering asks for."""
 
-    def __init__(self, node, dtype: str):
-        self.node, self.dtype = node, dtype
+    def __init__(self, node, dtype: str | None):
+        self.node, self._dtype = node, dtype
+        self.uses_dtype = False
         self.params: list[tuple[str, str, str, bool]] = []   # (kernel ptr name, param, tensor, optional)
         self.scalars: dict[str, tuple] = {}
         self.flags: dict[str, tuple] = {}      # constexpr name -> the attribute whose truth sets it
+
+    @property
+    def dtype(self) -> str | None:
+        """The model's dtype in the kernel (rms_norm rounds to it)."""
+        self.uses_dtype = True
+        return self._dtype
 
     def param(self, field: str, tensor: str, optional: bool = False) -> str:
         pname = self.node.params[field]
@@ -187,9 +278,10 @@ class _Args:
         return flag
 
 
-def row_reduction(name: str, doc: str, block, group, ops) -> KernelSource:
+def row_reduction(name: str, doc: str, block, group, ops) -> KernelSource | None:
     inputs = [var(v) for v in group.inputs]
     outputs = [var(o) for o in group.outputs]
+    typed = _Typed(group, inputs)
     scalars: dict[str, str] = {}
     body, values = [], {v: var(v) for v in group.inputs}
     args = None
@@ -198,14 +290,17 @@ def row_reduction(name: str, doc: str, block, group, ops) -> KernelSource:
         op = ops[node.op]
         out = var(node.outputs[0])
         if op.fusion == "reduction":
-            args = _Args(node, f"{first}_ptr.dtype.element_ty")
-            body += ROW_REDUCTIONS[op.triton](values[node.inputs["x"]], out, node, args)
+            args = _Args(node, typed.element)
+            body += ROW_REDUCTIONS[triton_lowering(op, node)](values[node.inputs["x"]], out, node, args)
             scalars.update(args.scalars)
         else:
-            body.append(f"    {out} = {pointwise_expr(op, node, values, scalars)}")
+            body.append(f"    {out} = {pointwise_expr(op, node, values, scalars, typed.element)}")
         values[node.outputs[0]] = out
         if node.outputs[0] in group.outputs:
-            body.append(f"    tl.store({out}_ptr + row * stride_{out} + offs_n, {out}.to({out}_ptr.dtype.element_ty), mask=mask)")
+            body.append(f"    tl.store({out}_ptr + row * stride_{out} + offs_n, "
+                        f"{typed.stored(out)}.to({out}_ptr.dtype.element_ty), mask=mask)")
+    if not typed.usable(outputs, args.uses_dtype or _uses_dtype(ops, group.members)):
+        return None
     param_ptrs = [p for p, _, _, _ in args.params]
     optional = [(p, pname, t) for p, pname, t, opt in args.params if opt]
     ptrs = [f"{v}_ptr" for v in inputs] + param_ptrs + [f"{o}_ptr" for o in outputs]
@@ -213,7 +308,7 @@ def row_reduction(name: str, doc: str, block, group, ops) -> KernelSource:
     value_flags = list(args.flags)   # set from an attribute's value at launch
     strides = [f"stride_{v}" for v in inputs + outputs]
     k = [
-        *_row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags, offs="tl.arange(0, BLOCK_N)"),
+        *_row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags, offs="tl.arange(0, BLOCK_N)", typed=typed),
         *body,
     ]
     param_args = [p[:-4] for p in param_ptrs]       # launcher args: the tensors themselves
@@ -223,7 +318,7 @@ def row_reduction(name: str, doc: str, block, group, ops) -> KernelSource:
         f'    """{doc}"""',
         f"    n_cols = {first}.shape[-1]",
         *[f"    {v}_2d = _rows({v}, n_cols)" for v in inputs],
-        *[f"    {o} = torch.empty({first}.shape, dtype={first}.dtype, device={first}.device)" for o in outputs],
+        *[typed.alloc(o, first) for o in outputs],
         f"    n_rows = {first}_2d.shape[0]",
         "    BLOCK_N = triton.next_power_of_2(n_cols)",
         f"    {name}_kernel[(n_rows,)](",
@@ -240,7 +335,8 @@ def row_reduction(name: str, doc: str, block, group, ops) -> KernelSource:
     call = ([("value", v) for v in group.inputs] + [("param", pname, t) for _, pname, t, _ in args.params]
             + list(scalars.values()) + list(args.flags.values()))
     aot = {"pointers": ptrs, "ints": ["n_rows", "n_cols", *strides], "floats": list(scalars),
-           "constexprs": {"BLOCK_N": 1024, **{f: True for f in flags}}, "num_warps": 4}
+           "constexprs": {"BLOCK_N": 1024, **{f: True for f in flags}}, "num_warps": 4,
+           **_typed_pointers(typed, inputs + outputs)}
     return KernelSource(name, "row_reduction", "\n".join(k + ["", ""] + launcher),
                         inputs + param_args + list(scalars) + flag_args, aot, call=call)
 

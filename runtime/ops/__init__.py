@@ -1,12 +1,13 @@
 """The run-time library of the emitted model.py (`from runtime import ops`): every function and
 module it calls as `ops.<name>`. The compiler's op table (compiler/ops) names these in `OpDef.run`."""
+from runtime.ops.alibi import alibi_slopes
 from runtime.ops.attention import attention
 from runtime.ops.linear_layers import FusedLinear, Linear, linear
 from runtime.ops.modules import Norm, Tensor
 from runtime.ops.norms import layer_norm, rms_norm
 from runtime.ops.rotary import rope, rope_table
 from runtime.ops.sequence import keep_positions, last_positions, positions, relative_buckets
-from runtime.ops.tensors import concat, softcap
+from runtime.ops.tensors import concat, dropout, softcap
 
-__all__ = ["attention", "FusedLinear", "Linear", "linear", "Norm", "Tensor", "layer_norm", "rms_norm", "rope",
-           "rope_table", "keep_positions", "last_positions", "positions", "relative_buckets", "concat", "softcap"]
+__all__ = ["alibi_slopes", "attention", "FusedLinear", "Linear", "linear", "Norm", "Tensor", "layer_norm", "rms_norm", "rope",
+           "rope_table", "keep_positions", "last_positions", "positions", "relative_buckets", "concat", "dropout", "softcap"]

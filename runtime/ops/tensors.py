@@ -1,7 +1,8 @@
-"""Small tensor ops the emitted code calls by name: joining with broadcasting, soft-capping."""
+"""Small tensor ops the emitted code calls by name: joining with broadcasting, soft-capping, dropout."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def concat(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
@@ -17,3 +18,10 @@ def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     if cap is None:
         return x
     return torch.tanh(x / cap) * cap
+
+
+def dropout(x: torch.Tensor, ctx, p: float) -> torch.Tensor:
+    """F.dropout while the model trains (ctx.training); x itself, untouched, in evaluation."""
+    if not ctx.training or not p:
+        return x
+    return F.dropout(x, p, training=True)
