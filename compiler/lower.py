@@ -8,11 +8,9 @@ weight rules — so nothing after this reads the `Spec`.
 """
 from __future__ import annotations
 
-import difflib
-
 import networkx as nx
 
-from compiler.errors import Problem, SpecError
+from compiler.errors import Problem, SpecError, did_you_mean
 from compiler.ir import Block, Head, Loc, ModelIR, Node, Param, Value
 from compiler.ops import OPS
 from compiler.ops.registry import InferCtx, ShapeError, TType
@@ -27,11 +25,6 @@ def lower(spec: Spec) -> ModelIR:
     if lowering.problems:
         raise SpecError(lowering.problems)
     return ir
-
-
-def _suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 class _Lowering:
@@ -102,7 +95,7 @@ class _Lowering:
             if isinstance(entry.default, Expr):
                 for name in entry.default.names:
                     if name not in config:
-                        self.fail(entry.path + ("default",), f"unknown config name '{name}' in default{_suggest(name, config)}")
+                        self.fail(entry.path + ("default",), f"unknown config name '{name}' in default{did_you_mean(name, config)}")
                     else:
                         deps.add_edge(name, entry.name)
         if LAYER_INDEX in config:
@@ -124,7 +117,7 @@ class _Lowering:
                 self.layer_uses.setdefault(layer_in, tuple(path))
                 continue
             hint = " (free dims such as B or S are uppercase and only allowed in input shapes)" if FREE_DIM.match(name) else ""
-            self.fail(path, f"unknown config name '{name}'{hint}{_suggest(name, self.spec.config)}")
+            self.fail(path, f"unknown config name '{name}'{hint}{did_you_mean(name, self.spec.config)}")
 
     # -- blocks -------------------------------------------------------------------------------
     def block_order(self) -> list[str]:
@@ -143,7 +136,7 @@ class _Lowering:
                 if p.kind != "block":
                     continue
                 if p.block not in self.spec.blocks:
-                    self.fail(p.path + ("block",), f"unknown block '{p.block}'{_suggest(p.block, self.spec.blocks)}")
+                    self.fail(p.path + ("block",), f"unknown block '{p.block}'{did_you_mean(p.block, self.spec.blocks)}")
                 else:
                     uses.add_edge(bname, p.block)
         cycles = list(nx.simple_cycles(uses))
@@ -191,7 +184,7 @@ class _Lowering:
                 defined_at[name] = line.path
         for i, out in enumerate(decl.outputs):
             if out not in env:
-                self.fail(decl.path + ("outputs", i), f"output '{out}' is not defined in the graph{_suggest(out, env)}")
+                self.fail(decl.path + ("outputs", i), f"output '{out}' is not defined in the graph{did_you_mean(out, env)}")
             else:
                 block.outputs.append(env[out])
                 used.add(env[out])
@@ -233,7 +226,7 @@ class _Lowering:
     def check_tie(self, decl: BlockDecl, p) -> None:
         target = decl.params.get(p.tied_to) or self._tie_scope.get(p.tied_to)
         if target is None:
-            self.fail(p.path + ("tied", "to"), f"tied to unknown param '{p.tied_to}'{_suggest(p.tied_to, decl.params)}")
+            self.fail(p.path + ("tied", "to"), f"tied to unknown param '{p.tied_to}'{did_you_mean(p.tied_to, decl.params)}")
             return
         from compiler.weight_rules import param_tensors
         mine = {t: s for t, s, _ in param_tensors(p)}
@@ -249,7 +242,7 @@ class _Lowering:
                 used.add(env[name])
                 return None
             if not isinstance(name, str) or name not in env:
-                self.fail(line.path + (field,), f"undefined value '{name}'{_suggest(str(name), env)}")
+                self.fail(line.path + (field,), f"undefined value '{name}'{did_you_mean(str(name), env)}")
                 return None
             used.add(env[name])
             return env[name]
@@ -264,7 +257,7 @@ class _Lowering:
             pname = line.fields[field]
             p = decl.params.get(pname)
             if p is None:
-                self.fail(line.path + (field,), f"unknown param '{pname}'{_suggest(pname, decl.params)}")
+                self.fail(line.path + (field,), f"unknown param '{pname}'{did_you_mean(pname, decl.params)}")
                 bad = True
             elif p.kind != kind:
                 self.fail(line.path + (field,), f"'{line.op}' needs a {kind} param for '{field}', but '{pname}' is a {p.kind}")
@@ -304,7 +297,7 @@ class _Lowering:
         pname = line.fields["block"]
         p = decl.params.get(pname)
         if p is None or p.kind != "block":
-            self.fail(line.path + ("block",), f"'{pname}' is not a block param of '{decl.name}'{_suggest(str(pname), decl.params)}")
+            self.fail(line.path + ("block",), f"'{pname}' is not a block param of '{decl.name}'{did_you_mean(str(pname), decl.params)}")
             return None
         used_params.add(pname)
         if (line.op == "repeat") != (p.repeat is not None):
