@@ -81,15 +81,6 @@ def write_artifact(target: Path, files: dict[str, str], manifest: dict) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def cache_root() -> Path:
-    """The user's own cache directory (never a shared /tmp path), created private."""
-    base = os.environ.get("GRAPHSPEC_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "graphspec")
-    root = Path(base)
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return root
-
-
 def import_file(name: str, path: Path):
     """Import an artifact's Python file as module `name` (once per process); a failed import leaves
     nothing half-registered in sys.modules."""
