@@ -8,7 +8,7 @@ summation order and, for bf16/fp16 activations, where the one rounding of the ou
               MKL, split across threads for few rows, fp32 GEMM for bf16 where that measured faster).
   torch_int8  torch._weight_int8pack_mm (bf16/fp16 activations; with fp32 ones it runs ~8x slower).
   torch_int4  torch._weight_int4pack_mm_for_cpu, on its own packed layout built at first use
-              (bf16/fp16 activations; ~40x slower with fp32 ones).
+              (bf16/fp16 activations, ~40x slower with fp32 ones; N a multiple of 16).
 The first call of each (scheme, N, K, rows bucket, dtype) times the candidates on its own input
 (`runtime.measure.fastest`) and keeps the fastest for the process; `choices()` shows what was kept.
 """
@@ -94,7 +94,10 @@ def candidates(layer, dtype: torch.dtype, rows: int) -> list[str]:
         out.append("native")
     out.append("dequant")
     if dtype in (torch.bfloat16, torch.float16):
-        out.append("torch_int8" if layer.scheme.kind == "int8" else "torch_int4")
+        if layer.scheme.kind == "int8":
+            out.append("torch_int8")
+        elif layer.out_features % 16 == 0:         # its packing's requirement
+            out.append("torch_int4")
     return out
 
 
