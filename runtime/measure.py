@@ -15,22 +15,21 @@ import torch
 
 def fastest(candidates: dict[str, Callable[[], object]], repeat: int = 3,
             clock: Callable[[], float] = time.perf_counter) -> tuple[str, object]:
-    """The name of the candidate with the least best-of-`repeat` time, and its result.
+    """The name of the candidate with the least best-of-`repeat` time, and its last result.
 
-    Each candidate first runs once untimed (caches, lazily built layouts), then `repeat` times; the
-    minimum is the least disturbed by other work on the machine. `clock=time.thread_time` counts only
-    this thread's CPU time: immune to other processes, meaningful for single-threaded candidates."""
-    best, best_name, result = float("inf"), None, None
-    for name, fn in candidates.items():
-        out = fn()
-        t = float("inf")
-        for _ in range(repeat):
+    Each candidate first runs once untimed (caches, lazily built layouts); then the candidates take
+    turns, `repeat` rounds, so a burst of other work on the machine hits all of them alike, and each
+    one's minimum is its least disturbed run. `clock=time.thread_time` counts only this thread's CPU
+    time: immune to other processes, meaningful for single-threaded candidates."""
+    results = {name: fn() for name, fn in candidates.items()}
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(repeat):
+        for name, fn in candidates.items():
             start = clock()
-            out = fn()
-            t = min(t, clock() - start)
-        if t < best:
-            best, best_name, result = t, name, out
-    return best_name, result
+            results[name] = fn()
+            best[name] = min(best[name], clock() - start)
+    name = min(best, key=best.get)
+    return name, results[name]
 
 
 @functools.cache

@@ -22,6 +22,10 @@ from runtime.quant import native
 from runtime.quant.schemes import dequantize, unpack_int4
 
 NATIVE_MAX_ROWS = 64
+# Up to this many rows the dequant path is not offered where native is: it writes and reads back
+# the whole weight in the activation dtype (9 bytes per int8 weight moved for fp32, against the
+# native kernel's 1 byte per 4 rows), which no GEMM speed can repay for so few rows.
+DEQUANT_MIN_ROWS = 4
 ROW_BUCKETS = (1, 2, 4, 8, 16, 64, 256)
 
 _CHOICES: dict[tuple, str] = {}
@@ -92,7 +96,8 @@ def candidates(layer, dtype: torch.dtype, rows: int) -> list[str]:
     out = []
     if rows <= NATIVE_MAX_ROWS and native.available():
         out.append("native")
-    out.append("dequant")
+    if rows > DEQUANT_MIN_ROWS or not out:
+        out.append("dequant")
     if dtype in (torch.bfloat16, torch.float16):
         if layer.scheme.kind == "int8":
             out.append("torch_int8")

@@ -131,32 +131,36 @@ INLINE void q8_tile(const int R, const int NB, const float *x, int64_t K, int64_
     }
 }
 
-/* Rows m0.. of x against weight rows n0..n0+nb (nb <= NB_FOR(rows)): dispatch to a constant tile. */
-#define TILES(CALL) \
-    switch (rows * 8 + nb) { \
-    case 1 * 8 + 4: CALL(1, 4); break; case 1 * 8 + 3: CALL(1, 3); break; case 1 * 8 + 2: CALL(1, 2); break; \
-    case 2 * 8 + 2: CALL(2, 2); break; case 3 * 8 + 1: CALL(3, 1); break; case 4 * 8 + 1: CALL(4, 1); break; \
-    case 2 * 8 + 1: CALL(2, 1); break; default: CALL(1, 1); break; }
+/* The loop both products share: blocks of ROWS activation rows against tiles of NB weight rows,
+   each dispatched to a tile of constant sizes (the accumulators stay in registers).
+   TILE(R, B, n) computes activation rows m0..m0+R against weight rows n..n+B. */
+#define FOR_TILES(TILE) \
+    const int64_t rows0 = M < ROWS ? M : ROWS, NB = NB_FOR(rows0); \
+    _Pragma("omp parallel for schedule(static) num_threads(nt)") \
+    for (int64_t n0 = 0; n0 < N; n0 += NB) { \
+        const int64_t nb = N - n0 < NB ? N - n0 : NB; \
+        for (int64_t m0 = 0; m0 < M; m0 += ROWS) { \
+            const int64_t rows = M - m0 < ROWS ? M - m0 : ROWS; \
+            if (rows < rows0) {  /* the last, shorter block of rows: one weight row at a time */ \
+                for (int64_t j = 0; j < nb; j++) { \
+                    switch (rows) { case 3: TILE(3, 1, n0 + j); break; case 2: TILE(2, 1, n0 + j); break; \
+                                    default: TILE(1, 1, n0 + j); break; } \
+                } \
+            } else { \
+                switch (rows * 8 + nb) { \
+                case 1 * 8 + 4: TILE(1, 4, n0); break; case 1 * 8 + 3: TILE(1, 3, n0); break; \
+                case 1 * 8 + 2: TILE(1, 2, n0); break; case 2 * 8 + 2: TILE(2, 2, n0); break; \
+                case 2 * 8 + 1: TILE(2, 1, n0); break; case 3 * 8 + 1: TILE(3, 1, n0); break; \
+                case 4 * 8 + 1: TILE(4, 1, n0); break; default: TILE(1, 1, n0); break; } \
+            } \
+        } \
+    }
 
 void gs_q8_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *q, const float *scale,
               int64_t N, float *y, int64_t ldy, int nt) {
-    const int64_t rows0 = M < ROWS ? M : ROWS, NB = NB_FOR(rows0);
-    #pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t n0 = 0; n0 < N; n0 += NB) {
-        const int64_t nb = N - n0 < NB ? N - n0 : NB;
-        for (int64_t m0 = 0; m0 < M; m0 += ROWS) {
-            const int64_t rows = M - m0 < ROWS ? M - m0 : ROWS;
-            const float *xm = x + m0 * ldx;
-            float *ym = y + m0 * ldy + n0;
-#define Q8(R, B) q8_tile(R, B, xm, K, ldx, q + n0 * K, scale + n0, ym, ldy)
-            if (rows < rows0) { for (int64_t j = 0; j < nb; j++) { int64_t n1 = n0 + j;
-                switch (rows) { case 3: q8_tile(3, 1, xm, K, ldx, q + n1 * K, scale + n1, ym + j, ldy); break;
-                                case 2: q8_tile(2, 1, xm, K, ldx, q + n1 * K, scale + n1, ym + j, ldy); break;
-                                default: q8_tile(1, 1, xm, K, ldx, q + n1 * K, scale + n1, ym + j, ldy); break; } } }
-            else { TILES(Q8) }
+#define Q8(R, B, n) q8_tile(R, B, x + m0 * ldx, K, ldx, q + (n) * K, scale + (n), y + m0 * ldy + (n), ldy)
+    FOR_TILES(Q8)
 #undef Q8
-        }
-    }
 }
 
 void gs_q8_dequant(const int8_t *q, const float *scale, int64_t N, int64_t K, float *out, int nt) {
@@ -211,24 +215,10 @@ int gs_q4_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *q
     float *xr = malloc(sizeof(float) * (size_t)(M * K));
     if (!xr) return -1;
     q4_prepare(x, M, K, ldx, xr);
-    const int64_t rows0 = M < ROWS ? M : ROWS, NB = NB_FOR(rows0);
-    #pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t n0 = 0; n0 < N; n0 += NB) {
-        const int64_t nb = N - n0 < NB ? N - n0 : NB;
-        for (int64_t m0 = 0; m0 < M; m0 += ROWS) {
-            const int64_t rows = M - m0 < ROWS ? M - m0 : ROWS;
-            const float *xm = xr + m0 * K;
-            float *ym = y + m0 * ldy + n0;
-#define Q4T(R, B, n1, yj) q4_tile(R, B, xm, K, group, q + (n1) * (K / 2), scale + (n1) * G, zero ? zero + (n1) * G : NULL, yj, ldy)
-#define Q4(R, B) Q4T(R, B, n0, ym)
-            if (rows < rows0) { for (int64_t j = 0; j < nb; j++) {
-                switch (rows) { case 3: Q4T(3, 1, n0 + j, ym + j); break; case 2: Q4T(2, 1, n0 + j, ym + j); break;
-                                default: Q4T(1, 1, n0 + j, ym + j); break; } } }
-            else { TILES(Q4) }
+#define Q4(R, B, n) q4_tile(R, B, xr + m0 * K, K, group, q + (n) * (K / 2), scale + (n) * G, \
+                            zero ? zero + (n) * G : NULL, y + m0 * ldy + (n), ldy)
+    FOR_TILES(Q4)
 #undef Q4
-#undef Q4T
-        }
-    }
     free(xr);
     return 0;
 }
