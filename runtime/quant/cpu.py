@@ -28,13 +28,14 @@ NATIVE_MAX_ROWS = 64
 DEQUANT_MIN_ROWS = 4
 ROW_BUCKETS = (1, 2, 4, 8, 16, 64, 256)
 
-_CHOICES: dict[tuple, str] = {}
+_CHOICES: dict[tuple, object] = {}
 _FORCED: str | None = None
 
 
 def choices() -> dict[tuple, str]:
     """(scheme name, N, K, rows up to, dtype name) -> the path measured fastest in this process."""
-    return dict(_CHOICES)
+    names = {fn: name for name, fn in PATHS.items()}
+    return {(*shape, rows, str(dtype)): names[fn] for (shape, rows, dtype), fn in _CHOICES.items()}
 
 
 def force(path: str | None) -> None:
@@ -47,6 +48,8 @@ def force(path: str | None) -> None:
 
 
 def _bucket(rows: int) -> int:
+    if rows == 1:
+        return 1
     for b in ROW_BUCKETS:
         if rows <= b:
             return b
@@ -54,7 +57,8 @@ def _bucket(rows: int) -> int:
 
 
 def _native(x, layer):
-    return native.matmul(x, layer.stored(), layer.scheme, layer.out_features)
+    return native.matmul(x, layer.cached("native", lambda: native.Weights(layer.stored(), layer.scheme,
+                                                                           layer.out_features)))
 
 
 def _dequant(x, layer):
@@ -111,15 +115,15 @@ def matmul(x: torch.Tensor, layer) -> torch.Tensor:
     if _FORCED is not None:
         return PATHS[_FORCED](x, layer)
     rows = x.numel() // max(x.shape[-1], 1)
-    key = (layer.scheme.name, layer.out_features, layer.in_features, _bucket(rows), str(x.dtype))
+    key = (layer.shape_key, _bucket(rows), x.dtype)
     path = _CHOICES.get(key)
     if path is not None:
-        return PATHS[path](x, layer)
+        return path(x, layer)
     names = candidates(layer, x.dtype, rows)
     if len(names) == 1:
-        _CHOICES[key] = names[0]
+        _CHOICES[key] = PATHS[names[0]]
         return PATHS[names[0]](x, layer)
     # few rows: cheap to time well; many rows: each run is a full GEMM, so once each
-    path, y = fastest({n: (lambda f=PATHS[n]: f(x, layer)) for n in names}, repeat=3 if rows <= 16 else 1)
-    _CHOICES[key] = path
+    name, y = fastest({n: (lambda f=PATHS[n]: f(x, layer)) for n in names}, repeat=3 if rows <= 16 else 1)
+    _CHOICES[key] = PATHS[name]
     return y

@@ -156,11 +156,12 @@ INLINE void q8_tile(const int R, const int NB, const float *x, int64_t K, int64_
         } \
     }
 
-void gs_q8_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *q, const float *scale,
-              int64_t N, float *y, int64_t ldy, int nt) {
+int gs_q8_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *q, const float *scale,
+             int64_t N, float *y, int64_t ldy, int nt) {
 #define Q8(R, B, n) q8_tile(R, B, x + m0 * ldx, K, ldx, q + (n) * K, scale + (n), y + m0 * ldy + (n), ldy)
     FOR_TILES(Q8)
 #undef Q8
+    return 0;
 }
 
 void gs_q8_dequant(const int8_t *q, const float *scale, int64_t N, int64_t K, float *out, int nt) {

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from runtime.quant.cpu import matmul as cpu_matmul
 from runtime.quant.schemes import Scheme, dequantize, quantize
 
 
@@ -17,6 +18,7 @@ class _Quantized(nn.Module):
     def __init__(self, out_features: int, in_features: int, scheme: Scheme, device=None):
         super().__init__()
         self.out_features, self.in_features, self.scheme = out_features, in_features, scheme
+        self.shape_key = (scheme.name, out_features, in_features)
         scheme.check_shape((out_features, in_features), type(self).__name__)
         for name, (shape, dtype) in scheme.packed_shapes(out_features, in_features).items():
             self.register_buffer(name, torch.empty(shape, dtype=dtype, device=device))
@@ -82,10 +84,10 @@ class QuantLinear(_Quantized):
 
     def forward(self, x: torch.Tensor):
         if x.is_cuda:
-            from runtime.quant.triton_kernels import matmul
+            from runtime.quant.triton_kernels import matmul     # imports triton: only where it runs
+            y = matmul(x, self)
         else:
-            from runtime.quant.cpu import matmul
-        y = matmul(x, self)
+            y = cpu_matmul(x, self)
         if self.bias is not None:
             y = y + self.bias
         return y.split(self.sizes, dim=-1) if self.sizes is not None else y

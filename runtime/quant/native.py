@@ -77,7 +77,7 @@ def library() -> ctypes.CDLL:
         raise Unavailable(f"{path}: ABI version {lib.gs_abi_version()}, expected {ABI_VERSION}")
     p, i = ctypes.c_void_p, ctypes.c_int64
     lib.gs_q8_mm.argtypes = [p, i, i, i, p, p, i, p, i, ctypes.c_int]
-    lib.gs_q8_mm.restype = None
+    lib.gs_q8_mm.restype = ctypes.c_int
     lib.gs_q4_mm.argtypes = [p, i, i, i, p, p, p, i, i, p, i, ctypes.c_int]
     lib.gs_q4_mm.restype = ctypes.c_int
     lib.gs_q8_dequant.argtypes = [p, p, i, i, p, ctypes.c_int]
@@ -103,31 +103,36 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
+class Weights:
+    """A quantized weight's kernel arguments, resolved once (the tensors must outlive it)."""
+
+    def __init__(self, stored: dict[str, torch.Tensor], scheme, out_features: int):
+        self.lib = library()
+        self.out_features = out_features
+        self.stored = stored                   # keeps the tensors alive
+        zeros = stored.get("zeros")
+        q, s = stored["qweight"].data_ptr(), stored["scales"].data_ptr()
+        if scheme.kind == "int8":
+            self.kernel, self.weight_args = self.lib.gs_q8_mm, (q, s)
+        else:
+            self.kernel = self.lib.gs_q4_mm
+            self.weight_args = (q, s, None if zeros is None else zeros.data_ptr(), scheme.group)
+
+
+def matmul(x: torch.Tensor, w: Weights) -> torch.Tensor:
+    """x [..., K] (any float dtype) @ dequant(w).T -> [..., N] in x's dtype; fp32 arithmetic."""
     x2 = x.reshape(-1, x.shape[-1])
     if x2.dtype != torch.float32:
         x2 = x2.float()
-    return x2 if x2.stride(-1) == 1 else x2.contiguous()
-
-
-def matmul(x: torch.Tensor, stored: dict[str, torch.Tensor], scheme, out_features: int) -> torch.Tensor:
-    """x [..., K] (any float dtype) @ dequant(w).T -> [..., N] in x's dtype; fp32 arithmetic."""
-    lib = library()
-    x2 = _rows(x)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
     m, k = x2.shape
-    y = torch.empty(m, out_features, dtype=torch.float32)
-    threads = torch.get_num_threads()
-    if scheme.kind == "int8":
-        lib.gs_q8_mm(x2.data_ptr(), m, k, x2.stride(0), stored["qweight"].data_ptr(), stored["scales"].data_ptr(),
-                     out_features, y.data_ptr(), out_features, threads)
-    else:
-        zeros = stored.get("zeros")
-        status = lib.gs_q4_mm(x2.data_ptr(), m, k, x2.stride(0), stored["qweight"].data_ptr(),
-                              stored["scales"].data_ptr(), None if zeros is None else zeros.data_ptr(),
-                              scheme.group, out_features, y.data_ptr(), out_features, threads)
-        if status != 0:
-            raise MemoryError(f"int4 kernel: no memory for a {m} x {k} work buffer")
-    y = y.view(*x.shape[:-1], out_features)
+    n = w.out_features
+    y = torch.empty(m, n, dtype=torch.float32)
+    status = w.kernel(x2.data_ptr(), m, k, x2.stride(0), *w.weight_args, n, y.data_ptr(), n, torch.get_num_threads())
+    if status:
+        raise MemoryError(f"int4 kernel: no memory for a {m} x {k} work buffer")
+    y = y.view(*x.shape[:-1], n)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
