@@ -292,8 +292,9 @@ def run(args) -> None:
             res["decode"], outputs = interleaved(decode, args.decode_repeat, warmup=False)
             logits = ours(long).logits
             if precision == "fp32":
-                reference["tokens"], reference["logits"] = outputs["graphspec"].tolist(), logits
-            want = outputs["sdpa"].tolist() if "sdpa" in outputs else reference.get("tokens")
+                reference["logits"] = logits
+            # greedy tokens against Transformers' in the same dtype (quantized engines differ by design)
+            want = outputs["sdpa"].tolist() if "sdpa" in outputs else None
             res["identical"] = {k: o.tolist() == want for k, o in outputs.items()} if want else {}
             if scheme is not None and "logits" in reference:
                 res["accuracy"] = agreement(logits, reference["logits"])
@@ -328,9 +329,9 @@ def report(res: dict, args) -> None:
     print(f"prefill 1x{tok} to the next-token logits:")
     rate_rows(res["prefill_last"], tok)
     n = args.new_tokens
-    same = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["identical"].items() if k != "graphspec")
+    same = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["identical"].items() if k != "sdpa")
     print(f"decode 32 + {n} greedy tokens (tokens/s, median of {args.decode_repeat})"
-          + (f"; tokens identical to graphspec/sdpa: {same}" if same else ""))
+          + (f"; greedy tokens identical to sdpa's: {same}" if same else ""))
     rate_rows({k: v / n for k, v in res["decode"].items()}, 1)
     ours = n / res["decode"]["graphspec"]
     b = res["breakdown"]
