@@ -112,17 +112,21 @@ class LlamaCpp:
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads,
                                    n_threads_batch=threads, logits_all=False, verbose=False)
 
+    def last_logits(self) -> np.ndarray:
+        import llama_cpp
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),))
+
     def prefill(self, ids: torch.Tensor) -> np.ndarray:
         self.llm.reset()
         self.llm.eval(ids[0].tolist())
-        return self.llm.scores[self.llm.n_tokens - 1]
+        return self.last_logits()
 
     def generate(self, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
         out = prompt[0].tolist()
         self.llm.reset()
         self.llm.eval(out)
         for _ in range(new_tokens):
-            token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            token = int(np.argmax(self.last_logits()))
             out.append(token)
             self.llm.eval([token])
         return torch.tensor([out])
