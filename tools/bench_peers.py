@@ -168,8 +168,11 @@ class CTranslate2:
     def generate(self, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
         tokens = [token_name(i) for i in prompt[0].tolist()]
         res = self.gen.generate_batch([tokens], max_length=new_tokens, min_length=new_tokens, sampling_topk=1,
-                                      include_prompt_in_result=False, end_token=[], return_scores=False)
-        return torch.cat([prompt, torch.tensor([res[0].sequences_ids[0]])], dim=1)
+                                      include_prompt_in_result=False)
+        new = res[0].sequences_ids[0]
+        if len(new) != new_tokens:
+            raise RuntimeError(f"CTranslate2 generated {len(new)} tokens, asked for {new_tokens}")
+        return torch.cat([prompt, torch.tensor([new])], dim=1)
 
     def close(self):
         del self.gen
