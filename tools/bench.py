@@ -263,8 +263,11 @@ def run(args) -> None:
             engines[f"llama.cpp {bench_peers.LLAMA_CPP_NAMES[precision]}"] = bench_peers.LlamaCpp(
                 peers["llama.cpp"][precision], threads)
         if "ctranslate2" in peers and precision in bench_peers.CT2_TYPES:
-            engines[f"ct2 {bench_peers.CT2_TYPES[precision]}"] = bench_peers.CTranslate2(
-                peers["ctranslate2"], bench_peers.CT2_TYPES[precision], threads)
+            try:
+                engines[f"ct2 {bench_peers.CT2_TYPES[precision]}"] = bench_peers.CTranslate2(
+                    peers["ctranslate2"], bench_peers.CT2_TYPES[precision], threads)
+            except ValueError as err:       # e.g. bfloat16 on a CPU without AVX512-BF16
+                print(f"CTranslate2 {bench_peers.CT2_TYPES[precision]}: left out: {err}")
 
         with torch.inference_mode():
             if scheme is None:
