@@ -353,7 +353,8 @@ def report(res: dict, args) -> None:
 def summary(rows: list, args) -> None:
     """One table: decode tok/s and prefill-to-next-token ms per engine and precision."""
     print(f"\n== summary: decode tok/s (32 + {args.new_tokens}) / prefill 1x{args.prefill} to the next token, ms ==")
-    print(f"{'precision':<10} {'engine':<22} {'decode':>8} {'vs ours':>8} {'prefill':>9} {'vs ours':>8}")
+    print("(graphspec x: graphspec's speed as a multiple of that engine's; > 1 is graphspec faster)")
+    print(f"{'precision':<10} {'engine':<22} {'decode':>8} {'gs x':>8} {'prefill':>9} {'gs x':>8}")
     for res in rows:
         dec, pre = res["decode"], res["prefill_last"]
         for name in dec:
