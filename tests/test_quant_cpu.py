@@ -148,3 +148,25 @@ def test_quantized_linear_from_ops_linear_keeps_shapes_and_bias():
 def test_an_unknown_forced_path_is_refused():
     with pytest.raises(ValueError, match="unknown CPU path 'fast'"):
         cpu.force("fast")
+
+
+@pytest.fixture
+def no_native_cache():
+    native.library.cache_clear()
+    native.unavailable_reason.cache_clear()
+    cpu.force(None)
+    yield
+    native.library.cache_clear()
+    native.unavailable_reason.cache_clear()
+    cpu.force(None)
+
+
+@pytest.mark.parametrize("cc, reason", [("/nonexistent/cc", "no C compiler"), ("false", "-march=native failed")])
+def test_without_a_working_c_compiler_the_native_path_is_left_out_and_results_stay_right(monkeypatch, no_native_cache,
+                                                                                         cc, reason):
+    monkeypatch.setenv("CC", cc)
+    assert reason in native.unavailable_reason()
+    q = layer(Scheme("int4", 32, False), n=16, k=64)
+    assert "native" not in cpu.candidates(q, torch.float32, 1)
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=2e-5)

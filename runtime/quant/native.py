@@ -87,20 +87,18 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def available() -> bool:
-    try:
-        library()
-    except Unavailable:
-        return False
-    return True
-
-
+@functools.cache
 def unavailable_reason() -> str | None:
+    """Why the kernels cannot be used here, or None when they can (decided once per process)."""
     try:
         library()
     except Unavailable as err:
         return str(err)
     return None
+
+
+def available() -> bool:
+    return unavailable_reason() is None
 
 
 class Weights:
