@@ -53,7 +53,7 @@ def fp32_logits(checkpoint):
 
 
 def agreement(got, want):
-    cos = torch.nn.functional.cosine_similarity(got.flatten(1).float(), want.flatten(1), dim=-1).min().item()
+    cos = torch.nn.functional.cosine_similarity(got.flatten(1).double(), want.flatten(1).double(), dim=-1).min().item()
     top1 = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
     return cos, top1
 

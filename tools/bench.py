@@ -211,7 +211,7 @@ def decode_breakdown(model, prompt, new_tokens: int) -> dict:
 
 
 def agreement(got: torch.Tensor, want: torch.Tensor) -> dict:
-    cos = torch.nn.functional.cosine_similarity(got.float().flatten(1), want.float().flatten(1), dim=-1).min()
+    cos = torch.nn.functional.cosine_similarity(got.double().flatten(1), want.double().flatten(1), dim=-1).min()
     return {"cos": float(cos), "top1": float((got.argmax(-1) == want.argmax(-1)).float().mean())}
 
 
