@@ -19,7 +19,7 @@ from pathlib import Path
 # The reading side (manifest, hashes) is the runtime's; the compiler's cache check uses it too.
 from runtime.artifact import FORMAT, MANIFEST, is_complete, read_manifest
 
-__all__ = ["MANIFEST", "FORMAT", "is_complete", "read_manifest", "write_artifact", "cache_root"]
+__all__ = ["MANIFEST", "FORMAT", "is_complete", "read_manifest", "write_artifact"]
 
 
 @contextlib.contextmanager
@@ -61,10 +61,3 @@ def write_artifact(target: Path, files: dict[str, str], manifest: dict) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def cache_root() -> Path:
-    """The user's own cache directory (never a shared /tmp path), created private."""
-    base = os.environ.get("GRAPHSPEC_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "graphspec")
-    root = Path(base)
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return root

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from compiler import __version__
-from compiler.artifact import cache_root, is_complete, read_manifest, write_artifact
+from compiler.artifact import is_complete, read_manifest, write_artifact
 from compiler.emit import emit_model
 from compiler.emit_kernels import emit_kernels, kernel_manifest
 from compiler.errors import SpecError
@@ -28,6 +28,7 @@ from compiler.report import explain, fusion_manifest
 from compiler.spec import Spec, load_spec
 from compiler.symbolic import canonical
 from compiler.weight_rules import model_tensors
+from runtime.cache import cache_root
 from runtime.expr import parse_expr
 
 

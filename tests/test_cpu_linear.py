@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from runtime import measure
 from runtime.ops import linear_layers as fused
 
 
@@ -66,17 +67,42 @@ def test_fused_linear_parts_are_the_separate_linears(threads):
         torch.testing.assert_close(got, F.linear(x, wi, bi), rtol=0, atol=1e-5)
 
 
-@pytest.mark.skipif(not fused.SLOW_LOW_PRECISION, reason="this CPU has a fast bf16 GEMM: torch's own path is used")
-def test_bf16_rows_are_one_fp32_gemm_rounded_once(threads, monkeypatch):
-    threads(2)
+def record_gemm_dtypes(monkeypatch) -> list:
     dtypes = []
-    real = torch.bmm
-    monkeypatch.setattr(fused.torch, "bmm", lambda a, b: dtypes.append((a.dtype, b.dtype)) or real(a, b))
+    real_bmm, real_linear = torch.bmm, F.linear
+    monkeypatch.setattr(fused.torch, "bmm", lambda a, b: dtypes.append((a.dtype, b.dtype)) or real_bmm(a, b))
+    monkeypatch.setattr(fused.F, "linear", lambda x, w, b=None: dtypes.append((x.dtype, w.dtype)) or real_linear(x, w, b))
+    return dtypes
+
+
+def bf16_operands():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(7, 80, generator=g).bfloat16()
-    w = torch.randn(96, 80, generator=g).bfloat16()
+    return torch.randn(7, 80, generator=g).bfloat16(), torch.randn(96, 80, generator=g).bfloat16()
+
+
+def test_bf16_rows_are_one_fp32_gemm_rounded_once_where_bf16_measured_slower(threads, monkeypatch):
+    threads(2)
+    monkeypatch.setattr(fused, "reduced_precision_gemm_is_slow", lambda dtype: True)
+    dtypes = record_gemm_dtypes(monkeypatch)
+    x, w = bf16_operands()
     got = fused.linear(x, w, None)
     assert dtypes == [(torch.float32, torch.float32)]
     assert got.dtype == torch.bfloat16
     # at most one bf16 rounding step apart (fp32 summation order may differ), never bf16 accumulation error
     torch.testing.assert_close(got, F.linear(x.float(), w.float()).bfloat16(), rtol=2 ** -8, atol=1e-6)
+
+
+def test_bf16_rows_stay_a_bf16_gemm_where_bf16_measured_faster(threads, monkeypatch):
+    threads(2)
+    monkeypatch.setattr(fused, "reduced_precision_gemm_is_slow", lambda dtype: False)
+    dtypes = record_gemm_dtypes(monkeypatch)
+    x, w = bf16_operands()
+    assert fused.linear(x, w, None).dtype == torch.bfloat16
+    assert dtypes == [(torch.bfloat16, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_reduced_precision_probe_is_measured_once_per_process(dtype, monkeypatch):
+    first = measure.reduced_precision_gemm_is_slow(dtype)
+    monkeypatch.setattr(measure, "fastest", lambda *a, **k: pytest.fail("measured a second time"))
+    assert measure.reduced_precision_gemm_is_slow(dtype) is first

@@ -1,11 +1,17 @@
-"""`python -m tools.bench`: graphspec against Transformers on one random Llama-135M-shaped checkpoint.
+"""`python -m tools.bench`: graphspec against its peers on one random Llama-135M-shaped checkpoint.
 
-Both run in this process, on the same threads, dtype and weights (saved once in the Hugging Face
-layout). Prints medians of repeated runs and ratios: prefill (1 x 512 tokens) against Transformers
-`sdpa`, `eager` and `torch.compile`; greedy decode (32-token prompt, 128 new tokens, outputs must be
-identical); sampling and 4-beam search against sdpa (and sampling's cost over greedy); decode as a fraction of the weight-streaming bound (measured bandwidth / weight bytes);
-cold and warm compile; checkpoint load time and peak RSS (in a child process, so nothing else
-loaded here counts). Takes minutes; never part of the test suite. Transformers is imported only here.
+Everything runs in this process, on the same threads and weights (saved once in the Hugging Face
+layout), interleaved run by run, medians. Per precision (fp32, bf16, int8, int4):
+  - prefill 1 x 512 tokens, all logits: graphspec against Transformers `sdpa` and `torch.compile`
+    (fp32, bf16);
+  - prefill 1 x 512 to the next-token logits and greedy decode (32-token prompt, 128 new tokens)
+    against Transformers (fp32, bf16), llama.cpp (f32 / bf16 / q8_0 / q4_0, when llama-cpp-python and
+    gguf are installed) and CTranslate2 (float32 / bfloat16 / int8, when installed);
+  - decode against the weight-streaming bound (read bandwidth / bytes one token reads), and the
+    decode step split into its matmuls and the rest;
+  - int8 / int4: logits cosine and top-1 agreement with fp32.
+Also cold and warm compile, and load time and peak RSS in a child process (fp32, bf16). Takes about
+ten minutes; never part of the test suite. Transformers and the peers are imported only here.
 """
 from __future__ import annotations
 
@@ -20,6 +26,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from runtime.quant.linear import QuantEmbedding, QuantLinear
+from tools import bench_peers
 
 SHAPE = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
              num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
@@ -74,13 +83,17 @@ def bandwidth_gbs() -> float:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes a decode step streams: every weight but the embedding table (one row of it is read)."""
+    """Bytes a decode step streams: every weight (quantized ones with their scales) but the input
+    embedding table, of which one row is read."""
+    tables = {id(t) for m in model.modules() if isinstance(m, (torch.nn.Embedding, QuantEmbedding))
+              for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
     seen, total = set(), 0
-    for name, p in model.named_parameters():
-        if id(p) in seen or "embed" in name:
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) in seen:
             continue
-        seen.add(id(p))
-        total += p.numel() * p.element_size()
+        seen.add(id(t))
+        if id(t) not in tables:
+            total += t.numel() * t.element_size()
     return total
 
 
@@ -140,69 +153,167 @@ def cold_compile_process() -> float:
         return time.perf_counter() - start
 
 
+PRECISIONS = {"fp32": ("float32", None), "bf16": ("bfloat16", None), "int8": ("float32", "int8"),
+              "int4": ("float32", "int4")}
+
+
+def peers_for(args, folder: Path, workdir: Path) -> dict:
+    """What is installed of llama.cpp and CTranslate2, prepared for the precisions asked."""
+    out = {}
+    if args.peers and bench_peers.installed("llama_cpp") and bench_peers.installed("gguf"):
+        start = time.perf_counter()
+        out["llama.cpp"] = bench_peers.gguf_files(folder, workdir, args.precisions)
+        print(f"llama.cpp: GGUF {', '.join(bench_peers.LLAMA_CPP_NAMES[p] for p in out['llama.cpp'])} "
+              f"written in {time.perf_counter() - start:.1f} s")
+    elif args.peers:
+        print("llama.cpp: not installed (pip install llama-cpp-python gguf), left out")
+    if args.peers and bench_peers.installed("ctranslate2"):
+        start = time.perf_counter()
+        out["ctranslate2"] = bench_peers.ct2_model(folder, workdir)
+        print(f"CTranslate2: converted in {time.perf_counter() - start:.1f} s")
+    elif args.peers:
+        print("CTranslate2: not installed (pip install ctranslate2), left out")
+    return out
+
+
+def timed_linears(model):
+    """Wrap every linear of `model.net` to add its wall time to the returned dict's 's'."""
+    from compiler.ops.fused import FusedLinear, Linear
+    acc = {"s": 0.0}
+    for m in model.net.modules():
+        if isinstance(m, (Linear, FusedLinear, QuantLinear)):
+            def forward(x, _run=m.forward):
+                start = time.perf_counter()
+                y = _run(x)
+                acc["s"] += time.perf_counter() - start
+                return y
+            m.forward = forward
+    return acc
+
+
+def decode_breakdown(model, prompt, new_tokens: int) -> dict:
+    """ms per decode step in the matmuls (timed around each linear) and in everything else."""
+    acc = timed_linears(model)
+    model.generate(prompt, max_new_tokens=4)
+    best = None
+    for _ in range(3):
+        acc["s"] = 0.0
+        start = time.perf_counter()
+        model.generate(prompt, max_new_tokens=new_tokens)
+        total = time.perf_counter() - start
+        if best is None or total < best[0]:
+            best = (total, acc["s"])
+    for m in model.net.modules():
+        m.__dict__.pop("forward", None)
+    total, linears = best
+    # the prefill of the prompt is in both; it is one step of new_tokens + 1
+    return {"step_ms": total / new_tokens * 1e3, "linears_ms": linears / new_tokens * 1e3}
+
+
+def agreement(got: torch.Tensor, want: torch.Tensor) -> dict:
+    cos = torch.nn.functional.cosine_similarity(got.double().flatten(1), want.double().flatten(1), dim=-1).min()
+    return {"cos": float(cos), "top1": float((got.argmax(-1) == want.argmax(-1)).float().mean())}
+
+
 def run(args) -> None:
     import transformers
 
     import runtime
     from compiler.pipeline import compile_spec
+    from runtime.quant import quantize_model
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {threads}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     workdir = Path(tempfile.mkdtemp(prefix="graphspec-bench-"))
     folder = workdir / "llama-135m"
     start = time.perf_counter()
     build_checkpoint(folder)
+    bench_peers.write_placeholder_tokenizer(folder, SHAPE["vocab_size"])
     print(f"checkpoint: random Llama {SHAPE['hidden_size']}h x {SHAPE['num_hidden_layers']}L, "
           f"{SHAPE['num_attention_heads']}/{SHAPE['num_key_value_heads']} heads, built in {time.perf_counter() - start:.1f} s -> {folder}")
-
     cold, warm = compile_times()
     print(f"compile: cold {cold * 1000:.0f} ms (in process), {cold_compile_process():.2f} s (fresh process), "
           f"warm {warm * 1000:.1f} ms")
     bw = bandwidth_gbs()
     print(f"memory bandwidth (read): {bw:.1f} GB/s")
     artifact = compile_spec(SPEC).directory
+    peers = peers_for(args, folder, workdir)
 
-    rows = []
-    for dtype_name in args.dtypes:
+    gen = torch.Generator().manual_seed(1)
+    long = torch.randint(3, SHAPE["vocab_size"], (1, args.prefill), generator=gen)
+    prompt = torch.randint(3, SHAPE["vocab_size"], (1, 32), generator=gen)
+    rows, reference = [], {}
+    for precision in args.precisions:
+        dtype_name, scheme = PRECISIONS[precision]
         dtype = getattr(torch, dtype_name)
-        probe = probe_load(folder, dtype_name)
+        res = {"precision": precision}
+        if scheme is None and args.load_probe:
+            res["load"] = probe_load(folder, dtype_name)
         ours = runtime.load(artifact, folder, dtype=dtype)
-        refs = {impl: transformers.LlamaForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=impl).eval()
-                for impl in ("sdpa", "eager")}
-        gen = torch.Generator().manual_seed(1)
-        long = torch.randint(3, SHAPE["vocab_size"], (1, args.prefill), generator=gen)
-        prompt = torch.randint(3, SHAPE["vocab_size"], (1, 32), generator=gen)
+        if scheme is not None:
+            start = time.perf_counter()
+            quantize_model(ours, scheme)
+            res["quantize_s"] = time.perf_counter() - start
+        engines = {"graphspec": ours}
+        if scheme is None:
+            engines["sdpa"] = transformers.LlamaForCausalLM.from_pretrained(folder, dtype=dtype,
+                                                                           attn_implementation="sdpa").eval()
+        if precision in peers.get("llama.cpp", {}):
+            engines[f"llama.cpp {bench_peers.LLAMA_CPP_NAMES[precision]}"] = bench_peers.LlamaCpp(
+                peers["llama.cpp"][precision], threads)
+        if "ctranslate2" in peers and precision in bench_peers.CT2_TYPES:
+            try:
+                engines[f"ct2 {bench_peers.CT2_TYPES[precision]}"] = bench_peers.CTranslate2(
+                    peers["ctranslate2"], bench_peers.CT2_TYPES[precision], threads)
+            except ValueError as err:       # e.g. bfloat16 on a CPU without AVX512-BF16
+                print(f"CTranslate2 {bench_peers.CT2_TYPES[precision]}: left out: {err}")
 
-        res = {"dtype": dtype_name}
         with torch.inference_mode():
-            prefill = {"graphspec": lambda: ours(long), **{impl: (lambda r=ref: r(long)) for impl, ref in refs.items()}}
-            if args.torch_compile:
-                compiled = torch.compile(refs["sdpa"])
-                start = time.perf_counter()
-                compiled(long)
-                res["torch_compile_s"] = time.perf_counter() - start
-                prefill["torch.compile(sdpa)"] = lambda: compiled(long)
-            res["prefill"] = interleaved(prefill, args.repeat)[0]
-            # what generation's first step needs: the next-token logits, the LM head on the last position
-            res["prefill_last"] = interleaved({
-                "graphspec": lambda: ours(long, logits_to_keep=1),
-                "sdpa": lambda: refs["sdpa"](long, logits_to_keep=1)}, args.repeat)[0]
+            if scheme is None:
+                prefill = {"graphspec": lambda: ours(long), "sdpa": lambda: engines["sdpa"](long)}
+                if args.torch_compile:
+                    compiled = torch.compile(engines["sdpa"])
+                    start = time.perf_counter()
+                    compiled(long)
+                    res["torch_compile_s"] = time.perf_counter() - start
+                    prefill["torch.compile(sdpa)"] = lambda: compiled(long)
+                res["prefill"] = interleaved(prefill, args.repeat)[0]
+            last = {name: (lambda e=e: e.prefill(long)) for name, e in engines.items() if hasattr(e, "prefill")}
+            last = {"graphspec": lambda: ours(long, logits_to_keep=1),
+                    **({"sdpa": lambda: engines["sdpa"](long, logits_to_keep=1)} if "sdpa" in engines else {}), **last}
+            res["prefill_last"] = interleaved(last, args.repeat)[0]
 
-            decode = {"graphspec": lambda: ours.generate(prompt, max_new_tokens=args.new_tokens, eos_token_id=None), **{
-                impl: (lambda r=ref: r.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                                do_sample=False, eos_token_id=None, pad_token_id=0))
-                for impl, ref in refs.items()}}
-            # decode warms up in its own prefill step: no untimed run
+            n = args.new_tokens
+            decode = {"graphspec": lambda: ours.generate(prompt, max_new_tokens=n, eos_token_id=None)}
+            if "sdpa" in engines:
+                decode["sdpa"] = lambda: engines["sdpa"].generate(prompt, max_new_tokens=n, min_new_tokens=n,
+                                                                  do_sample=False, eos_token_id=None, pad_token_id=0)
+            for name, e in engines.items():
+                if hasattr(e, "generate") and name not in decode:
+                    decode[name] = lambda e=e: e.generate(prompt, n)
             res["decode"], outputs = interleaved(decode, args.decode_repeat, warmup=False)
-            want = outputs["sdpa"].tolist()
-            res["identical"] = {name: o.tolist() == want for name, o in outputs.items()}
-            res.update(search_rows(ours, refs["sdpa"], prompt, args))
-        wb = weight_bytes(ours.net)
-        res["roofline_tok_s"] = bw * 1e9 / wb
-        res["load"] = probe
+            logits = ours(long).logits
+            if precision == "fp32":
+                reference["logits"] = logits
+            # greedy tokens against Transformers' in the same dtype (quantized engines differ by design)
+            want = outputs["sdpa"].tolist() if "sdpa" in outputs else None
+            res["identical"] = {k: o.tolist() == want for k, o in outputs.items()} if want else {}
+            if scheme is not None and "logits" in reference:
+                res["accuracy"] = agreement(logits, reference["logits"])
+            res["breakdown"] = decode_breakdown(ours, prompt, n)
+            if "sdpa" in engines and args.search:
+                res.update(search_rows(ours, engines["sdpa"], prompt, args))
+        res["weight_bytes"] = weight_bytes(ours.net)
+        res["roofline_tok_s"] = bw * 1e9 / res["weight_bytes"]
         rows.append(res)
         report(res, args)
-        del ours, refs
-    print(json.dumps(rows, indent=1), file=open(workdir / "bench.json", "w"))
+        for e in engines.values():
+            if hasattr(e, "close"):
+                e.close()
+        del ours, engines
+    summary(rows, args)
+    print(json.dumps(rows, indent=1, default=str), file=open(workdir / "bench.json", "w"))
     print(f"\nraw results: {workdir / 'bench.json'}")
 
 
@@ -229,32 +340,34 @@ def search_rows(ours, ref, prompt, args) -> dict:
     return {"sample": times, "beam": beam_times, "beam_identical": beam_outputs["graphspec"].tolist() == beam_outputs["sdpa"].tolist()}
 
 
-def prefill_rows(times: dict, tokens: int) -> None:
+def rate_rows(times: dict, tokens: int, unit: str = "tok/s") -> None:
     for name, t in times.items():
         ratio = "" if name == "graphspec" else f"   graphspec is {t / times['graphspec']:.2f}x"
-        print(f"  {name:<22} {tokens / t:8.0f} tok/s  ({t * 1000:7.1f} ms){ratio}")
+        print(f"  {name:<22} {tokens / t:8.1f} {unit}  ({t * 1000:8.1f} ms){ratio}")
 
 
 def report(res: dict, args) -> None:
-    pre, dec = res["prefill"], res["decode"]
+    print(f"\n== {res['precision']} ==" + (f" (quantized in {res['quantize_s']:.1f} s)" if "quantize_s" in res else ""))
     tok = args.prefill
-    print(f"\n== {res['dtype']} ==")
-    print(f"prefill 1x{tok} (tokens/s, median of {args.repeat}):")
-    prefill_rows(pre, tok)
-    if "torch_compile_s" in res:
-        print(f"  (torch.compile's first call took {res['torch_compile_s']:.1f} s)")
-    print(f"prefill 1x{tok} to the next-token logits (logits_to_keep=1):")
-    prefill_rows(res["prefill_last"], tok)
+    if "prefill" in res:
+        print(f"prefill 1x{tok}, all logits (tokens/s, median of {args.repeat}):")
+        rate_rows(res["prefill"], tok)
+        if "torch_compile_s" in res:
+            print(f"  (torch.compile's first call took {res['torch_compile_s']:.1f} s)")
+    print(f"prefill 1x{tok} to the next-token logits:")
+    rate_rows(res["prefill_last"], tok)
     n = args.new_tokens
-    print(f"decode 32 + {n} greedy tokens (tokens/s, median of {args.decode_repeat}), outputs identical to sdpa's: "
-          + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["identical"].items()))
-    for name, t in dec.items():
-        ratio = "" if name == "graphspec" else f"   graphspec is {t / dec['graphspec']:.2f}x"
-        print(f"  {name:<22} {n / t:8.1f} tok/s  ({t:6.2f} s){ratio}")
-    best = min(dec["sdpa"], dec["eager"])
-    print(f"  graphspec vs best Transformers: {best / dec['graphspec']:.2f}x")
-    print(f"  roofline (read bandwidth / weight bytes): {res['roofline_tok_s']:.1f} tok/s; graphspec reaches "
-          f"{n / dec['graphspec'] / res['roofline_tok_s']:.0%}")
+    same = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["identical"].items() if k != "sdpa")
+    print(f"decode 32 + {n} greedy tokens (tokens/s, median of {args.decode_repeat})"
+          + (f"; greedy tokens identical to sdpa's: {same}" if same else ""))
+    rate_rows({k: v / n for k, v in res["decode"].items()}, 1)
+    ours = n / res["decode"]["graphspec"]
+    b = res["breakdown"]
+    print(f"  bound (read bandwidth / {res['weight_bytes'] / 2**20:.0f} MiB per token): {res['roofline_tok_s']:.0f} tok/s; "
+          f"graphspec reaches {ours / res['roofline_tok_s']:.0%}")
+    print(f"  graphspec step {b['step_ms']:.2f} ms: matmuls {b['linears_ms']:.2f} ms, the rest {b['step_ms'] - b['linears_ms']:.2f} ms")
+    if "sample" in res:
+        n = args.new_tokens
     sample = res["sample"]
     print(f"sampling 32 + {n} tokens (do_sample, top_k 50; tokens/s, median of {args.decode_repeat}):")
     for name, t in sample.items():
@@ -267,22 +380,46 @@ def report(res: dict, args) -> None:
     for name, t in beam.items():
         print(f"  {name:<22} {nb / t:8.1f} steps/s  ({t * 1000 / nb:6.1f} ms per step)")
     print(f"  graphspec is {beam['sdpa'] / beam['graphspec']:.2f}x sdpa per beam step")
-    load = res["load"]
-    print(f"load: {load['load_s']:.2f} s, peak RSS {load['peak_rss'] / 2**20:.0f} MiB "
-          f"(before loading {load['rss_before'] / 2**20:.0f} MiB; growth {(load['peak_rss'] - load['rss_before']) / load['weight_bytes']:.2f}x "
-          f"the {load['weight_bytes'] / 2**20:.0f} MiB of weights)")
+    if "accuracy" in res:
+        print(f"  logits vs fp32 (1x{tok}): cosine {res['accuracy']['cos']:.5f}, top-1 agreement {res['accuracy']['top1']:.3f}")
+    if "load" in res:
+        load = res["load"]
+        print(f"load: {load['load_s']:.2f} s, peak RSS {load['peak_rss'] / 2**20:.0f} MiB "
+              f"(before loading {load['rss_before'] / 2**20:.0f} MiB; growth {(load['peak_rss'] - load['rss_before']) / load['weight_bytes']:.2f}x "
+              f"the {load['weight_bytes'] / 2**20:.0f} MiB of weights)")
+
+
+def summary(rows: list, args) -> None:
+    """One table: decode tok/s and prefill-to-next-token ms per engine and precision."""
+    print(f"\n== summary: decode tok/s (32 + {args.new_tokens}) / prefill 1x{args.prefill} to the next token, ms ==")
+    print("(graphspec x: graphspec's speed as a multiple of that engine's; > 1 is graphspec faster)")
+    print(f"{'precision':<10} {'engine':<22} {'decode':>8} {'gs x':>8} {'prefill':>9} {'gs x':>8}")
+    for res in rows:
+        dec, pre = res["decode"], res["prefill_last"]
+        for name in dec:
+            tok_s = args.new_tokens / dec[name]
+            ratio = "" if name == "graphspec" else f"{dec[name] / dec['graphspec']:.2f}x"
+            pre_ms = pre.get(name)
+            pratio = "" if name == "graphspec" or pre_ms is None else f"{pre_ms / pre['graphspec']:.2f}x"
+            print(f"{res['precision']:<10} {name:<22} {tok_s:8.1f} {ratio:>8} "
+                  f"{'' if pre_ms is None else f'{pre_ms * 1e3:9.0f}'} {pratio:>8}")
+        print(f"{'':<10} {'bound':<22} {res['roofline_tok_s']:8.0f} "
+              f"{'(graphspec ' + format(args.new_tokens / dec['graphspec'] / res['roofline_tok_s'], '.0%') + ')':>8}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--decode-repeat", type=int, default=3)
     p.add_argument("--beam-new-tokens", type=int, default=32)
+    p.add_argument("--no-search", dest="search", action="store_false", help="skip the sampling and beam-search rows")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
+    p.add_argument("--no-peers", dest="peers", action="store_false", help="graphspec and Transformers only")
+    p.add_argument("--no-load-probe", dest="load_probe", action="store_false")
     p.add_argument("--probe-load", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

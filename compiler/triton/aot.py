@@ -25,7 +25,7 @@ def signature(kernel, aot: dict, dtype: str) -> tuple[dict, dict]:
             constexprs[arg] = value[dtype] if isinstance(value, dict) else value
         elif arg in aot.get("u8", ()):
             sig[arg] = "*u8"
-        elif arg in aot.get("typed", {}):     # fp32 or bool whatever the model's dtype
+        elif arg in aot.get("typed", {}):     # a pointer whose element type does not follow the dtype
             sig[arg] = f"*{aot['typed'][arg]}"
         elif arg in aot["pointers"]:
             sig[arg] = f"*{dtype}"
@@ -48,7 +48,8 @@ def compile_all(kernels_py: Path, specs: dict, targets: list[str], dtypes: list[
     spec.loader.exec_module(module)
     out = {}
     for name, info in specs.items():
-        kernel = getattr(module, f"{name}_kernel")
+        # several jobs may compile one kernel with different constexprs: "kernel" names it then
+        kernel = getattr(module, f"{info.get('kernel', name)}_kernel")
         entry = out.setdefault(name, {})
         for target in targets:
             cc = int(target.removeprefix("sm_"))

@@ -5,15 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _slow_reduced_precision_gemm() -> bool:
-    # Without AVX512-BF16 / AMX, torch's bf16 and fp16 GEMMs on CPU run far below its fp32 GEMM
-    # (tools.bench, 1 x 512 tokens of its 135M-parameter model on AVX2: 13.4 s in bf16 against 0.74 s in fp32).
-    cap = torch.backends.cpu.get_cpu_capability()
-    return "AMX" not in cap and "BF16" not in cap
-
-
-SLOW_LOW_PRECISION = _slow_reduced_precision_gemm()
+from runtime.measure import reduced_precision_gemm_is_slow
 
 
 # Up to this many rows (decode steps, short prompts) an fp32 CPU linear is split across the threads.
@@ -27,15 +19,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     """F.linear, routed around slow CPU paths (same result up to fp32 summation order).
 
     - fp32, a few rows: the output columns split into one batched GEMM entry per thread.
-    - several rows of bf16/fp16 on a CPU without AVX512-BF16/AMX: an fp32 GEMM over the upcast
-      operands, rounded once at the end (fp32 accumulation, as torch's own bf16 GEMM does). A single
-      row stays on F.linear, whose bf16 matrix-vector path is threaded and reads the stored width.
+    - several rows of bf16/fp16 where this CPU's GEMM in that dtype measured slower than fp32
+      (`runtime.measure`; no AVX512-BF16/AMX): an fp32 GEMM over the upcast operands, rounded once
+      at the end (fp32 accumulation, as torch's own bf16 GEMM does). A single row stays on
+      F.linear, whose bf16 matrix-vector path is threaded and reads the stored width.
     """
     if x.device.type != "cpu":
         return F.linear(x, weight, bias)
     if x.dtype == torch.float32:
         return _split_linear(x, weight, bias)
-    if SLOW_LOW_PRECISION and x.dtype in (torch.bfloat16, torch.float16) and x.numel() != x.shape[-1]:
+    several_rows = x.numel() != x.shape[-1]
+    if x.dtype in (torch.bfloat16, torch.float16) and several_rows and reduced_precision_gemm_is_slow(x.dtype):
         y = _split_linear(x.float(), weight.float(), None if bias is None else bias.float())
         return y.to(x.dtype)
     return F.linear(x, weight, bias)

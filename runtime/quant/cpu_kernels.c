@@ -1,0 +1,242 @@
+/* Weight-only quantized matrix products on CPU: y[m, n] = sum_k x[m, k] * dequant(w)[n, k].
+
+Built at first use by runtime/quant/native.py (cc -O3 -march=native -fopenmp) and called through
+ctypes. Written with GCC vector extensions, so one source becomes AVX-512 code here and AVX2/NEON
+code elsewhere. Activations and accumulation are fp32; the caller converts bf16/fp16 activations.
+Threads: OpenMP, as many as the caller passes (torch.get_num_threads()). Built with gcc, the library
+needs libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool for both.
+
+Formats (runtime/quant/schemes.py defines them):
+  int8: q int8 [N, K], scale fp32 [N]:            w = q * scale[n]
+  int4: q uint8 [N, K/2] (byte j: k = 2j in the low nibble, k = 2j + 1 in the high one),
+        scale fp16 [N, K/group], zero uint8 [N, K/group] (NULL: symmetric, zero 8):
+        w = (q - zero[n, k / group]) * scale[n, k / group]
+*/
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+/* A vector of 16 fp32 lanes: one zmm (AVX-512), two ymm (AVX2), or plain lanes the compiler may
+   vectorise. The kernels below only use these operations. */
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+typedef __m512 V;
+static inline V v_zero(void) { return _mm512_setzero_ps(); }
+static inline V v_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline V v_fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+static inline float v_sum(V a) { return _mm512_reduce_add_ps(a); }
+static inline V v_q8(const int8_t *p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))); }
+/* int4: the group's 16 dequantised values (q - zero) * scale as a table; a nibble is an index. */
+typedef __m512 Q4;
+static inline Q4 q4_group(float s, float z) {
+    return _mm512_mul_ps(_mm512_sub_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                       _mm512_set1_ps(z)), _mm512_set1_ps(s));
+}
+static inline void v_q4(Q4 t, const uint8_t *p, V *lo, V *hi) {
+    __m128i b = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(15);
+    *lo = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, mask)), t);
+    *hi = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), mask)), t);
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+typedef struct { __m256 a, b; } V;
+static inline V v_zero(void) { return (V){_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+static inline V v_load(const float *p) { return (V){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+static inline V v_fma(V x, V y, V c) { return (V){_mm256_fmadd_ps(x.a, y.a, c.a), _mm256_fmadd_ps(x.b, y.b, c.b)}; }
+static inline float v_sum(V x) {
+    __m256 s = _mm256_add_ps(x.a, x.b);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+static inline V v_q8(const int8_t *p) {
+    __m128i b = _mm_loadu_si128((const __m128i *)p);
+    return (V){_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
+}
+typedef struct { __m256 s, z; } Q4;
+static inline Q4 q4_group(float s, float z) { return (Q4){_mm256_set1_ps(s), _mm256_set1_ps(z)}; }
+static inline __m256 q4_deq(Q4 t, __m128i q) { return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), t.z), t.s); }
+static inline void v_q4(Q4 t, const uint8_t *p, V *lo, V *hi) {
+    __m128i b = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(15);
+    __m128i l = _mm_and_si128(b, mask), h = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+    *lo = (V){q4_deq(t, l), q4_deq(t, _mm_srli_si128(l, 8))};
+    *hi = (V){q4_deq(t, h), q4_deq(t, _mm_srli_si128(h, 8))};
+}
+#else
+typedef struct { float v[16]; } V;
+static inline V v_zero(void) { V r; for (int i = 0; i < 16; i++) r.v[i] = 0.0f; return r; }
+static inline V v_load(const float *p) { V r; memcpy(r.v, p, sizeof r.v); return r; }
+static inline V v_fma(V x, V y, V c) { for (int i = 0; i < 16; i++) c.v[i] += x.v[i] * y.v[i]; return c; }
+static inline float v_sum(V x) { float s = 0.0f; for (int i = 0; i < 16; i++) s += x.v[i]; return s; }
+static inline V v_q8(const int8_t *p) { V r; for (int i = 0; i < 16; i++) r.v[i] = (float)p[i]; return r; }
+typedef struct { float s, z; } Q4;
+static inline Q4 q4_group(float s, float z) { return (Q4){s, z}; }
+static inline void v_q4(Q4 t, const uint8_t *p, V *lo, V *hi) {
+    for (int i = 0; i < 16; i++) {
+        lo->v[i] = ((float)(p[i] & 15) - t.z) * t.s;
+        hi->v[i] = ((float)(p[i] >> 4) - t.z) * t.s;
+    }
+}
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+#define ROWS 4   /* activation rows per pass over a weight row (the weight row stays in L1) */
+
+#if defined(__F16C__)
+static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+#else
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) { bits = sign; }
+        else {  /* subnormal: renormalise */
+            int e = -1;
+            do { e++; man <<= 1; } while (!(man & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f; memcpy(&f, &bits, sizeof f); return f;
+}
+#endif
+
+int gs_abi_version(void) { return 1; }
+
+/* ---------------------------------------------------------------- int8, per output channel */
+/* A tile: R activation rows against NB weight rows. One FMA chain is latency-bound (4 cycles), so
+   R * NB independent accumulators are kept in flight; x rows are re-read from L1 for each weight row. */
+#define NB_FOR(R) ((R) == 1 ? 4 : (R) == 2 ? 2 : 1)
+
+INLINE void q8_tile(const int R, const int NB, const float *x, int64_t K, int64_t ldx, const int8_t *q,
+                    const float *scale, float *y, int64_t ldy) {
+    V acc[ROWS][4];
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) acc[m][j] = v_zero();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        for (int j = 0; j < NB; j++) {
+            V w = v_q8(q + j * K + k);
+            for (int m = 0; m < R; m++) acc[m][j] = v_fma(w, v_load(x + m * ldx + k), acc[m][j]);
+        }
+    }
+    for (int m = 0; m < R; m++) {
+        for (int j = 0; j < NB; j++) {
+            float s = v_sum(acc[m][j]);
+            for (int64_t t = k; t < K; t++) s += (float)q[j * K + t] * x[m * ldx + t];
+            y[m * ldy + j] = s * scale[j];
+        }
+    }
+}
+
+/* The loop both products share: blocks of ROWS activation rows against tiles of NB weight rows,
+   each dispatched to a tile of constant sizes (the accumulators stay in registers).
+   TILE(R, B, n) computes activation rows m0..m0+R against weight rows n..n+B. */
+#define FOR_TILES(TILE) \
+    const int64_t rows0 = M < ROWS ? M : ROWS, NB = NB_FOR(rows0); \
+    _Pragma("omp parallel for schedule(static) num_threads(nt)") \
+    for (int64_t n0 = 0; n0 < N; n0 += NB) { \
+        const int64_t nb = N - n0 < NB ? N - n0 : NB; \
+        for (int64_t m0 = 0; m0 < M; m0 += ROWS) { \
+            const int64_t rows = M - m0 < ROWS ? M - m0 : ROWS; \
+            if (rows < rows0) {  /* the last, shorter block of rows: one weight row at a time */ \
+                for (int64_t j = 0; j < nb; j++) { \
+                    switch (rows) { case 3: TILE(3, 1, n0 + j); break; case 2: TILE(2, 1, n0 + j); break; \
+                                    default: TILE(1, 1, n0 + j); break; } \
+                } \
+            } else { \
+                switch (rows * 8 + nb) { \
+                case 1 * 8 + 4: TILE(1, 4, n0); break; case 1 * 8 + 3: TILE(1, 3, n0); break; \
+                case 1 * 8 + 2: TILE(1, 2, n0); break; case 2 * 8 + 2: TILE(2, 2, n0); break; \
+                case 2 * 8 + 1: TILE(2, 1, n0); break; case 3 * 8 + 1: TILE(3, 1, n0); break; \
+                case 4 * 8 + 1: TILE(4, 1, n0); break; default: TILE(1, 1, n0); break; } \
+            } \
+        } \
+    }
+
+int gs_q8_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *q, const float *scale,
+             int64_t N, float *y, int64_t ldy, int nt) {
+#define Q8(R, B, n) q8_tile(R, B, x + m0 * ldx, K, ldx, q + (n) * K, scale + (n), y + m0 * ldy + (n), ldy)
+    FOR_TILES(Q8)
+#undef Q8
+    return 0;
+}
+
+void gs_q8_dequant(const int8_t *q, const float *scale, int64_t N, int64_t K, float *out, int nt) {
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t n = 0; n < N; n++) {
+        const float s = scale[n];
+        for (int64_t k = 0; k < K; k++) out[n * K + k] = (float)q[n * K + k] * s;
+    }
+}
+
+/* ---------------------------------------------------------------- int4, group-wise */
+/* x reordered per 32 columns as [the 16 even ones, the 16 odd ones], the order of the nibbles. */
+static void q4_prepare(const float *x, int64_t M, int64_t K, int64_t ldx, float *xr) {
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t c = 0; c < K; c += 32) {
+            for (int j = 0; j < 16; j++) {
+                xr[m * K + c + j] = x[m * ldx + c + 2 * j];
+                xr[m * K + c + 16 + j] = x[m * ldx + c + 2 * j + 1];
+            }
+        }
+    }
+}
+
+INLINE void q4_tile(const int R, const int NB, const float *xr, int64_t K, int64_t group, const uint8_t *q,
+                    const uint16_t *scale, const uint8_t *zero, float *y, int64_t ldy) {
+    const int64_t G = K / group;
+    V acc[ROWS][4][2];   /* [row][weight row][low / high nibbles] */
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) acc[m][j][0] = acc[m][j][1] = v_zero();
+    for (int64_t g = 0; g < G; g++) {
+        Q4 t[4];
+        for (int j = 0; j < NB; j++) t[j] = q4_group(half_to_float(scale[j * G + g]), zero ? (float)zero[j * G + g] : 8.0f);
+        for (int64_t c = g * group; c < (g + 1) * group; c += 32) {
+            for (int j = 0; j < NB; j++) {
+                V lo, hi;
+                v_q4(t[j], q + j * (K / 2) + c / 2, &lo, &hi);
+                for (int m = 0; m < R; m++) {
+                    acc[m][j][0] = v_fma(lo, v_load(xr + m * K + c), acc[m][j][0]);
+                    acc[m][j][1] = v_fma(hi, v_load(xr + m * K + c + 16), acc[m][j][1]);
+                }
+            }
+        }
+    }
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) y[m * ldy + j] = v_sum(acc[m][j][0]) + v_sum(acc[m][j][1]);
+}
+
+/* 0 on success, -1 when the work buffer could not be allocated. Needs K % group == 0, group % 32 == 0. */
+int gs_q4_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *q, const uint16_t *scale,
+             const uint8_t *zero, int64_t group, int64_t N, float *y, int64_t ldy, int nt) {
+    const int64_t G = K / group;
+    float *xr = malloc(sizeof(float) * (size_t)(M * K));
+    if (!xr) return -1;
+    q4_prepare(x, M, K, ldx, xr);
+#define Q4(R, B, n) q4_tile(R, B, xr + m0 * K, K, group, q + (n) * (K / 2), scale + (n) * G, \
+                            zero ? zero + (n) * G : NULL, y + m0 * ldy + (n), ldy)
+    FOR_TILES(Q4)
+#undef Q4
+    free(xr);
+    return 0;
+}
+
+void gs_q4_dequant(const uint8_t *q, const uint16_t *scale, const uint8_t *zero, int64_t group, int64_t N,
+                   int64_t K, float *out, int nt) {
+    const int64_t G = K / group;
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t g = 0; g < G; g++) {
+            const float s = half_to_float(scale[n * G + g]);
+            const float z = zero ? (float)zero[n * G + g] : 8.0f;
+            for (int64_t k = g * group; k < (g + 1) * group; k += 2) {
+                const uint8_t b = q[n * (K / 2) + k / 2];
+                out[n * K + k] = ((float)(b & 15) - z) * s;
+                out[n * K + k + 1] = ((float)(b >> 4) - z) * s;
+            }
+        }
+    }
+}

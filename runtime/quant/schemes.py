@@ -1,0 +1,157 @@
+"""Weight-only quantization schemes: how a float weight [N, K] becomes packed integers and scales.
+
+Rows are output channels (a linear's `weight` is [out, in]; an embedding's rows are its tokens), K is
+the reduction dimension. Everything is computed in fp32 from the weight upcast to fp32; `round` is
+round-half-to-even (torch.round); divisions are IEEE fp32 divisions.
+
+int8, symmetric, one scale per output channel (`Scheme("int8")`):
+    amax[n]  = max_k |w[n, k]|
+    scale[n] = amax[n] / 127                                   stored fp32, shape [N]
+    q[n, k]  = clamp(round(w[n, k] / scale[n]), -127, 127)     stored int8, shape [N, K]
+    w'[n, k] = q[n, k] * scale[n]
+    (a row of zeros has scale 0 and q 0.)
+
+int4, group-wise along K, groups of `group` consecutive columns (32, 64 or 128; K % group == 0).
+The scale is rounded to fp16 first and q computed against that stored value, so dequantizing the
+stored numbers is exactly the function the quantizer rounded to.
+  symmetric (`Scheme("int4", group, symmetric=True)`), zero point fixed at 8:
+    amax[n, g]  = max over the group of |w|
+    scale[n, g] = fp16(amax[n, g] / 7)                          stored fp16, shape [N, K / group]
+    q[n, k]     = clamp(round(w[n, k] / scale[n, g]), -8, 7) + 8     in 0..15
+    w'[n, k]    = (q[n, k] - 8) * scale[n, g]
+  asymmetric (`Scheme("int4", group, symmetric=False)`), an integer zero point per group:
+    lo[n, g] = min(0, min over the group of w),  hi[n, g] = max(0, max over the group of w)
+               (the range always holds 0, so 0 is exact and the zero point fits 0..15)
+    scale[n, g] = fp16((hi - lo) / 15)                          stored fp16, shape [N, K / group]
+    zero[n, g]  = clamp(round(-lo / scale[n, g]), 0, 15)        stored uint8, shape [N, K / group]
+    q[n, k]     = clamp(round(w[n, k] / scale[n, g]) + zero[n, g], 0, 15)
+    w'[n, k]    = (q[n, k] - zero[n, g]) * scale[n, g]
+  (a group whose scale is 0, all zeros or below fp16's range, gets q = zero point: w' = 0.)
+  Packing: two values per byte along K, qweight uint8 [N, K / 2]; byte j of a row holds column 2j in
+  its low nibble and column 2j + 1 in its high nibble (GPTQ's order within a byte).
+
+Dequantized weights w' are computed in fp32: (q - zero) is an exact small integer and one
+multiplication by the fp32 value of the scale rounds once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+INT4_GROUPS = (32, 64, 128)
+FP16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One weight-only quantization format: `int8` (per output channel, symmetric) or `int4`
+    (group-wise, symmetric or with a zero point)."""
+
+    kind: str                   # "int8" | "int4"
+    group: int | None = None    # int4: columns per group
+    symmetric: bool = True
+
+    def __post_init__(self):
+        if self.kind == "int8":
+            if self.group is not None or not self.symmetric:
+                raise ValueError("int8 is per output channel and symmetric: it takes no group_size or zero point "
+                                 f"(got group_size={self.group}, symmetric={self.symmetric})")
+        elif self.kind == "int4":
+            if self.group not in INT4_GROUPS:
+                raise ValueError(f"int4 group_size must be one of {INT4_GROUPS}, got {self.group!r}")
+        else:
+            raise ValueError(f"quantization must be 'int8' or 'int4', got {self.kind!r}")
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.kind == "int8" else 4
+
+    @property
+    def name(self) -> str:
+        if self.kind == "int8":
+            return "int8"
+        return f"int4-g{self.group}-{'sym' if self.symmetric else 'asym'}"
+
+    def check_shape(self, shape: tuple[int, ...], what: str) -> None:
+        """A weight this scheme can hold: 2-D, and for int4 K a multiple of the group."""
+        if len(shape) != 2:
+            raise ValueError(f"{what}: a quantized weight must be 2-D [out, in], got shape {list(shape)}")
+        if self.kind == "int4" and shape[1] % self.group:
+            raise ValueError(f"{what}: {shape[1]} input features are not a multiple of the int4 group size "
+                             f"{self.group}; choose a group size that divides it (one of {INT4_GROUPS})")
+
+    def packed_shapes(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Name -> (shape, dtype) of each stored tensor for an [n, k] weight."""
+        if self.kind == "int8":
+            return {"qweight": ((n, k), torch.int8), "scales": ((n,), torch.float32)}
+        out = {"qweight": ((n, k // 2), torch.uint8), "scales": ((n, k // self.group), torch.float16)}
+        if not self.symmetric:
+            out["zeros"] = ((n, k // self.group), torch.uint8)
+        return out
+
+
+def quantize(weight: torch.Tensor, scheme: Scheme, what: str = "weight") -> dict[str, torch.Tensor]:
+    """The stored tensors of `weight` [N, K] under `scheme` (see the module docstring)."""
+    scheme.check_shape(tuple(weight.shape), what)
+    w = weight.detach().to(torch.float32)
+    if scheme.kind == "int8":
+        scale = w.abs().amax(dim=1) / 127
+        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+        q = torch.round(w / safe[:, None]).clamp_(-127, 127)
+        q = torch.where(scale[:, None] == 0, torch.zeros_like(q), q)
+        return {"qweight": q.to(torch.int8).contiguous(), "scales": scale.contiguous()}
+    n, k = w.shape
+    groups = w.view(n, k // scheme.group, scheme.group)
+    if scheme.symmetric:
+        scale = _fp16_scale(groups.abs().amax(dim=2) / 7, what)
+        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+        zero = torch.full_like(scale, 8)
+        q = torch.round(groups / safe[..., None]).clamp_(-8, 7) + 8
+    else:
+        lo = groups.amin(dim=2).clamp(max=0)
+        hi = groups.amax(dim=2).clamp(min=0)
+        scale = _fp16_scale((hi - lo) / 15, what)
+        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+        zero = torch.round(-lo / safe).clamp_(0, 15)
+        q = (torch.round(groups / safe[..., None]) + zero[..., None]).clamp_(0, 15)
+    q = torch.where(scale[..., None] == 0, zero[..., None].expand_as(q), q)
+    out = {"qweight": pack_int4(q.view(n, k).to(torch.uint8)), "scales": scale.to(torch.float16).contiguous()}
+    if not scheme.symmetric:
+        out["zeros"] = zero.to(torch.uint8).contiguous()
+    return out
+
+
+def _fp16_scale(scale: torch.Tensor, what: str) -> torch.Tensor:
+    """The scale rounded to fp16, returned as fp32 (the value the stored fp16 holds)."""
+    if bool((scale > FP16_MAX).any()):
+        raise ValueError(f"{what}: a group's int4 scale {float(scale.max()):.4g} exceeds fp16's range "
+                         f"({FP16_MAX}); weights this large cannot be stored in this format")
+    return scale.to(torch.float16).to(torch.float32)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K] of values 0..15 -> uint8 [N, K / 2]: column 2j low nibble, 2j + 1 high."""
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., K / 2] -> uint8 [..., K] of values 0..15 (the inverse of pack_int4)."""
+    return torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2)
+
+
+def dequantize(stored: dict[str, torch.Tensor], scheme: Scheme, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """w' [N, K] (computed in fp32, then cast to `dtype`) from the stored tensors.
+
+    Works on any leading rows (an embedding dequantizes only the rows it gathered)."""
+    q = stored["qweight"]
+    if scheme.kind == "int8":
+        return (q.to(torch.float32) * stored["scales"][..., None]).to(dtype)
+    values = unpack_int4(q).to(torch.float32)
+    *lead, k = values.shape
+    groups = values.view(*lead, k // scheme.group, scheme.group)
+    zero = stored["zeros"].to(torch.float32) if "zeros" in stored else 8.0
+    if isinstance(zero, torch.Tensor):
+        zero = zero[..., None]
+    w = (groups - zero) * stored["scales"].to(torch.float32)[..., None]
+    return w.view(*lead, k).to(dtype)

@@ -1,0 +1,172 @@
+"""Every CPU path of a quantized linear computes x @ dequantize(w).T (+ bias), on irregular shapes,
+any number of rows and threads; the path kept for a shape is one that was measured."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runtime.ops import FusedLinear, Linear
+from runtime.quant import QuantLinear, Scheme, dequantize, quantize
+from runtime.quant import cpu, native
+
+SCHEMES = [Scheme("int8"), Scheme("int4", 32, True), Scheme("int4", 64, False), Scheme("int4", 128, True)]
+needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.unavailable_reason()}")
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def path():
+    yield cpu.force
+    cpu.force(None)
+
+
+def layer(scheme, n=37, k=256, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.nn.Linear(k, n, bias=bias)
+    with torch.no_grad():
+        dense.weight.copy_(torch.randn(n, k, generator=g) * 0.05)
+        if bias:
+            dense.bias.copy_(torch.randn(n, generator=g))
+    return QuantLinear.from_float(dense, scheme)
+
+
+def reference(x, q: QuantLinear):
+    w = dequantize(q.stored(), q.scheme)
+    return F.linear(x.float(), w, None if q.bias is None else q.bias.float())
+
+
+@needs_native
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, 64])
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_native_kernel_equals_the_dequantized_reference(scheme, rows, n_threads, threads, path):
+    threads(n_threads)
+    path("native")
+    q = layer(scheme, n=37 + rows % 3)
+    x = torch.randn(1, rows, 256)
+    torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=2e-5)
+
+
+@needs_native
+def test_native_int8_kernel_handles_a_width_that_is_no_multiple_of_its_vector(path):
+    path("native")
+    q = layer(Scheme("int8"), n=5, k=83)
+    x = torch.randn(3, 83)
+    torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=2e-5)
+
+
+@needs_native
+def test_native_kernel_reads_strided_activation_rows(path):
+    path("native")
+    q = layer(Scheme("int4", 32, False), n=16, k=64)
+    wide = torch.randn(6, 100)
+    x = wide[:, 10:74]                      # rows 100 apart, last dim contiguous
+    torch.testing.assert_close(q(x), reference(x.contiguous(), q), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+@pytest.mark.parametrize("rows", [1, 70])
+def test_dequantize_then_dense_path_equals_the_reference(scheme, rows, path):
+    path("dequant")
+    q = layer(scheme)
+    x = torch.randn(rows, 256)
+    torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+@pytest.mark.parametrize("rows", [1, 5, 33])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_torch_weight_only_kernels_equal_the_reference_in_bf16_and_fp16(scheme, rows, dtype, path):
+    path("torch_int8" if scheme.kind == "int8" else "torch_int4")
+    q = layer(scheme, n=48)
+    q.bias = torch.nn.Parameter(q.bias.to(dtype), requires_grad=False)
+    x = torch.randn(rows, 256).to(dtype)
+    got = q(x)
+    assert got.dtype == dtype
+    # one rounding of each output to 16 bits, plus torch's own rounding of the scales to `dtype`
+    torch.testing.assert_close(got.float(), reference(x, q), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+def test_every_path_gives_the_same_result_in_bf16(scheme, path):
+    q = layer(scheme, n=48)
+    q.bias = torch.nn.Parameter(q.bias.bfloat16(), requires_grad=False)
+    x = torch.randn(3, 256).bfloat16()
+    names = cpu.candidates(q, torch.bfloat16, 3)
+    results = {}
+    for name in names:
+        path(name)
+        results[name] = q(x).float()
+    for name, got in results.items():
+        torch.testing.assert_close(got, reference(x, q), rtol=2e-2, atol=2e-2, msg=name)
+
+
+def test_the_path_kept_for_a_shape_is_measured_among_the_candidates(monkeypatch):
+    cpu.force(None)
+    measured = []
+    real = cpu.fastest
+
+    def spy(candidates, **kwargs):
+        measured.append(sorted(candidates))
+        return real(candidates, **kwargs)
+    monkeypatch.setattr(cpu, "fastest", spy)
+    q = layer(Scheme("int4", 32, True), n=64, k=128)
+    x = torch.randn(2, 128)
+    first = q(x)
+    torch.testing.assert_close(q(x), first, rtol=0, atol=0)     # the second call reuses the choice
+    want = sorted(cpu.candidates(q, torch.float32, 2))
+    if len(want) > 1:
+        assert measured == [want]
+    key = ("int4-g32-sym", 64, 128, 2, "torch.float32")
+    assert cpu.choices()[key] in want
+
+
+def test_quantized_fused_linear_returns_each_part_like_the_separate_linears(path):
+    path("dequant")
+    fused = FusedLinear(64, {"q": 32, "k": 16, "v": 16}, bias=True)
+    q = QuantLinear.from_float(fused, Scheme("int8"))
+    x = torch.randn(2, 3, 64)
+    parts = q(x)
+    w = dequantize(q.stored(), q.scheme)
+    for got, wi, bi in zip(parts, w.split([32, 16, 16]), fused.bias.split([32, 16, 16])):
+        torch.testing.assert_close(got, F.linear(x, wi, bi), rtol=0, atol=2e-5)
+
+
+def test_quantized_linear_from_ops_linear_keeps_shapes_and_bias():
+    dense = Linear(64, 24, bias=True)
+    q = QuantLinear.from_float(dense, Scheme("int4", 64, False))
+    assert (q.in_features, q.out_features) == (64, 24)
+    assert torch.equal(q.bias, dense.bias.detach())
+    assert q(torch.randn(5, 64)).shape == (5, 24)
+
+
+def test_an_unknown_forced_path_is_refused():
+    with pytest.raises(ValueError, match="unknown CPU path 'fast'"):
+        cpu.force("fast")
+
+
+@pytest.fixture
+def no_native_cache():
+    native.library.cache_clear()
+    native.unavailable_reason.cache_clear()
+    cpu.force(None)
+    yield
+    native.library.cache_clear()
+    native.unavailable_reason.cache_clear()
+    cpu.force(None)
+
+
+@pytest.mark.parametrize("cc, reason", [("/nonexistent/cc", "no C compiler"), ("false", "-march=native failed")])
+def test_without_a_working_c_compiler_the_native_path_is_left_out_and_results_stay_right(monkeypatch, no_native_cache,
+                                                                                         cc, reason):
+    monkeypatch.setenv("CC", cc)
+    assert reason in native.unavailable_reason()
+    q = layer(Scheme("int4", 32, False), n=16, k=64)
+    assert "native" not in cpu.candidates(q, torch.float32, 1)
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=2e-5)

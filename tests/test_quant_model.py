@@ -1,0 +1,200 @@
+"""quantize_model on whole models: accuracy against fp32 on Transformers-initialised random Llamas,
+tied tables quantized once, decode consistent with prefill, and quantized checkpoints saved and
+reloaded without quantizing again.
+
+Accuracy: int8 meets the issue's targets (logits cosine >= 0.999). Round-to-nearest int4 does not
+reach 0.99 on random models whose every layer carries as much signal as the residual stream: with
+~10% relative weight error per linear, four layers give a logits cosine of ~0.96 (g32 symmetric)
+to ~0.975 (g32 with zero points), 12 layers of 768 ~0.92-0.94. The int4 tests hold that level,
+which a wrong kernel or packing (cosine ~0) falls far below. Top-1 agreement is low on any random
+model: its logits are nearly flat.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import runtime
+from compiler.pipeline import compile_spec
+from runtime.errors import CheckpointError
+from runtime.quant import load_quantized, quantize_model, save_quantized
+from runtime.quant import convert, linear
+from runtime.quant.linear import QuantEmbedding, QuantLinear
+from tests.family_parity import random_ids
+
+transformers = pytest.importorskip("transformers")
+SHAPE = dict(vocab_size=1000, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+             num_key_value_heads=4, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
+
+
+def hf_initialised(folder, **overrides):
+    """A Llama as Transformers initialises it (_init_weights: normal(0, 0.02), norms 1), saved."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**SHAPE, **overrides})).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return hf_initialised(tmp_path_factory.mktemp("llama"), tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="module")
+def tied_checkpoint(tmp_path_factory):
+    return hf_initialised(tmp_path_factory.mktemp("llama_tied"), tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def fp32_logits(checkpoint):
+    return runtime.from_pretrained(checkpoint)(random_ids(1000, 2, 48)).logits
+
+
+def agreement(got, want):
+    cos = torch.nn.functional.cosine_similarity(got.flatten(1).double(), want.flatten(1).double(), dim=-1).min().item()
+    top1 = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
+    return cos, top1
+
+
+@pytest.mark.parametrize("scheme, min_cos, min_top1", [
+    ("int8", 0.999, 0.95),                                          # measured 0.99984, 0.979
+    ("int4", 0.95, 0.3),                                            # measured 0.963, 0.44
+    ({"bits": 4, "group_size": 32, "sym": False}, 0.965, 0.3),      # measured 0.975, 0.48
+    ({"bits": 4, "group_size": 128, "sym": False}, 0.95, 0.25),     # measured 0.961, 0.32
+])
+def test_quantized_logits_agree_with_fp32_on_a_transformers_initialised_llama(checkpoint, fp32_logits, scheme,
+                                                                               min_cos, min_top1):
+    model = quantize_model(runtime.from_pretrained(checkpoint), scheme)
+    cos, top1 = agreement(model(random_ids(1000, 2, 48)).logits, fp32_logits)
+    assert cos >= min_cos and top1 >= min_top1, (cos, top1)
+
+
+def test_bf16_model_quantized_to_int8_stays_within_bf16_of_fp32(checkpoint, fp32_logits):
+    model = quantize_model(runtime.from_pretrained(checkpoint, dtype="bfloat16"), "int8")
+    out = model(random_ids(1000, 2, 48)).logits
+    assert out.dtype == torch.bfloat16
+    cos, _ = agreement(out, fp32_logits)
+    assert cos >= 0.999
+
+
+def test_every_linear_and_the_lm_head_are_quantized_and_the_embedding_on_request(checkpoint):
+    model = quantize_model(runtime.from_pretrained(checkpoint), "int4")
+    kinds = model.load_report["quantized"]
+    assert kinds["lm_head"] == "lm_head" and "embed" not in kinds
+    assert sum(k == "linear" for k in kinds.values()) == 4 * 4          # qkv, o, gate_up, down per layer
+    assert all(isinstance(m, QuantLinear) for m in (model.net.lm_head, model.net.layers[3].mlp.down_proj))
+    assert model.quantization_config["bits"] == 4
+
+    kept = quantize_model(runtime.from_pretrained(checkpoint), {"bits": 8, "quantize_lm_head": False,
+                                                                 "quantize_embedding": True,
+                                                                 "modules_to_not_convert": ["layers.0.*"]})
+    kinds = kept.load_report["quantized"]
+    assert "lm_head" not in kinds and kinds["embed"] == "embedding"
+    assert not any(p.startswith("layers.0.") for p in kinds) and "layers.1.attn.qkv_proj" in kinds
+    assert isinstance(kept.net.embed, QuantEmbedding) and not isinstance(kept.net.lm_head, QuantLinear)
+
+
+def test_a_tied_embedding_and_lm_head_share_one_quantized_table(tied_checkpoint):
+    model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 8, "quantize_embedding": True})
+    assert model.net.lm_head.qweight is model.net.embed.qweight
+    assert model.net.lm_head.scales is model.net.embed.scales
+    ids = random_ids(1000, 1, 5)
+    rows = model.net.embed(ids)
+    torch.testing.assert_close(rows, model.net.embed.dequantized()[ids], rtol=0, atol=0)
+
+
+def test_greedy_decoding_equals_repeated_full_forwards_of_the_quantized_model(checkpoint):
+    model = quantize_model(runtime.from_pretrained(checkpoint), "int4")
+    prompt = random_ids(1000, 1, 9)
+    tokens = model.generate(prompt, max_new_tokens=6)
+    ids = prompt
+    for _ in range(6):
+        ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert tokens.tolist() == ids.tolist()
+
+
+@pytest.fixture(scope="module")
+def artifact():
+    return compile_spec("specs/llama.yaml").directory
+
+
+@pytest.mark.parametrize("scheme", ["int8", {"bits": 4, "group_size": 64, "sym": False, "quantize_embedding": True}])
+def test_a_saved_quantized_model_reloads_with_the_same_logits_without_quantizing(tied_checkpoint, artifact, tmp_path,
+                                                                                  monkeypatch, scheme):
+    model = quantize_model(runtime.from_pretrained(tied_checkpoint), scheme)
+    ids = random_ids(1000, 2, 12)
+    want = model(ids).logits
+    save_quantized(model, tmp_path)
+
+    monkeypatch.setattr(linear, "quantize", lambda *a, **k: pytest.fail("quantized again while loading"))
+    loaded = load_quantized(tmp_path, artifact)
+    torch.testing.assert_close(loaded(ids).logits, want, rtol=0, atol=1e-5)
+    assert loaded.quantization_config == model.quantization_config
+    assert loaded.load_report["quantized"] == model.load_report["quantized"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["quantization_config"] == model.quantization_config
+
+
+def test_a_saved_quantized_checkpoint_names_its_scheme_and_stores_shared_tables_once(tied_checkpoint, tmp_path):
+    from runtime.safetensors_io import SafetensorsFile
+    model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 4, "quantize_embedding": True})
+    save_quantized(model, tmp_path)
+    file = SafetensorsFile(tmp_path / "model.safetensors")
+    assert file.metadata["format"] == "graphspec-quantized"
+    assert json.loads(file.metadata["quantization_config"])["group_size"] == 32
+    assert file.tensors["embed.qweight"].dtype == "U8" and file.tensors["embed.scales"].dtype == "F16"
+    assert "lm_head.qweight" not in file.tensors
+    assert json.loads(file.metadata["tied"])["lm_head.qweight"] == "embed.qweight"
+
+
+def _rewrite(path, edit_tensors=None, edit_metadata=None):
+    from safetensors.torch import load_file, safe_open, save_file
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_metadata:
+        edit_metadata(metadata)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+@pytest.fixture
+def saved(checkpoint, tmp_path):
+    save_quantized(quantize_model(runtime.from_pretrained(checkpoint), "int8"), tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(edit_metadata=lambda m: m.update(format="pt")), "not a graphspec quantized checkpoint"),
+    (dict(edit_metadata=lambda m: m.pop("tied")), "missing keys: tied"),
+    (dict(edit_metadata=lambda m: m.update(quantization_config='{"bits": 5}')), "quantization_config: 'bits' must be 8 or 4"),
+    (dict(edit_metadata=lambda m: m.update(config="{")), "metadata 'config' is not valid JSON"),
+    (dict(edit_metadata=lambda m: m.update(modules='{"layers.9.mlp": "linear"}')), "names 'layers.9.mlp'"),
+    (dict(edit_tensors=lambda t: t.update({"lm_head.scales": t["lm_head.scales"][:10]})),
+     r"lm_head.scales: expected \[1000\] torch.float32, got \[10\] F32"),
+    (dict(edit_tensors=lambda t: t.pop("layers.0.mlp.down_proj.qweight")), "missing: layers.0.mlp.down_proj.qweight"),
+])
+def test_a_damaged_quantized_checkpoint_is_an_error_naming_what_is_wrong(saved, artifact, edit, message):
+    _rewrite(saved / "model.safetensors", **edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_quantized(saved, artifact)
+
+
+def test_loading_with_another_spec_s_artifact_is_refused(saved):
+    gpt2 = compile_spec("specs/gpt2.yaml").directory
+    with pytest.raises(CheckpointError, match="saved from spec 'llama', but the artifact .* is spec 'gpt2'"):
+        load_quantized(saved, gpt2)
+
+
+def test_saving_a_model_that_is_not_quantized_is_refused(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="not quantized"):
+        save_quantized(runtime.from_pretrained(checkpoint), tmp_path)
+
+
+def test_the_plan_names_the_output_embedding_by_shape_not_by_name(checkpoint):
+    model = runtime.from_pretrained(checkpoint)
+    plan = convert.plan(model.net, convert.QuantConfig.parse("int8"))
+    assert [p for p, k in plan.items() if k == "lm_head"] == ["lm_head"]

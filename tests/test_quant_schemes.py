@@ -1,0 +1,135 @@
+"""The quantization schemes as their docstring defines them: packing, error bounds, round trips."""
+import pytest
+import torch
+
+from runtime.quant import QuantConfig, Scheme, dequantize, quantize
+from runtime.quant.schemes import pack_int4, unpack_int4
+
+SCHEMES = [Scheme("int8"), Scheme("int4", 32, True), Scheme("int4", 64, False), Scheme("int4", 128, True),
+           Scheme("int4", 128, False)]
+
+
+def weight(n=48, k=256, seed=0, std=0.02):
+    return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)) * std
+
+
+def group_view(t, scheme):
+    return t if scheme.kind == "int8" else t.view(t.shape[0], -1, scheme.group)
+
+
+def test_int4_packing_puts_even_columns_in_the_low_nibble():
+    q = torch.tensor([[1, 2, 15, 0]], dtype=torch.uint8)
+    packed = pack_int4(q)
+    assert packed.tolist() == [[1 | 2 << 4, 15]]
+    assert torch.equal(unpack_int4(packed), q)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+def test_stored_tensors_have_the_documented_shapes_and_dtypes(scheme):
+    stored = quantize(weight(), scheme)
+    want = scheme.packed_shapes(48, 256)
+    assert {n: (tuple(t.shape), t.dtype) for n, t in stored.items()} == want
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+def test_each_weight_is_within_half_a_step_of_its_dequantized_value(scheme):
+    w = weight(std=0.05)
+    stored = quantize(w, scheme)
+    err = group_view((w - dequantize(stored, scheme)).abs(), scheme)
+    step = stored["scales"].float()[..., None] if scheme.kind == "int4" else stored["scales"][:, None]
+    # rounding to the nearest level: half a step (fp32 division and multiplication add a few ulps)
+    assert bool((err <= step * (0.5 + 1e-5)).all())
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+def test_quantizing_the_dequantized_weight_gives_the_same_integers(scheme):
+    stored = quantize(weight(seed=3), scheme)
+    again = quantize(dequantize(stored, scheme), scheme)
+    assert torch.equal(again["qweight"], stored["qweight"])
+    torch.testing.assert_close(again["scales"], stored["scales"], rtol=2e-3 if scheme.kind == "int4" else 1e-6, atol=0)
+    if "zeros" in stored:
+        assert torch.equal(again["zeros"], stored["zeros"])
+
+
+def test_int8_scale_is_the_row_maximum_over_127_and_the_extremes_are_exact():
+    w = weight()
+    stored = quantize(w, Scheme("int8"))
+    torch.testing.assert_close(stored["scales"], w.abs().amax(1) / 127, rtol=0, atol=0)
+    extreme = w.abs().argmax(1)
+    assert stored["qweight"].gather(1, extreme[:, None]).abs().eq(127).all()
+
+
+def test_asymmetric_int4_keeps_zero_exact_and_uses_the_whole_range_of_a_positive_group():
+    w = weight(n=4, k=64).abs() + 0.01        # every group strictly positive: the range is [0, max]
+    w[0, :32] = 0.0                           # and one group of zeros
+    scheme = Scheme("int4", 32, False)
+    stored = quantize(w, scheme)
+    back = dequantize(stored, scheme)
+    assert torch.equal(back[0, :32], torch.zeros(32))
+    assert stored["zeros"][1:].eq(0).all()                      # lo = 0 -> zero point 0
+    assert unpack_int4(stored["qweight"])[1:].amax(1).eq(15).all()
+
+
+def test_a_row_of_zeros_quantizes_to_zeros_in_every_scheme():
+    w = weight(n=3, k=128)
+    w[1] = 0
+    for scheme in SCHEMES:
+        assert torch.equal(dequantize(quantize(w, scheme), scheme)[1], torch.zeros(128))
+
+
+def test_int4_dequantizes_gathered_rows_like_the_whole_table():
+    scheme = Scheme("int4", 32, False)
+    stored = quantize(weight(n=10, k=64), scheme)
+    ids = torch.tensor([[3, 3, 9], [0, 1, 2]])
+    rows = dequantize({n: t[ids] for n, t in stored.items()}, scheme)
+    assert torch.equal(rows, dequantize(stored, scheme)[ids])
+
+
+@pytest.mark.parametrize("k", [48, 100])
+def test_int4_refuses_input_features_not_a_multiple_of_the_group(k):
+    with pytest.raises(ValueError, match=rf"layers.0.up: {k} input features are not a multiple of the int4 group size 32"):
+        quantize(weight(k=k), Scheme("int4", 32), "layers.0.up")
+
+
+def test_int4_refuses_scales_beyond_fp16():
+    with pytest.raises(ValueError, match="exceeds fp16's range"):
+        quantize(torch.full((2, 32), 1e6), Scheme("int4", 32))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("int8", 32), "int8 is per output channel"),
+    (("int4", 16), "int4 group_size must be one of"),
+    (("int3", None), "quantization must be 'int8' or 'int4'"),
+])
+def test_bad_schemes_say_what_is_allowed(args, message):
+    with pytest.raises(ValueError, match=message):
+        Scheme(*args)
+
+
+def test_quantization_config_round_trips_through_its_transformers_style_dict():
+    config = QuantConfig.parse({"bits": 4, "group_size": 128, "sym": False, "modules_to_not_convert": ["layers.0.*"]})
+    assert config.scheme == Scheme("int4", 128, False) and config.skip == ("layers.0.*",)
+    assert QuantConfig.from_dict(config.to_dict()) == config
+    assert config.to_dict()["quant_method"] == "graphspec"
+    assert QuantConfig.parse("int4").scheme == Scheme("int4", 32, True)
+    assert QuantConfig.parse("int8").to_dict()["group_size"] is None
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"bits": 3}, "'bits' must be 8 or 4"),
+    ({"bits": 4, "group_size": 48}, "'group_size' must be one of"),
+    ({"bits": 8, "group_size": 32}, "'group_size' must be null for 8 bits"),
+    ({"bits": 8, "sym": False}, "8 bits is symmetric only"),
+    ({"bits": 4, "desc_act": True}, "unknown key\\(s\\) 'desc_act'"),
+    ({"bits": 4, "quant_method": "gptq"}, "quant_method 'gptq' is not 'graphspec'"),
+    ({"bits": 4, "quantize_lm_head": "yes"}, "'quantize_lm_head' must be true or false"),
+    ({"bits": 4, "modules_to_not_convert": "lm_head"}, "'modules_to_not_convert' must be a list"),
+])
+def test_a_bad_quantization_config_names_the_key(data, message):
+    with pytest.raises(ValueError, match=f"quantization_config: {message}"):
+        QuantConfig.parse(data)
+
+
+def test_an_unknown_shorthand_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown scheme 'int2'; use one of int8, int4"):
+        QuantConfig.parse("int2")
