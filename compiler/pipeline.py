@@ -28,6 +28,7 @@ from compiler.passes.keep_positions import insert_keep_positions
 from compiler.spec import Spec, load_spec
 from compiler.symbolic import canonical
 from compiler.weight_rules import check_rules, model_tensors
+from compiler.yaml_source import read_source
 from runtime.expr import parse_expr
 
 
@@ -87,12 +88,9 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     start = time.perf_counter()
     spec_path = Path(spec_path)
     options = dict(options or {})
-    try:
-        spec_bytes = spec_path.read_bytes()
-    except OSError as err:
-        raise SpecError(f"{spec_path}: cannot read the spec: {err.strerror or err}") from None
+    spec_bytes = read_source(spec_path)
     chain = source_chain(spec_path, spec_bytes.decode("utf-8", "replace"))[1:]
-    parents = [p.read_bytes() for p in chain]
+    parents = [read_source(p) for p in chain]
     key = compile_key(spec_bytes, options, parents)
     target = Path(output) if output else default_output(spec_path.stem, key)
     if is_complete(target, key):
