@@ -87,7 +87,8 @@ def _match_segment(parts: list[str], piece: str, binding: dict[str, str]) -> boo
         return False
     end = len(piece) - len(tail)            # where the text of the last placeholder ends
     for i in range(len(names) - 1, 0, -1):
-        start = piece.rfind(literals[i], len(head) + 1, end - 1)   # literals[i] is never empty
+        lo, hi = len(head) + 1, end - 1       # the placeholders on both sides keep a character each
+        start = piece.rfind(literals[i], lo, hi) if hi > lo else -1   # literals[i] is never empty
         if start < 0:
             return False
         binding[names[i]] = piece[start + len(literals[i]):end]

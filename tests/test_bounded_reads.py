@@ -15,7 +15,7 @@ from runtime.config import read_config_json
 from runtime.errors import CheckpointError, ConfigError
 from runtime.files import open_regular, read_regular
 from runtime.safetensors_io import INDEX_NAME, SafetensorsFile, open_checkpoint
-from tests.bounds import no_hang
+from tests.hostile import no_hang
 
 
 def fifo(path: Path) -> Path:

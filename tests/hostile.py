@@ -8,6 +8,7 @@ call allocates through Python's allocator (tracemalloc), which is deterministic 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import tracemalloc
@@ -54,3 +55,31 @@ def peak_python_bytes(fn, *args, **kwargs) -> tuple[object, int]:
     if not was_tracing:
         tracemalloc.stop()
     return result, peak
+
+
+# -- property-based and fuzz tests ------------------------------------------------------------------
+# The suite runs a fixed, reproducible set of examples per fuzzer (a few seconds each);
+# GRAPHSPEC_FUZZ_EXAMPLES=N runs N random examples per fuzzer instead, remembering failures in
+# .hypothesis/ so that a rerun replays them first. A minimised failure becomes an explicit
+# regression case next to the fuzzer that found it.
+FUZZ_EXAMPLES = int(os.environ.get("GRAPHSPEC_FUZZ_EXAMPLES") or 0)
+MEMORY_LIMIT = 256 * 2**20   # Python allocations per example: far above a real spec or header
+
+
+def fuzz(examples: int):
+    """Hypothesis settings for a fuzzer that runs `examples` examples in the suite."""
+    from hypothesis import HealthCheck, settings
+    return settings(max_examples=FUZZ_EXAMPLES or examples, deadline=None, derandomize=not FUZZ_EXAMPLES,
+                    database=None if not FUZZ_EXAMPLES else settings.default.database,
+                    suppress_health_check=list(HealthCheck))
+
+
+def only_our_errors(fn, *args, allowed: tuple[type, ...], **kwargs):
+    """Run fn on hostile input: it returns, or raises one of `allowed`; it neither hangs nor allocates
+    more than MEMORY_LIMIT. Returns what fn returned or raised."""
+    with no_hang(what=getattr(fn, "__name__", "the call")):
+        result, peak = peak_python_bytes(fn, *args, **kwargs)
+    if isinstance(result, Exception) and not isinstance(result, allowed):
+        raise AssertionError(f"{type(result).__name__} is not one of our errors: {result}") from result
+    assert peak < MEMORY_LIMIT, f"allocated {peak / 2**20:.0f} MiB on one input"
+    return result
