@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from compiler import __version__
-from compiler.artifact import cache_root, is_complete, read_manifest, write_artifact
+from compiler.artifact import cache_root, check_target, clean_stale, is_complete, read_manifest, write_artifact
 from compiler.emit import emit_model, py
 from compiler.emit_kernels import emit_kernels, kernel_manifest
 from compiler.errors import SpecError
@@ -94,7 +94,9 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     key = compile_key(spec_bytes, options, parents)
     target = Path(output) if output else default_output(spec_path.stem, key)
     if is_complete(target, key):
+        clean_stale(target)
         return CompileResult(target, True, time.perf_counter() - start, read_manifest(target))
+    check_target(target)    # before the work: a target that is not ours is refused at once
 
     spec = load_spec(spec_path)
     ir = lower(spec)
