@@ -80,8 +80,9 @@ def check_target(target: Path) -> None:
         return
     try:
         manifest = written_by_graphspec(target)
-    except ArtifactError as err:
-        raise ArtifactError(f"{target}: is a directory graphspec did not write ({err}); {advice}") from None
+    except ArtifactError:
+        raise ArtifactError(f"{target}: is a directory graphspec did not write (no graphspec {MANIFEST}); "
+                            f"{advice}") from None
     ours = set(manifest["files"]) | {MANIFEST}
     extra = sorted(e for e in entries if e not in ours and not (e == PYCACHE and _only_bytecode(target / e)))
     if extra:

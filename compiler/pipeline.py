@@ -29,7 +29,7 @@ from compiler.spec import Spec, load_spec
 from compiler.symbolic import canonical
 from compiler.weight_rules import check_rules, model_tensors
 from compiler.yaml_source import read_source
-from runtime.expr import parse_expr
+from runtime.expr import Expr, parse_expr
 
 
 @dataclass
@@ -137,10 +137,8 @@ def param_formulas(spec: Spec) -> dict:
     """Each param's element count as a formula over config names, and the total."""
     out, total = {}, []
     for t in model_tensors(spec):
-        count = " * ".join(f"({d})" for d in t.shape) or "1"
-        for _, repeat in t.repeat:
-            count = f"({repeat}) * {count}"
-        formula = canonical(parse_expr(count))
+        count = _balanced("*", [*(parse_expr(n) for _, n in t.repeat), *(parse_expr(d) for d in t.shape)])
+        formula = canonical(count)
         note = f"  [if {' and '.join(str(c) for c in t.when)}]" if t.when else ""
         note += f"  [tied to {t.tied_to} if {t.tied_when}]" if t.tied_to else ""
         if t.head is not None:
@@ -148,13 +146,19 @@ def param_formulas(spec: Spec) -> dict:
             continue
         out[t.name] = formula + note
         total.append(count)
-    # summed one tensor at a time: the joined text of a large model is over the expression length limit
-    running = "0"
-    for count in total:
-        running = canonical(parse_expr(f"({running}) + {count}"))
-    out["total (all optional params present, none tied)"] = running
+    out["total (all optional params present, none tied)"] = canonical(_balanced("+", total) or parse_expr(0))
     return out
 
+
+def _balanced(op: str, terms: list[Expr]) -> Expr | None:
+    """`a op b op ...` as a balanced tree of Exprs: never re-parsed from text (a large model's sum is
+    over the expression length limit) and never deep (a chain of 1,000 would be 1,000 frames deep)."""
+    if not terms:
+        return parse_expr(1) if op == "*" else None
+    while len(terms) > 1:
+        terms = [Expr("binary", op, tuple(terms[i:i + 2])) if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
 def aot_compile(kernels_source: str, kernels: dict, targets: list[str]) -> dict:

@@ -179,6 +179,12 @@ class _Builder:
                 self.fail(key_node, "mapping keys must be plain scalars, not a mapping or list", path)
                 continue
             key = self.scalar(key_node, path)
+            if not isinstance(key, str):
+                # `1:`, `true:`, `null:` are read as a number, a bool, null: every key of a spec is a
+                # name, and later passes compare and sort keys as text
+                self.fail(key_node, f"mapping key {key_node.value!r} is read as {type(key).__name__}, "
+                                    f"but keys are names: quote it ('{key_node.value}')", path)
+                continue
             if key in first_line:
                 self.fail(key_node, f"duplicate key {key!r} (first at line {first_line[key]})",
                           path + (key,))

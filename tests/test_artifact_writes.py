@@ -73,7 +73,7 @@ def test_someone_elses_manifest_json_does_not_make_a_directory_ours(tmp_path, sp
     out = tmp_path / "out"
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps({"name": "my web app", "icons": []}))
-    with pytest.raises(ArtifactError, match="not a graphspec manifest"):
+    with pytest.raises(ArtifactError, match="is a directory graphspec did not write"):
         compile_spec(specs[0], out)
     assert json.loads((out / "manifest.json").read_text())["name"] == "my web app"
 

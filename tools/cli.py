@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import traceback
 from pathlib import Path
 
 from compiler.errors import SpecError
+
+
+class UsageError(Exception):
+    """A command-line argument is wrong: one line naming it, exit status 2."""
+
+
+AOT_TARGET = re.compile(r"sm_[0-9]{2,3}")
 
 
 def _cmd_compile(args) -> int:
@@ -13,8 +22,14 @@ def _cmd_compile(args) -> int:
         return _print_resolved(args.spec)
     from compiler.pipeline import compile_spec
     options = {"fuse": False} if args.no_fuse else {}
-    if args.aot:
-        options["aot"] = args.aot.split(",")
+    if args.output is not None and not args.output.strip():
+        raise UsageError("-o/--output: an empty path; give the artifact directory")
+    if args.aot is not None:
+        targets = args.aot.split(",")
+        bad = [t for t in targets if not AOT_TARGET.fullmatch(t)]
+        if bad:
+            raise UsageError(f"--aot: {bad[0]!r} is not a GPU target; expected a comma-separated list such as sm_80,sm_90")
+        options["aot"] = list(dict.fromkeys(targets))
     result = compile_spec(args.spec, args.output, options)
     m = result.manifest
     state = "cache hit (nothing rebuilt)" if result.cache_hit else "compiled"
@@ -132,18 +147,48 @@ def _cmd_schema(args) -> int:
     return 0
 
 
+def _token_ids(text: str) -> list[int]:
+    ids = []
+    for part in text.split(","):
+        part = part.strip()
+        if not re.fullmatch(r"[0-9]{1,18}", part):
+            raise UsageError(f"--ids: {part!r} is not a token id; expected comma-separated non-negative integers "
+                             "such as 1,2,3")
+        ids.append(int(part))
+    return ids
+
+
+def _tokenizer(folder: Path):
+    """The folder's tokenizer.json, read before the model is loaded (a bad one is reported first)."""
+    from runtime.files import JSON_LIMIT, read_regular
+    path = folder / "tokenizer.json"
+    try:
+        text = read_regular(path, JSON_LIMIT).decode("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--prompt: {path} does not exist; give token ids with --ids instead") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--prompt: cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    from tokenizers import Tokenizer
+    try:
+        return Tokenizer.from_str(text)
+    except BaseException as err:  # the tokenizers library panics (a BaseException) on some malformed files
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise UsageError(f"--prompt: {path} is not a tokenizer the tokenizers library can load: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
 def _cmd_run(args) -> int:
+    if args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens: {args.max_new_tokens} is negative")
+    tok = _tokenizer(Path(args.checkpoint)) if args.prompt is not None else None
+    ids = _token_ids(args.ids) if tok is None else None
     import torch
 
     import runtime
     model = (runtime.load(args.artifact, args.checkpoint, dtype=args.dtype) if args.artifact
              else runtime.from_pretrained(args.checkpoint, dtype=args.dtype))
-    if args.prompt is not None:
-        from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(Path(args.checkpoint) / "tokenizer.json"))
-        ids = torch.tensor([tok.encode(args.prompt).ids])
-    else:
-        ids = torch.tensor([[int(t) for t in args.ids.split(",")]])
+    ids = torch.tensor([tok.encode(args.prompt).ids if tok is not None else ids])
     out = model.generate(ids, max_new_tokens=args.max_new_tokens, eos_token_id=model.config.get("eos_token_id"))
     new = out[0, ids.shape[1]:].tolist()
     print("tokens:", new)
@@ -152,9 +197,20 @@ def _cmd_run(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+EPILOG = """exit status: 0 done; 1 validate found problems or diff found differences; 2 bad input (a spec, a
+checkpoint, an artifact, an argument: one line per problem on stderr); 3 a bug in graphspec (--debug
+shows the traceback to report)"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="graphspec", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="graphspec", description=__doc__, epilog=EPILOG)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("compile", help="compile a spec into an artifact directory")
     p.add_argument("spec")
@@ -199,22 +255,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", help="text, tokenized with the folder's tokenizer.json")
     p.add_argument("--ids", default="1,2,3", help="comma-separated token ids when there is no prompt")
     p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 or auto")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"],
+                   help="float32 (default), bfloat16, float16 or auto (config.json's)")
     p.set_defaults(func=_cmd_run)
 
-    args = parser.parse_args(argv)
+    for p in sub.choices.values():   # also accepted after the command
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(f"graphspec: error: {err}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
-    except SpecError as err:
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        return _report(err)
+    except KeyboardInterrupt:
+        print("graphspec: interrupted", file=sys.stderr)
+        return 130
+
+
+def _report(err: Exception) -> int:
+    """One line per problem on stderr; the exit status says whose fault it is."""
+    from runtime.errors import ArtifactError, CheckpointError, ConfigError
+    if isinstance(err, SpecError):
         for problem in err.problems:
             print(problem, file=sys.stderr)
-        return 1
-    except Exception as err:  # our own loaders raise these with full context already
-        from runtime.errors import ArtifactError, CheckpointError, ConfigError
-        if isinstance(err, (ArtifactError, CheckpointError, ConfigError)):
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        raise
+        return 2
+    if isinstance(err, UsageError):
+        print(f"graphspec: error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(err, (ArtifactError, CheckpointError, ConfigError)):
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    if isinstance(err, OSError):   # a file or folder named on the command line, a full disk, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    print(f"graphspec: internal error: {type(err).__name__}: {_one_line(err)} "
+          "(a bug in graphspec; rerun with --debug for the traceback)", file=sys.stderr)
+    return 3
+
+
+def _one_line(err: Exception) -> str:
+    return " / ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 if __name__ == "__main__":
