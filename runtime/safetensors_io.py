@@ -313,6 +313,10 @@ class Checkpoint:
 
         # Every shard name is checked before any shard is opened, so a hostile index
         # cannot make us map a file outside the folder even briefly.
+        for name, shard in weight_map.items():
+            if not isinstance(shard, str):
+                raise CheckpointError(f"{index_path}: weight_map[{name!r}] is a JSON {type(shard).__name__}, "
+                                      "expected a shard file name")
         real_folder = os.path.realpath(self.folder)
         shard_paths = {s: _check_shard_name(self.folder, real_folder, s) for s in sorted(set(weight_map.values()))}
 
