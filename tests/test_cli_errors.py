@@ -6,10 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from tests.hostile import fuzz, no_hang
 from tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,3 +120,36 @@ def test_the_command_does_not_hang_on_a_fifo_or_a_device(tmp_path, make):
                           timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert spec in proc.stderr and not (tmp_path / "out").exists()
+
+
+# -- fuzzing the command line -----------------------------------------------------------------------
+COMMANDS = ["compile", "validate", "diff", "show", "schema", "run", "kompile", ""]
+OPTIONS = ["-o", "--output", "-q", "--dump-ir", "--resolved", "--explain", "--no-fuse", "-O0", "--aot", "--format",
+           "--color", "--after", "--artifact", "--prompt", "--ids", "--max-new-tokens", "--dtype", "--", "-x"]
+VALUES = ["specs/llama.yaml", "specs/gpt2.yaml", "{tmp}/out", "{tmp}/out/x", "{tmp}", "{tmp}/fifo", "/dev/zero",
+          "/nonexistent", "", "-", "1,2", "-1", "0", "7", "1.5", "sm_80", "sm_80,sm_x", "json", "markdown", "dot",
+          "fusion", "auto", "bfloat16", "float8", "{ckpt}", "{art}", "héllo\n", "\x7f"]
+
+
+@st.composite
+def command_lines(draw) -> list[str]:
+    argv = [draw(st.sampled_from(COMMANDS))]
+    for _ in range(draw(st.integers(0, 6))):
+        argv.append(draw(st.sampled_from(OPTIONS + VALUES) | st.text(max_size=6)))
+    return argv
+
+
+@fuzz(150)
+@given(argv=command_lines())
+@example(argv=["run", "{ckpt}", "--artifact", "{art}", "--ids", "1,2", "--max-new-tokens", "2"])
+@example(argv=["compile", "{tmp}/fifo"])
+def test_fuzz_command_lines(checkpoint, capsys, argv):
+    art, folder = checkpoint
+    with tempfile.TemporaryDirectory() as tmp:
+        os.mkfifo(Path(tmp) / "fifo")
+        argv = [a.replace("{tmp}", tmp).replace("{ckpt}", str(folder)).replace("{art}", str(art)) for a in argv]
+        with no_hang(what=f"graphspec {' '.join(argv)}"):
+            status = main(argv)
+    err = capsys.readouterr().err
+    assert status in (0, 1, 2) and "Traceback" not in err, (argv, status, err)
+    assert status != 2 or err.strip(), argv
