@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from runtime.expr import Expr, ExprError, _is_number, parse_expr
+from runtime.expr import INT_MAX, Expr, ExprError, _is_number, parse_expr
 
 MAX_EXPANDED_POWER = 8
 MAX_TERMS = 1000    # products of sums grow as 2**k; past this size they stay opaque atoms
@@ -30,8 +30,9 @@ class _TooComplex(Exception):
 
 
 def canonical(e: Expr) -> str:
-    """The polynomial normal form; for pathological inputs whose normal form would be huge, the
-    expression's own text (marked) - still a sound, if weaker, key for same_value."""
+    """The polynomial normal form, text that parse_expr reads back; for pathological inputs whose
+    normal form would be huge or hold a constant past int64, the expression's own text marked with
+    a leading `<` - still a sound, if weaker, key for same_value."""
     e = parse_expr(e)
     try:
         return _poly_str(_canon(e))
@@ -194,8 +195,8 @@ def _poly_str(p: Poly) -> str:
     for mono, c in sorted(p.items(), key=lambda t: (t[0] == (), t[0])):
         factors = [(a if _ATOM_NAME_RE.fullmatch(a) else f"({a})") + (f"**{n}" if n != 1 else "")
                    for a, n in mono]
-        if _bits(c) > MAX_CONSTANT_BITS:
-            raise _TooComplex
+        if abs(c.numerator) > INT_MAX or c.denominator > INT_MAX:
+            raise _TooComplex     # the normal form is text in the expression language, which has int64 literals
         if abs(c) != 1 or not factors:
             factors.insert(0, str(abs(c)) if c.denominator == 1 else f"({abs(c)})")
         term = "*".join(factors)

@@ -49,7 +49,12 @@ ENV = {"x": 3, "y": 0.5, "d": {"k": 2}, "l": [1, 2], "s": "text", "n": None}
 
 def fold(e):
     """What the compiler and the runtime do with a parsed expression."""
-    canonical(e)
+    normal = canonical(e)
+    if not normal.startswith("<"):   # the compiler reads the normal form back as an expression
+        try:
+            parse_expr(normal)
+        except ExprError as err:
+            raise AssertionError(f"the normal form of {e.text!r} does not parse: {err}") from err
     e.to_python()
     e.substitute({"x": parse_expr("y + 1")})
     return e.evaluate(ENV)
@@ -65,6 +70,7 @@ def parse_and_use(text):
 @example(" * ".join(["(2**62)**60"] * 5) + " + x")   # past Python's int-to-text digit limit, once printed
 @example("(" * 60 + "1" + ")" * 60)
 @example("1" + "+1" * 499)
+@example("x // 1e30")      # found by the spec fuzzer: its normal form held a literal past int64
 def test_fuzz_expressions(text):
     only_our_errors(parse_and_use, text, allowed=(ExprError,))
 
@@ -132,6 +138,7 @@ SPEC_REGRESSIONS = {   # minimised by the fuzzer above; each was a raw exception
     "constant_that_fails": ("bias: attention_bias}", "bias: \"'s' + 1\"}"),
     "constant_past_int64": ("bias: mlp_bias}", "bias: 2**64}"),
     "shape_past_int64": ("x: [B, S, hidden_size]", "x: [B, S, 18446744073709551616]"),
+    "float_count_past_int64": ("{op: split_heads, x: q, heads: num_heads}", "{op: split_heads, x: q, heads: 1e30}"),
 }
 
 
@@ -190,6 +197,7 @@ def _valid_file() -> bytes:
 
 
 @fuzz(400)
+@example(struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000)   # nesting past the recursion limit
 @given(safetensors_bytes() | st.tuples(st.integers(0, 150), st.integers(0, 255)).map(
     lambda pos_byte: (lambda d: d[:pos_byte[0]] + bytes([pos_byte[1]]) + d[pos_byte[0] + 1:])(_valid_file())))
 def test_fuzz_safetensors_files(data):
@@ -215,6 +223,7 @@ def open_index(index_text: str):
 
 @fuzz(500)
 @example(json.dumps({"weight_map": {"a": ["a.safetensors"]}}))   # found by this test: a list is no shard name
+@example("[" * 100_000 + "]" * 100_000)
 @given(st.one_of(
     st.dictionaries(st.sampled_from(["a", "b", "c"]) | st.text(max_size=4), st.sampled_from(SHARDS), max_size=4)
       .map(lambda m: json.dumps({"weight_map": m})),
