@@ -42,13 +42,12 @@ from functools import lru_cache
 from pathlib import Path
 
 from runtime.errors import ArtifactError
-from runtime.manifest import (  # noqa: F401 - re-exported for the runtime's loader
+from runtime.manifest import (  # noqa: F401 - FORMAT, MANIFEST, is_complete, read_manifest: for the pipeline and loader
     FORMAT,
     MANIFEST,
     PYCACHE,
     complete_while_locked,
     content_sha256,
-    file_sha256,
     is_complete,
     lock_path,
     read_manifest,
