@@ -51,6 +51,7 @@ from compiler.yaml_source import Mark, PathT, SourceMap, format_path, load_yaml
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 MAX_CHAIN = 16
+MAX_EXTENDS = 1024   # characters of an `extends` value: a name or a short relative path
 _TARGET = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:#\s*([0-9]+))?\s*$")
 _EDIT_KINDS = ("update", "replace", "insert", "remove")
 
@@ -119,17 +120,25 @@ def parent_path(value: Any, child: Path, at: Located) -> Path:
         raise SpecError(_problem(at, "extends must be a spec name (e.g. llama) or a path to a .yaml file",
                                  ("extends",)))
     value = value.strip()
+    if "\0" in value or len(value) > MAX_EXTENDS or any(len(part) > 255 for part in value.split("/")):
+        raise SpecError(_problem(at, f"extends {value[:80]!r}{'...' if len(value) > 80 else ''} is not a spec name "
+                                     f"or path (a NUL byte, a name over 255 or a path over {MAX_EXTENDS} characters)",
+                                 ("extends",)))
     bare = "/" not in value and os.sep not in value and not value.endswith((".yaml", ".yml"))
     # a bare name is a spec next to the child, else a shipped one: a user's own folder extends llama
     candidates = [child.parent / f"{value}.yaml", SPECS_DIR / f"{value}.yaml"] if bare else [child.parent / value]
     allowed = [Path(os.path.realpath(child.parent)), Path(os.path.realpath(SPECS_DIR))]
-    for candidate in candidates:
-        real = Path(os.path.realpath(candidate))
-        if not any(real == d or d in real.parents for d in allowed):
-            raise SpecError(_problem(at, f"extends '{value}' points outside the allowed directories "
-                                         f"({', '.join(str(d) for d in allowed)})", ("extends",)))
-        if real.is_file():
-            return real
+    try:
+        for candidate in candidates:
+            real = Path(os.path.realpath(candidate))
+            if not any(real == d or d in real.parents for d in allowed):
+                raise SpecError(_problem(at, f"extends '{value}' points outside the allowed directories "
+                                             f"({', '.join(str(d) for d in allowed)})", ("extends",)))
+            if real.is_file():
+                return real
+    except OSError as err:
+        raise SpecError(_problem(at, f"extends '{value}': cannot look it up: {err.strerror or err}",
+                                 ("extends",))) from None
     looked = " and ".join(str(c) for c in candidates)
     shipped = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.yaml")))
     raise SpecError(_problem(at, f"extends '{value}': no such spec (looked for {looked}"

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from compiler import __version__
-from compiler.artifact import is_complete, read_manifest, write_artifact
+from compiler.artifact import check_target, clean_stale, is_complete, read_manifest, write_artifact
 from compiler.emit import emit_model
 from compiler.emit_kernels import emit_kernels, kernel_manifest
 from compiler.errors import SpecError
@@ -28,8 +28,9 @@ from compiler.report import explain, fusion_manifest
 from compiler.spec import Spec, load_spec
 from compiler.symbolic import canonical
 from compiler.weight_rules import model_tensors
+from compiler.yaml_source import read_source
 from runtime.cache import cache_root
-from runtime.expr import parse_expr
+from runtime.expr import Expr, parse_expr
 
 
 @dataclass
@@ -89,16 +90,15 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     start = time.perf_counter()
     spec_path = Path(spec_path)
     options = dict(options or {})
-    try:
-        spec_bytes = spec_path.read_bytes()
-    except OSError as err:
-        raise SpecError(f"{spec_path}: cannot read the spec: {err.strerror or err}") from None
+    spec_bytes = read_source(spec_path)
     chain = source_chain(spec_path, spec_bytes.decode("utf-8", "replace"))[1:]
-    parents = [p.read_bytes() for p in chain]
+    parents = [read_source(p) for p in chain]
     key = compile_key(spec_bytes, options, parents)
     target = Path(output) if output else default_output(spec_path.stem, key)
     if is_complete(target, key):
+        clean_stale(target)
         return CompileResult(target, True, time.perf_counter() - start, read_manifest(target))
+    check_target(target)    # before the work: a target that is not ours is refused at once
 
     spec = load_spec(spec_path)
     ir = run_pipeline(spec, options, after=options_printer(options))
@@ -146,10 +146,8 @@ def param_formulas(ir: ModelIR) -> dict:
     """Each param's element count as a formula over config names, and the total."""
     out, total = {}, []
     for t in model_tensors(ir):
-        count = " * ".join(f"({d})" for d in t.shape) or "1"
-        for _, repeat in t.repeat:
-            count = f"({repeat}) * {count}"
-        formula = canonical(parse_expr(count))
+        count = _balanced("*", [*(parse_expr(n) for _, n in t.repeat), *(parse_expr(d) for d in t.shape)])
+        formula = canonical(count)
         note = f"  [if {' and '.join(str(c) for c in t.when)}]" if t.when else ""
         note += f"  [tied to {t.tied_to} if {t.tied_when}]" if t.tied_to else ""
         if t.head is not None:
@@ -157,13 +155,19 @@ def param_formulas(ir: ModelIR) -> dict:
             continue
         out[t.name] = formula + note
         total.append(count)
-    # summed one tensor at a time: the joined text of a large model is over the expression length limit
-    running = "0"
-    for count in total:
-        running = canonical(parse_expr(f"({running}) + {count}"))
-    out["total (all optional params present, none tied)"] = running
+    out["total (all optional params present, none tied)"] = canonical(_balanced("+", total) or parse_expr(0))
     return out
 
+
+def _balanced(op: str, terms: list[Expr]) -> Expr | None:
+    """`a op b op ...` as a balanced tree of Exprs: never re-parsed from text (a large model's sum is
+    over the expression length limit) and never deep (a chain of 1,000 would be 1,000 frames deep)."""
+    if not terms:
+        return parse_expr(1) if op == "*" else None
+    while len(terms) > 1:
+        terms = [Expr("binary", op, tuple(terms[i:i + 2])) if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
 def aot_compile(kernels_source: str, kernels: dict, targets: list[str]) -> dict:

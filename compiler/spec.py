@@ -152,11 +152,38 @@ class Spec:
         return self.sources.problem(path, message)
 
 
+@lru_cache(maxsize=None)
+def _python_regex(pattern: str) -> str:
+    """A JSON Schema pattern (an ECMA-262 regex) for Python's re: there `$` matches only at the very
+    end, in Python also before a final newline, so that `llama\\n` would pass `^[a-z]+$`."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "$":
+            c = r"\Z"
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not re.search(_python_regex(pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.Draft202012Validator:
     schema = spec_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})(schema)
 
 
 def load_spec(path: str | Path, text: str | None = None) -> Spec:
@@ -225,12 +252,31 @@ class _Builder:
         self.problems.append(self.sources.problem(path, message))
 
     def expr(self, value: Any, path: PathT, dims: bool = False) -> Expr | None:
-        """`dims`: a list of expressions (an op's dims attribute: `shape: [0, 0, num_heads, -1]`)."""
+        """The parsed expression (`dims`: a list of them, an op's dims attribute: `shape: [0, 0, num_heads,
+        -1]`); one without names is also evaluated here, so that `1 / 0` is reported at its line rather
+        than by whichever pass or load first evaluates it."""
         try:
-            return Dims(value) if dims else parse_expr(value)
+            if dims:
+                return Dims(value)
+            e = parse_expr(value)
+            if e.is_constant():
+                e.evaluate({})
+            return e
         except ExprError as err:
             self.fail(path, f"bad expression {value!r}: {err}")
             return None
+
+    def size(self, value: Any, path: PathT) -> Expr | None:
+        """An expression for a size or a count; a constant one must be a non-negative integer now,
+        not when a shape rule or the loader first evaluates it."""
+        e = self.expr(value, path)
+        if e is None or not e.is_constant():
+            return e
+        n = e.evaluate({})
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            self.fail(path, f"a size must be a non-negative integer, {value!r} is {_shown(n)}")
+            return None
+        return e
 
     def spec(self, data: dict) -> Spec:
         config = {n: self.config_entry(n, e, ("config", n)) for n, e in data["config"].items()}
@@ -270,7 +316,7 @@ class _Builder:
         for iname, decl in data["inputs"].items():
             ipath = path + ("inputs", iname)
             shape, dtype = (decl, "float") if isinstance(decl, list) else (decl["shape"], decl.get("dtype", "float"))
-            dims = tuple(self.expr(d, ipath + (i,)) for i, d in enumerate(shape))
+            dims = tuple(self.size(d, ipath + (i,)) for i, d in enumerate(shape))
             roles = {k: decl[k] for k in INPUT_ROLES if isinstance(decl, dict) and k in decl}
             inputs[iname] = InputDecl(iname, dims, dtype, ipath, roles)
         params = {p: self.param(p, d, path + ("params", p)) for p, d in data.get("params", {}).items()}
@@ -300,7 +346,7 @@ class _Builder:
         tied_to = tied["to"] if tied else None
         tied_when = self.expr(tied.get("when", True), path + ("tied", "when")) if tied else None
         if "block" in data:
-            repeat = self.expr(data["repeat"], path + ("repeat",)) if "repeat" in data else None
+            repeat = self.size(data["repeat"], path + ("repeat",)) if "repeat" in data else None
             return ParamDecl(name, "block", {}, {}, block=data["block"], repeat=repeat, path=path,
                              static=bool(data.get("static", False)))
         (kind_name,) = [k for k in data if k in PARAM_KINDS]
@@ -308,7 +354,7 @@ class _Builder:
         shape = data[kind_name]
         shape = shape if isinstance(shape, list) else [shape]
         names = [f"d{i}" for i in range(len(shape))] if kind.variadic else kind.dims
-        dims = {d: self.expr(v, path + (kind_name, i)) for i, (d, v) in enumerate(zip(names, shape))}
+        dims = {d: self.size(v, path + (kind_name, i)) for i, (d, v) in enumerate(zip(names, shape))}
         options = {o: self.expr(data.get(o, default), path + (o,)) for o, default in kind.options.items()}
         return ParamDecl(name, kind_name, dims, options, tied_to=tied_to, tied_when=tied_when, path=path)
 
@@ -328,12 +374,16 @@ class _Builder:
         for i, t in enumerate(data.get("transforms", [])):
             tpath = path + ("transforms", i)
             if isinstance(t, dict) and "split" in t and "sizes" in t["split"]:
-                sizes = [self.expr(s, tpath + ("split", "sizes", j)) for j, s in enumerate(t["split"]["sizes"])]
+                sizes = [self.size(s, tpath + ("split", "sizes", j)) for j, s in enumerate(t["split"]["sizes"])]
                 t = {"split": {"dim": t["split"]["dim"], "sizes": sizes}}
             elif isinstance(t, dict) and "reshape" in t:
                 t = {"reshape": [self.expr(s, tpath + ("reshape", j)) for j, s in enumerate(t["reshape"])]}
             transforms.append(t)
         return WeightRule(sources, targets, transforms, when, path, data.get("ignore"))
+
+
+def _shown(value: Any) -> str:
+    return f"a {type(value).__name__} ({value!r})" if not isinstance(value, int) else str(value)
 
 
 def describe_path(path: PathT) -> str:

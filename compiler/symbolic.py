@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from runtime.expr import Expr, ExprError, _is_number, parse_expr
+from runtime.expr import INT_MAX, Expr, ExprError, _is_number, parse_expr
 
 MAX_EXPANDED_POWER = 8
 MAX_TERMS = 1000    # products of sums grow as 2**k; past this size they stay opaque atoms
 MAX_CANONICAL = 100_000   # opaque atoms embed their operands' text, which can also grow as 2**k
+# Constants are folded exactly up to this size; a product of large ones would otherwise reach
+# Python's limit on the digits of an int converted to text (4300) when the normal form is printed.
+MAX_CONSTANT_BITS = 4096
 
 
 # --- symbolic equality ----------------------------------------------------------------------
@@ -32,8 +35,9 @@ class _TooComplex(Exception):
 
 
 def canonical(e: Expr) -> str:
-    """The polynomial normal form; for pathological inputs whose normal form would be huge, the
-    expression's own text (marked) - still a sound, if weaker, key for same_value."""
+    """The polynomial normal form, text that parse_expr reads back; for pathological inputs whose
+    normal form would be huge or hold a constant past int64, the expression's own text marked with
+    a leading `<` - still a sound, if weaker, key for same_value."""
     e = parse_expr(e)
     try:
         return _poly_str(_canon(e))
@@ -99,6 +103,10 @@ def _exact_quotient(p: Poly, q: Poly) -> Poly | None:
     return out
 
 
+def _bits(c: Fraction) -> int:
+    return max(c.numerator.bit_length(), c.denominator.bit_length())
+
+
 def _const_poly(c: Fraction) -> Poly:
     return {(): c} if c else {}
 
@@ -142,8 +150,7 @@ def _power_poly(p: Poly, q: Poly) -> Poly | None:
         return None
     k, base = int(k), _constant(p)
     if base is not None:   # exact, but refuse constants too big to fold quickly
-        size = max(base.numerator.bit_length(), base.denominator.bit_length())
-        if (base == 0 and k < 0) or size * abs(k) > 4096:
+        if (base == 0 and k < 0) or _bits(base) * abs(k) > MAX_CONSTANT_BITS:
             return None
         return _const_poly(base ** k)
     if not 0 <= k <= MAX_EXPANDED_POWER:
@@ -160,7 +167,7 @@ def _opaque(e: Expr, polys: list[Poly]) -> Poly:
     """An atom for a non-polynomial node, keyed by its text over canonical operands; folded to a
     number when every operand is constant and it evaluates cleanly."""
     consts = [_constant(p) for p in polys]
-    if all(c is not None for c in consts):
+    if all(c is not None and _bits(c) <= MAX_CONSTANT_BITS for c in consts):
         try:
             args = tuple(Expr("const", int(c) if c.denominator == 1 else float(c)) for c in consts)
             value = Expr(e.kind, e.value, args).evaluate({})
@@ -195,6 +202,8 @@ def _poly_str(p: Poly) -> str:
     for mono, c in sorted(p.items(), key=lambda t: (t[0] == (), t[0])):
         factors = [(a if _ATOM_NAME_RE.fullmatch(a) else f"({a})") + (f"**{n}" if n != 1 else "")
                    for a, n in mono]
+        if abs(c.numerator) > INT_MAX or c.denominator > INT_MAX:
+            raise _TooComplex     # the normal form is text in the expression language, which has int64 literals
         if abs(c) != 1 or not factors:
             factors.insert(0, str(abs(c)) if c.denominator == 1 else f"({abs(c)})")
         term = "*".join(factors)

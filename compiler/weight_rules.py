@@ -13,8 +13,8 @@ from runtime.expr import Expr
 from runtime.rules import (
     LAYER_VARS,
     TRANSFORMS,
+    Template,
     placeholders,
-    template_regex,
     transform_name,
 )
 
@@ -69,13 +69,27 @@ def model_tensors(ir) -> list[TensorTemplate]:
     return out
 
 
+def _template_problems(ir, rule) -> list[Problem]:
+    """A template that cannot be matched unambiguously, at its own line."""
+    out = []
+    for field, templates in (("from", rule.sources), ("to", rule.targets)):
+        for j, template in enumerate(templates):
+            try:
+                Template(template)
+            except ValueError as err:
+                out.append(ir.problem(rule.path + (field,) + ((j,) if len(templates) > 1 else ()), str(err)))
+    return out
+
+
 def check_rules(ir) -> list[Problem]:
     """Static checks: every rule lands on params, every param is fed by a rule, placeholders agree."""
     problems = []
     tensors = model_tensors(ir)
     covered: set[str] = set()
     for rule in ir.weights:
-        if rule.ignore is not None:
+        broken = _template_problems(ir, rule)
+        problems += broken
+        if rule.ignore is not None or broken:
             continue
         src_vars = [placeholders(s) for s in rule.sources]
         tgt_vars = [placeholders(t) for t in rule.targets]
@@ -98,7 +112,7 @@ def check_rules(ir) -> list[Problem]:
         if n != len(rule.targets):
             problems.append(ir.problem(rule.path, f"{len(rule.sources)} source(s) become {n} tensor(s) after the transforms, but the rule names {len(rule.targets)} target(s)"))
         for j, target in enumerate(rule.targets):
-            rx = template_regex(target)
+            rx = Template(target)
             hits = [t.name for t in tensors if rx.match(t.name)]
             if not hits:
                 near = sorted(t.name for t in tensors)[:6]

@@ -20,11 +20,14 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver, Resolver
 from yaml.scanner import Scanner
 
+from runtime.files import read_regular
+
 from .errors import Problem, SpecError
 
 PathT = tuple[str | int, ...]
 Mark = tuple[int, int]
 
+MAX_BYTES = 1_000_000   # a spec file; the largest shipped one is under 10 kB
 MAX_DEPTH = 100  # far beyond any real spec; keeps the recursive composer and builder safe
 
 _TAG = "tag:yaml.org,2002:"
@@ -176,6 +179,12 @@ class _Builder:
                 self.fail(key_node, "mapping keys must be plain scalars, not a mapping or list", path)
                 continue
             key = self.scalar(key_node, path)
+            if not isinstance(key, str):
+                # `1:`, `true:`, `null:` are read as a number, a bool, null: every key of a spec is a
+                # name, and later passes compare and sort keys as text
+                self.fail(key_node, f"mapping key {key_node.value!r} is read as {type(key).__name__}, "
+                                    f"but keys are names: quote it ('{key_node.value}')", path)
+                continue
             if key in first_line:
                 self.fail(key_node, f"duplicate key {key!r} (first at line {first_line[key]})",
                           path + (key,))
@@ -233,16 +242,18 @@ def _syntax_problem(file: str, err: yaml.YAMLError) -> Problem:
     return _at(file, mark, message)
 
 
-def _read(file: str, max_bytes: int) -> str:
+def read_source(file: str | os.PathLike, max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of a spec file: a regular file of at most `max_bytes` (never a FIFO or a device)."""
     try:
-        with open(file, "rb") as f:
-            raw = f.read(max_bytes + 1)  # never pull a huge file into memory just to refuse it
+        return read_regular(file, max_bytes)
     except FileNotFoundError:
-        raise SpecError(Problem("file not found", file)) from None
+        raise SpecError(Problem("cannot read the spec: file not found", os.fspath(file))) from None
     except OSError as err:
-        raise SpecError(Problem(f"cannot read file: {err.strerror or err}", file)) from None
-    if len(raw) > max_bytes:
-        raise SpecError(Problem(f"file is larger than {max_bytes} bytes", file))
+        raise SpecError(Problem(f"cannot read the spec: {err.strerror or err}", os.fspath(file))) from None
+
+
+def _read(file: str, max_bytes: int) -> str:
+    raw = read_source(file, max_bytes)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -251,7 +262,7 @@ def _read(file: str, max_bytes: int) -> str:
 
 
 def load_yaml(path: str | os.PathLike, text: str | None = None,
-              max_bytes: int = 1_000_000) -> tuple[object, SourceMap]:
+              max_bytes: int = MAX_BYTES) -> tuple[object, SourceMap]:
     file = os.fspath(path)
     if text is None:
         text = _read(file, max_bytes)

@@ -15,6 +15,7 @@ import networkx as nx
 
 from runtime.errors import ConfigError
 from runtime.expr import Expr, ExprError
+from runtime.files import JSON_LIMIT, read_regular
 
 _MISSING = object()
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,),
@@ -24,7 +25,7 @@ _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), 
 def read_config_json(folder: str | Path) -> dict:
     path = Path(folder) / "config.json"
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, JSON_LIMIT)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no config.json in the checkpoint folder") from None
     except OSError as err:

@@ -5,6 +5,7 @@ Reads the artifact only (manifest, interface.json, model.py): never the spec, ne
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
               "tensors": sum(len(a.sources) for a in plan.assignments)}
     model = CompiledModel(net, config, interface, art.manifest, torch_dtype, device, report, head=head)
     model.generation_config = GenerationConfig.from_checkpoint(folder)
-    if (folder / "tokenizer.json").is_file():
+    if os.path.lexists(folder / "tokenizer.json"):
         model.tokenizer = Tokenizer.from_folder(folder, model.text_keys())
     labels = hf.get("id2label")
     if isinstance(labels, dict):

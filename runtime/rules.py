@@ -25,14 +25,83 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 LAYER_VARS = ("i", "j", "k")
 
 
-def template_regex(template: str) -> re.Pattern:
-    parts, pos = [], 0
-    for m in PLACEHOLDER.finditer(template):
-        parts.append(re.escape(template[pos:m.start()]))
-        parts.append(f"(?P<{m.group(1)}>[^.]+)")
-        pos = m.end()
-    parts.append(re.escape(template[pos:]))
-    return re.compile("^" + "".join(parts) + "$")
+class TemplateMatch:
+    """The binding of a template's placeholders to the segments of one name."""
+
+    def __init__(self, binding: dict[str, str]):
+        self._binding = binding
+
+    def groupdict(self) -> dict[str, str]:
+        return dict(self._binding)
+
+
+class Template:
+    """A compiled name template. Matching runs in time linear in the name's length per placeholder.
+
+    A regular expression with one `[^.]+` group per placeholder backtracks exponentially on
+    placeholders that only literal text of the same segment separates (`{a}{b}{c}...`). But a
+    placeholder never matches a dot, so the name's dots line up one to one with the template's and
+    each dotted segment matches on its own; inside a segment the literal pieces are placed from the
+    right, each at its rightmost possible place. That gives every placeholder the longest text that
+    still lets the rest match, i.e. exactly the binding the regular expression's greedy groups find.
+    """
+
+    def __init__(self, template: str):
+        self.template = template
+        self._segments: list[list[str]] = []     # per segment: literal, name, literal, ..., literal
+        seen: set[str] = set()
+        for segment in template.split("."):
+            parts, pos = [], 0
+            for m in PLACEHOLDER.finditer(segment):
+                name = m.group(1)
+                if name in seen:
+                    raise ValueError(f"placeholder {{{name}}} appears twice in '{template}'; "
+                                     "each placeholder names one segment of the name")
+                if parts and m.start() == pos:
+                    raise ValueError(f"placeholders {{{parts[-1]}}}{{{name}}} in '{template}' are adjacent: "
+                                     "where one ends and the next begins is ambiguous")
+                seen.add(name)
+                parts += [segment[pos:m.start()], name]
+                pos = m.end()
+            parts.append(segment[pos:])
+            self._segments.append(parts)
+
+    def match(self, name: str) -> TemplateMatch | None:
+        pieces = name.split(".")
+        if len(pieces) != len(self._segments):
+            return None
+        binding: dict[str, str] = {}
+        for parts, piece in zip(self._segments, pieces):
+            if not _match_segment(parts, piece, binding):
+                return None
+        return TemplateMatch(binding)
+
+
+def _match_segment(parts: list[str], piece: str, binding: dict[str, str]) -> bool:
+    """Literal pieces at their rightmost places, each placeholder between them non-empty."""
+    literals, names = parts[0::2], parts[1::2]
+    head, tail = literals[0], literals[-1]
+    if not names:
+        return piece == head
+    if len(piece) < len(head) + len(tail) or not piece.startswith(head) or not piece.endswith(tail):
+        return False
+    end = len(piece) - len(tail)            # where the text of the last placeholder ends
+    for i in range(len(names) - 1, 0, -1):
+        lo, hi = len(head) + 1, end - 1       # the placeholders on both sides keep a character each
+        start = piece.rfind(literals[i], lo, hi) if hi > lo else -1   # literals[i] is never empty
+        if start < 0:
+            return False
+        binding[names[i]] = piece[start + len(literals[i]):end]
+        end = start
+    if end <= len(head):
+        return False
+    binding[names[0]] = piece[len(head):end]
+    return True
+
+
+def template_regex(template: str) -> Template:
+    """The compiled template (the name is kept for the callers that compiled a regex before)."""
+    return Template(template)
 
 
 def placeholders(template: str) -> set[str]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.errors import CheckpointError
+from runtime.files import JSON_LIMIT, open_regular, read_regular
 
 MAX_HEADER_BYTES = 100_000_000  # same limit as the reference implementation
 MAX_ELEMENTS = 2**62
@@ -103,7 +104,7 @@ class SafetensorsFile:
         self.path = pathlib.Path(path)
         self._mm: mmap.mmap | None = None
         try:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:
                 size = os.fstat(f.fileno()).st_size
                 if size < 8:
                     raise CheckpointError(f"{self.path}: file is {size} bytes, too short for a safetensors header (8 bytes)")
@@ -119,7 +120,7 @@ class SafetensorsFile:
                 # ACCESS_COPY: tensors are writable (no torch warning) and writes stay private.
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         except OSError as e:
-            raise CheckpointError(f"{self.path}: cannot open: {e}") from None
+            raise CheckpointError(f"{self.path}: cannot open: {e.strerror or e}") from None
         except (ValueError, OverflowError) as e:  # e.g. mmap of a special file
             raise CheckpointError(f"{self.path}: cannot map: {e}") from None
         if len(self._mm) != size:  # the file changed between validation and mapping
@@ -300,9 +301,11 @@ class Checkpoint:
     def _open_sharded(self) -> None:
         index_path = self.folder / INDEX_NAME
         try:
-            text = index_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{index_path}: cannot read: {e}") from None
+            text = read_regular(index_path, JSON_LIMIT).decode("utf-8")
+        except OSError as e:
+            raise CheckpointError(f"{index_path}: cannot read: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{index_path}: not UTF-8 (byte offset {e.start})") from None
         index = _load_json(text, str(index_path))
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(k, str) for k in weight_map):
@@ -310,6 +313,10 @@ class Checkpoint:
 
         # Every shard name is checked before any shard is opened, so a hostile index
         # cannot make us map a file outside the folder even briefly.
+        for name, shard in weight_map.items():
+            if not isinstance(shard, str):
+                raise CheckpointError(f"{index_path}: weight_map[{name!r}] is a JSON {type(shard).__name__}, "
+                                      "expected a shard file name")
         real_folder = os.path.realpath(self.folder)
         shard_paths = {s: _check_shard_name(self.folder, real_folder, s) for s in sorted(set(weight_map.values()))}
 

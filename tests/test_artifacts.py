@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from compiler import artifact as artifact_mod
 from compiler.artifact import is_complete
 from compiler.pipeline import compile_spec
 from compiler.schema import schema_text
@@ -41,10 +40,14 @@ def test_a_crash_while_writing_leaves_the_old_artifact(tmp_path, monkeypatch):
     spec.write_text(Path("specs/llama.yaml").read_text())
     old = compile_spec(spec, tmp_path / "a")
     spec.write_text(spec.read_text().replace("default: 1e-6", "default: 1e-5"))
+    written = []
 
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-    monkeypatch.setattr(artifact_mod.os, "rename", crash)
+    def write_bytes(self, data):
+        if written:
+            raise OSError("disk full")
+        written.append(self)
+        return self.write_text(data.decode())
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
     with pytest.raises(OSError, match="disk full"):
         compile_spec(spec, tmp_path / "a")
     assert is_complete(tmp_path / "a", old.manifest["key"])

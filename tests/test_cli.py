@@ -25,10 +25,10 @@ def test_validate_is_zero_for_good_specs_and_one_with_a_line_per_error(tmp_path,
     assert lines[-1].startswith(f"{bad}:") and "undefined value 'nope'" in lines[-1]
 
 
-def test_compile_of_a_broken_spec_exits_one_with_the_place(tmp_path, capsys):
+def test_compile_of_a_broken_spec_exits_two_with_the_place(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("spec: 1\nname: x\n")
-    assert main(["compile", str(bad), "-o", str(tmp_path / "out")]) == 1
+    assert main(["compile", str(bad), "-o", str(tmp_path / "out")]) == 2
     assert f"{bad}:1:1" in capsys.readouterr().err
 
 

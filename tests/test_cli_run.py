@@ -73,7 +73,7 @@ def test_bad_inputs_are_one_line_and_exit_two(folder, tmp_path, capsys, monkeypa
     one_line_error(capsys, folder, "--prompt", "x", "--do-sample", "--temperature", "0", match="temperature must be")
     one_line_error(capsys, folder, "--prompt", "x", "--temperature", "hot", match="invalid float value: 'hot'")
     one_line_error(capsys, folder, "--prompt", "x", "--num-beams", "0", match="num_beams must be")
-    one_line_error(capsys, folder, "--ids", "1,x", match="--ids must be comma-separated integers")
+    one_line_error(capsys, folder, "--ids", "1,x", match="--ids: 'x' is not a token id")
     one_line_error(capsys, folder, "--chat", match="--chat needs --prompt")
     one_line_error(capsys, folder, "--prompt", "x", "--dtype", "fp8", match="invalid choice: 'fp8'")
     one_line_error(capsys, match="required: checkpoint")

@@ -97,9 +97,14 @@ def test_every_duplicate_reported():
     assert [p.line for p in found] == [2, 3, 4]
 
 
-def test_int_keys_stay_int():
-    data, _ = load("1: one\n'2': two\n")
-    assert data == {1: "one", "2": "two"}
+def test_keys_that_are_not_text_are_refused_with_the_quoted_form():
+    # a spec is JSON data (its schema is JSON Schema, the artifact stores it as spec.json): keys are text
+    found = problems("1: one\n'2': two\ntrue: x\n")
+    assert [(p.line, p.message) for p in found] == [
+        (1, "mapping key '1' is read as int, but keys are names: quote it ('1')"),
+        (3, "mapping key 'true' is read as bool, but keys are names: quote it ('true')")]
+    data, _ = load("'1': one\n")
+    assert data == {"1": "one"}
 
 
 def test_non_scalar_key_refused():

@@ -178,7 +178,7 @@ def peers_for(args, folder: Path, workdir: Path) -> dict:
 
 def timed_linears(model):
     """Wrap every linear of `model.net` to add its wall time to the returned dict's 's'."""
-    from compiler.ops.fused import FusedLinear, Linear
+    from runtime.ops import FusedLinear, Linear
     acc = {"s": 0.0}
     for m in model.net.modules():
         if isinstance(m, (Linear, FusedLinear, QuantLinear)):
@@ -213,6 +213,41 @@ def decode_breakdown(model, prompt, new_tokens: int) -> dict:
 def agreement(got: torch.Tensor, want: torch.Tensor) -> dict:
     cos = torch.nn.functional.cosine_similarity(got.double().flatten(1), want.double().flatten(1), dim=-1).min()
     return {"cos": float(cos), "top1": float((got.argmax(-1) == want.argmax(-1)).float().mean())}
+
+
+def artifact_swaps(repeat: int = 2000) -> dict:
+    """Seconds per swap of one artifact directory for another, by each way of doing it atomically
+    (compiler/artifact.py says which it uses and why), and for one whole artifact write of llama."""
+    from compiler.artifact import exchange, write_artifact
+    from compiler.pipeline import compile_spec
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name in ("a", "b", "v1", "v2"):
+            (root / name).mkdir()
+            (root / name / "model.py").write_text("x")
+        os.symlink("v1", root / "link")
+        flip = iter(range(10**9))
+
+        def symlink_swap():
+            os.symlink("v2" if next(flip) % 2 else "v1", root / "link.new")
+            os.replace(root / "link.new", root / "link")
+
+        def two_renames():
+            os.rename(root / "a", root / "old")
+            os.rename(root / "b", root / "a")
+            os.rename(root / "old", root / "b")
+        times = {"renameat2 exchange": median_time(lambda: exchange(root / "a", root / "b"), repeat),
+                 "symlink replace": median_time(symlink_swap, repeat),
+                 "two renames (not atomic)": median_time(two_renames, repeat)}
+        result = compile_spec(SPEC, root / "llama")
+        files = {p.name: p.read_text() for p in result.directory.iterdir() if p.name != "manifest.json"}
+        manifest = {k: v for k, v in result.manifest.items() if k not in ("files", "manifest_sha256")}
+        flip_key = iter(range(10**9))
+
+        def whole_write():   # a changed key each time, so every write swaps
+            write_artifact(root / "llama", files, {**manifest, "key": f"{next(flip_key):064x}"})
+        times["write_artifact (llama, 5 files, swap included)"] = median_time(whole_write, repeat // 20)
+    return times
 
 
 def run(args) -> None:
@@ -422,7 +457,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-load-probe", dest="load_probe", action="store_false")
     p.add_argument("--probe-load", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
+    p.add_argument("--artifact-swap", action="store_true",
+                   help="only time the ways of swapping an artifact directory atomically")
     args = p.parse_args(argv)
+    if args.artifact_swap:
+        for what, seconds in artifact_swaps().items():
+            print(f"{what:50s} {seconds * 1e6:8.1f} us")
+        return 0
     if args.probe_load:
         load_probe(args.probe_load, args.dtype)
         return 0

@@ -1,8 +1,14 @@
-"""The `graphspec` command line: compile, validate, diff, show, run, schema, ops."""
+"""The `graphspec` command line: compile, validate, diff, show, ops, run, schema.
+
+Every bad input is one line on stderr and exit status 2 (a spec, a checkpoint, an artifact, an
+argument); 1 is validate's or diff's "found something"; 3 is a bug in graphspec (`--debug` shows the
+traceback)."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import traceback
 from pathlib import Path
 
 from compiler.errors import SpecError
@@ -14,6 +20,18 @@ PASS_NAMES = ["lower", "check_names", "check_weight_rules", "fold_constants", "d
               "check_expect_fused", "select_kernels"]
 
 
+class UsageError(Exception):
+    """A command-line argument is wrong: one line naming it, exit status 2. `prog`: the command whose
+    parser found it (`graphspec run`)."""
+
+    def __init__(self, message: str, prog: str | None = None):
+        super().__init__(message)
+        self.prog = prog
+
+
+AOT_TARGET = re.compile(r"sm_[0-9]{2,3}")
+
+
 def _cmd_compile(args) -> int:
     if args.resolved:
         return _print_resolved(args.spec)
@@ -21,8 +39,14 @@ def _cmd_compile(args) -> int:
     options = {"fuse": False} if args.no_fuse else {}
     if args.print_after:
         options["print_after"] = args.print_after
-    if args.aot:
-        options["aot"] = args.aot.split(",")
+    if args.output is not None and not args.output.strip():
+        raise UsageError("-o/--output: an empty path; give the artifact directory")
+    if args.aot is not None:
+        targets = args.aot.split(",")
+        bad = [t for t in targets if not AOT_TARGET.fullmatch(t)]
+        if bad:
+            raise UsageError(f"--aot: {bad[0]!r} is not a GPU target; expected a comma-separated list such as sm_80,sm_90")
+        options["aot"] = list(dict.fromkeys(targets))
     result = compile_spec(args.spec, args.output, options)
     m = result.manifest
     state = "cache hit (nothing rebuilt)" if result.cache_hit else "compiled"
@@ -139,18 +163,22 @@ def _cmd_ops(args) -> int:
     return 0
 
 
+def _token_ids(text: str) -> list[int]:
+    ids = []
+    for part in text.split(","):
+        part = part.strip()
+        if not re.fullmatch(r"[0-9]{1,18}", part):
+            raise UsageError(f"--ids: {part!r} is not a token id; expected comma-separated non-negative integers "
+                             "such as 1,2,3")
+        ids.append(int(part))
+    return ids
+
+
 def _cmd_run(args) -> int:
-    """Generate from a checkpoint; a bad input (checkpoint, tokenizer, option) is one line on stderr, exit 2."""
-    from runtime.errors import ArtifactError, CheckpointError, ConfigError, GenerationError
-    try:
-        return _run(args)
-    except (SpecError, ArtifactError, CheckpointError, ConfigError, GenerationError) as err:
-        text = "; ".join(err.problems) if isinstance(err, SpecError) else str(err)
-        print(f"graphspec run: error: {' '.join(text.split())}", file=sys.stderr)
-        return 2
-
-
-def _run(args) -> int:
+    """Generate from a checkpoint: the prompt's reply streams as text (token ids without a prompt)."""
+    if args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens: {args.max_new_tokens} is negative")
+    ids = _token_ids(args.ids) if args.prompt is None else None
     import torch
 
     import runtime
@@ -169,13 +197,8 @@ def _run(args) -> int:
             ids = tok.encode(args.prompt)
         if not ids:
             raise GenerationError("--prompt encodes to no tokens")
-    else:
-        if args.chat:
-            raise GenerationError("--chat needs --prompt (the user message)")
-        try:
-            ids = [int(t) for t in args.ids.split(",")]
-        except ValueError:
-            raise GenerationError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
+    elif args.chat:
+        raise UsageError("--chat needs --prompt (the user message)")
     options = {name: getattr(args, name) for name in ("do_sample", "temperature", "top_k", "top_p", "num_beams",
                                                       "max_new_tokens") if getattr(args, name) is not None}
     generator = torch.Generator(device=model.device)
@@ -195,14 +218,21 @@ def _run(args) -> int:
     return 0
 
 
-def _one_line_usage_error(message: str):
-    print(f"graphspec run: error: {message}", file=sys.stderr)
-    sys.exit(2)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)", self.prog)
+
+
+EPILOG = """exit status: 0 done; 1 validate found problems or diff found differences; 2 bad input (a spec, a
+checkpoint, an artifact, an argument: one line per problem on stderr); 3 a bug in graphspec (--debug
+shows the traceback to report)"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="graphspec", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="graphspec", description=__doc__, epilog=EPILOG)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
 
     p = sub.add_parser("compile", help="compile a spec into an artifact directory")
     p.add_argument("spec")
@@ -249,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_ops)
 
     p = sub.add_parser("run", help="generate text (or token ids) from a checkpoint folder or hub id")
-    p.error = _one_line_usage_error
     p.add_argument("checkpoint", help="a checkpoint folder, or a hub id already in the Hugging Face cache")
     p.add_argument("--artifact", help="a compiled artifact (default: pick and compile the spec)")
     p.add_argument("--prompt", help="text, encoded with the checkpoint's tokenizer.json; the reply streams")
@@ -266,19 +295,45 @@ def main(argv: list[str] | None = None) -> int:
                    help="float32 (default), bfloat16, float16 or auto (config.json's)")
     p.set_defaults(func=_cmd_run)
 
-    args = parser.parse_args(argv)
+    for p in sub.choices.values():   # also accepted after the command
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(f"{err.prog or 'graphspec'}: error: {err}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
-    except SpecError as err:
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        return _report(err, f"graphspec {args.command}")
+    except KeyboardInterrupt:
+        print("graphspec: interrupted", file=sys.stderr)
+        return 130
+
+
+def _report(err: Exception, prog: str) -> int:
+    """One line per problem on stderr, after the command's name; the exit status says whose fault it is."""
+    from runtime.errors import ArtifactError, CheckpointError, ConfigError, GenerationError
+    if isinstance(err, SpecError):
         for problem in err.problems:
             print(problem, file=sys.stderr)
-        return 1
-    except Exception as err:  # our own loaders raise these with full context already
-        from runtime.errors import ArtifactError, CheckpointError, ConfigError
-        if isinstance(err, (ArtifactError, CheckpointError, ConfigError)):
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        raise
+        return 2
+    if isinstance(err, (UsageError, ArtifactError, CheckpointError, ConfigError, GenerationError)):
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    if isinstance(err, OSError):   # a file or folder named on the command line, a full disk, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{prog}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    print(f"{prog}: internal error: {type(err).__name__}: {_one_line(err)} "
+          "(a bug in graphspec; rerun with --debug for the traceback)", file=sys.stderr)
+    return 3
+
+
+def _one_line(err: Exception) -> str:
+    return " / ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ carries the chat template, unless chat_template.jinja (and additional_chat_templ
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from runtime.errors import CheckpointError, GenerationError
@@ -64,6 +65,26 @@ def _chat_templates(folder: Path, config: dict):
     return template if isinstance(template, (str, dict)) else None
 
 
+def _backend_from(path: Path):
+    """tokenizer.json through the tokenizers package, read as a bounded regular file."""
+    from tokenizers import Tokenizer as Backend
+
+    from runtime.files import JSON_LIMIT, read_regular
+    try:
+        text = read_regular(path, JSON_LIMIT).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:       # a FIFO, a device, a directory, too large: refused before any read
+        raise CheckpointError(f"{path}: {err.strerror or err}") from None
+    try:
+        return Backend.from_str(text)
+    except BaseException as err:  # the tokenizers library raises its own types, and panics on some files
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not a tokenizer the tokenizers library can load ({first})") from None
+
+
 class Tokenizer:
     """Encode, decode and chat-format text for a checkpoint; `backend_tokenizer` is the `tokenizers`
     object. Decoding follows Transformers: `decode(ids, skip_special_tokens=False)`, with
@@ -83,11 +104,7 @@ class Tokenizer:
     @property
     def backend_tokenizer(self):
         if isinstance(self._backend, Path):
-            from tokenizers import Tokenizer as Backend
-            try:
-                self._backend = Backend.from_file(str(self._backend))
-            except Exception as err:  # the tokenizers package raises its own exception type
-                raise CheckpointError(f"{self._backend}: not a tokenizers file ({err})") from None
+            self._backend = _backend_from(self._backend)
         return self._backend
 
     @classmethod
@@ -95,11 +112,13 @@ class Tokenizer:
         """The folder's tokenizer; tokenizer.json itself is parsed on first use."""
         folder = Path(folder)
         path = folder / "tokenizer.json"
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise CheckpointError(f"{folder}: no tokenizer.json (graphspec reads fast tokenizers only)")
         config_path = folder / "tokenizer_config.json"
-        config = read_json(config_path) if config_path.is_file() else {}
-        return cls(path, config, _special_tokens(folder, config), _chat_templates(folder, config), str(folder), keys)
+        config = read_json(config_path) if os.path.lexists(config_path) else {}
+        # parsed now: a broken file is reported when the tokenizer is loaded, not at its first use
+        return cls(_backend_from(path), config, _special_tokens(folder, config), _chat_templates(folder, config),
+                   str(folder), keys)
 
     def __getattr__(self, name: str):
         # bos_token, eos_token_id, ... as Transformers' tokenizers expose them (None when absent)
