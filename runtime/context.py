@@ -56,8 +56,10 @@ EMPTY = SequenceState()
 
 class ForwardContext:
     def __init__(self, dtype: torch.dtype, device, sequences: dict[str, SequenceState] | None = None,
-                 keep_positions: int = 0):
+                 keep_positions: int = 0, group=None):
         self.dtype, self.device = dtype, device
+        # tensor parallelism: the process group the model's collectives run on (None: one process)
+        self.group = group
         self.sequences = sequences or {}
         # > 0: the model's per-position tail (final norm, LM head) runs on the last k positions only
         self.keep_positions = keep_positions

@@ -9,7 +9,7 @@ from compiler.errors import SpecError
 
 # the compiler's pipeline, by name (compiler/passes/__init__.py NAMES); kept here as data so that
 # building the parser imports nothing heavy
-PASS_NAMES = ["lower", "check_names", "check_weight_rules", "fold_constants", "derive_contract", "defer_carried_ops",
+PASS_NAMES = ["lower", "check_names", "check_weight_rules", "fold_constants", "derive_contract", "shard", "defer_carried_ops",
               "keep_positions", "fuse",
               "check_expect_fused", "select_kernels"]
 
@@ -23,6 +23,8 @@ def _cmd_compile(args) -> int:
         options["print_after"] = args.print_after
     if args.aot:
         options["aot"] = args.aot.split(",")
+    if args.tp:
+        options["tp"] = args.tp
     result = compile_spec(args.spec, args.output, options)
     m = result.manifest
     state = "cache hit (nothing rebuilt)" if result.cache_hit else "compiled"
@@ -44,7 +46,16 @@ def _cmd_compile(args) -> int:
         print((result.directory / "ir.txt").read_text())
     if args.explain:
         print((result.directory / "fusion.txt").read_text(), end="")
+        if (result.directory / "parallel.txt").exists():
+            print((result.directory / "parallel.txt").read_text(), end="")
     return 0
+
+
+def _ranks(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"the number of ranks must be at least 1, got {n}")
+    return n
 
 
 def _print_resolved(path: str) -> int:
@@ -158,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--explain", action="store_true",
                    help="print the fusion report: per block, the groups formed and the fusions refused, with reasons")
     p.add_argument("--no-fuse", "-O0", action="store_true", help="compile without the fusion pass")
+    p.add_argument("--tp", type=_ranks, metavar="N", help="derive a tensor-parallel plan (the shard pass) for N ranks; "
+                   "--explain prints it, with every collective it inserts")
     p.add_argument("--aot", metavar="TARGETS", help="also compile every Triton kernel ahead of time for these "
                    "GPU targets (e.g. sm_80,sm_90; fp32 and bf16) and record shared memory and warps in the manifest")
     p.set_defaults(func=_cmd_compile)

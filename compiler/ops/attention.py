@@ -2,7 +2,7 @@
 (run time: runtime/ops/attention.py)."""
 from __future__ import annotations
 
-from .registry import Attr, OpDef, ShapeError, TType, register
+from .registry import Attr, OpDef, Parallel, ShapeError, TType, register
 
 
 def _attention_infer(ctx) -> list[TType]:
@@ -42,4 +42,12 @@ register(OpDef(
            Attr("encoder_keys", "expr", default=False,
                 doc="v1: keys from the encoder's sequence; the compiler checks it against the keys' shape, "
                     "which decides masks and the KV cache")),
-    infer=_attention_infer, emit=_attention_emit))
+    infer=_attention_infer, emit=_attention_emit, parallel=lambda ranks, attrs: _attention_parallel(ranks)))
+
+
+def _attention_parallel(ranks: dict) -> Parallel:
+    """Heads are independent; k and v may hold fewer heads, each serving a group of q's (GQA)."""
+    dims = {"q": {0: 0, 1: 1, 2: 2}, "k": {0: 0, 1: 1}, "v": {0: 0, 1: 1}}
+    if "bias" in ranks:
+        dims["bias"] = {-3: 1, **({0: 0} if ranks["bias"] == 4 else {})}
+    return Parallel(dims=dims, grouped={"k": (1,), "v": (1,)})

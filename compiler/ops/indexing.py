@@ -2,7 +2,7 @@
 joining and reshaping sequences, integer arithmetic on ids, tanh for poolers."""
 from __future__ import annotations
 
-from .registry import Attr, OpDef, ShapeError, TType, register
+from .registry import Attr, OpDef, Parallel, ShapeError, TType, register
 
 
 def _const_int(ctx, attr: str) -> int:
@@ -137,7 +137,14 @@ def _transpose_infer(ctx) -> list[TType]:
 register(OpDef(
     name="transpose", doc="swap two dims", operands=("x",),
     attrs=(Attr("dim0", "expr", required=True), Attr("dim1", "expr", required=True)),
-    infer=_transpose_infer, fusion="injective", emit=lambda e: f"{e['x']}.transpose({e.a('dim0')}, {e.a('dim1')})"))
+    infer=_transpose_infer, fusion="injective", emit=lambda e: f"{e['x']}.transpose({e.a('dim0')}, {e.a('dim1')})",
+    parallel=lambda ranks, attrs: _transpose_parallel(ranks["x"], attrs)))
+
+
+def _transpose_parallel(rank: int, attrs: dict) -> Parallel:
+    a, b = (int(attrs[k].evaluate({})) % rank for k in ("dim0", "dim1"))
+    swap = {a: b, b: a}
+    return Parallel(dims={"x": {d: swap.get(d, d) for d in range(rank)}})
 
 
 def _param_infer(ctx) -> list[TType]:

@@ -1,7 +1,7 @@
 """Primitives that read a weight matrix: linear projections and embedding lookups."""
 from __future__ import annotations
 
-from .registry import OpDef, ShapeError, TType, register
+from .registry import OpDef, Parallel, ShapeError, TType, register
 
 
 def _linear_infer(ctx) -> list[TType]:
@@ -15,7 +15,9 @@ def _linear_infer(ctx) -> list[TType]:
 
 register(OpDef(
     name="linear", doc="x @ w.T + b over the last dimension", operands=("x",), params={"w": "linear"},
-    infer=_linear_infer, emit=lambda e: f"{e.p('w')}({e['x']})", fusion="matmul", positionwise=True))
+    infer=_linear_infer, emit=lambda e: f"{e.p('w')}({e['x']})", fusion="matmul", positionwise=True,
+    parallel=lambda ranks, attrs: Parallel(dims={"x": {d: d for d in range(ranks["x"] - 1)}},
+                                           param_out={("w", "out"): -1}, contracted={("w", "in"): ("x", -1)})))
 
 
 def _embedding_infer(ctx) -> list[TType]:
@@ -26,4 +28,7 @@ def _embedding_infer(ctx) -> list[TType]:
 
 register(OpDef(
     name="embedding", doc="rows of w picked by integer ids", operands=("ids",), params={"w": "embedding"},
-    infer=_embedding_infer, emit=lambda e: f"{e.p('w')}({e['ids']})", fusion="opaque"))
+    infer=_embedding_infer, emit=lambda e: f"{e.p('w')}({e['ids']})", fusion="opaque",
+    parallel=lambda ranks, attrs: Parallel(dims={"ids": {d: d for d in range(ranks["ids"])}},
+                                           param_out={("w", "dim"): -1}, gathered={("w", "num"): "ids"},
+                                           split_rows="embedding_shard")))
