@@ -28,6 +28,7 @@ class Collective:
     after: str           # the op producing it, as `op(value)`
     loc: str
     why: str
+    index: float = 0     # its place in the block (the report lists collectives in the author's order)
 
 
 @dataclass
@@ -68,7 +69,7 @@ def explain_parallel(plan: ParallelPlan, ranks: int) -> str:
     out += [f"  {t}: {why}" for t, why in plan.replicated.items()]
     out.append(f"collectives ({len(plan.collectives)}, per call of their block):")
     for c in plan.collectives:
-        out.append(f"  {c.block}: {c.op}({c.value}) after {c.after}  {c.loc}: {c.why}")
+        out.append(f"  {c.block}: {c.op}({c.value}) after {c.after} ({c.loc}) - {c.why}")
     if plan.checks:
         out.append("checked when a checkpoint is loaded:")
         out += [f"  {c.that}" for c in plan.checks]

@@ -287,7 +287,7 @@ class _Sharding:
                 node = self.ir.blocks[b].node(nid)
                 return (f"{op_label(self.ir.blocks[b], node)} ({node.loc}) picks rows of a table that is not the "
                         "vocabulary of generated logits: replicated, a lookup costs less than the all-reduce a split adds")
-        for kind, slot in (("p", s) for s in axis.slots if s[0] == "p"):
+        for slot in (s for s in axis.slots if s[0] == "p"):
             for rule in self.rules_of(slot):
                 names = [transform_name(t)[0] for t in rule.transforms]
                 if any(n not in SLICEABLE for n in names):
@@ -386,6 +386,8 @@ class _Sharding:
             self.rewrite(axes[r], originals)
         for r in split:
             self.insert_collectives(axes[r], originals)
+        blocks = list(ir.blocks)
+        plan.collectives.sort(key=lambda c: (blocks.index(c.block), c.index))
         ir.parallel = plan
 
     def fresh_config(self, name: str) -> str:
@@ -466,12 +468,13 @@ class _Sharding:
             dims = layout(p)[t.name.rsplit(".", 1)[1]]
             slot = next((("p", t.block, t.param, d) for d in p.dims if ("p", t.block, t.param, d) in where), None)
             if slot is None:
-                reasons = []
+                reasons = {}
                 for d in dims:
                     r = self.find(("p", t.block, t.param, d))
-                    why = status.get(r) or f"it serves {self.describe(axes[next(iter(axes[r].leaders))].slots[0])}, which stays whole"
-                    reasons.append(f"{d}: {why}")
-                plan.replicated[t.name] = "; ".join(reasons)
+                    reasons[d] = status.get(r) or f"it serves {self.describe(axes[next(iter(axes[r].leaders))].slots[0])}, which stays whole"
+                same = len(set(reasons.values())) == 1
+                plan.replicated[t.name] = (next(iter(reasons.values())) if same
+                                           else "; ".join(f"{d}: {why}" for d, why in reasons.items()))
                 continue
             axis = axes[where[slot]]
             if slot[3] in dims:
@@ -552,4 +555,5 @@ class _Sharding:
         block.add(collective)
         block.replace_uses(vid, new.id, among=readers)
         block.outputs = [new.id if o == vid else o for o in block.outputs]
-        self.plan.collectives.append(Collective(block.name, op, old.name, op_label(block, node), str(node.loc), why))
+        self.plan.collectives.append(Collective(block.name, op, old.name, op_label(block, node), str(node.loc), why,
+                                                collective.index))
