@@ -137,15 +137,19 @@ def _cmd_run(args) -> int:
     import torch
 
     import runtime
-    model = (runtime.load(args.artifact, args.checkpoint, dtype=args.dtype) if args.artifact
-             else runtime.from_pretrained(args.checkpoint, dtype=args.dtype))
+    opts = {"dtype": args.dtype, "device": args.device, "tp_plan": args.tp_plan}
+    model = (runtime.load(args.artifact, args.checkpoint, **opts) if args.artifact
+             else runtime.from_pretrained(args.checkpoint, **opts))
     if args.prompt is not None:
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(str(Path(args.checkpoint) / "tokenizer.json"))
         ids = torch.tensor([tok.encode(args.prompt).ids])
     else:
         ids = torch.tensor([[int(t) for t in args.ids.split(",")]])
-    out = model.generate(ids, max_new_tokens=args.max_new_tokens, eos_token_id=model.config.get("eos_token_id"))
+    out = model.generate(ids.to(model.device), max_new_tokens=args.max_new_tokens,
+                         eos_token_id=model.config.get("eos_token_id"))
+    if model.load_report.get("tensor_parallel", {}).get("rank", 0) != 0:
+        return 0                   # every rank generated the same tokens; rank 0 prints them
     new = out[0, ids.shape[1]:].tolist()
     print("tokens:", new)
     if args.prompt is not None:
@@ -205,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ids", default="1,2,3", help="comma-separated token ids when there is no prompt")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 or auto")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (under torchrun: each rank's own GPU)")
+    p.add_argument("--tp-plan", choices=["auto"], help="tensor parallelism over torchrun's ranks, by the plan the "
+                   "compiler derives (torchrun --nproc-per-node N -m tools.cli run ... --tp-plan auto)")
     p.set_defaults(func=_cmd_run)
 
     args = parser.parse_args(argv)

@@ -322,8 +322,8 @@ class _Sharding:
                 a = axes[r]
                 if not a.leaders:
                     continue
-                if len(a.leaders) > 1 and status[r] is None:
-                    status[r] = "grouped slices serving several axes"
+                if (len(a.leaders) > 1 or r in a.leaders) and status[r] is None:
+                    status[r] = "grouped slices serving several axes, or themselves"
                     changed = True
                 for leader in a.leaders:
                     if status.get(leader, "") is None and status[r] is not None:
@@ -378,8 +378,9 @@ class _Sharding:
                        f"tensor parallelism: the rank must lie in 0..{plan.size} - 1")
         leaders = sorted((r for r in split if not axes[r].leaders), key=self.slot_order.get)
         followers = sorted((r for r in split if axes[r].leaders), key=self.slot_order.get)
+        led = {leader for r in followers for leader in axes[r].leaders}
         for r in leaders + followers:
-            self.name_shares(axes, r)
+            self.name_shares(axes, r, led)
         self.record_tensors(axes, status, split)
         originals = {s: self.size(s) for r in split for s in axes[r].slots}
         for r in split:
@@ -412,41 +413,64 @@ class _Sharding:
         first = next(s for s in axis.slots if s[0] == "p")
         return f"{first[2]}_{first[3]}"
 
-    def name_shares(self, axes: dict, root) -> None:
-        """Config entries for this rank's share of the axis's units: how many, and the first."""
+    def name_shares(self, axes: dict, root, led: set) -> None:
+        """Config entries for this rank's share of the axis's units (how many, and the first), and the
+        checks that the share is whole: every rank as many heads, the grouped slices its heads need."""
         axis = axes[root]
-        size, rank, unit = self.plan.size, self.plan.rank, axis.unit
         leader = axes[next(iter(axis.leaders))] if axis.leaders else None
         axis.leader = leader
-        if leader is not None and same_value(leader.unit, unit):
+        if leader is None:
+            self.leader_shares(axis)
+            if axis.units or root in led:
+                self.check_even(axis)
+            return
+        if same_value(leader.unit, axis.unit):
             axis.local, axis.start = leader.local, leader.start
             return
-        key = (canonical(unit), canonical(leader.unit) if leader is not None else None)
-        existing = self.shares.get(key)
-        if existing:
-            axis.local, axis.start = existing
-            return
+        self.follower_shares(axis, leader)
+
+    def shares_for(self, axis: _Axis, leader: _Axis | None) -> bool:
+        """Names for the axis's share, shared with every axis counted in the same units; False when
+        they exist already."""
+        key = (canonical(axis.unit), canonical(leader.unit) if leader is not None else None)
+        if key in self.shares:
+            axis.local, axis.start = self.shares[key]
+            return False
         base = self.base_name(axis)
         axis.local, axis.start = self.fresh_config(f"local_{base}"), self.fresh_config(f"local_{base}_start")
         self.shares[key] = (axis.local, axis.start)
-        if leader is None:
-            chunk = f"(({unit}) + {size} - 1) // {size}"
-            self.add_config(axis.start, f"min({unit}, {rank} * ({chunk}))",
-                            f"tensor parallelism: this rank's first unit of {unit}")
-            self.add_config(axis.local, f"min({unit}, ({rank} + 1) * ({chunk})) - {axis.start}",
-                            f"tensor parallelism: this rank's share of {unit}")
-            if axis.units:
-                b, nid, attr = axis.units[0]
-                node = self.ir.blocks[b].node(nid)
-                self.add_check(f"({unit}) % {size} == 0",
-                               f"tensor parallelism splits {unit} (the {attr} of {op_label(self.ir.blocks[b], node)}, "
-                               f"{node.loc}) evenly: it must be a multiple of {size}, the number of ranks")
+        return True
+
+    def leader_shares(self, axis: _Axis) -> None:
+        """Ceil-sized chunks of the units, in rank order (the last ranks may hold fewer)."""
+        if not self.shares_for(axis, None):
             return
-        lu = leader.unit
-        self.add_config(axis.start, f"{leader.start} * ({unit}) // ({lu})",
-                        f"tensor parallelism: this rank's first unit of {unit} (grouped by {lu})")
-        self.add_config(axis.local, f"(({leader.start} + {leader.local}) * ({unit}) + ({lu}) - 1) // ({lu}) - {axis.start}",
-                        f"tensor parallelism: the units of {unit} this rank's share of {lu} needs")
+        size, rank, unit = self.plan.size, self.plan.rank, axis.unit
+        chunk = f"(({unit}) + {size} - 1) // {size}"
+        self.add_config(axis.start, f"min({unit}, {rank} * ({chunk}))", f"tensor parallelism: this rank's first unit of {unit}")
+        self.add_config(axis.local, f"min({unit}, ({rank} + 1) * ({chunk})) - {axis.start}",
+                        f"tensor parallelism: this rank's share of {unit}")
+
+    def check_even(self, axis: _Axis) -> None:
+        size, unit = self.plan.size, axis.unit
+        if axis.units:
+            b, nid, attr = axis.units[0]
+            node = self.ir.blocks[b].node(nid)
+            what = f"the {attr} of {op_label(self.ir.blocks[b], node)}, {node.loc}"
+        else:
+            what = "grouped slices follow it"
+        self.add_check(f"({unit}) % {size} == 0",
+                       f"tensor parallelism splits {unit} ({what}) evenly: it must be a multiple of {size}, the number of ranks")
+
+    def follower_shares(self, axis: _Axis, leader: _Axis) -> None:
+        """The units of grouped slices that this rank's share of the leader's units reads: unit j serves
+        the leader's units j * L / K .. (j + 1) * L / K - 1."""
+        size, unit, lu = self.plan.size, axis.unit, leader.unit
+        if self.shares_for(axis, leader):
+            self.add_config(axis.start, f"{leader.start} * ({unit}) // ({lu})",
+                            f"tensor parallelism: this rank's first unit of {unit} (grouped by {lu})")
+            self.add_config(axis.local, f"(({leader.start} + {leader.local}) * ({unit}) + ({lu}) - 1) // ({lu}) - {axis.start}",
+                            f"tensor parallelism: the units of {unit} this rank's share of {lu} needs")
         b, nid = axis.follows[0]
         node = self.ir.blocks[b].node(nid)
         self.add_check(f"({unit}) % {size} == 0 or {size} % ({unit}) == 0",
