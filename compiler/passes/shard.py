@@ -31,6 +31,12 @@ The split itself is config entries the pass adds (`tp_size`, `tp_rank`, and per 
 `local_X_start`), so model.py reads `cfg.local_num_heads` where it read `cfg.num_heads`; the runtime
 sets tp_size and tp_rank from its process group. Sizes of every split slot, count attributes and
 params are rewritten to the local ones, so later passes and `verify` see a consistent IR.
+
+Mixture-of-experts (no experts op exists yet): an experts op declares its stacked experts dim
+`gathered` by its routing operand, with a `split_rows` op taking the first expert a rank holds; each
+rank then runs its experts on the tokens routed to them and the all-reduce after the op adds the
+ranks' contributions. The vocabulary test above is for tables looked up by token; experts will need
+their own entry in `own_reason` (always worth splitting), nothing else here changes.
 """
 from __future__ import annotations
 
