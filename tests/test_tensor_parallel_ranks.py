@@ -87,7 +87,7 @@ def runs(tmp_path_factory):
     for name, (kind, spec, make) in SMALL.items():
         folder = save(randomize(make(), seed=1), tmp / name)
         reference[name] = run_model(runtime.from_pretrained(folder), kind)
-        models.append({"name": name, "folder": str(folder), "kind": kind})
+        models.append({"name": name, "folder": str(folder), "spec": str(ROOT / "specs" / spec), "kind": kind})
     big = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=384, intermediate_size=768, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2)).eval()
     weights = sum(p.numel() * p.element_size() for p in big.parameters())
@@ -97,7 +97,8 @@ def runs(tmp_path_factory):
     for n in (1, 2, 4):
         for kind, spec, _ in SMALL.values():   # compiled once here; the ranks find them in the cache
             compile_spec(ROOT / "specs" / spec, options={"tp": n})
-        jobs = {"rss": str(tmp / "big"), "models": models if n > 1 else []}
+        jobs = {"rss": {"folder": str(tmp / "big"), "spec": str(ROOT / "specs" / "llama.yaml")},
+                "models": models if n > 1 else []}
         out[n] = run_ranks(n, jobs, tmp / f"ranks{n}")
     return out
 
@@ -123,3 +124,8 @@ def test_each_rank_holds_its_share_of_the_weights(runs, n):
               f"(weights {weights / 2**20:.1f} MiB, share {weights / n / 2**20:.1f} MiB)")
         assert weights / n <= growth <= weights / n + OVERHEAD, (
             f"rank {rank} of {n} grew by {growth / 2**20:.1f} MiB loading {weights / 2**20:.1f} MiB of weights")
+
+
+def test_a_split_model_refuses_to_be_saved(runs):
+    for result in runs[2]:
+        assert "holds only this rank's share" in result.get("save", "saved without an error")

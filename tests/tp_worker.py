@@ -1,11 +1,11 @@
 """One rank of the tensor-parallel tests (tests/test_tensor_parallel_ranks.py starts them, as torchrun
 would: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment).
 
-`python -m tests.tp_worker JOBS OUT`: JOBS is a JSON file {"rss": folder or null, "models": [{"name",
-"folder"}]}; the rank writes OUT/rank<r>.pt with each model's logits and greedy tokens (tests/
-tp_inputs.py makes the inputs) and, for the "rss" checkpoint, loaded first, its resident memory right
-before `runtime.load` and its peak while loading, reading every weight it holds and running one
-forward pass.
+`python -m tests.tp_worker JOBS OUT`: JOBS is a JSON file {"rss": {"folder", "spec"} or null, "models":
+[{"name", "folder", "spec", "kind"}]} (the spec given, ranks skip recognising it). The rank writes
+OUT/rank<r>.pt: each model's logits and greedy tokens (tests/tp_inputs.py makes the inputs), what
+saving a split model says, and for the "rss" checkpoint, loaded first, its resident memory right before
+`runtime.load` and its peak while loading, reading every weight it holds and running one forward pass.
 """
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ import torch.distributed as dist
 import runtime
 from compiler.pipeline import compile_spec
 from runtime.artifact import open_artifact
-from runtime.config import read_config_json
-from runtime.pretrained import find_spec
 from tests.tp_inputs import run_model
 
 
@@ -52,9 +50,8 @@ def main(jobs_path: str, out_dir: str) -> None:
     result: dict = {}
     if jobs.get("rss"):
         # compiled first (a cache hit that still imports the compiler): the window measures loading alone
-        folder = Path(jobs["rss"])
-        spec = find_spec(read_config_json(folder))
-        artifact = compile_spec(spec, options={"tp": dist.get_world_size()}).directory
+        folder = Path(jobs["rss"]["folder"])
+        artifact = compile_spec(jobs["rss"]["spec"], options={"tp": dist.get_world_size()}).directory
         open_artifact(artifact)       # model.py imported (and what it imports) before the window too
         dist.barrier()
         reset_peak()
@@ -66,8 +63,13 @@ def main(jobs_path: str, out_dir: str) -> None:
         result["rss"] = {"before": before, "peak": peak_bytes()}
         del model
     for job in jobs["models"]:
-        model = runtime.from_pretrained(job["folder"], tp_plan="auto")
+        model = runtime.from_pretrained(job["folder"], spec=job["spec"], tp_plan="auto")
         result[job["name"]] = run_model(model, job["kind"])
+    if jobs["models"]:
+        try:
+            runtime.save_pretrained(model, Path(out_dir) / f"saved{rank}")
+        except runtime.CheckpointError as err:
+            result["save"] = str(err)
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
