@@ -41,6 +41,7 @@ their own entry in `own_reason` (always worth splitting), nothing else here chan
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from compiler.ir import STRUCTURAL, Block, ModelIR, Node, Param
 from compiler.ops import OPS
@@ -69,11 +70,16 @@ def layout(p: Param) -> dict[str, tuple[str, ...]]:
     return {tensor: tuple(shape) for tensor, shape, _ in kind.tensors(names)}
 
 
+@lru_cache(maxsize=4096)
 def _simplify(e: Expr | str) -> Expr:
     text = canonical(parse_expr(e))
     return parse_expr(e) if text.startswith("<") else parse_expr(text)
 
 
+_regex = lru_cache(maxsize=1024)(template_regex)
+
+
+@lru_cache(maxsize=4096)
 def _divides(unit: Expr, size: Expr) -> bool:
     return same_value(parse_expr(f"(({size}) // ({unit})) * ({unit})"), size)
 
@@ -298,10 +304,10 @@ class _Sharding:
                 names = [transform_name(t)[0] for t in rule.transforms]
                 if any(n not in SLICEABLE for n in names):
                     return f"its weight rule from '{rule.sources[0]}' transforms it ({', '.join(names)}) in a way no slice reads through"
-        sizes = [self.size(s) for s in axis.slots]
+        sizes = list({str(e): e for e in (self.size(s) for s in axis.slots)}.values())
         unit = next((u for u in sorted(sizes, key=lambda e: len(str(e))) if all(_divides(u, s) for s in sizes)), None)
         if unit is None:
-            return f"its members ({', '.join(sorted({str(s) for s in sizes}))}) have no common unit to split by"
+            return f"its members ({', '.join(sorted(str(e) for e in sizes))}) have no common unit to split by"
         axis.unit = unit
         if axis.follows and (axis.contracted or axis.gathered or axis.outputs):
             return "grouped slices may be held by several ranks, so nothing may sum or gather them"
@@ -311,7 +317,7 @@ class _Sharding:
         _, b, pname, _ = param_slot
         names = [t.name for t in self.tensors if t.block == b and t.param == pname]
         return [r for r in self.ir.weights if r.ignore is None
-                and any(template_regex(target).match(n) for target in r.targets for n in names)]
+                and any(_regex(target).match(n) for target in r.targets for n in names)]
 
     def decide(self, axes: dict, vocab) -> dict:
         """root -> None (split) or the reason it stays whole, for every axis holding a param dim."""
