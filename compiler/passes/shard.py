@@ -43,6 +43,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from networkx.utils import UnionFind
+
 from compiler.ir import STRUCTURAL, Block, ModelIR, Node, Param
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
@@ -103,25 +105,17 @@ class _Axis:
 class _Sharding:
     def __init__(self, ir: ModelIR):
         self.ir = ir
-        self.parent: dict = {}
+        self.sets = UnionFind()              # slots joined into axes
         self.facts: list[tuple] = []         # (kind, slot, data) gathered while joining
         self.relation: dict = {}             # param slot -> "out" | "contracted" | "gathered"
         self.shares: dict = {}               # (unit, leader's unit) -> (local, start) config names
 
     # -- slots and their union ---------------------------------------------------------------------
     def find(self, s):
-        self.parent.setdefault(s, s)
-        root = s
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[s] != root:
-            self.parent[s], s = root, self.parent[s]
-        return root
+        return self.sets[s]
 
     def union(self, a, b) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
+        self.sets.union(a, b)
 
     def value_slots(self, block: Block, vid: str) -> list[tuple]:
         return [("v", block.name, vid, d) for d in range(len(block.values[vid].type.shape))]
@@ -256,7 +250,7 @@ class _Sharding:
     # -- axes and decisions --------------------------------------------------------------------------
     def axes(self) -> dict:
         axes: dict = {}
-        for s in list(self.parent):
+        for s in list(self.sets):
             axes.setdefault(self.find(s), _Axis()).slots.append(s)
         for kind, slot, data in self.facts:
             axis = axes[self.find(slot)]
