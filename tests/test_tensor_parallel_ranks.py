@@ -118,6 +118,8 @@ def test_every_rank_gives_the_single_process_logits_and_tokens(runs, name, n):
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_each_rank_holds_its_share_of_the_weights(runs, n):
     weights = runs["weights"]
+    if any("rss" not in result for result in runs[n]):
+        pytest.skip("peak resident memory is measured through Linux's /proc/self (clear_refs, VmHWM)")
     for rank, result in enumerate(runs[n]):
         growth = result["rss"]["peak"] - result["rss"]["before"]
         print(f"{n} rank(s), rank {rank}: peak resident growth while loading {growth / 2**20:.1f} MiB "
