@@ -235,6 +235,7 @@ class ModelIR:
     decisions: list[Decision] = field(default_factory=list)   # fusion report
     fused: bool = False                                       # the fusion pass ran
     contract: Any = None                                      # compiler.contract.Contract
+    parallel: Any = None                                      # compiler.parallel.ParallelPlan (--tp)
     notes: list[str] = field(default_factory=list)
 
     @property

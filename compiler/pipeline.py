@@ -19,10 +19,10 @@ from compiler import __version__
 from compiler.artifact import check_target, clean_stale, is_complete, read_manifest, write_artifact
 from compiler.emit import emit_model
 from compiler.emit_kernels import emit_kernels, kernel_manifest
-from compiler.errors import SpecError
 from compiler.extends import source_chain
 from compiler.interface import build_interface
 from compiler.ir import ModelIR
+from compiler.parallel import explain_parallel, plan_json
 from compiler.passes import run_pipeline
 from compiler.report import explain, fusion_manifest
 from compiler.spec import Spec, load_spec
@@ -113,6 +113,9 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     }
     if kernels is not None:
         files["kernels.py"] = kernels
+    if ir.parallel is not None:
+        files["parallel.json"] = json.dumps(plan_json(ir.parallel), indent=1) + "\n"
+        files["parallel.txt"] = explain_parallel(ir.parallel, int(options["tp"])) + "\n"
     manifest = {
         "name": spec.name, "key": key, "source": str(spec_path), "spec_sha256": hashlib.sha256(spec_bytes).hexdigest(),
         "parents": {str(p): hashlib.sha256(b).hexdigest() for p, b in zip(chain, parents)},
@@ -123,6 +126,9 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
         # values cut before the model's per-position tail (a forward may compute its last positions only)
         "keep_positions": ir.keep_positions,
     }
+    if ir.parallel is not None:     # the plan itself is parallel.json; its report parallel.txt
+        manifest["tensor_parallel"] = {"ranks": int(options["tp"]), "split": len(ir.parallel.split),
+                                       "collectives": len(ir.parallel.collectives)}
     if options.get("aot") and kernels is not None:
         manifest["kernels"] = aot_compile(kernels, manifest["kernels"], options["aot"])
     manifest["compile_seconds"] = round(time.perf_counter() - start, 4)

@@ -34,6 +34,8 @@ class TensorTemplate:
     tied_when: object = None
     repeat: tuple = ()           # (placeholder, count Expr) for each enclosing repeat
     head: str | None = None      # the task head that owns it (built only with that head)
+    block: str | None = None     # the block declaring its param, and that param
+    param: str | None = None
 
 
 def model_tensors(ir) -> list[TensorTemplate]:
@@ -61,7 +63,7 @@ def model_tensors(ir) -> list[TensorTemplate]:
                 # a tie shares the weight matrix only; a bias stays the param's own (an MLM decoder's)
                 tied = f"{prefix}{p.tied_to}.{tensor}" if p.tied_to and tensor == "weight" else None
                 out.append(TensorTemplate(f"{prefix}{p.name}.{tensor}", tuple(shape), conds, tied, p.tied_when,
-                                          repeat, head))
+                                          repeat, head, block.name, p.name))
 
     walk(ir.model, "", (), ())
     for name in ir.heads:

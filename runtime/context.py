@@ -56,8 +56,10 @@ EMPTY = SequenceState()
 
 class ForwardContext:
     def __init__(self, dtype: torch.dtype, device, sequences: dict[str, SequenceState] | None = None,
-                 keep_positions: int = 0, training: bool = False):
+                 keep_positions: int = 0, training: bool = False, group=None):
         self.dtype, self.device = dtype, device
+        # tensor parallelism: the process group the model's collectives run on (None: one process)
+        self.group = group
         self.sequences = sequences or {}
         # the model trains (`model.train()`): dropout drops; in evaluation it is the identity
         self.training = training

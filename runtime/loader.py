@@ -76,7 +76,7 @@ def choose_head(interface, hf: dict, head: str | None) -> str | None:
 
 def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
          strict: bool = True, config_overrides: dict | None = None, head: str | None = None,
-         init_new_head: bool = False, triton: bool | None = None) -> CompiledModel:
+         init_new_head: bool = False, triton: bool | None = None, tp_plan: str | None = None) -> CompiledModel:
     """Build the artifact's model from `checkpoint`'s config.json and load its weights.
 
     triton=True forces the fused groups' Triton kernels even on CPU tensors (through Triton's
@@ -89,8 +89,18 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     one config.json's architectures names). A head the checkpoint has no weights for is an error
     unless `init_new_head=True`: then its params are newly initialised, listed by name in
     `model.load_report["newly_initialized"]`, and a warning says so.
+
+    tp_plan="auto": tensor parallelism over the process group (torchrun's environment; runtime/parallel)
+    by the plan the compiler derived (an artifact compiled with --tp): each rank reads only its slices
+    of the checkpoint, a CUDA device becomes the rank's own GPU, and outputs are the whole model's.
     """
     art = open_artifact(artifact)
+    parallel = None
+    if tp_plan is not None:
+        from runtime.parallel import TensorParallel
+        parallel = TensorParallel.open(art.directory, tp_plan, device)
+        device = parallel.device
+        config_overrides = {**(config_overrides or {}), **parallel.overrides}
     interface, module = art.interface, art.module
     folder = Path(checkpoint)
     hf = read_config_json(folder)
@@ -101,8 +111,9 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
         module.kernels.force = env_forced() if triton is None else bool(triton)
     with torch.device("meta"), _no_init():
         net = (module.HEADS[head] if head is not None else module.MODEL)(module.Config(**config))
+    shard = parallel.shard(config) if parallel is not None else None
     with open_checkpoint(folder) as ckpt:
-        plan = plan_load(interface, config, net, ckpt.tensors, str(folder), head=head)
+        plan = plan_load(interface, config, net, ckpt.tensors, str(folder), head=head, shard=shard)
         if not strict and plan.unexpected:
             warnings.warn(f"{folder}: {len(plan.unexpected)} unexpected tensor(s) ignored: {', '.join(plan.unexpected[:12])}")
             plan.unexpected = []
@@ -115,7 +126,7 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
                 f"{', '.join(plan.head_missing)}. Pass init_new_head=True to initialise them randomly "
                 "(to fine-tune them), or choose a head the checkpoint has weights for with head=... "
                 f"(the spec has: {', '.join(interface.heads)}).")
-        load_into(net, plan, ckpt, config, torch_dtype, device)
+        load_into(net, plan, ckpt, config, torch_dtype, device, shard=shard)
     if plan.head_missing:
         init_new(net, plan.head_missing, torch_dtype, device, float(hf.get("initializer_range", 0.02)))
         warnings.warn(f"{folder}: the '{head}' head is newly initialised (the checkpoint has no weights for "
@@ -129,6 +140,9 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     model.generation_config = GenerationConfig.from_checkpoint(folder)
     if os.path.lexists(folder / "tokenizer.json"):
         model.tokenizer = Tokenizer.from_folder(folder, model.text_keys())
+    if parallel is not None:
+        model.group = parallel.group
+        report["tensor_parallel"] = parallel.report()
     labels = hf.get("id2label")
     if isinstance(labels, dict):
         model.id2label = {int(k): v for k, v in labels.items()}

@@ -72,6 +72,7 @@ class CompiledModel(nn.Module):
         self.head = head
         self.output_names = interface.heads[head].outputs if head is not None else self.contract.outputs
         self.id2label: dict[int, str] | None = None
+        self.group = None          # tensor parallelism: the process group of its collectives (runtime/parallel)
         self._inputs = {i.name: i for i in self.contract.inputs}
         # per input, the dims this config fixes (an image of image_size pixels)
         self._fixed = {i.name: {k: int(d.evaluate(config)) for k, d in enumerate(i.shape) if d.names <= config.keys()}
@@ -210,7 +211,8 @@ class CompiledModel(nn.Module):
         self._supply(feeds, states, lengths)
         self._check_dims(feeds)
         # the network is built in eval mode; `model.train()` reaches it (dropout then drops)
-        ctx = ForwardContext(self.dtype, self.device, states, keep_positions=keep, training=self.net.training)
+        ctx = ForwardContext(self.dtype, self.device, states, keep_positions=keep, training=self.net.training,
+                             group=self.group)
         return ModelOutput(self.net(*(feeds[i.name] for i in self.contract.inputs), ctx))
 
     def _supply(self, feeds: dict, states: dict[str, SequenceState], lengths: dict[str, int]) -> None:

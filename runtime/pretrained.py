@@ -78,13 +78,21 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
 
 
 def from_pretrained(name_or_path: str | Path, dtype=None, device="cpu", spec: str | Path | None = None,
-                    strict: bool = True, head: str | None = None, init_new_head: bool = False):
+                    strict: bool = True, head: str | None = None, init_new_head: bool = False,
+                    tp_plan: str | None = None):
     """Read config.json, pick the spec that recognises it, compile it (cached) and load the weights
-    (with `head`, or the head config.json's architectures names; see `runtime.load`)."""
+    (with `head`, or the head config.json's architectures names; see `runtime.load`). tp_plan="auto"
+    compiles the spec with its tensor-parallel plan for the process group's ranks (under torchrun)
+    and loads this rank's share (runtime/parallel)."""
     from compiler.pipeline import compile_spec
     from runtime.loader import load
     folder = resolve_checkpoint(name_or_path)
     hf = read_config_json(folder)
     spec_path = Path(spec) if spec else find_spec(hf)
-    artifact = compile_spec(spec_path).directory
-    return load(artifact, folder, dtype=dtype, device=device, strict=strict, head=head, init_new_head=init_new_head)
+    options = {}
+    if tp_plan is not None:
+        from runtime.parallel import process_group
+        options["tp"] = process_group(device)[2]
+    artifact = compile_spec(spec_path, options=options).directory
+    return load(artifact, folder, dtype=dtype, device=device, strict=strict, head=head, init_new_head=init_new_head,
+                tp_plan=tp_plan)

@@ -84,6 +84,9 @@ def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
 
 def save_pretrained(model, folder: str | Path) -> Path:
     """Write model.safetensors and config.json that `runtime.load` (and Transformers) can read."""
+    if model.load_report.get("tensor_parallel", {}).get("ranks", 1) > 1:
+        raise CheckpointError("this model is split across ranks (tp_plan): it holds only this rank's share of "
+                              "its weights; save from a process that loaded it whole")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = checkpoint_tensors(model)

@@ -96,11 +96,12 @@ def _head_owners(interface) -> dict[str, list[str]]:
 
 
 def plan_load(interface, config: dict, module: nn.Module, tensors: dict, folder: str = "",
-              head: str | None = None) -> LoadPlan:
+              head: str | None = None, shard=None) -> LoadPlan:
     """Match checkpoint tensors (name -> TensorInfo) to the module's params through the rules.
 
     With a head chosen, its params without weights go to `head_missing` (the caller decides whether
     they may be newly initialised), and tensors of the spec's other heads are ignored, with the reason.
+    `shard` (tensor parallelism, runtime/parallel): the shapes this rank holds of split tensors.
     """
     params = virtual_params(module)
     aliases = tied_params(module)
@@ -154,6 +155,8 @@ def plan_load(interface, config: dict, module: nn.Module, tensors: dict, folder:
             continue
         try:
             shapes = run_shapes(rule, [tuple(tensors[s].shape) for s in sources], config)
+            if shard is not None:
+                shapes = shard.shapes(targets, shapes)
         except (ValueError, ExprError) as err:
             plan.mis_shaped.append(f"{', '.join(sources)}: {err}")
             produced.update((t, name) for t in targets)
@@ -213,8 +216,10 @@ def _regex(template: str):
     return rx
 
 
-def load_into(module: nn.Module, plan: LoadPlan, checkpoint, config: dict, dtype: torch.dtype, device) -> None:
-    """Replace every meta param of `module` by the checkpoint's tensor, cast to `dtype`."""
+def load_into(module: nn.Module, plan: LoadPlan, checkpoint, config: dict, dtype: torch.dtype, device,
+              shard=None) -> None:
+    """Replace every meta param of `module` by the checkpoint's tensor, cast to `dtype`; with `shard`
+    (tensor parallelism, runtime/parallel), by the slices this rank holds, read alone."""
     members = member_layout(module)
     parts: dict[str, set[str]] = {}
     for member, (fused, _, _) in members.items():
@@ -234,13 +239,16 @@ def load_into(module: nn.Module, plan: LoadPlan, checkpoint, config: dict, dtype
                 parts[fused] = set()
 
     def assign(a):
-        tensors = [checkpoint.get(s) for s in a.sources]
-        if a.rule.transforms:
-            tensors = run_transforms(a.rule, tensors, config)
+        tensors = shard.read(a, checkpoint) if shard is not None else None
+        sliced = tensors is not None
+        if not sliced:
+            tensors = [checkpoint.get(s) for s in a.sources]
+            if a.rule.transforms:
+                tensors = run_transforms(a.rule, tensors, config)
         copied = bool(a.rule.transforms)
         for target, tensor in zip(a.targets, tensors):
             want = dtype if tensor.is_floating_point() else tensor.dtype
-            if not a.rule.transforms and len(a.sources) == 1 and _worth_chunking(tensor, want, device):
+            if not sliced and not a.rule.transforms and len(a.sources) == 1 and _worth_chunking(tensor, want, device):
                 cast = _cast_in_chunks(tensor, want, lambda lo, hi: checkpoint.release(a.sources[0], lo, hi))
             else:
                 cast = tensor.to(device=device, dtype=want)

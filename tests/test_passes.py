@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.passes import NAMES, run_pipeline
+from compiler.passes import NAMES, enabled, run_pipeline
 from compiler.pipeline import compile_spec
 from compiler.printer import const_value
 from compiler.spec import load_spec
@@ -109,6 +109,9 @@ def test_select_kernels_gives_regions_that_compute_the_same_thing_one_function()
 def test_the_pipeline_runs_its_passes_in_order_and_stops_where_asked():
     seen = []
     run_pipeline(load_spec(LLAMA), after=lambda name, ir: seen.append(name))
+    assert seen == enabled() and "shard" not in seen          # tensor parallelism only when asked (--tp)
+    seen.clear()
+    run_pipeline(load_spec(LLAMA), {"tp": 2}, after=lambda name, ir: seen.append(name))
     assert seen == NAMES
     seen.clear()
     run_pipeline(load_spec(LLAMA), {"fuse": False}, after=lambda name, ir: seen.append(name))

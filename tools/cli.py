@@ -15,7 +15,7 @@ from compiler.errors import SpecError
 
 # the compiler's pipeline, by name (compiler/passes/__init__.py NAMES); kept here as data so that
 # building the parser imports nothing heavy
-PASS_NAMES = ["lower", "check_names", "check_weight_rules", "fold_constants", "derive_contract", "defer_carried_ops",
+PASS_NAMES = ["lower", "check_names", "check_weight_rules", "fold_constants", "derive_contract", "shard", "defer_carried_ops",
               "keep_positions", "fuse",
               "check_expect_fused", "select_kernels"]
 
@@ -47,6 +47,8 @@ def _cmd_compile(args) -> int:
         if bad:
             raise UsageError(f"--aot: {bad[0]!r} is not a GPU target; expected a comma-separated list such as sm_80,sm_90")
         options["aot"] = list(dict.fromkeys(targets))
+    if args.tp:
+        options["tp"] = args.tp
     result = compile_spec(args.spec, args.output, options)
     m = result.manifest
     state = "cache hit (nothing rebuilt)" if result.cache_hit else "compiled"
@@ -68,7 +70,16 @@ def _cmd_compile(args) -> int:
         print((result.directory / "ir.txt").read_text())
     if args.explain:
         print((result.directory / "fusion.txt").read_text(), end="")
+        if (result.directory / "parallel.txt").exists():
+            print((result.directory / "parallel.txt").read_text(), end="")
     return 0
+
+
+def _ranks(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"the number of ranks must be at least 1, got {n}")
+    return n
 
 
 def _print_resolved(path: str) -> int:
@@ -184,9 +195,12 @@ def _cmd_run(args) -> int:
     import runtime
     from runtime.errors import GenerationError
     from runtime.generation.text_streamer import TextStreamer
-    model = (runtime.load(args.artifact, args.checkpoint, dtype=args.dtype) if args.artifact
-             else runtime.from_pretrained(args.checkpoint, dtype=args.dtype))
+    opts = {"dtype": args.dtype, "device": args.device, "tp_plan": args.tp_plan}
+    model = (runtime.load(args.artifact, args.checkpoint, **opts) if args.artifact
+             else runtime.from_pretrained(args.checkpoint, **opts))
     tok = model.tokenizer
+    # under torchrun every rank generates the same tokens; rank 0 shows them
+    shows = model.load_report.get("tensor_parallel", {}).get("rank", 0) == 0
     if args.prompt is not None:
         if tok is None:
             raise GenerationError(f"{args.checkpoint} has no tokenizer.json to encode --prompt with; "
@@ -206,9 +220,11 @@ def _cmd_run(args) -> int:
         generator.seed()
     else:
         generator.manual_seed(args.seed)
-    stream = args.prompt is not None and options.get("num_beams", 1) == 1
+    stream = args.prompt is not None and options.get("num_beams", 1) == 1 and shows
     streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True) if stream else None
-    out = model.generate(torch.tensor([ids]), streamer=streamer, generator=generator, **options)
+    out = model.generate(torch.tensor([ids], device=model.device), streamer=streamer, generator=generator, **options)
+    if not shows:
+        return 0
     # an encoder-decoder returns its decoder's start token + the new tokens, a decoder prompt + new tokens
     new = out[0, 1 if model.contract.generate.start is not None else len(ids):]
     if args.prompt is None:
@@ -246,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--explain", action="store_true",
                    help="print the fusion report: per block, the groups formed and the fusions refused, with reasons")
     p.add_argument("--no-fuse", "-O0", action="store_true", help="compile without the fusion pass")
+    p.add_argument("--tp", type=_ranks, metavar="N", help="derive a tensor-parallel plan (the shard pass) for N ranks; "
+                   "--explain prints it, with every collective it inserts")
     p.add_argument("--aot", metavar="TARGETS", help="also compile every Triton kernel ahead of time for these "
                    "GPU targets (e.g. sm_80,sm_90; fp32 and bf16) and record shared memory and warps in the manifest")
     p.set_defaults(func=_cmd_compile)
@@ -293,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-beams", type=int, help="beam search (the text is printed when the search ends)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"],
                    help="float32 (default), bfloat16, float16 or auto (config.json's)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (under torchrun: each rank's own GPU)")
+    p.add_argument("--tp-plan", choices=["auto"], help="tensor parallelism over torchrun's ranks, by the plan the "
+                   "compiler derives (torchrun --nproc-per-node N -m tools.cli run ... --tp-plan auto)")
     p.set_defaults(func=_cmd_run)
 
     for p in sub.choices.values():   # also accepted after the command

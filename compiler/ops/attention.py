@@ -2,7 +2,7 @@
 (run time: runtime/ops/attention.py)."""
 from __future__ import annotations
 
-from .registry import Attr, OpDef, ShapeError, TType, register
+from .registry import Attr, OpDef, Parallel, ShapeError, TType, register
 
 
 def _attention_infer(ctx) -> list[TType]:
@@ -44,4 +44,13 @@ register(OpDef(
                     "which decides masks and the KV cache")),
     infer=_attention_infer, emit=_attention_emit,
     shape_doc="q [B, H, Sq, D], k and v [B, Hkv, Sk, D] (H a multiple of Hkv; bias [(B,) H, Sq, Sk]) -> [B, H, Sq, Dv]",
-    example="y: {op: attention, q: q, k: k, v: v, scale: head_dim ** -0.5}"))
+    example="y: {op: attention, q: q, k: k, v: v, scale: head_dim ** -0.5}",
+    parallel=lambda ranks, attrs: _attention_parallel(ranks)))
+
+
+def _attention_parallel(ranks: dict) -> Parallel:
+    """Heads are independent; k and v may hold fewer heads, each serving a group of q's (GQA)."""
+    dims = {"q": {0: 0, 1: 1, 2: 2}, "k": {0: 0, 1: 1}, "v": {0: 0, 1: 1}}
+    if "bias" in ranks:
+        dims["bias"] = {-3: 1, **({0: 0} if ranks["bias"] == 4 else {})}
+    return Parallel(dims=dims, grouped={"k": (1,), "v": (1,)})

@@ -3,7 +3,7 @@ joining and reshaping sequences, integer arithmetic on ids, tanh for poolers."""
 from __future__ import annotations
 
 from .elementwise import is_one
-from .registry import DIM, Attr, OpDef, ShapeError, TType, register
+from .registry import DIM, Attr, OpDef, Parallel, ShapeError, TType, register
 
 
 
@@ -111,7 +111,14 @@ register(OpDef(
     name="transpose", doc="swap two dims", operands=("x",),
     attrs=(Attr("dim0", "expr", required=True), Attr("dim1", "expr", required=True)),
     infer=_transpose_infer, fusion="injective", emit=lambda e: f"{e['x']}.transpose({e.a('dim0')}, {e.a('dim1')})",
-    shape_doc="x with dims dim0 and dim1 swapped", example="patches: {op: transpose, x: patches, dim0: 1, dim1: 2}"))
+    shape_doc="x with dims dim0 and dim1 swapped", example="patches: {op: transpose, x: patches, dim0: 1, dim1: 2}",
+    parallel=lambda ranks, attrs: _transpose_parallel(ranks["x"], attrs)))
+
+
+def _transpose_parallel(rank: int, attrs: dict) -> Parallel:
+    a, b = (int(attrs[k].evaluate({})) % rank for k in ("dim0", "dim1"))
+    swap = {a: b, b: a}
+    return Parallel(dims={"x": {d: swap.get(d, d) for d in range(rank)}})
 
 
 def _param_infer(ctx) -> list[TType]:

@@ -1,7 +1,7 @@
 """Matrix products: linear projections, embedding lookups, the product of two values."""
 from __future__ import annotations
 
-from .registry import OpDef, ShapeError, TType, register
+from .registry import OpDef, Parallel, ShapeError, TType, register
 
 
 def _linear_infer(ctx) -> list[TType]:
@@ -16,7 +16,9 @@ def _linear_infer(ctx) -> list[TType]:
 register(OpDef(
     name="linear", doc="x @ w.T + b over the last dimension", operands=("x",), params={"w": "linear"},
     infer=_linear_infer, emit=lambda e: f"{e.p('w')}({e['x']})", fusion="matmul", positionwise=True,
-    shape_doc="x [..., in] -> [..., out] for a linear param [in, out]", example="q: {op: linear, x: h, w: q_proj}"))
+    shape_doc="x [..., in] -> [..., out] for a linear param [in, out]", example="q: {op: linear, x: h, w: q_proj}",
+    parallel=lambda ranks, attrs: Parallel(dims={"x": {d: d for d in range(ranks["x"] - 1)}},
+                                           param_out={("w", "out"): -1}, contracted={("w", "in"): ("x", -1)})))
 
 
 def _embedding_infer(ctx) -> list[TType]:
@@ -28,7 +30,10 @@ def _embedding_infer(ctx) -> list[TType]:
 register(OpDef(
     name="embedding", doc="rows of w picked by integer ids", operands=("ids",), params={"w": "embedding"},
     infer=_embedding_infer, emit=lambda e: f"{e.p('w')}({e['ids']})", fusion="opaque",
-    shape_doc="int ids [...] -> [..., dim] for an embedding param [num, dim]", example="h: {op: embedding, ids: input_ids, w: embed}"))
+    shape_doc="int ids [...] -> [..., dim] for an embedding param [num, dim]", example="h: {op: embedding, ids: input_ids, w: embed}",
+    parallel=lambda ranks, attrs: Parallel(dims={"ids": {d: d for d in range(ranks["ids"])}},
+                                           param_out={("w", "dim"): -1}, gathered={("w", "num"): "ids"},
+                                           split_rows="embedding_shard")))
 
 
 def _matmul_infer(ctx) -> list[TType]:

@@ -80,6 +80,30 @@ LAST_DIM = Attr("dim", "expr", default=-1, doc="the dim, negative from the end (
 
 
 @dataclass(frozen=True)
+class Parallel:
+    """How an op's work splits across devices, for tensor parallelism (compiler/passes/shard.py).
+    Dims are operand dims (negative: counted from the end); params are (param field, param dim name)."""
+    # operand -> {operand dim: output dim}: slice i of the output along the output dim reads only
+    # slice i of the operand along its dim (attention heads, a pointwise op's features)
+    dims: dict[str, dict[int, int]] = field(default_factory=dict)
+    # operand -> its dims (listed in `dims`) that may hold fewer slices than the output dim, each
+    # serving a contiguous group of the output's (grouped-query attention's key/value heads)
+    grouped: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # output dim -> the attribute that counts its slices (split_heads: `heads`); a split keeps them whole
+    units: dict[int, str] = field(default_factory=dict)
+    # a param dim the output carries as one of its dims (a linear's out features, an embedding's vectors)
+    param_out: dict[tuple[str, str], int] = field(default_factory=dict)
+    # a param dim summed against an operand dim (a linear's in features): split, each device holds a
+    # partial sum of the output
+    contracted: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    # a param dim whose rows an integer operand picks (an embedding's table): split, each device holds
+    # the rows it has and zeros for the others, a partial sum of the output
+    gathered: dict[tuple[str, str], str] = field(default_factory=dict)
+    # the internal op computing this one over a row-split table (its `start` attribute: the first row held)
+    split_rows: str | None = None
+
+
+@dataclass(frozen=True)
 class OpDef:
     name: str
     doc: str
@@ -119,6 +143,10 @@ class OpDef:
     # a spec's graph using the op (a test validates every example against the schema).
     shape_doc: str = ""
     example: str = ""
+    # How its work splits across devices (`Parallel`), or a function of the operands' ranks and the
+    # attributes giving one. None: derived from the fusion kind (pointwise ops split along every dim
+    # they broadcast over, row reductions along every dim but the last), else the op is never split.
+    parallel: Parallel | Callable[[dict, dict], Parallel] | None = None
 
     def per_position(self, attrs: dict | None = None, rank: int = 0) -> bool:
         """Output position s depends on operand position s alone, for these attribute values

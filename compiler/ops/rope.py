@@ -2,7 +2,7 @@
 runtime/ops/rotary.py)."""
 from __future__ import annotations
 
-from .registry import Attr, OpDef, ShapeError, TType, register
+from .registry import Attr, OpDef, Parallel, ShapeError, TType, register
 
 
 def _table_emit(e) -> str:
@@ -46,6 +46,8 @@ def _rope_infer(ctx) -> list[TType]:
 register(OpDef(
     name="rope", doc="x * cos + rotate_half(x) * sin on [B, H, S, D] (half-split layout)",
     operands=("x", "cos", "sin"), infer=_rope_infer, fusion="broadcast", triton="rope", run="rope",
+    # cos/sin [B, S, D] line up with x [B, H, S, D] on B and S (not torch's right-aligned broadcasting)
+    parallel=Parallel(dims={"x": {0: 0, 1: 1, 2: 2}, "cos": {0: 0, 1: 2}, "sin": {0: 0, 1: 2}}),
     emit=lambda e: f"ops.rope({e['x']}, {e['cos']}, {e['sin']})",
     shape_doc="x [B, H, S, D] with a table [B, S, R], R <= D (partial rotary), -> the shape of x",
     example="q: {op: rope, x: q, cos: cos, sin: sin}"))

@@ -3,7 +3,7 @@ stretching dims, reshaping."""
 from __future__ import annotations
 
 from .elementwise import is_one
-from .registry import DIM, Attr, OpDef, ShapeError, TType, register
+from .registry import DIM, Attr, OpDef, Parallel, ShapeError, TType, register
 
 
 def _split_heads_infer(ctx) -> list[TType]:
@@ -22,6 +22,8 @@ register(OpDef(
     name="split_heads", doc="[B, S, H*D] -> [B, H, S, D]", operands=("x",),
     attrs=(Attr("heads", "expr", required=True), Attr("head_dim", "expr")),
     infer=_split_heads_infer, fusion="injective",
+    # the heads are the outer part of the last dim: a contiguous share of it is a share of whole heads
+    parallel=Parallel(dims={"x": {0: 0, 1: 2, 2: 1}}, units={1: "heads"}),
     emit=lambda e: f"{e['x']}.unflatten(-1, ({e.a('heads')}, -1)).transpose(1, 2)",
     shape_doc="[B, S, heads * head_dim] -> [B, heads, S, head_dim]", example="q: {op: split_heads, x: q, heads: num_heads}"))
 
@@ -35,7 +37,7 @@ def _merge_heads_infer(ctx) -> list[TType]:
 
 register(OpDef(
     name="merge_heads", doc="[B, H, S, D] -> [B, S, H*D]", operands=("x",),
-    infer=_merge_heads_infer, fusion="injective",
+    infer=_merge_heads_infer, fusion="injective", parallel=Parallel(dims={"x": {0: 0, 1: 2, 2: 1}}),
     emit=lambda e: f"{e['x']}.transpose(1, 2).flatten(2)",
     shape_doc="[B, H, S, D] -> [B, S, H * D]", example="y: {op: merge_heads, x: y}"))
 

@@ -19,6 +19,7 @@ from compiler.passes.fold import fold_constants
 from compiler.passes.fusion import fuse
 from compiler.passes.keep_positions import insert_keep_positions
 from compiler.passes.kernels import select_kernels
+from compiler.passes.shard import shard
 from compiler.verify import verify as check
 from compiler.weight_rules import check_rules
 
@@ -29,6 +30,7 @@ class Pass:
     run: Callable[[ModelIR], None]
     doc: str
     needs: str | None = None       # the compile option that must be on for it to run (e.g. "fuse")
+    default: bool = True           # whether that option is on when not given
 
 
 def _raising(check: Callable[[ModelIR], list]) -> Callable[[ModelIR], None]:
@@ -46,6 +48,8 @@ PASSES = [
     Pass("check_weight_rules", _raising(check_rules), "every rule lands on params, every param is fed"),
     Pass("fold_constants", fold_constants, "attributes without config names become constants"),
     Pass("derive_contract", derive_contract, "the runtime contract; each context op's model-level sequence"),
+    Pass("shard", shard, "a tensor-parallel plan: split params, their collectives (--tp N)",
+         needs="tp", default=False),
     Pass("defer_carried_ops", defer_carried_ops, "a layer's last op moves into the next layer, to fuse there",
          needs="fuse"),
     Pass("keep_positions", insert_keep_positions, "cut the model's per-position tail (logits_to_keep)"),
@@ -54,6 +58,12 @@ PASSES = [
     Pass("select_kernels", select_kernels, "a function and a Triton kernel per distinct region", needs="fuse"),
 ]
 NAMES = [LOWER, *(p.name for p in PASSES)]
+
+
+def enabled(options: dict | None = None) -> list[str]:
+    """The names of the stages these compile options run, in order."""
+    options = options or {}
+    return [LOWER, *(p.name for p in PASSES if p.needs is None or options.get(p.needs, p.default))]
 
 
 def verifying() -> bool:
@@ -69,7 +79,7 @@ def run_pipeline(spec, options: dict | None = None, until: str | None = None,
         raise ValueError(f"unknown pass '{until}' (passes: {', '.join(NAMES)})")
     verify = verifying() if verify is None else verify
     ir = lower(spec)
-    stages = [(LOWER, None)] + [(p.name, p) for p in PASSES if p.needs is None or options.get(p.needs, True)]
+    stages = [(LOWER, None)] + [(p.name, p) for p in PASSES if p.name in enabled(options)]
     for name, p in stages:
         if p is not None:
             p.run(ir)

@@ -6,7 +6,6 @@ carries the chat template, unless chat_template.jinja (and additional_chat_templ
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

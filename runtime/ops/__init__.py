@@ -5,9 +5,11 @@ from runtime.ops.attention import attention
 from runtime.ops.linear_layers import FusedLinear, Linear, linear
 from runtime.ops.modules import Norm, Tensor
 from runtime.ops.norms import layer_norm, rms_norm
+from runtime.ops.parallel import all_gather, all_reduce, embedding_shard
 from runtime.ops.rotary import rope, rope_table
 from runtime.ops.sequence import keep_positions, last_positions, positions, relative_buckets
 from runtime.ops.tensors import concat, dropout, softcap
 
 __all__ = ["alibi_slopes", "attention", "FusedLinear", "Linear", "linear", "Norm", "Tensor", "layer_norm", "rms_norm", "rope",
-           "rope_table", "keep_positions", "last_positions", "positions", "relative_buckets", "concat", "dropout", "softcap"]
+           "rope_table", "keep_positions", "last_positions", "positions", "relative_buckets", "concat", "dropout", "softcap",
+           "all_gather", "all_reduce", "embedding_shard"]
