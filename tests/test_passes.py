@@ -127,3 +127,8 @@ def test_print_after_shows_the_ir_after_that_pass(tmp_path, capsys):
     assert cli(["compile", LLAMA, "-o", str(tmp_path / "b"), "-q", "--print-after", "lower"]) == 0
     out = capsys.readouterr().out
     assert "# IR after lower" in out and "region" not in out
+
+
+def test_the_command_line_offers_exactly_the_pipelines_passes():
+    from tools.cli import PASS_NAMES
+    assert PASS_NAMES == NAMES
