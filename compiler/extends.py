@@ -9,7 +9,9 @@ child or the parent, wherever it was written. The delta language:
   matches             never inherited: a child recognises only the checkpoints it names, so
                       `from_pretrained` cannot pick it for the parent's checkpoints by accident.
   config.NAME         a new entry is added; an existing one is merged field by field
-                      (`{default: 1}` changes only the default); `{remove: true}` removes it.
+                      (`{default: 1}` changes only the default; a parent's short form
+                      `vocab_size: int` counts as `{hf: vocab_size, type: int}`); a short form in
+                      the child restates the entry; `{remove: true}` removes it.
   checks[]            `{that, else}` is appended, or replaces the message of the parent check
                       with the same `that`; `{remove: THAT}` removes the parent check.
   blocks.NAME / model a new block is added whole; `{remove: true}` removes one; an existing one is
@@ -46,6 +48,7 @@ from typing import Any
 
 from compiler.errors import Problem, SpecError
 from compiler.ops.params import PARAM_KINDS
+from compiler.shorthand import expand_config_entry
 from compiler.yaml_source import Mark, PathT, SourceMap, format_path, load_yaml
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
@@ -248,6 +251,13 @@ class _Merger:
         return Located({**parent.value, **child.value}, parent.file, parent.mark, child.key_mark or parent.key_mark)
 
     def config_entry(self, parent: Located, child: Located, path: PathT) -> Located:
+        # The parent's short form (`vocab_size: int`) in its long form first, so a child's `{default: 1}`
+        # changes only the default and never turns a read entry into a derived one.
+        long = expand_config_entry(path[-1], parent.plain())
+        if isinstance(long, dict) and isinstance(parent.value, (str, dict)):
+            fields = parent.value if isinstance(parent.value, dict) else {}
+            parent = Located({k: fields.get(k) or Located(v, parent.file, parent.mark) for k, v in long.items()},
+                             parent.file, parent.mark, parent.key_mark)
         return self.fields(parent, child)
 
     def param(self, parent: Located, child: Located, path: PathT) -> Located:

@@ -9,6 +9,7 @@ import json
 
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
+from compiler.shorthand import CONFIG_TYPES, SHORT_CONFIG_PATTERN
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EXPR = {"type": ["string", "number", "boolean", "null"], "description": "a literal or a config expression"}
@@ -17,7 +18,6 @@ NAME = {"type": "string", "pattern": IDENT}
 OUTPUTS = r"^[A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*$"
 DIM = {"type": ["string", "integer"], "description": "a config expression or a free dimension (B, S)"}
 SHAPE = {"type": "array", "items": DIM}
-CONFIG_TYPES = ["int", "float", "bool", "str", "dict", "list", "any"]
 
 
 def _op_line(name: str) -> dict:
@@ -128,9 +128,14 @@ def spec_schema() -> dict:
             "matches": {"type": "object", "additionalProperties": False, "properties": {
                 "model_type": {"type": "array", "items": {"type": "string"}},
                 "architectures": {"type": "array", "items": {"type": "string"}}}},
-            "config": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": {
-                "type": "object", "additionalProperties": False, "properties": {
-                    "hf": names, "type": {"enum": CONFIG_TYPES}, "default": True, "doc": {"type": "string"}}}},
+            "config": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": {"oneOf": [
+                {"type": "string", "pattern": SHORT_CONFIG_PATTERN,
+                 "description": "TYPE or TYPE = DEFAULT: read the config.json key of the entry's own name"},
+                {"type": "object", "additionalProperties": False,
+                 "description": "read from the keys hf names (or its own name); with a default and no hf: "
+                                "derived, never read",
+                 "properties": {"hf": names, "type": {"enum": list(CONFIG_TYPES)}, "default": True,
+                                "doc": {"type": "string"}}}]}},
             "checks": {"type": "array", "items": {"type": "object", "required": ["that", "else"],
                                                   "additionalProperties": False,
                                                   "properties": {"that": EXPR, "else": {"type": "string"}}}},

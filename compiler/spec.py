@@ -21,6 +21,7 @@ from compiler.extends import load_resolved
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
 from compiler.schema import spec_schema
+from compiler.shorthand import expand_config_entry
 from compiler.yaml_source import PathT, SourceMap, format_path
 from runtime.expr import Expr, ExprError, parse_expr
 
@@ -264,12 +265,17 @@ class _Builder:
                 "params": data.get("params", {}), "doc": data.get("doc", "")}
         return HeadDecl(name, list(data.get("architectures", [])), self.block(name, body, path), path)
 
-    def config_entry(self, name: str, entry: dict, path: PathT) -> ConfigEntry:
+    def config_entry(self, name: str, entry: dict | str, path: PathT) -> ConfigEntry:
+        short = isinstance(entry, str)
+        entry = expand_config_entry(name, entry)
         hf = entry.get("hf", [])
         hf = [hf] if isinstance(hf, str) else list(hf)
         kind = entry.get("type", "any")
         has_default = "default" in entry
         default = entry.get("default")
+        if short and kind in ("dict", "list") and default is not None:
+            self.fail(path, f"a {kind} default in the short form can only be null; write the mapping "
+                            f"{{type: {kind}, default: ...}} for other values")
         # Strings are expressions except where the entry holds text or structure: a str default
         # is the text itself (`default: silu`), dict/list defaults are literal data.
         if has_default and kind not in ("str", "dict", "list", "any") and default is not None:
