@@ -23,9 +23,11 @@ child or the parent, wherever it was written. The delta language:
                         - {replace: T, with: LINE or [LINES]}
                         - {insert: LINE or [LINES], after: T}   (or before: T)
                         - {remove: T}
-                      T names a line by an output name. Values may be rebound, so when several
-                      lines bind the name, `name#n` is the n-th of them (from 1, top to bottom);
-                      a bare name that binds more than once is an error listing the choices.
+                      T names a line by its `label:` (a name the line carries, unique in its
+                      graph, which stays put when the parent gains lines: the stable way), or
+                      by an output name. Values may be rebound, so when several lines bind the
+                      name, `name#n` is the n-th of them (from 1, top to bottom); a bare name
+                      that binds more than once is an error listing the choices.
                       Edits apply in order, each to the graph as the edits before it left it.
   heads.NAME          merged like blocks: a new head is added (after the parent's, whose order
                       is kept, so the parent's default head stays the default); `{remove: true}`
@@ -328,10 +330,15 @@ class _Merger:
                                  f"got {loc.value!r}")
             return None
         name, nth = m.group(1), m.group(2)
+        labelled = [i for i, line in enumerate(lines) if _label(line) == name]
+        if labelled and nth is None:
+            return labelled[0]
         hits = [i for i, line in enumerate(lines) if name in _outputs(line)]
         if not hits:
             bound = sorted({o for line in lines for o in _outputs(line)})
-            self.fail(loc, path, f"no line of the graph binds '{name}' (it binds: {', '.join(bound)})")
+            labels = sorted({_label(line) for line in lines} - {None})
+            self.fail(loc, path, f"no line of the graph binds '{name}' (it binds: {', '.join(bound)}"
+                                 + (f"; its labels: {', '.join(labels)})" if labels else ")"))
             return None
         if nth is None:
             if len(hits) > 1:
@@ -451,6 +458,14 @@ def _outputs(line: Located) -> list[str]:
         (outs,) = line.value
         return [o.strip() for o in str(outs).split(",")]
     return []
+
+
+def _label(line: Located) -> str | None:
+    if isinstance(line.value, dict) and len(line.value) == 1:
+        (body,) = line.value.values()
+        label = body.get("label")
+        return label.value if label is not None and isinstance(label.value, str) else None
+    return None
 
 
 def _op(line: Located) -> str:

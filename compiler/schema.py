@@ -20,12 +20,22 @@ DIM = {"type": ["string", "integer"], "description": "a config expression or a f
 SHAPE = {"type": "array", "items": DIM}
 
 
+# Every line may carry these besides its op's fields (compiler/spec.py LINE_KEYS).
+LINE_FIELDS = {"label": {"type": "string", "pattern": IDENT,
+                         "description": "a stable name for the line, unique in its graph, that extends: edits target"},
+               "when": {**EXPR, "description": "the line runs only where this holds (config names, block "
+                                               "options, the layer index); a value it rebinds keeps its "
+                                               "previous value elsewhere"}}
+WHEN = {**EXPR, "description": "the param exists only where this holds (config names, block options, the "
+                               "layer index); the lines using it need the same when"}
+
+
 def _op_line(name: str) -> dict:
     if name in ("call", "repeat"):
-        return {"properties": {"op": {"const": name}, "block": {"type": "string", "pattern": IDENT}},
+        return {"properties": {"op": {"const": name}, "block": {"type": "string", "pattern": IDENT}, **LINE_FIELDS},
                 "required": ["op", "block"], "additionalProperties": VALUE}
     op = OPS[name]
-    props: dict = {"op": {"const": name}}
+    props: dict = {"op": {"const": name}, **LINE_FIELDS}
     for operand in op.operands:
         props[operand] = VALUE
     for pname in op.params:
@@ -46,7 +56,7 @@ def _param() -> dict:
         elif len(kind.dims) == 1:
             dims = {"oneOf": [DIM, dims]}
         props = {kind.name: dims, **{o: EXPR for o in kind.options},
-                 "tied": {"$ref": "#/$defs/tie"}, "doc": {"type": "string"}}
+                 "tied": {"$ref": "#/$defs/tie"}, "doc": {"type": "string"}, "when": WHEN}
         kinds.append({"if": {"required": [kind.name]},
                       "then": {"properties": props, "additionalProperties": False}})
     block = {"if": {"required": ["block"]},
@@ -54,7 +64,12 @@ def _param() -> dict:
                                      "doc": {"type": "string"},
                                      "static": {"type": "boolean", "description": "its inputs do not change "
                                                 "while decoding (an encoder, cross-attention keys): "
-                                                "generate runs it once"}},
+                                                "generate runs it once"},
+                                     "when": WHEN,
+                                     "with": {"type": "object", "propertyNames": {"pattern": IDENT},
+                                              "additionalProperties": EXPR,
+                                              "description": "values of the block's options for this use; "
+                                                             "uses with different values are separate instances"}},
                       "additionalProperties": False}}
     one_of_kinds = [{"required": [k]} for k in [*PARAM_KINDS, "block"]]
     return {"type": "object", "oneOf": one_of_kinds, "allOf": [*kinds, block]}
@@ -91,6 +106,9 @@ def spec_schema() -> dict:
     block = {"type": "object", "required": ["inputs", "graph", "outputs"], "additionalProperties": False,
              "properties": {
                  "doc": {"type": "string"},
+                 "options": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": EXPR,
+                             "description": "option -> default: values each use of the block may set with with:, "
+                                            "usable in every expression of the block"},
                  "inputs": inputs,
                  "params": {"type": "object", "propertyNames": {"pattern": IDENT},
                             "additionalProperties": {"$ref": "#/$defs/param"}},
@@ -140,7 +158,8 @@ def spec_schema() -> dict:
                                                   "additionalProperties": False,
                                                   "properties": {"that": EXPR, "else": {"type": "string"}}}},
             "blocks": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": block},
-            "model": {**block, "properties": {**block["properties"], "inputs": model_inputs, "generate": generate}},
+            "model": {**block, "properties": {**{k: v for k, v in block["properties"].items() if k != "options"},
+                                              "inputs": model_inputs, "generate": generate}},
             "heads": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": head,
                       "description": "task heads over the model's outputs; the first is the default"},
             "base_prefix": {"type": "string", "description": "prefix of the trunk's tensors in checkpoints "

@@ -45,12 +45,12 @@ def _tail(block: Block, out: str, lead: tuple) -> dict[str, Node]:
     users: dict[str, set[str]] = {}
     order = block.order()
     for node in order:
-        for vid in node.inputs.values():
+        for vid in node.reads:
             users.setdefault(vid, set()).add(node.id)
     outputs = set(block.outputs)
     for node in reversed(order):
         op = OPS.get(node.op)
-        if op is None or not op.per_position:
+        if op is None or not op.per_position or node.when:
             continue
         if not all(_leads_with(block, o, lead) for o in node.outputs):
             continue
