@@ -334,7 +334,7 @@ class _Lowering:
             missing = [c for c in block.params[pname].when if c not in conds]
             if missing:
                 self.fail(line.path + (field,), f"param '{pname}' exists only when {_conj(block.params[pname].when)}; "
-                                                f"this line needs `when: {_conj(block.params[pname].when)}`")
+                                                f"this line needs `when: {_conj(block.params[pname].when)[1:-1]}`")
                 return None
             return p
 
