@@ -249,7 +249,9 @@ class _Emitter:
                     attrs or {k: py(v) for k, v in node.attrs.items()},
                     [names[o] for o in node.outputs],
                     {k: const_value(v) for k, v in node.attrs.items()},
-                    slot if slot is not None else self.slots.get(node.id), node.seq)
+                    slot if slot is not None else self.slots.get(node.id), node.seq,
+                    {f: block.values[v].type for f, v in node.inputs.items()} if block is not None else None,
+                    {f: block.params[p] for f, p in node.params.items()} if block is not None else None)
         return f"{', '.join(e.outputs)} = {op.emit(e)}"
 
     def call_lines(self, block: Block, node: Node) -> list[str]:

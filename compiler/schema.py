@@ -52,7 +52,7 @@ def _param() -> dict:
     for kind in PARAM_KINDS.values():
         dims = {"type": "array", "items": DIM, "minItems": len(kind.dims), "maxItems": len(kind.dims)}
         if kind.variadic:
-            dims = {"type": "array", "items": DIM, "minItems": 1}
+            dims = {"oneOf": [DIM, {"type": "array", "items": DIM, "minItems": 1}]}
         elif len(kind.dims) == 1:
             dims = {"oneOf": [DIM, dims]}
         props = {kind.name: dims, **{o: EXPR for o in kind.options},

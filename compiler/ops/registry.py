@@ -123,13 +123,24 @@ class InferCtx:
 
 class EmitCtx:
     """What a lowering sees: Python source for each operand, param and attribute, each attribute's
-    value where the compiler knows it (`const`), the node's KV-cache slot and sequence."""
+    value where the compiler knows it (`const`), the node's KV-cache slot and sequence, and (outside
+    fused groups) the operands' types and the params' declarations."""
 
     def __init__(self, values: dict[str, str], params: dict[str, str], attrs: dict[str, str], outputs: list[str],
-                 consts: dict[str, Any] | None = None, slot: str | None = None, seq: str | None = None):
+                 consts: dict[str, Any] | None = None, slot: str | None = None, seq: str | None = None,
+                 types: dict[str, TType] | None = None, param_decls: dict[str, Any] | None = None):
         self.values, self.params, self.attrs, self.outputs = values, params, attrs, outputs
         self.consts = consts or {}
         self.slot, self.seq = slot, seq
+        self.types, self.param_decls = types or {}, param_decls or {}
+
+    def type(self, operand: str) -> TType | None:
+        """The operand's static type, where the emitter knows it (not inside a fused group's function)."""
+        return self.types.get(operand)
+
+    def param_decl(self, name: str):
+        """The param's declaration (kind, dims, options), where the emitter knows it."""
+        return self.param_decls.get(name)
 
     def __getitem__(self, operand: str) -> str:
         return self.values[operand]

@@ -67,6 +67,12 @@ class _BlockFusion:
         self.producer = block.producers()
         for nid, node in self.nodes.items():
             t = template_of(node)
+            wide = [p for p in node.params.values() if len(block.params[p].dims) > 1 and t == "row_reduction"]
+            if wide:
+                self.record("kernel", op_label(block, node), False,
+                            f"its weight '{wide[0]}' has {len(block.params[wide[0]].dims)} dims; row kernels read one row",
+                            ops=[node.op])
+                t = None
             if t is not None and node.when:
                 # a run-time branch: one kernel cannot both run and skip part of itself
                 self.record("kernel", op_label(block, node), False,
