@@ -122,7 +122,13 @@ def spec_schema() -> dict:
             "concat": {"type": "object", "required": ["dim"], "additionalProperties": False,
                        "properties": {"dim": {"type": "integer"}}},
             "reshape": {"type": "array", "items": EXPR},
-            "permute": {"type": "array", "items": {"type": "integer"}}}}]}
+            "permute": {"type": "array", "items": {"type": "integer"}},
+            **{kind: {"type": "object", "required": ["over"], "additionalProperties": False,
+                      "description": doc, "properties": {"over": NAME, "dim": {"type": "integer"}}}
+               for kind, doc in (("stack", "the tensors of every value 0, 1, ... of the placeholder `over` (in the "
+                                          "from templates only) as one tensor with a new dim `dim` (default 0)"),
+                                 ("unstack", "one tensor cut along `dim` (default 0) into the tensors of the "
+                                            "placeholder `over` (in the to templates only)"))}}}]}
     names = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
     head = {"type": "object", "required": ["outputs"], "additionalProperties": False,
             "properties": {

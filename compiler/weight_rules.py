@@ -13,6 +13,7 @@ from compiler.printer import LAYER_INDEX
 from runtime.expr import Expr, parse_expr
 from runtime.rules import (
     LAYER_VARS,
+    STACKING,
     TRANSFORMS,
     placeholders,
     template_regex,
@@ -102,16 +103,30 @@ def check_rules(ir) -> list[Problem]:
         src_vars = [placeholders(s) for s in rule.sources]
         tgt_vars = [placeholders(t) for t in rule.targets]
         all_vars = set().union(*src_vars, *tgt_vars)
+        # a stacked placeholder is on one side only: the sources of a stack, the targets of an unstack
+        stacks = [transform_name(t) for t in rule.transforms if transform_name(t)[0] in STACKING]
+        over = {kind: arg["over"] for kind, arg in stacks}
+        if len(stacks) > 1:
+            problems.append(ir.problem(rule.path + ("transforms",), "a rule stacks or unstacks over one placeholder at most"))
+        for kind, var in over.items():
+            if var not in all_vars:
+                side = "from" if kind == "stack" else "to"
+                problems.append(ir.problem(rule.path + ("transforms",), f"{kind} over '{var}': its '{side}' templates "
+                                           f"have no placeholder {{{var}}} (they have: {', '.join(sorted(all_vars)) or 'none'})"))
         for i, vs in enumerate(src_vars):
-            if vs != all_vars:
-                problems.append(ir.problem(rule.path + ("from",), f"source '{rule.sources[i]}' must use the placeholders {sorted(all_vars)}, it uses {sorted(vs)}"))
+            want = all_vars - ({over["unstack"]} if "unstack" in over else set())
+            if vs != want:
+                problems.append(ir.problem(rule.path + ("from",), f"source '{rule.sources[i]}' must use the placeholders {sorted(want)}, it uses {sorted(vs)}"))
         for i, vs in enumerate(tgt_vars):
-            if vs != all_vars:
-                problems.append(ir.problem(rule.path + ("to",), f"target '{rule.targets[i]}' must use the placeholders {sorted(all_vars)}, it uses {sorted(vs)}"))
+            want = all_vars - ({over["stack"]} if "stack" in over else set())
+            if vs != want:
+                problems.append(ir.problem(rule.path + ("to",), f"target '{rule.targets[i]}' must use the placeholders {sorted(want)}, it uses {sorted(vs)}"))
         n = len(rule.sources)
         try:
             for t in rule.transforms:
                 name, arg = transform_name(t)
+                if name in STACKING:
+                    continue        # per value of the placeholder, as many tensors as before
                 out = TRANSFORMS[name].arity(n, arg)
                 n = len(rule.targets) if out is None else out
         except ValueError as err:

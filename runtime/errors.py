@@ -12,3 +12,8 @@ class ConfigError(Exception):
 
 class ArtifactError(Exception):
     """A compiled artifact directory is missing, incomplete or was not written by this compiler."""
+
+
+class WeightWarning(UserWarning):
+    """A checkpoint tensor was set aside that a param may need (an `ignore:` rule dropped a tensor of the
+    shape of a param no rule feeds)."""
