@@ -36,6 +36,8 @@ child or the parent, wherever it was written. The delta language:
   weights[]           a rule whose `from` equals a parent rule's replaces it in place; other rules
                       go before the parent's (rules match first-come, so the child's more specific
                       rules win); `{remove: FROM}` removes the parent rule with that `from`.
+                      `weights: {replace: [RULES]}` (and `checks: {replace: [...]}`) drops the
+                      parent's list: a child whose checkpoints name every tensor its own way.
 
 A bare `extends: name` is `name.yaml` next to the child; anything else is a path relative to the
 child. The parent must lie under the child's directory or the package's specs/ directory.
@@ -425,7 +427,9 @@ class _Merger:
     def keyed_list(self, parent: Located | None, child: Located, section: str, key: str, what: str, norm,
                    new_first: bool) -> Located:
         """A list whose items are identified by one field: same key replaces, `{remove: KEY}` removes,
-        a new key is added."""
+        a new key is added; `{replace: [...]}` instead of a list drops the parent's items."""
+        if isinstance(child.value, dict) and set(child.value) == {"replace"}:
+            return child.value["replace"]
         if parent is None or not isinstance(parent.value, list) or not isinstance(child.value, list):
             return child
         out = list(parent.value)

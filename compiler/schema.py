@@ -158,7 +158,10 @@ def spec_schema() -> dict:
                 {"type": "object", "additionalProperties": False,
                  "description": "read from the keys hf names (or its own name); with a default and no hf: "
                                 "derived, never read",
-                 "properties": {"hf": names, "type": {"enum": list(CONFIG_TYPES)}, "default": True,
+                 "properties": {"hf": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                                       "description": "config.json keys tried in order; [] (a child's way to "
+                                                      "stop reading a parent's entry): derived"},
+                                "type": {"enum": list(CONFIG_TYPES)}, "default": True,
                                 "doc": {"type": "string"}}}]}},
             "checks": {"type": "array", "items": {"type": "object", "required": ["that", "else"],
                                                   "additionalProperties": False,

@@ -2,7 +2,7 @@
 
 A config entry is read from config.json unless it is derived, and the rule fits in one sentence:
 **an entry is derived (computed from other entries, never read) exactly when it is a mapping with a
-`default` and no `hf`.** Every other entry is read, from the keys `hf` names or else from the key of
+`default` and no `hf` (or `hf: []`, how a child stops reading its parent's entry).** Every other entry is read, from the keys `hf` names or else from the key of
 its own name:
 
     vocab_size: int                            # {hf: vocab_size, type: int}: required
