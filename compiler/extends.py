@@ -333,14 +333,18 @@ class _Merger:
             return None
         name, nth = m.group(1), m.group(2)
         labelled = [i for i, line in enumerate(lines) if _label(line) == name]
+        if len(labelled) > 1:
+            self.fail(loc, path, f"label '{name}' is on {len(labelled)} lines ("
+                      + ", ".join(f"{_op(lines[i])}{_at(lines[i])}" for i in labelled) + "); labels name one line")
+            return None
         if labelled and nth is None:
             return labelled[0]
         hits = [i for i, line in enumerate(lines) if name in _outputs(line)]
         if not hits:
             bound = sorted({o for line in lines for o in _outputs(line)})
             labels = sorted({_label(line) for line in lines} - {None})
-            self.fail(loc, path, f"no line of the graph binds '{name}' (it binds: {', '.join(bound)}"
-                                 + (f"; its labels: {', '.join(labels)})" if labels else ")"))
+            self.fail(loc, path, f"no line of the graph binds '{name}' (it binds: {', '.join(bound)})"
+                                 + (f" nor is labelled so (labels: {', '.join(labels)})" if labels else ""))
             return None
         if nth is None:
             if len(hits) > 1:

@@ -42,7 +42,7 @@ def test_unknown_op_is_named_with_a_suggestion(tmp_path):
 
 
 def test_a_module_path_is_not_an_op(tmp_path):
-    path, line = broken(tmp_path, "{op: silu, x: gate}", "{op: os.system, x: gate}")
+    path, line = broken(tmp_path, "{op: silu, x: gate, label: act}", "{op: os.system, x: gate}")
     assert_at(errors_of(path, tmp_path), path, line, "blocks.mlp.graph[2].gate.op", "unknown op 'os.system'")
 
 
@@ -74,14 +74,14 @@ def test_shape_mismatch_names_both_shapes(tmp_path):
 
 
 def test_dtype_clash_float_ids_for_an_embedding(tmp_path):
-    path, line = broken(tmp_path, "{op: embedding, ids: input_ids, w: embed}", "{op: embedding, ids: position_ids, w: embed}")
+    path, line = broken(tmp_path, "{op: embedding, ids: input_ids, w: embed, label: embed}", "{op: embedding, ids: position_ids, w: embed}")
     text = path.read_text().replace("position_ids: {shape: [B, S], dtype: int}", "position_ids: {shape: [B, S]}")
     path.write_text(text)
     assert_at(errors_of(path, tmp_path), path, line, "model.graph[0].x", "'ids' must be a int tensor")
 
 
 def test_bad_expression_points_at_its_line(tmp_path):
-    path, line = broken(tmp_path, "default: hidden_size // num_heads}", "default: hidden_size // }")
+    path, line = broken(tmp_path, "int = hidden_size // num_heads", "{hf: head_dim, type: int, default: hidden_size // }")
     assert_at(errors_of(path, tmp_path), path, line, "config.head_dim.default", "bad expression")
 
 
@@ -105,7 +105,7 @@ def test_weight_rule_onto_no_param_and_param_left_unmapped(tmp_path):
 
 
 def test_schema_violation_names_the_keyword_and_schema_path(tmp_path):
-    path, line = broken(tmp_path, "{op: silu, x: gate}", "{op: silu, x: gate, inplace: true}")
+    path, line = broken(tmp_path, "{op: silu, x: gate, label: act}", "{op: silu, x: gate, inplace: true}")
     message = errors_of(path, tmp_path)
     assert_at(message, path, line, "blocks.mlp.graph[2].gate.inplace", "unexpected field(s) 'inplace'", "keyword 'additionalProperties'")
 
@@ -118,15 +118,15 @@ def test_python_tags_are_refused_and_never_run(tmp_path):
 
 
 def test_duplicate_keys_report_both_lines(tmp_path):
-    path, line = broken(tmp_path, "  mlp_bias:            {hf: mlp_bias, type: bool, default: false}",
-                        "  mlp_bias:            {hf: mlp_bias, type: bool, default: false}\n  mlp_bias: {hf: x}")
+    path, line = broken(tmp_path, "  mlp_bias:            bool = false",
+                        "  mlp_bias:            bool = false\n  mlp_bias: {hf: x}")
     message = errors_of(path, tmp_path)
     assert f"duplicate key 'mlp_bias' (first at line {line})" in message
 
 
 def test_several_mistakes_are_reported_together(tmp_path):
-    path, _ = broken(tmp_path, "{op: silu, x: gate}", "{op: silu, x: gatee}")
-    text = path.read_text().replace("{op: rms_norm, x: x, w: norm, eps: rms_norm_eps}", "{op: rms_norm, x: x, w: norms, eps: rms_norm_eps}")
+    path, _ = broken(tmp_path, "{op: silu, x: gate, label: act}", "{op: silu, x: gatee}")
+    text = path.read_text().replace("{op: rms_norm, x: x, w: norm, eps: rms_norm_eps, label: norm}", "{op: rms_norm, x: x, w: norms, eps: rms_norm_eps}")
     path.write_text(text)
     message = errors_of(path, tmp_path)
     assert "undefined value 'gatee'" in message and "unknown param 'norms'" in message
