@@ -198,3 +198,41 @@ def test_an_output_that_exists_only_under_a_condition_is_refused(tmp_path):
     """)
     with pytest.raises(SpecError, match="output 'z' exists only when `extra`; a block's outputs always exist"):
         lower(load_spec(spec))
+
+
+@pytest.fixture
+def switches_ir(tmp_path):
+    return load_spec(child(tmp_path, SWITCHES.replace("QK_WHEN", "use_qk_norm")))
+
+
+def test_every_pass_keeps_the_conditions_valid(switches_ir):
+    from compiler.passes import NAMES, run_pipeline
+    from compiler.verify import verify
+    seen = []
+    run_pipeline(switches_ir, after=lambda name, ir: (verify(ir, after=name), seen.append(name)), verify=False)
+    assert seen == NAMES
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("drop the kept value", "exists only when use_qk_norm, outside that condition"),
+    ("keep a value of another type", "which is conditional or of another type"),
+    ("use the param everywhere", "uses param 'q_norm' outside its condition"),
+])
+def test_broken_conditions_are_caught_by_verify(switches_ir, breakage, message):
+    from compiler.passes import run_pipeline
+    from compiler.verify import IRError, verify
+    ir = run_pipeline(switches_ir, until="fold_constants")
+    attention = ir.blocks["attention"]
+    norm = next(n for n in attention.order() if n.op == "rms_norm" and "q_norm" in n.params.values())
+    if breakage == "drop the kept value":
+        norm.orelse.clear()
+    elif breakage == "keep a value of another type":
+        out = norm.outputs[0]
+        attention.graph.remove_node(norm.id)
+        norm.orelse[out] = "x"
+        attention.add(norm)
+    else:
+        norm.when = ()
+        norm.orelse.clear()
+    with pytest.raises(IRError, match=message):
+        verify(ir)

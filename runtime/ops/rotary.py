@@ -94,7 +94,7 @@ def rope_table(pos: torch.Tensor, ctx, dim: int, theta: float, scaling: dict | N
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """Rotate x [B, H, S, D] by the table [B, S, R], R <= D (partial rotary leaves the rest as is).
     Half layout: dim i turns with dim i + R/2; interleaved: dims 2i and 2i + 1 turn together, by the
-    table's i-th frequency (its first half, each entry used twice), as GPT-J's rotate_every_two."""
+    table's i-th frequency (its first half, each entry used twice)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     rot = cos.shape[-1]
     if rot < x.shape[-1]:
