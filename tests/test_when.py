@@ -236,3 +236,35 @@ def test_broken_conditions_are_caught_by_verify(switches_ir, breakage, message):
         norm.orelse.clear()
     with pytest.raises(IRError, match=message):
         verify(ir)
+
+
+EXTRA = SWITCHES.replace("QK_WHEN", "use_qk_norm") + """
+  extra_layer:
+    inputs: {x: [B, S, hidden_size]}
+    params:
+      extra: {block: mlp, when: extra_mlp}
+    graph:
+      - x: {op: call, block: extra, x: x, when: extra_mlp}
+    outputs: [x]
+expect_fused: []     # the layer ends with a call now: its residual add is not carried into the next
+weights:
+  - {from: "model.layers.{i}.extra.{proj}.{t}", to: "layers.{i}.ext.extra.{proj}.{t}"}
+"""
+
+
+def test_a_block_use_under_when_is_built_and_called_only_where_it_holds(tmp_path):
+    text = EXTRA.replace("  parallel: bool = false\n", "  parallel: bool = false\n  extra_mlp: bool = false\n")
+    text = text.replace("      - x: {op: add, a: x, b: h}\n", "      - x: {op: add, a: x, b: h}\n      - x: {op: call, block: ext, x: x}\n")
+    text = text.replace("  decoder_layer:\n", "  decoder_layer:\n    params:\n      ext: {block: extra_layer}\n")
+    spec = child(tmp_path, text)
+    art = compile_spec(spec, tmp_path / "art").directory
+    source = (art / "model.py").read_text()
+    assert "self.extra = Mlp(cfg) if cfg.extra_mlp else None" in source
+    assert "        if cfg.extra_mlp:\n            x = self.extra(x)" in source
+    llama, folder = reference(tmp_path / "llama", "llama")
+    ours = runtime.load(art, folder)
+    assert ours.net.layers[0].ext.extra is None
+    assert max_logit_diff(llama, ours, ids()) <= TOL
+    rewrite_config(folder, lambda data: data.update(extra_mlp=True))
+    with pytest.raises(CheckpointError, match=r"missing[\s\S]*layers\.0\.ext\.extra\.gate_proj\.weight"):
+        runtime.load(art, folder)
