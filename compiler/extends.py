@@ -15,7 +15,7 @@ child or the parent, wherever it was written. The delta language:
   checks[]            `{that, else}` is appended, or replaces the message of the parent check
                       with the same `that`; `{remove: THAT}` removes the parent check.
   blocks.NAME / model a new block is added whole; `{remove: true}` removes one; an existing one is
-                      merged: `doc`, `outputs` and `graph` are replaced when given, `inputs` and
+                      merged: `doc`, `options`, `outputs` and `graph` are replaced when given, `inputs` and
                       `params` merged by name (a param that names its kind, e.g. `linear:`, is
                       replaced whole, otherwise its fields are merged: `{bias: true}`;
                       `{remove: true}` removes it), and `edits` changes single graph lines:
