@@ -12,6 +12,7 @@ import difflib
 
 import networkx as nx
 
+from compiler.conditions import decide, describe
 from compiler.errors import Problem, SpecError
 from compiler.ir import Block, Head, Loc, ModelIR, Node, Param, Value
 from compiler.ops import OPS
@@ -19,7 +20,7 @@ from compiler.ops.registry import InferCtx, ShapeError, TType
 from compiler.instantiate import Instances
 from compiler.spec import FREE_DIM, LAYER_INDEX, BlockDecl, ParamDecl, Spec, describe_path
 from compiler.symbolic import canonical, same_type, same_value
-from runtime.expr import Expr, ExprError, parse_expr
+from runtime.expr import Expr, parse_expr
 
 
 def lower(spec: Spec) -> ModelIR:
@@ -248,21 +249,12 @@ class _Lowering:
 
     def conditions(self, expr: Expr | None, path, block: str) -> tuple | None:
         """A `when:` as its conjuncts, constants decided: () always, None never (decided false)."""
-        if expr is None:
-            return ()
-        self.check_names(expr, path, layer_in=block)
-        out = []
-        for part in _conjuncts(expr):
-            if part.is_constant():
-                try:
-                    if not part.evaluate({}):
-                        return None
-                except ExprError as err:
-                    self.fail(path, f"cannot decide this condition: {err}")
-                continue
-            if part not in out:
-                out.append(part)
-        return tuple(out)
+        if expr is not None:
+            self.check_names(expr, path, layer_in=block)
+        conds, problem = decide(expr)
+        if problem:
+            self.fail(path, problem)
+        return conds
 
     def param(self, p, when: tuple = ()) -> Param:
         return Param(p.name, p.kind, dict(p.dims), dict(p.options), self.loc(p.path), block=p.block,
@@ -334,7 +326,7 @@ class _Lowering:
             missing = [c for c in block.params[pname].when if c not in conds]
             if missing:
                 self.fail(line.path + (field,), f"param '{pname}' exists only when {_conj(block.params[pname].when)}; "
-                                                f"this line needs `when: {_conj(block.params[pname].when)[1:-1]}`")
+                                                f"this line needs `when: {describe(block.params[pname].when)}`")
                 return None
             return p
 
@@ -500,14 +492,8 @@ def _param_fields(line) -> list[str]:
     return [line.fields.get(f) for f in op.params] if op is not None else []
 
 
-def _conjuncts(expr: Expr) -> list[Expr]:
-    if expr.kind == "binary" and expr.value == "and":
-        return [*_conjuncts(expr.args[0]), *_conjuncts(expr.args[1])]
-    return [expr]
-
-
 def _conj(conds) -> str:
-    return "`" + " and ".join(str(c) if c.kind != "binary" or c.value not in ("or",) else f"({c})" for c in conds) + "`"
+    return f"`{describe(conds)}`"
 
 
 def _simplify(dim: Expr) -> Expr:

@@ -12,6 +12,7 @@ import json
 
 from runtime.expr import Expr
 
+from compiler.conditions import describe
 from compiler.ir import REGION, Block, ModelIR, Node
 
 # In op attributes of repeated blocks: the layer's index, given to each layer's module when built.
@@ -132,7 +133,7 @@ def _dump_line(block: Block, node: Node) -> str:
     when = ""
     if node.when:    # `when c else q`: what each output is where the node does not run
         kept = ", ".join(node.orelse.get(o, "absent") for o in node.outputs)
-        when = f" when {' and '.join(map(str, node.when))} else {kept}"
+        when = f" when {describe(node.when)} else {kept}"
     return f"{outs} = {target}({', '.join(map(str, args))}){when}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import networkx as nx
 
+from compiler.conditions import describe
 from compiler.ir import REGION, STRUCTURAL, Block, ModelIR, Node
 from compiler.ops import OPS
 from compiler.ops.registry import InferCtx, ShapeError
@@ -58,7 +59,7 @@ def _block_problems(ir: ModelIR, block: Block) -> list[str]:
         if vid not in defined:
             out.append(f"output '{vid}' is never defined")
         if vid in exists_when:
-            out.append(f"output '{vid}' exists only when {' and '.join(map(str, exists_when[vid]))}")
+            out.append(f"output '{vid}' exists only when {describe(exists_when[vid])}")
     for name, p in block.params.items():
         if p.fused_into is not None:
             if p.fused_into not in block.params or name not in block.params[p.fused_into].members:
@@ -84,7 +85,7 @@ def _condition_problems(block: Block, node: Node, exists_when: dict[str, tuple])
     for vid in node.inputs.values():
         if not set(exists_when.get(vid, ())) <= conds:
             out.append(f"{node.id} ({node.op}) reads '{vid}', which exists only when "
-                       f"{' and '.join(map(str, exists_when[vid]))}, outside that condition")
+                       f"{describe(exists_when[vid])}, outside that condition")
     for m in members:
         for pname in m.params.values():
             p = block.params.get(pname)

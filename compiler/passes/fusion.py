@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import networkx as nx
 
+from compiler.conditions import describe
 from compiler.ir import REGION, Block, Decision, ModelIR, Node, Param, Region
 from compiler.names import NN_MODULE_ATTRS
 from compiler.ops import OPS
@@ -76,7 +77,7 @@ class _BlockFusion:
             if t is not None and node.when:
                 # a run-time branch: one kernel cannot both run and skip part of itself
                 self.record("kernel", op_label(block, node), False,
-                            f"runs under `when: {' and '.join(map(str, node.when))}`", ops=[node.op])
+                            f"runs under `when: {describe(node.when)}`", ops=[node.op])
                 t = None
             if t is not None and chains(t):
                 out = self.shape(node.outputs[0])
@@ -186,7 +187,7 @@ class _BlockFusion:
         pn, cn = self.nodes[prod], self.nodes[cons]
         for n in (pn, cn):
             if n.when:
-                return f"'{n.op}' runs under `when: {' and '.join(map(str, n.when))}`"
+                return f"'{n.op}' runs under `when: {describe(n.when)}`"
             if n.block is not None:
                 return f"'{n.op}' of block '{n.block}' is opaque to fusion"
             op = OPS[n.op]
