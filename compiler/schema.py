@@ -20,7 +20,7 @@ DIM = {"type": ["string", "integer"], "description": "a config expression or a f
 SHAPE = {"type": "array", "items": DIM}
 
 
-# Every line may carry these besides its op's fields (compiler/spec.py LINE_KEYS).
+# Every line may carry these besides its op's fields (compiler/ops/registry.py LINE_KEYS).
 LINE_FIELDS = {"label": {"type": "string", "pattern": IDENT,
                          "description": "a stable name for the line, unique in its graph, that extends: edits target"},
                "when": {**EXPR, "description": "the line runs only where this holds (config names, block "

@@ -20,14 +20,12 @@ from compiler.errors import Problem, SpecError
 from compiler.extends import load_resolved
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
+from compiler.ops.registry import LINE_KEYS     # a line's op, its stable label (what extends: edits target), its when
 from compiler.schema import spec_schema
 from compiler.shorthand import expand_config_entry
 from compiler.yaml_source import PathT, SourceMap, format_path
 from runtime.expr import Expr, ExprError, parse_expr
 
-# Keys of a graph line that are not op fields: its op, its stable label (what `extends:` edits
-# target), and its condition.
-LINE_KEYS = ("op", "label", "when")
 FREE_DIM = re.compile(r"^[A-Z][A-Z0-9_]*$")   # B, S, S_ENC: sizes known only at run time
 # In op attributes of a repeated block (and the blocks it calls): the index of the layer, from 0, so
 # one expression describes per-layer choices (`window: w if layer_types[layer] == 'sliding' else null`).

@@ -268,3 +268,13 @@ def test_a_block_use_under_when_is_built_and_called_only_where_it_holds(tmp_path
     rewrite_config(folder, lambda data: data.update(extra_mlp=True))
     with pytest.raises(CheckpointError, match=r"missing[\s\S]*layers\.0\.ext\.extra\.gate_proj\.weight"):
         runtime.load(art, folder)
+
+
+def test_no_op_may_name_a_field_like_a_key_every_line_carries():
+    from compiler.ops import OPS
+    from compiler.ops.registry import Attr, OpDef, register
+    op = OpDef(name="with_a_when", doc="", operands=("x",), infer=lambda ctx: [ctx["x"]], emit=lambda e: e["x"],
+               attrs=(Attr("when", "expr"),))
+    with pytest.raises(ValueError, match=r"field\(s\) \['when'\] are keys every graph line may carry"):
+        register(op)
+    assert "with_a_when" not in OPS

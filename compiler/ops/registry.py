@@ -165,6 +165,8 @@ class EmitCtx:
 
 
 OPS: dict[str, OpDef] = {}
+# Keys of a graph line besides its op's fields (compiler/spec.py reads them): no op may name a field so.
+LINE_KEYS = ("op", "label", "when")
 
 
 def register(op: OpDef) -> OpDef:
@@ -172,6 +174,9 @@ def register(op: OpDef) -> OpDef:
         raise ValueError(f"op '{op.name}' registered twice")
     if op.fusion not in FUSION_KINDS:
         raise ValueError(f"op '{op.name}': unknown fusion kind '{op.fusion}'")
+    taken = set(op.fields) & set(LINE_KEYS)
+    if taken:
+        raise ValueError(f"op '{op.name}': field(s) {sorted(taken)} are keys every graph line may carry")
     OPS[op.name] = op
     return op
 
