@@ -135,10 +135,13 @@ class _Emitter:
         return "\n".join(lines)
 
     def block_doc(self, block: Block) -> str:
+        # an instance of a block with options says which values it was made with
+        options = (f"; {block.source} with " + ", ".join(f"{k}={v}" for k, v in block.options.items())
+                   if block.options else "")
         if block.doc.strip():
-            return block.doc
+            return block.doc + options
         sig = ", ".join(f"{block.values[i].name}: {block.values[i].type}" for i in block.inputs)
-        return f"{sig} -> {', '.join(block.values[o].name for o in block.outputs)}"
+        return f"{sig} -> {', '.join(block.values[o].name for o in block.outputs)}{options}"
 
     @staticmethod
     def cfg_line(body: list[str]) -> list[str]:

@@ -95,6 +95,7 @@ def test_each_instance_is_its_own_class_and_each_tower_computes_at_its_own_width
     source = (art / "model.py").read_text()
     assert "class Layer(nn.Module):" in source and "class Layer2(nn.Module):" in source
     assert "self.vision_tower = Tower2(cfg)" in source
+    assert "; layer with width=vision_width, causal=false, gated=false" in source
     model = runtime.init_random(art, {"text_width": 8, "vision_width": 12, "heads": 2, "head_dim": 4})
     gen = torch.Generator().manual_seed(0)
     for p in model.net.parameters():
