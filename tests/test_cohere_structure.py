@@ -4,8 +4,6 @@ and MLP both read one LayerNorm of the input), interleaved rotary pairs, per-hea
 [heads, head_dim] weights under `when: use_qk_norm`, and a logit scale."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 import runtime
@@ -16,6 +14,7 @@ from compiler.spec import load_spec
 from tests.family_parity import (TOL, Family, assert_greedy_tokens_match, assert_left_padded_batch_matches,
                                  max_logit_diff)
 from tests.hf_checkpoints import randomize, save
+from tests.llama_child import llama_child
 
 transformers = pytest.importorskip("transformers")
 
@@ -75,9 +74,7 @@ FAMILY = Family("cohere", transformers.CohereConfig, transformers.CohereForCausa
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cohere")
-    shutil.copy("specs/llama.yaml", folder / "llama.yaml")
-    (folder / "cohere.yaml").write_text(COHERE)
-    return compile_spec(folder / "cohere.yaml", folder / "art").directory
+    return compile_spec(llama_child(folder, "cohere", COHERE), folder / "art").directory
 
 
 @pytest.mark.parametrize("overrides", [{}, dict(use_qk_norm=True), dict(use_qk_norm=True, tie_word_embeddings=False,
@@ -99,8 +96,7 @@ def test_per_head_norms_are_emitted_with_the_dims_they_scale(artifact):
 
 
 def test_a_norm_weight_that_fits_no_dims_of_its_input_is_a_shape_error(tmp_path):
-    shutil.copy("specs/llama.yaml", tmp_path / "llama.yaml")
-    (tmp_path / "cohere.yaml").write_text(COHERE.replace("[num_heads, head_dim]", "[num_kv_heads, head_dim]"))
+    llama_child(tmp_path, "cohere", COHERE.replace("[num_heads, head_dim]", "[num_kv_heads, head_dim]"))
     with pytest.raises(SpecError, match=r"the weight \[num_kv_heads, head_dim\] does not fit x "
                                         r"\[B, num_heads, S, head_dim\]: num_kv_heads must be a dim of 'x' left of head_dim"):
         lower(load_spec(tmp_path / "cohere.yaml"))

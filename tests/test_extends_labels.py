@@ -1,13 +1,13 @@
 """Stable line labels for `extends:` edits, and a child's own weight rules replacing its parent's."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from compiler.errors import SpecError
 from compiler.spec import load_spec
+from tests.llama_child import llama_child
 
 ATTENTION = "      - y: {op: attention, q: q, k: k, v: v, causal: true, scale: head_dim ** -0.5, label: attention}"
 CHILD = """spec: 1
@@ -65,11 +65,9 @@ def test_a_missing_target_lists_the_labels(tmp_path):
 
 
 def test_weights_replace_drops_every_parent_rule(tmp_path):
-    shutil.copy("specs/llama.yaml", tmp_path / "llama.yaml")
-    (tmp_path / "child.yaml").write_text(CHILD.replace("TARGET", "attention") + """
+    spec = load_spec(llama_child(tmp_path, "child", CHILD.replace("TARGET", "attention") + """
 weights:
   replace:
     - {from: "{name}.{t}", to: "{name}.{t}"}
-""")
-    spec = load_spec(tmp_path / "child.yaml")
+"""))
     assert [(r.sources, r.targets) for r in spec.weights] == [(["{name}.{t}"], ["{name}.{t}"])]

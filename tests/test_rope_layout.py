@@ -2,8 +2,6 @@
 Transformers' GPT-J function, and its Triton kernel through the interpreter against the PyTorch op."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -11,6 +9,7 @@ from compiler.pipeline import compile_spec
 from runtime import ops
 from runtime.context import ForwardContext
 from runtime.kernels import import_kernels
+from tests.llama_child import llama_child
 
 gptj = pytest.importorskip("transformers.models.gptj.modeling_gptj")
 
@@ -46,9 +45,7 @@ def test_interleaved_rope_equals_gptj(head_dim, rot):
 @pytest.fixture(scope="module")
 def interleaved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("interleaved")
-    shutil.copy("specs/llama.yaml", folder / "llama.yaml")
-    (folder / "interleaved.yaml").write_text(INTERLEAVED)
-    return compile_spec(folder / "interleaved.yaml", folder / "art").directory
+    return compile_spec(llama_child(folder, "interleaved", INTERLEAVED), folder / "art").directory
 
 
 def test_the_emitted_line_says_interleaved(interleaved):
@@ -70,18 +67,16 @@ def test_the_interleaved_rope_kernel_equals_the_pytorch_op(interleaved, head_dim
 
 
 def test_q_and_k_rotated_in_different_layouts_get_no_kernel(tmp_path):
-    shutil.copy("specs/llama.yaml", tmp_path / "llama.yaml")
-    (tmp_path / "mixed.yaml").write_text(INTERLEAVED.replace("name: interleaved", "name: mixed")
-                                         .replace("      - {update: k#3, set: {layout: interleaved}}\n", ""))
-    art = compile_spec(tmp_path / "mixed.yaml", tmp_path / "art").directory
+    mixed = INTERLEAVED.replace("name: interleaved", "name: mixed").replace(
+        "      - {update: k#3, set: {layout: interleaved}}\n", "")
+    art = compile_spec(llama_child(tmp_path, "mixed", mixed), tmp_path / "art").directory
     assert "def rope_q_k" not in (art / "kernels.py").read_text()
     assert "ops.rope(q, cos, sin, interleaved=True)" in (art / "model.py").read_text()
 
 
 def test_the_interleaved_rope_kernel_compiles_ahead_of_time_for_sm80_and_sm90(tmp_path):
-    shutil.copy("specs/llama.yaml", tmp_path / "llama.yaml")
-    (tmp_path / "interleaved.yaml").write_text(INTERLEAVED)
-    kernels = compile_spec(tmp_path / "interleaved.yaml", tmp_path / "art", {"aot": ["sm_80", "sm_90"]}).manifest["kernels"]
+    spec = llama_child(tmp_path, "interleaved", INTERLEAVED)
+    kernels = compile_spec(spec, tmp_path / "art", {"aot": ["sm_80", "sm_90"]}).manifest["kernels"]
     rope = next(k for k in kernels.values() if k["template"] == "rope")
     for target in ("sm_80", "sm_90"):
         for dtype in ("fp32", "bf16"):

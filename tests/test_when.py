@@ -4,7 +4,6 @@ Numbers are proven against Transformers: the same artifact computes Llama with t
 Qwen3 (per-head q/k norms) with them on."""
 from __future__ import annotations
 
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from compiler.spec import load_spec
 from runtime.errors import CheckpointError
 from tests.family_parity import TOL, max_logit_diff, random_ids
 from tests.hf_checkpoints import randomize, rewrite_config, save
+from tests.llama_child import llama_child
 
 transformers = pytest.importorskip("transformers")
 
@@ -54,10 +54,7 @@ CONFIG = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_la
 
 
 def child(folder: Path, body: str, name: str = "switches") -> Path:
-    shutil.copy("specs/llama.yaml", folder / "llama.yaml")
-    path = folder / f"{name}.yaml"
-    path.write_text(f"spec: 1\nname: {name}\nextends: llama\n" + textwrap.dedent(body))
-    return path
+    return llama_child(folder, name, f"spec: 1\nname: {name}\nextends: llama\n" + textwrap.dedent(body))
 
 
 @pytest.fixture(scope="module")
