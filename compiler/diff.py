@@ -221,6 +221,10 @@ def _diff_block(a: BlockDecl, b: BlockDecl) -> dict:
         out["ops"] = ops
     if a.outputs != b.outputs:
         out["outputs"] = [a.outputs, b.outputs]
+    options = _diff_named({n: {"default": v} for n, v in a.options.items()},
+                          {n: {"default": v} for n, v in b.options.items()})
+    if _nonempty(options):
+        out["options"] = options
     if _generate(a.generate) != _generate(b.generate):
         out["generate"] = [_generate(a.generate), _generate(b.generate)]
     return out
@@ -243,6 +247,10 @@ def _param(p: ParamDecl) -> dict:
         out = {p.kind: [p.dims[d] for d in p.dims], **p.options}
     if p.tied_to:
         out["tied"] = {"to": p.tied_to, "when": p.tied_when}
+    if p.when is not None:
+        out["when"] = p.when
+    if p.with_:
+        out["with"] = dict(p.with_)
     return out
 
 
@@ -287,6 +295,8 @@ def _fields(line: OpLine) -> dict:
             value = fields.get(attr.name)
             if attr.default is None and isinstance(value, Expr) and value.kind == "const" and value.value is None:
                 del fields[attr.name]   # `softcap: null` written out is the default
+    if line.when is not None:
+        fields["when"] = line.when
     return fields
 
 
@@ -295,7 +305,8 @@ def line_text(line: OpLine) -> str:
     operands = op.operands if op is not None else ()
     args = [str(line.fields[o]) for o in operands if o in line.fields]
     args += [f"{k}={_text(v)}" for k, v in line.fields.items() if k not in operands]
-    return f"{', '.join(line.outputs)} = {line.op}({', '.join(args)})"
+    when = f" when {line.when}" if line.when is not None else ""
+    return f"{', '.join(line.outputs)} = {line.op}({', '.join(args)}){when}"
 
 
 def _line_key(line: OpLine) -> str:

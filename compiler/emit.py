@@ -8,10 +8,13 @@ the same file serves every checkpoint of the family. A pure function of the IR: 
 """
 from __future__ import annotations
 
+import itertools
+
 from compiler import __version__
 from compiler.ir import REGION, Block, ModelIR, Node
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
+from compiler.weight_rules import param_tensors, shared_tensors
 from compiler.ops.registry import EmitCtx
 from compiler.printer import (LAYER_INDEX, class_name, comment, const_value, docstring, literal, locs, py,
                               shapes, spec_text, value_names, with_comment)
@@ -36,6 +39,7 @@ class _Emitter:
         self.needs_ctx = _context_blocks(ir)
         self.needs_layer = _layer_blocks(ir)
         self.functions: dict[str, object] = {}      # GroupFunction by name, in first-use order
+        self.pad = INDENT                            # of a forward line (deeper inside an `if` for a `when`)
 
     def text(self, source_name: str) -> str:
         ir = self.ir
@@ -131,10 +135,13 @@ class _Emitter:
         return "\n".join(lines)
 
     def block_doc(self, block: Block) -> str:
+        # an instance of a block with options says which values it was made with
+        options = (f"; {block.source} with " + ", ".join(f"{k}={v}" for k, v in block.options.items())
+                   if block.options else "")
         if block.doc.strip():
-            return block.doc
+            return block.doc + options
         sig = ", ".join(f"{block.values[i].name}: {block.values[i].type}" for i in block.inputs)
-        return f"{sig} -> {', '.join(block.values[o].name for o in block.outputs)}"
+        return f"{sig} -> {', '.join(block.values[o].name for o in block.outputs)}{options}"
 
     @staticmethod
     def cfg_line(body: list[str]) -> list[str]:
@@ -162,6 +169,8 @@ class _Emitter:
                 values = {**p.dims, **p.options}
                 src = PARAM_KINDS[p.kind].construct({k: py(v) for k, v in values.items()},
                                                     {k: const_value(v) for k, v in values.items()})
+            if p.when:
+                src = f"{src} if {condition(p.when)} else None"     # absent where its `when` does not hold
             lines.append(with_comment(f"        self.{p.name} = {src}", str(p.loc)) if p.loc.line else f"        self.{p.name} = {src}")
         return lines
 
@@ -175,11 +184,20 @@ class _Emitter:
             lines.append("        super().tie_weights()")
         body = []
         for p in ties:
-            tie = f"self.{p.name}.weight = self.{p.tied_to}.weight"
-            if const_value(p.tied_when) in (True, None):
-                body.append(f"        {tie}")
+            target = block.params.get(p.tied_to) or self.ir.model.params[p.tied_to]
+            shared, _ = shared_tensors(p, target)
+            conds = [*p.when, *target.when] + ([] if const_value(p.tied_when) in (True, None) else [p.tied_when])
+            ties_of_p = []
+            for tensor in shared:
+                tie = f"self.{p.name}.{tensor} = self.{p.tied_to}.{tensor}"
+                if any(t == tensor and isinstance(c, Expr) for t, _, c in [*param_tensors(p), *param_tensors(target)]):
+                    # a tensor that exists per config (a bias: expr) is shared where both have it
+                    tie = f"if self.{p.name}.{tensor} is not None and self.{p.tied_to}.{tensor} is not None: {tie}"
+                ties_of_p.append(tie)
+            if conds:
+                body += [f"        if {condition(conds)}:", *(f"            {t}" for t in ties_of_p)]
             else:
-                body += [f"        if {py(p.tied_when)}:", f"            {tie}"]
+                body += [f"        {t}" for t in ties_of_p]
         return lines + self.cfg_line(body) + body
 
     # -- forward bodies ---------------------------------------------------------------------------
@@ -189,21 +207,38 @@ class _Emitter:
             self.names = value_names(block, units)
         self.slots = _slots(block)
         lines = []
-        for node in units:
-            if node.op in ("call", "repeat"):
-                lines += self.call_lines(block, node)
-            elif node.op == REGION and node.region.fused_param is not None:
-                r = node.region
-                line = f"        {', '.join(self.names[o] for o in node.outputs)} = self.{r.fused_param}({self.names[r.inputs[0]]})"
-                lines.append(self.noted(line, block, node.outputs, r.nodes))
-            elif node.op == REGION and node.region.function is not None:
-                lines.append(self.group_call(block, node))
-            elif node.op == REGION:
-                member = node.region.nodes[0]
-                lines.append(self.noted(f"        {self.op_line(block, member, self.names)}", block, member.outputs, [member]))
-            else:
-                lines.append(self.noted(f"        {self.op_line(block, node, self.names)}", block, node.outputs, [node]))
+        # consecutive nodes under the same `when` share one `if`
+        for conds, group in itertools.groupby(units, key=lambda n: n.when):
+            group = list(group)
+            self.pad = INDENT + ("    " if conds else "")
+            body = [line for node in group for line in self.node_lines(block, node)]
+            self.pad = INDENT
+            if not conds:
+                lines += body
+                continue
+            lines.append(f"        if {condition(conds)}:")
+            lines += body
+            # an output the branch rebinds keeps its earlier value otherwise: nothing to write when both
+            # are the same Python name
+            kept = [f"            {self.names[o]} = {self.names[v]}" for node in group for o, v in node.orelse.items()
+                    if self.names[o] != self.names[v]]
+            if kept:
+                lines += ["        else:", *kept]
         return lines
+
+    def node_lines(self, block: Block, node: Node) -> list[str]:
+        if node.op in ("call", "repeat"):
+            return self.call_lines(block, node)
+        if node.op == REGION and node.region.fused_param is not None:
+            r = node.region
+            line = f"{self.pad}{', '.join(self.names[o] for o in node.outputs)} = self.{r.fused_param}({self.names[r.inputs[0]]})"
+            return [self.noted(line, block, node.outputs, r.nodes)]
+        if node.op == REGION and node.region.function is not None:
+            return [self.group_call(block, node)]
+        if node.op == REGION:
+            member = node.region.nodes[0]
+            return [self.noted(f"{self.pad}{self.op_line(block, member, self.names)}", block, member.outputs, [member])]
+        return [self.noted(f"{self.pad}{self.op_line(block, node, self.names)}", block, node.outputs, [node])]
 
     def noted(self, line: str, block: Block, outputs, nodes: list[Node]) -> str:
         where = locs(nodes)
@@ -217,7 +252,9 @@ class _Emitter:
                     attrs or {k: py(v) for k, v in node.attrs.items()},
                     [names[o] for o in node.outputs],
                     {k: const_value(v) for k, v in node.attrs.items()},
-                    slot if slot is not None else self.slots.get(node.id), node.seq, node.attrs, py)
+                    slot if slot is not None else self.slots.get(node.id), node.seq, node.attrs, py,
+                    {f: block.values[v].type for f, v in node.inputs.items()} if block is not None else None,
+                    {f: block.params[p] for f, p in node.params.items()} if block is not None else None)
         return f"{', '.join(e.outputs)} = {op.emit(e)}"
 
     def call_lines(self, block: Block, node: Node) -> list[str]:
@@ -227,7 +264,7 @@ class _Emitter:
         outs = [self.names[o] for o in node.outputs]
         args = [self.names[node.inputs[callee.values[i].name]] for i in callee.inputs]
         if node.op == "call":
-            line = f"        {', '.join(outs)} = self.{p.name}({', '.join(args + ctx)})"
+            line = f"{self.pad}{', '.join(outs)} = self.{p.name}({', '.join(args + ctx)})"
             return [self.noted(line, block, node.outputs, [node])]
         # repeat: each callee output feeds the callee input of the same name in the next layer
         carried = {callee.values[o].name: outs[k] for k, o in enumerate(callee.outputs)}
@@ -236,12 +273,12 @@ class _Emitter:
             name = callee.values[i].name
             if name in carried:
                 if carried[name] != arg:
-                    lines.append(f"        {carried[name]} = {arg}")
+                    lines.append(f"{self.pad}{carried[name]} = {arg}")
                 loop_args.append(carried[name])
             else:
                 loop_args.append(arg)
-        lines.append(f"        for layer in self.{p.name}:")
-        lines.append(self.noted(f"            {', '.join(outs)} = layer({', '.join(loop_args + ctx)})", block,
+        lines.append(f"{self.pad}for layer in self.{p.name}:")
+        lines.append(self.noted(f"{self.pad}    {', '.join(outs)} = layer({', '.join(loop_args + ctx)})", block,
                                 node.outputs, [node]))
         return lines
 
@@ -260,7 +297,7 @@ class _Emitter:
         args += [self.slots[r.nodes[i].id] for i in fn.slots]
         names = _attr_names(fn)
         args += [f"{names[(i, a)]}={py(r.nodes[i].attrs[a])}" for i, a in fn.attrs]
-        line = f"        {', '.join(self.names[o] for o in r.outputs)} = {fn.name}({', '.join(args)})"
+        line = f"{self.pad}{', '.join(self.names[o] for o in r.outputs)} = {fn.name}({', '.join(args)})"
         return self.noted(line, block, r.outputs, r.nodes)
 
     def group_function(self, fn) -> str:
@@ -358,9 +395,22 @@ def _layer_blocks(ir: ModelIR) -> set[str]:
                 p = block.params[node.block]
                 if p.repeat is None and p.block in needs:
                     needs.add(name)
-            elif any(isinstance(a, Expr) and LAYER_INDEX in a.names for a in node.attrs.values()):
+            if node.op not in ("call", "repeat") and any(
+                    isinstance(a, Expr) and LAYER_INDEX in a.names for a in node.attrs.values()):
                 needs.add(name)
+            if any(LAYER_INDEX in c.names for c in node.when):
+                needs.add(name)
+        if any(LAYER_INDEX in c.names for p in block.params.values() for c in p.when):
+            needs.add(name)
     return needs
+
+
+def condition(conds) -> str:
+    """A conjunction of conditions as one Python expression over `cfg` (and `self.layer`)."""
+    expr = conds[0]
+    for c in conds[1:]:
+        expr = Expr("binary", "and", (expr, c))
+    return py(expr)
 
 
 __all__ = ["emit_model", "head_class_name", "spec_text"]

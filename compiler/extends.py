@@ -9,11 +9,13 @@ child or the parent, wherever it was written. The delta language:
   matches             never inherited: a child recognises only the checkpoints it names, so
                       `from_pretrained` cannot pick it for the parent's checkpoints by accident.
   config.NAME         a new entry is added; an existing one is merged field by field
-                      (`{default: 1}` changes only the default); `{remove: true}` removes it.
+                      (`{default: 1}` changes only the default; a parent's short form
+                      `vocab_size: int` counts as `{hf: vocab_size, type: int}`); a short form in
+                      the child restates the entry; `{remove: true}` removes it.
   checks[]            `{that, else}` is appended, or replaces the message of the parent check
                       with the same `that`; `{remove: THAT}` removes the parent check.
   blocks.NAME / model a new block is added whole; `{remove: true}` removes one; an existing one is
-                      merged: `doc`, `outputs` and `graph` are replaced when given, `inputs` and
+                      merged: `doc`, `options`, `outputs` and `graph` are replaced when given, `inputs` and
                       `params` merged by name (a param that names its kind, e.g. `linear:`, is
                       replaced whole, otherwise its fields are merged: `{bias: true}`;
                       `{remove: true}` removes it), and `edits` changes single graph lines:
@@ -21,9 +23,11 @@ child or the parent, wherever it was written. The delta language:
                         - {replace: T, with: LINE or [LINES]}
                         - {insert: LINE or [LINES], after: T}   (or before: T)
                         - {remove: T}
-                      T names a line by an output name. Values may be rebound, so when several
-                      lines bind the name, `name#n` is the n-th of them (from 1, top to bottom);
-                      a bare name that binds more than once is an error listing the choices.
+                      T names a line by its `label:` (a name the line carries, unique in its
+                      graph, which stays put when the parent gains lines: the stable way), or
+                      by an output name. Values may be rebound, so when several lines bind the
+                      name, `name#n` is the n-th of them (from 1, top to bottom); a bare name
+                      that binds more than once is an error listing the choices.
                       Edits apply in order, each to the graph as the edits before it left it.
   heads.NAME          merged like blocks: a new head is added (after the parent's, whose order
                       is kept, so the parent's default head stays the default); `{remove: true}`
@@ -32,6 +36,8 @@ child or the parent, wherever it was written. The delta language:
   weights[]           a rule whose `from` equals a parent rule's replaces it in place; other rules
                       go before the parent's (rules match first-come, so the child's more specific
                       rules win); `{remove: FROM}` removes the parent rule with that `from`.
+                      `weights: {replace: [RULES]}` (and `checks: {replace: [...]}`) drops the
+                      parent's list: a child whose checkpoints name every tensor its own way.
 
 A bare `extends: name` is `name.yaml` next to the child, or else the shipped specs/name.yaml;
 anything else is a path relative to the child. The parent must lie under the child's directory or
@@ -47,6 +53,7 @@ from typing import Any
 
 from compiler.errors import Problem, SpecError
 from compiler.ops.params import PARAM_KINDS
+from compiler.shorthand import expand_config_entry
 from compiler.yaml_source import Mark, PathT, SourceMap, format_path, load_yaml
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
@@ -263,6 +270,13 @@ class _Merger:
         return Located({**parent.value, **child.value}, parent.file, parent.mark, child.key_mark or parent.key_mark)
 
     def config_entry(self, parent: Located, child: Located, path: PathT) -> Located:
+        # The parent's short form (`vocab_size: int`) in its long form first, so a child's `{default: 1}`
+        # changes only the default and never turns a read entry into a derived one.
+        long = expand_config_entry(path[-1], parent.plain())
+        if isinstance(long, dict) and isinstance(parent.value, (str, dict)):
+            fields = parent.value if isinstance(parent.value, dict) else {}
+            parent = Located({k: fields.get(k) or Located(v, parent.file, parent.mark) for k, v in long.items()},
+                             parent.file, parent.mark, parent.key_mark)
         return self.fields(parent, child)
 
     def param(self, parent: Located, child: Located, path: PathT) -> Located:
@@ -333,10 +347,19 @@ class _Merger:
                                  f"got {loc.value!r}")
             return None
         name, nth = m.group(1), m.group(2)
+        labelled = [i for i, line in enumerate(lines) if _label(line) == name]
+        if len(labelled) > 1:
+            self.fail(loc, path, f"label '{name}' is on {len(labelled)} lines ("
+                      + ", ".join(f"{_op(lines[i])}{_at(lines[i])}" for i in labelled) + "); labels name one line")
+            return None
+        if labelled and nth is None:
+            return labelled[0]
         hits = [i for i, line in enumerate(lines) if name in _outputs(line)]
         if not hits:
             bound = sorted({o for line in lines for o in _outputs(line)})
-            self.fail(loc, path, f"no line of the graph binds '{name}' (it binds: {', '.join(bound)})")
+            labels = sorted({_label(line) for line in lines} - {None})
+            self.fail(loc, path, f"no line of the graph binds '{name}' (it binds: {', '.join(bound)})"
+                                 + (f" nor is labelled so (labels: {', '.join(labels)})" if labels else ""))
             return None
         if nth is None:
             if len(hits) > 1:
@@ -423,7 +446,9 @@ class _Merger:
     def keyed_list(self, parent: Located | None, child: Located, section: str, key: str, what: str, norm,
                    new_first: bool) -> Located:
         """A list whose items are identified by one field: same key replaces, `{remove: KEY}` removes,
-        a new key is added."""
+        a new key is added; `{replace: [...]}` instead of a list drops the parent's items."""
+        if isinstance(child.value, dict) and set(child.value) == {"replace"}:
+            return child.value["replace"]
         if parent is None or not isinstance(parent.value, list) or not isinstance(child.value, list):
             return child
         out = list(parent.value)
@@ -456,6 +481,14 @@ def _outputs(line: Located) -> list[str]:
         (outs,) = line.value
         return [o.strip() for o in str(outs).split(",")]
     return []
+
+
+def _label(line: Located) -> str | None:
+    if isinstance(line.value, dict) and len(line.value) == 1:
+        (body,) = line.value.values()
+        label = body.get("label")
+        return label.value if label is not None and isinstance(label.value, str) else None
+    return None
 
 
 def _op(line: Located) -> str:

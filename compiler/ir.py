@@ -15,7 +15,15 @@ Invariants, checked by `compiler.verify.verify` after every pass in the test sui
 - every param is used by a node (a fused param's members through the fused param);
 - a region node's members are not in the block graph; its inputs are exactly the values its
   members read from outside, its outputs the member values read after it or returned;
-- the block graph is acyclic, so regions never depend on each other in a cycle.
+- the block graph is acyclic, so regions never depend on each other in a cycle;
+- conditions (`when:` in the spec): a node whose `when` (a conjunction of config expressions, never
+  a constant: constant conditions are decided by the lowering) does not hold does not run. Each of
+  its outputs either has an `orelse` value — defined before the node, of the same type, what the
+  output is when the node does not run (a line rebinding a name under `when` keeps the previous
+  value) — or exists only under the node's conditions. A value that exists only under conditions C
+  is read only by nodes whose conditions include C, and is never a block output; a param under
+  conditions C (absent from the module elsewhere) is used only by nodes whose conditions include C.
+  Conditional nodes are never region members.
 Node ids are unique within their block; a node's `index` is its place in the author's graph
 (passes insert nodes at fractional indexes), so emitters print values in the author's order.
 """
@@ -86,6 +94,13 @@ class Node:
     block: str | None = None              # call / repeat: the block param it runs
     region: Region | None = None          # op "region": the fused group
     seq: str | None = None                # context ops: the model-level sequence they run along
+    when: tuple = ()                      # conjuncts (Exprs): the node runs only where all hold
+    orelse: dict[str, str] = field(default_factory=dict)   # output id -> its value when the node does not run
+
+    @property
+    def reads(self) -> list[str]:
+        """Every value the node reads: its operands, then the values its outputs keep when it does not run."""
+        return [*self.inputs.values(), *self.orelse.values()]
 
 
 @dataclass
@@ -102,6 +117,7 @@ class Param:
     static: bool = False             # a block whose inputs do not change while decoding: run once
     members: list[str] = field(default_factory=list)   # fused_linear: the params it concatenates
     fused_into: str | None = None    # a member of a fused param: that param
+    when: tuple = ()                 # conjuncts (Exprs): the param exists only where all hold
 
 
 @dataclass
@@ -115,6 +131,8 @@ class Block:
     graph: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
     doc: str = ""
     loc: Loc = field(default_factory=Loc)
+    source: str = ""                            # the spec block it instantiates (block options)
+    options: dict[str, Any] = field(default_factory=dict)   # the option values of this instance
 
     # -- reading --------------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -132,7 +150,7 @@ class Block:
         return {vid: n.id for n in self.nodes() for vid in n.outputs}
 
     def users(self, vid: str) -> list[Node]:
-        return [n for n in self.order() if vid in n.inputs.values()]
+        return [n for n in self.order() if vid in n.reads]
 
     def ops(self) -> list[Node]:
         """Every op node, region members in place of their region."""
@@ -146,12 +164,12 @@ class Block:
         """Add a node whose operands are already defined; its edges are keyed by value."""
         self.graph.add_node(node.id, node=node)
         producers = self.producers()
-        for vid in dict.fromkeys(node.inputs.values()):
+        for vid in dict.fromkeys(node.reads):
             if vid in producers and producers[vid] != node.id:
                 self.graph.add_edge(producers[vid], node.id, key=vid)
         for vid in node.outputs:
             for user in self.nodes():
-                if vid in user.inputs.values() and user.id != node.id:
+                if vid in user.reads and user.id != node.id:
                     self.graph.add_edge(node.id, user.id, key=vid)
 
     def remove(self, nid: str) -> Node:
@@ -164,10 +182,13 @@ class Block:
         producers = self.producers()
         for user in (among if among is not None else self.nodes()):
             fields = [f for f, v in user.inputs.items() if v == old]
-            if not fields:
+            kept = [o for o, v in user.orelse.items() if v == old]
+            if not fields and not kept:
                 continue
             for f in fields:
                 user.inputs[f] = new
+            for o in kept:
+                user.orelse[o] = new
             if old in producers and self.graph.has_edge(producers[old], user.id, key=old):
                 self.graph.remove_edge(producers[old], user.id, key=old)
             if new in producers:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import networkx as nx
 
+from compiler.conditions import decide, describe
 from compiler.errors import Problem, SpecError, did_you_mean
 from compiler.ir import Block, Head, Loc, ModelIR, Node, Param, Value
 from compiler.ops import OPS
 from compiler.ops.registry import InferCtx, ShapeError, TType
-from compiler.spec import FREE_DIM, LAYER_INDEX, BlockDecl, Spec
-from compiler.symbolic import canonical, same_value
+from compiler.instantiate import Instances
+from compiler.spec import FREE_DIM, LAYER_INDEX, BlockDecl, ParamDecl, Spec, describe_path
+from compiler.symbolic import canonical, same_type, same_value
 from runtime.expr import Expr, parse_expr
 
 
@@ -23,7 +25,8 @@ def lower(spec: Spec) -> ModelIR:
     lowering = _Lowering(spec)
     ir = lowering.run()
     if lowering.problems:
-        raise SpecError(lowering.problems)
+        # two instances of a block (block options) report a mistake of its text once
+        raise SpecError(list({(p.file, p.line, p.column, p.message): p for p in lowering.problems}.values()))
     return ir
 
 
@@ -35,6 +38,7 @@ class _Lowering:
         self._problem_paths: list[tuple] = []
         self.layer_uses: dict[str, tuple] = {}    # block -> path of its first attribute using the layer index
         self._tie_scope: dict = {}       # params a head may tie to besides its own: the model's
+        self.decls: dict[str, BlockDecl] = {}      # the instances (compiler/instantiate.py), by name
 
     def fail(self, path, message: str) -> None:
         self.problems.append(self.spec.problem(path, message))
@@ -43,16 +47,27 @@ class _Lowering:
     def run(self) -> ModelIR:
         spec = self.spec
         self.check_config()
-        order = self.block_order()
+        order, head_decls = [], {}
+        spec_order = self.block_order()
+        if spec_order is not None:
+            instances = Instances(spec)
+            self.problems += instances.problems
+            self.decls, head_decls = instances.blocks, instances.heads
+            # callees first, as the spec's blocks are; instances of one block in the order they were made
+            rank = {b: i for i, b in enumerate(spec_order)}
+            order = sorted(instances.order, key=lambda n: (rank.get(self.decls[n].source or n, len(rank)),
+                                                           instances.order.index(n)))
         blocks = {}
         for name in order:
-            blocks[name] = self.lower_block(spec.block(name), "model" if name == "model" else "block")
+            blocks[name] = self.lower_block(self.decls[name], "model" if name == "model" else "block")
         heads = {}
         for name, head in spec.heads.items():
             if name in spec.blocks or name == "model":
                 self.fail(head.path, f"head '{name}' has the name of a block; heads and blocks share one namespace")
                 continue
-            block = self.lower_head(head, blocks.get("model"))
+            if name not in head_decls:
+                continue
+            block = self.lower_head(head, head_decls[name], blocks.get("model"))
             if block is not None:
                 blocks[name] = block
                 heads[name] = Head(name, list(head.architectures), name, self.loc(head.path))
@@ -67,12 +82,11 @@ class _Lowering:
         file, mark = self.spec.sources.locate(path)
         return Loc(file, mark[0] if mark else None, tuple(path))
 
-    def lower_head(self, head, model: Block | None) -> Block | None:
+    def lower_head(self, head, decl: BlockDecl, model: Block | None) -> Block | None:
         """A head is a block whose inputs are the model's outputs; its params join the model's."""
         if model is None or "model" not in self.block_types:
             return None
         from compiler.spec import InputDecl
-        decl = head.block
         for pname, p in decl.params.items():
             if pname in self.spec.model.params:
                 self.fail(p.path, f"head param '{pname}' has the name of a model param; heads extend the model, so names must differ")
@@ -120,8 +134,9 @@ class _Lowering:
             self.fail(path, f"unknown config name '{name}'{hint}{did_you_mean(name, self.spec.config)}")
 
     # -- blocks -------------------------------------------------------------------------------
-    def block_order(self) -> list[str]:
-        """Callees before callers; unknown, cyclic and unused blocks are problems."""
+    def block_order(self) -> list[str] | None:
+        """The spec's blocks, callees before callers; unknown, cyclic and unused blocks are problems.
+        None when blocks contain each other (then nothing can be instantiated)."""
         uses = nx.DiGraph()
         uses.add_node("model")
         decls = self.spec.all_blocks()
@@ -143,7 +158,7 @@ class _Lowering:
         for cycle in cycles:
             self.fail(decls[cycle[0]].path, f"blocks contain each other: {' -> '.join(cycle + cycle[:1])}")
         if cycles:
-            return []
+            return None
         reachable = nx.descendants(uses, "model") | {"model"}
         for bname, decl in self.spec.blocks.items():
             if bname not in reachable:
@@ -151,63 +166,97 @@ class _Lowering:
         return [b for b in reversed(list(nx.topological_sort(uses))) if b in reachable]
 
     def lower_block(self, decl: BlockDecl, role: str, inputs_optional: bool = False) -> Block:
-        block = Block(decl.name, role, doc=decl.doc, loc=self.loc(decl.path),
-                      params={n: self.param(p) for n, p in decl.params.items()})
-        env: dict[str, str] = {}          # spec name -> current value id
-        used: set[str] = set()
-        defined_at: dict[str, tuple] = {}
+        st = _BlockState(decl)
+        params = {}
+        for n, p in decl.params.items():
+            conds = self.conditions(p.when, p.path + ("when",), decl.name)
+            if conds is None:
+                st.dropped[n] = p.when       # decided false: the param does not exist in this block
+            else:
+                params[n] = self.param(p, conds)
+        block = Block(decl.name, role, doc=decl.doc, loc=self.loc(decl.path), params=params,
+                      source=decl.source or decl.name, options=dict(decl.options))
+        st.block = block
         for name, inp in decl.inputs.items():
             for i, d in enumerate(inp.shape):
                 self.check_names(d, inp.path + (i,), dims_allowed=True)
             block.values[name] = Value(name, name, TType(inp.shape, inp.dtype))
             block.inputs.append(name)
-            env[name] = name
-            defined_at[name] = inp.path
+            st.env[name] = name
+            st.defined_at[name] = inp.path
         for p in decl.params.values():
             for key, expr in [*p.dims.items(), *p.options.items()]:
                 self.check_names(expr, p.path + (key,))
             self.check_names(p.repeat, p.path + ("repeat",))
             self.check_names(p.tied_when, p.path + ("tied", "when"))
-            if p.tied_to is not None:
+            if p.tied_to is not None and p.name in params:
                 self.check_tie(decl, p)
-        used_params: set[str] = set()
         for index, line in enumerate(decl.graph):
-            node = self.lower_line(decl, block, line, index, env, used, used_params)
+            conds = self.conditions(line.when, line.path + ("when",), decl.name)
+            if conds is None:
+                # decided false (a constant, or a block option): the line is not part of this block
+                st.skipped_params.update((f, line.path) for f in _param_fields(line) if f in decl.params)
+                st.skipped_reads.update((st.env[v], line.path) for v in line.fields.values()
+                                        if isinstance(v, str) and v in st.env)
+                continue
+            node = self.lower_line(st, line, index, conds)
             if node is None:
-                self.poison(decl, block, line, env, used, defined_at, used_params)
+                self.poison(st, line)
                 continue
             block.add(node)
             for vid, name in zip(node.outputs, line.outputs):
-                if name in env and env[name] not in used:
-                    self.fail(defined_at[name], f"value '{name}' is never used before it is redefined")
-                env[name] = vid
-                defined_at[name] = line.path
+                if name in st.env and st.env[name] not in st.used:
+                    self.fail(st.defined_at[name], f"value '{name}' is never used before it is redefined")
+                st.env[name] = vid
+                st.defined_at[name] = line.path
         for i, out in enumerate(decl.outputs):
-            if out not in env:
-                self.fail(decl.path + ("outputs", i), f"output '{out}' is not defined in the graph{did_you_mean(out, env)}")
-            else:
-                block.outputs.append(env[out])
-                used.add(env[out])
-        for name, vid in env.items():
-            if vid not in used and not (inputs_optional and vid in block.inputs):
+            if out not in st.env:
+                self.fail(decl.path + ("outputs", i), f"output '{out}' is not defined in the graph{did_you_mean(out, st.env)}")
+                continue
+            vid = st.env[out]
+            if vid in st.exists_when:
+                self.fail(decl.path + ("outputs", i), f"output '{out}' exists only when {_conj(st.exists_when[vid])}; "
+                                                      "a block's outputs always exist")
+            block.outputs.append(vid)
+            st.used.add(vid)
+        for name, vid in st.env.items():
+            if vid not in st.used and not (inputs_optional and vid in block.inputs):
                 what = "input" if vid in block.inputs else "value"
-                self.fail(defined_at[name], f"{what} '{name}' is never used")
+                if vid in st.skipped_reads:
+                    self.fail(st.defined_at[name], f"{what} '{name}' is read only by lines whose `when` is false here "
+                                                   f"({describe_path(st.skipped_reads[vid])}); give its line the same `when`")
+                else:
+                    self.fail(st.defined_at[name], f"{what} '{name}' is never used")
         for pname, p in decl.params.items():
-            if pname not in used_params:
+            if pname in st.used_params or pname in st.dropped:
+                continue
+            if pname in st.skipped_params:
+                self.fail(p.path, f"param '{pname}' is used only by lines whose `when` is false here "
+                                  f"({describe_path(st.skipped_params[pname])}); give it the same `when`")
+            else:
                 self.fail(p.path, f"param '{pname}' is declared but no op uses it")
         if not any(v.type is POISON for v in block.values.values()) and not self.failed_before(decl):
             self.block_types[decl.name] = ({n: block.values[n].type for n in block.inputs},
                                            [block.values[v].type for v in block.outputs])
         return block
 
-    def param(self, p) -> Param:
+    def conditions(self, expr: Expr | None, path, block: str) -> tuple | None:
+        """A `when:` as its conjuncts, constants decided: () always, None never (decided false)."""
+        if expr is not None:
+            self.check_names(expr, path, layer_in=block)
+        conds, problem = decide(expr)
+        if problem:
+            self.fail(path, problem)
+        return conds
+
+    def param(self, p, when: tuple = ()) -> Param:
         return Param(p.name, p.kind, dict(p.dims), dict(p.options), self.loc(p.path), block=p.block,
-                     repeat=p.repeat, tied_to=p.tied_to, tied_when=p.tied_when, static=p.static)
+                     repeat=p.repeat, tied_to=p.tied_to, tied_when=p.tied_when, static=p.static, when=when)
 
     def check_layer_index_uses(self) -> None:
         """The layer index exists only under a repeat: a block using it must never be reached from
         the model through calls alone."""
-        decls = self.spec.all_blocks()
+        decls = self.decls
         outside, todo = set(), ["model"]
         while todo:
             name = todo.pop()
@@ -224,46 +273,89 @@ class _Lowering:
         return any(path[:len(decl.path)] == decl.path for path in self._problem_paths)
 
     def check_tie(self, decl: BlockDecl, p) -> None:
+        """Ties share every tensor both params have; those must agree in shape."""
         target = decl.params.get(p.tied_to) or self._tie_scope.get(p.tied_to)
         if target is None:
             self.fail(p.path + ("tied", "to"), f"tied to unknown param '{p.tied_to}'{did_you_mean(p.tied_to, decl.params)}")
             return
-        from compiler.weight_rules import param_tensors
-        mine = {t: s for t, s, _ in param_tensors(p)}
-        theirs = {t: s for t, s, _ in param_tensors(target)}
-        if "weight" not in mine or "weight" not in theirs or not all(
-                same_value(a, b) for a, b in zip(mine["weight"], theirs["weight"])) or len(mine["weight"]) != len(theirs["weight"]):
-            self.fail(p.path + ("tied",), f"cannot tie '{p.name}' to '{p.tied_to}': weight shapes "
-                                          f"{mine.get('weight')} and {theirs.get('weight')} differ")
+        from compiler.weight_rules import shared_tensors
+        shared, mismatched = shared_tensors(p, target)
+        if mismatched or not shared:
+            t = mismatched[0] if mismatched else "weight"
+            from compiler.weight_rules import param_tensors
+            mine = {n: s for n, s, _ in param_tensors(p)}
+            theirs = {n: s for n, s, _ in param_tensors(target)}
+            self.fail(p.path + ("tied",), f"cannot tie '{p.name}' to '{p.tied_to}': {t} shapes "
+                                          f"{mine.get(t)} and {theirs.get(t)} differ")
 
-    def lower_line(self, decl, block, line, index, env, used, used_params) -> Node | None:
+    def lower_line(self, st: "_BlockState", line, index, conds: tuple) -> Node | None:
+        decl, block, env = st.decl, st.block, st.env
+
         def value(field: str, name) -> str | None:
             if isinstance(name, str) and name in env and block.values[env[name]].type is POISON:
-                used.add(env[name])
+                st.used.add(env[name])
                 return None
             if not isinstance(name, str) or name not in env:
                 self.fail(line.path + (field,), f"undefined value '{name}'{did_you_mean(str(name), env)}")
                 return None
-            used.add(env[name])
-            return env[name]
+            vid = env[name]
+            st.used.add(vid)
+            missing = [c for c in st.exists_when.get(vid, ()) if c not in conds]
+            if missing:
+                self.fail(line.path + (field,), f"value '{name}' exists only when {_conj(st.exists_when[vid])} "
+                                                f"(it is defined under `when` at {describe_path(st.defined_at[name])}); "
+                                                f"read it under the same `when`")
+                return None
+            return vid
+
+        def param(field: str, pname) -> ParamDecl | None:
+            if pname in st.dropped:
+                self.fail(line.path + (field,), f"param '{pname}' does not exist here: its `when: {st.dropped[pname]}` "
+                                                "is false; give this line the same `when`")
+                return None
+            p = decl.params.get(pname)
+            if p is None or pname not in block.params:
+                return p
+            missing = [c for c in block.params[pname].when if c not in conds]
+            if missing:
+                self.fail(line.path + (field,), f"param '{pname}' exists only when {_conj(block.params[pname].when)}; "
+                                                f"this line needs `when: {describe(block.params[pname].when)}`")
+                return None
+            return p
 
         out_ids = [self.fresh(block, o) for o in line.outputs]
         if line.op in ("call", "repeat"):
-            return self.lower_call(decl, block, line, index, value, out_ids, used_params)
+            node = self.lower_call(st, line, index, value, param, out_ids)
+        else:
+            node = self.lower_op(st, line, index, value, param, out_ids)
+        if node is not None and conds:
+            node.when = conds
+            for vid, name in zip(node.outputs, line.outputs):
+                old = env.get(name)
+                if old is not None and old not in st.exists_when and same_type(block.values[old].type, block.values[vid].type):
+                    node.orelse[vid] = old     # rebinding under `when`: elsewhere the name keeps its value
+                    st.used.add(old)
+                else:
+                    st.exists_when[vid] = conds
+        return node
+
+    def lower_op(self, st: "_BlockState", line, index, value, param, out_ids) -> Node | None:
+        decl, block = st.decl, st.block
         op = OPS[line.op]
         inputs, params, attrs = {}, {}, {}
         bad = False
         for field, kind in op.params.items():
             pname = line.fields[field]
-            p = decl.params.get(pname)
+            p = param(field, pname)
             if p is None:
-                self.fail(line.path + (field,), f"unknown param '{pname}'{did_you_mean(pname, decl.params)}")
+                if pname not in st.dropped and pname not in decl.params:
+                    self.fail(line.path + (field,), f"unknown param '{pname}'{did_you_mean(pname, decl.params)}")
                 bad = True
             elif p.kind != kind:
                 self.fail(line.path + (field,), f"'{line.op}' needs a {kind} param for '{field}', but '{pname}' is a {p.kind}")
                 bad = True
             else:
-                used_params.add(pname)
+                st.used_params.add(pname)
                 params[field] = pname
         for operand in op.operands:
             if operand in line.fields:
@@ -293,13 +385,15 @@ class _Lowering:
             block.values[vid] = Value(vid, name, TType(tuple(_simplify(d) for d in t.shape), t.dtype))
         return Node(f"n{index}", line.op, inputs, params, attrs, out_ids, self.loc(line.path), index)
 
-    def lower_call(self, decl, block, line, index, value, out_ids, used_params) -> Node | None:
+    def lower_call(self, st: "_BlockState", line, index, value, param, out_ids) -> Node | None:
+        decl, block = st.decl, st.block
         pname = line.fields["block"]
-        p = decl.params.get(pname)
+        p = param("block", pname)
         if p is None or p.kind != "block":
-            self.fail(line.path + ("block",), f"'{pname}' is not a block param of '{decl.name}'{did_you_mean(str(pname), decl.params)}")
+            if pname not in st.dropped:
+                self.fail(line.path + ("block",), f"'{pname}' is not a block param of '{decl.name}'{did_you_mean(str(pname), decl.params)}")
             return None
-        used_params.add(pname)
+        st.used_params.add(pname)
         if (line.op == "repeat") != (p.repeat is not None):
             want = "repeat" if p.repeat is not None else "call"
             self.fail(line.path, f"'{pname}' is {'a repeated' if p.repeat is not None else 'a single'} block: use op '{want}'")
@@ -307,7 +401,7 @@ class _Lowering:
         if p.block not in self.block_types:
             return None   # the callee had problems of its own, already reported (outputs poisoned)
         in_types, out_types = self.block_types[p.block]
-        callee = self.spec.blocks[p.block]
+        callee = self.decls[p.block]
         args = {k: v for k, v in line.fields.items() if k != "block"}
         missing = [n for n in in_types if n not in args]
         extra = [n for n in args if n not in in_types]
@@ -340,19 +434,19 @@ class _Lowering:
             block.values[vid] = Value(vid, name, TType(shape, t.dtype))
         return Node(f"n{index}", line.op, inputs, {}, {}, out_ids, self.loc(line.path), index, block=pname)
 
-    def poison(self, decl, block, line, env, used, defined_at, used_params) -> None:
+    def poison(self, st: "_BlockState", line) -> None:
         """A line that failed still defines its outputs, typed 'error', so later lines do not cascade."""
         for name in line.outputs:
-            vid = self.fresh(block, name)
-            block.values[vid] = Value(vid, name, POISON)
-            env[name] = vid
-            used.add(vid)
-            defined_at[name] = line.path
+            vid = self.fresh(st.block, name)
+            st.block.values[vid] = Value(vid, name, POISON)
+            st.env[name] = vid
+            st.used.add(vid)
+            st.defined_at[name] = line.path
         for value in line.fields.values():
-            if isinstance(value, str) and value in env:
-                used.add(env[value])
-            if isinstance(value, str) and value in decl.params:
-                used_params.add(value)
+            if isinstance(value, str) and value in st.env:
+                st.used.add(st.env[value])
+            if isinstance(value, str) and value in st.decl.params:
+                st.used_params.add(value)
 
     @staticmethod
     def fresh(block: Block, name: str) -> str:
@@ -365,6 +459,34 @@ class _Lowering:
 
 
 POISON = TType((), "error")
+
+
+class _BlockState:
+    """What lowering one block keeps track of while it walks the graph."""
+
+    def __init__(self, decl: BlockDecl):
+        self.decl = decl
+        self.block: Block | None = None
+        self.env: dict[str, str] = {}              # spec name -> current value id
+        self.used: set[str] = set()
+        self.defined_at: dict[str, tuple] = {}
+        self.used_params: set[str] = set()
+        self.exists_when: dict[str, tuple] = {}    # value id -> the conditions it exists under
+        self.dropped: dict[str, Expr] = {}         # params whose `when` is decided false -> that when
+        self.skipped_params: dict[str, tuple] = {}  # params read by lines decided false -> such a line
+        self.skipped_reads: dict[str, tuple] = {}   # values read by lines decided false -> such a line
+
+
+def _param_fields(line) -> list[str]:
+    """The param names a line reads (a call's block, an op's params)."""
+    if line.op in ("call", "repeat"):
+        return [line.fields.get("block")]
+    op = OPS.get(line.op)
+    return [line.fields.get(f) for f in op.params] if op is not None else []
+
+
+def _conj(conds) -> str:
+    return f"`{describe(conds)}`"
 
 
 def _simplify(dim: Expr) -> Expr:

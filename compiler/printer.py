@@ -12,6 +12,7 @@ import json
 
 from runtime.expr import Expr
 
+from compiler.conditions import describe
 from compiler.ir import REGION, Block, ModelIR, Node
 
 # In op attributes of repeated blocks: the layer's index, given to each layer's module when built.
@@ -129,7 +130,11 @@ def _dump_line(block: Block, node: Node) -> str:
     if node.seq:
         args.append(f"seq={node.seq}")
     target = f"{node.op}[{node.block}]" if node.block else node.op
-    return f"{outs} = {target}({', '.join(map(str, args))})"
+    when = ""
+    if node.when:    # `when c else q`: what each output is where the node does not run
+        kept = ", ".join(node.orelse.get(o, "absent") for o in node.outputs)
+        when = f" when {describe(node.when)} else {kept}"
+    return f"{outs} = {target}({', '.join(map(str, args))}){when}"
 
 
 def value_names(block: Block, units: list[Node], initial: list[str] | None = None) -> dict[str, str]:
@@ -143,7 +148,7 @@ def value_names(block: Block, units: list[Node], initial: list[str] | None = Non
                 env[block.values[vid].name] = vid
         changed = False
         for unit in units:
-            for v in unit.inputs.values():
+            for v in unit.reads:
                 if v not in marked and env.get(block.values[v].name) != v:
                     marked.add(v)
                     changed = True

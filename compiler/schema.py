@@ -9,6 +9,7 @@ import json
 
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
+from compiler.shorthand import CONFIG_TYPES, SHORT_CONFIG_PATTERN
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EXPR = {"type": ["string", "number", "boolean", "null"], "description": "a literal or a config expression"}
@@ -22,12 +23,22 @@ DIMS = {"type": "array", "items": {"type": ["string", "integer"]}, "minItems": 1
 CONFIG_TYPES = ["int", "float", "bool", "str", "dict", "list", "any"]
 
 
+# Every line may carry these besides its op's fields (compiler/ops/registry.py LINE_KEYS).
+LINE_FIELDS = {"label": {"type": "string", "pattern": IDENT,
+                         "description": "a stable name for the line, unique in its graph, that extends: edits target"},
+               "when": {**EXPR, "description": "the line runs only where this holds (config names, block "
+                                               "options, the layer index); a value it rebinds keeps its "
+                                               "previous value elsewhere"}}
+WHEN = {**EXPR, "description": "the param exists only where this holds (config names, block options, the "
+                               "layer index); the lines using it need the same when"}
+
+
 def _op_line(name: str) -> dict:
     if name in ("call", "repeat"):
-        return {"properties": {"op": {"const": name}, "block": {"type": "string", "pattern": IDENT}},
+        return {"properties": {"op": {"const": name}, "block": {"type": "string", "pattern": IDENT}, **LINE_FIELDS},
                 "required": ["op", "block"], "additionalProperties": VALUE}
     op = OPS[name]
-    props: dict = {"op": {"const": name}}
+    props: dict = {"op": {"const": name}, **LINE_FIELDS}
     for operand in op.operands:
         props[operand] = VALUE
     for pname in op.params:
@@ -45,11 +56,11 @@ def _param() -> dict:
         dims = {"type": "array", "items": DIM, "minItems": len(kind.dims), "maxItems": len(kind.dims),
                 "description": f"[{', '.join(kind.dims)}]"}
         if kind.variadic:
-            dims = {"type": "array", "items": DIM, "minItems": 1}
+            dims = {"oneOf": [DIM, {"type": "array", "items": DIM, "minItems": 1}]}
         elif len(kind.dims) == 1:
             dims = {"oneOf": [DIM, dims]}
         props = {kind.name: dims, **{o: EXPR for o in kind.options},
-                 "tied": {"$ref": "#/$defs/tie"}, "doc": {"type": "string"}}
+                 "tied": {"$ref": "#/$defs/tie"}, "doc": {"type": "string"}, "when": WHEN}
         kinds.append({"if": {"required": [kind.name]},
                       "then": {"properties": props, "additionalProperties": False}})
     block = {"if": {"required": ["block"]},
@@ -57,7 +68,12 @@ def _param() -> dict:
                                      "doc": {"type": "string"},
                                      "static": {"type": "boolean", "description": "its inputs do not change "
                                                 "while decoding (an encoder, cross-attention keys): "
-                                                "generate runs it once"}},
+                                                "generate runs it once"},
+                                     "when": WHEN,
+                                     "with": {"type": "object", "propertyNames": {"pattern": IDENT},
+                                              "additionalProperties": EXPR,
+                                              "description": "values of the block's options for this use; "
+                                                             "uses with different values are separate instances"}},
                       "additionalProperties": False}}
     one_of_kinds = [{"required": [k]} for k in [*PARAM_KINDS, "block"]]
     return {"type": "object", "oneOf": one_of_kinds, "allOf": [*kinds, block]}
@@ -94,6 +110,9 @@ def spec_schema() -> dict:
     block = {"type": "object", "required": ["inputs", "graph", "outputs"], "additionalProperties": False,
              "properties": {
                  "doc": {"type": "string"},
+                 "options": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": EXPR,
+                             "description": "option -> default: values each use of the block may set with with:, "
+                                            "usable in every expression of the block"},
                  "inputs": inputs,
                  "params": {"type": "object", "propertyNames": {"pattern": IDENT},
                             "additionalProperties": {"$ref": "#/$defs/param"}},
@@ -107,7 +126,13 @@ def spec_schema() -> dict:
             "concat": {"type": "object", "required": ["dim"], "additionalProperties": False,
                        "properties": {"dim": {"type": "integer"}}},
             "reshape": {"type": "array", "items": EXPR},
-            "permute": {"type": "array", "items": {"type": "integer"}}}}]}
+            "permute": {"type": "array", "items": {"type": "integer"}},
+            **{kind: {"type": "object", "required": ["over"], "additionalProperties": False,
+                      "description": doc, "properties": {"over": NAME, "dim": {"type": "integer"}}}
+               for kind, doc in (("stack", "the tensors of every value 0, 1, ... of the placeholder `over` (in the "
+                                          "from templates only) as one tensor with a new dim `dim` (default 0)"),
+                                 ("unstack", "one tensor cut along `dim` (default 0) into the tensors of the "
+                                            "placeholder `over` (in the to templates only)"))}}}]}
     names = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
     head = {"type": "object", "required": ["outputs"], "additionalProperties": False,
             "properties": {
@@ -131,14 +156,23 @@ def spec_schema() -> dict:
             "matches": {"type": "object", "additionalProperties": False, "properties": {
                 "model_type": {"type": "array", "items": {"type": "string"}},
                 "architectures": {"type": "array", "items": {"type": "string"}}}},
-            "config": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": {
-                "type": "object", "additionalProperties": False, "properties": {
-                    "hf": names, "type": {"enum": CONFIG_TYPES}, "default": True, "doc": {"type": "string"}}}},
+            "config": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": {"oneOf": [
+                {"type": "string", "pattern": SHORT_CONFIG_PATTERN,
+                 "description": "TYPE or TYPE = DEFAULT: read the config.json key of the entry's own name"},
+                {"type": "object", "additionalProperties": False,
+                 "description": "read from the keys hf names (or its own name); with a default and no hf: "
+                                "derived, never read",
+                 "properties": {"hf": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                                       "description": "config.json keys tried in order; [] (a child's way to "
+                                                      "stop reading a parent's entry): derived"},
+                                "type": {"enum": list(CONFIG_TYPES)}, "default": True,
+                                "doc": {"type": "string"}}}]}},
             "checks": {"type": "array", "items": {"type": "object", "required": ["that", "else"],
                                                   "additionalProperties": False,
                                                   "properties": {"that": EXPR, "else": {"type": "string"}}}},
             "blocks": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": block},
-            "model": {**block, "properties": {**block["properties"], "inputs": model_inputs, "generate": generate}},
+            "model": {**block, "properties": {**{k: v for k, v in block["properties"].items() if k != "options"},
+                                              "inputs": model_inputs, "generate": generate}},
             "heads": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": head,
                       "description": "task heads over the model's outputs; the first is the default"},
             "base_prefix": {"type": "string", "description": "prefix of the trunk's tensors in checkpoints "

@@ -28,6 +28,9 @@ STRUCTURAL_FIELDS = {"call": "block and the inputs of that block", "repeat": "bl
 
 def schema_sentence(err: jsonschema.ValidationError) -> tuple[PathT, str]:
     """(where, what): the YAML path the problem points at and the sentence saying it."""
+    inner = _branch_of_its_kind(err)
+    if inner is not None:
+        return schema_sentence(inner)
     path = tuple(err.absolute_path)
     v, instance = err.validator, err.instance
     if v == "enum" and path and path[-1] == "op":
@@ -48,6 +51,22 @@ def schema_sentence(err: jsonschema.ValidationError) -> tuple[PathT, str]:
         takes = f" (it takes {_op_fields(instance['op'])})" if _is_op_line(path, instance) else ""
         return path, f"{noun(path, instance)} needs {_words(missing, 'and')}{takes}"
     return path, f"{_field(path)} {_expected(err)}, got {_show(instance)}"
+
+
+JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
+
+
+def _branch_of_its_kind(err: jsonschema.ValidationError) -> jsonschema.ValidationError | None:
+    """For 'none of the forms fit' (a config entry is `int = 0` text or a mapping): when only one form
+    takes a value of this kind, that form's own complaint, which says what is wrong inside it."""
+    if err.validator not in ("anyOf", "oneOf") or not err.context:
+        return None
+    kind = JSON_TYPES.get(type(err.instance))
+    forms = [i for i, form in enumerate(err.validator_value) if form.get("type") == kind]
+    if len(forms) != 1:
+        return None
+    inside = [e for e in err.context if e.relative_schema_path and e.relative_schema_path[0] == forms[0]]
+    return jsonschema.exceptions.best_match(inside) if inside else None
 
 
 def _expected(err: jsonschema.ValidationError) -> str:

@@ -19,9 +19,10 @@ from compiler.errors import Problem, SpecError
 from compiler.extends import load_resolved
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
-from compiler.ops.registry import Dims
+from compiler.ops.registry import LINE_KEYS, Dims   # LINE_KEYS: a line's op, its stable label, its when
 from compiler.schema import spec_schema
 from compiler.schema_messages import explained, schema_sentence
+from compiler.shorthand import expand_config_entry
 from compiler.yaml_source import PathT, SourceMap, format_path
 from runtime.expr import Expr, ExprError, parse_expr
 
@@ -61,6 +62,8 @@ class ParamDecl:
     tied_when: Expr | None = None
     path: PathT = ()
     static: bool = False             # a block whose inputs do not change while decoding: run once
+    when: Expr | None = None         # the param exists only where this holds
+    with_: dict[str, Expr] = field(default_factory=dict)   # kind "block": the block's option values
 
 
 @dataclass
@@ -69,6 +72,8 @@ class OpLine:
     op: str
     fields: dict[str, Any]           # operands/params as names; attributes as Exprs
     path: PathT
+    when: Expr | None = None         # the line runs only where this holds
+    label: str | None = None         # its stable name, for `extends:` edits
 
 
 # The runtime-contract keys a model input may declare (compiler/contract.py reads them).
@@ -103,6 +108,10 @@ class BlockDecl:
     path: PathT
     doc: str = ""
     generate: GenerateDecl | None = None     # the model's `generate:`, when declared
+    # Option name -> default: values a use of the block may set (`{block: attention, with: {causal: false}}`),
+    # usable in every expression of the block.
+    options: dict[str, Expr] = field(default_factory=dict)
+    source: str = ""                         # an instance: the spec block it instantiates (its name otherwise)
 
 
 @dataclass
@@ -297,12 +306,17 @@ class _Builder:
                 "params": data.get("params", {}), "doc": data.get("doc", "")}
         return HeadDecl(name, list(data.get("architectures", [])), self.block(name, body, path), path)
 
-    def config_entry(self, name: str, entry: dict, path: PathT) -> ConfigEntry:
+    def config_entry(self, name: str, entry: dict | str, path: PathT) -> ConfigEntry:
+        short = isinstance(entry, str)
+        entry = expand_config_entry(name, entry)
         hf = entry.get("hf", [])
         hf = [hf] if isinstance(hf, str) else list(hf)
         kind = entry.get("type", "any")
         has_default = "default" in entry
         default = entry.get("default")
+        if short and kind in ("dict", "list") and default is not None:
+            self.fail(path, f"a {kind} default in the short form can only be null; write the mapping "
+                            f"{{type: {kind}, default: ...}} for other values")
         # Strings are expressions except where the entry holds text or structure: a str default
         # is the text itself (`default: silu`), dict/list defaults are literal data.
         if has_default and kind not in ("str", "dict", "list", "any") and default is not None:
@@ -320,35 +334,45 @@ class _Builder:
             roles = {k: decl[k] for k in INPUT_ROLES if isinstance(decl, dict) and k in decl}
             inputs[iname] = InputDecl(iname, dims, dtype, ipath, roles)
         params = {p: self.param(p, d, path + ("params", p)) for p, d in data.get("params", {}).items()}
-        graph = []
+        graph, labels = [], {}
         for i, line in enumerate(data["graph"]):
             (outs, body), = line.items()
             lpath = path + ("graph", i, outs)
+            label = body.get("label")
+            if label is not None and label in labels:
+                self.fail(lpath + ("label",), f"label '{label}' is already used by the line at {describe_path(labels[label])}; "
+                                              "labels name one line of their graph")
+            labels.setdefault(label, lpath)
             fields = {}
             op = OPS.get(body["op"])
             for key, value in body.items():
-                if key == "op":
+                if key in LINE_KEYS:
                     continue
                 attr = op.attr(key) if op is not None else None
                 if attr is not None and attr.type == "enum":
                     value = repr(value)     # a choice is text (`approximate: tanh`), not a config name
                 fields[key] = self.expr(value, lpath + (key,), attr.type == "dims") if attr is not None else value
-            graph.append(OpLine([o.strip() for o in outs.split(",")], body["op"], fields, lpath))
+            when = self.expr(body["when"], lpath + ("when",)) if "when" in body else None
+            graph.append(OpLine([o.strip() for o in outs.split(",")], body["op"], fields, lpath, when, label))
         generate = None
         if "generate" in data:
             g = data["generate"]
             start = self.expr(g["start"], path + ("generate", "start")) if g.get("start") is not None else None
             generate = GenerateDecl(g.get("tokens"), g.get("logits"), start, path + ("generate",))
-        return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""), generate)
+        options = {o: self.expr(v, path + ("options", o)) for o, v in data.get("options", {}).items()}
+        return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""), generate,
+                         options, name)
 
     def param(self, name: str, data: dict, path: PathT) -> ParamDecl:
         tied = data.get("tied")
         tied_to = tied["to"] if tied else None
         tied_when = self.expr(tied.get("when", True), path + ("tied", "when")) if tied else None
+        when = self.expr(data["when"], path + ("when",)) if "when" in data else None
         if "block" in data:
             repeat = self.size(data["repeat"], path + ("repeat",)) if "repeat" in data else None
+            with_ = {o: self.expr(v, path + ("with", o)) for o, v in data.get("with", {}).items()}
             return ParamDecl(name, "block", {}, {}, block=data["block"], repeat=repeat, path=path,
-                             static=bool(data.get("static", False)))
+                             static=bool(data.get("static", False)), when=when, with_=with_)
         (kind_name,) = [k for k in data if k in PARAM_KINDS]
         kind = PARAM_KINDS[kind_name]
         shape = data[kind_name]
@@ -356,7 +380,7 @@ class _Builder:
         names = [f"d{i}" for i in range(len(shape))] if kind.variadic else kind.dims
         dims = {d: self.size(v, path + (kind_name, i)) for i, (d, v) in enumerate(zip(names, shape))}
         options = {o: self.expr(data.get(o, default), path + (o,)) for o, default in kind.options.items()}
-        return ParamDecl(name, kind_name, dims, options, tied_to=tied_to, tied_when=tied_when, path=path)
+        return ParamDecl(name, kind_name, dims, options, tied_to=tied_to, tied_when=tied_when, path=path, when=when)
 
     def weight_rule(self, data: dict, path: PathT) -> WeightRule:
         if ("to" in data) == ("ignore" in data):

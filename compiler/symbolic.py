@@ -185,6 +185,8 @@ def _opaque(e: Expr, polys: list[Poly]) -> Poly:
         return _atom_poly(f"not ({parts[0]})")
     if k == "index":
         return _atom_poly(f"({parts[0]})[{parts[1]}]")
+    if k == "list":
+        return _atom_poly(f"[{', '.join(parts)}]")
     if v in (">", ">="):   # a > b is b < a
         v, parts = v.replace(">", "<"), parts[::-1]
     if v in ("==", "!=", "and", "or", "+", "*"):   # commutative (ours and/or return bools)

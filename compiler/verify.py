@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import networkx as nx
 
+from compiler.conditions import describe
 from compiler.ir import REGION, STRUCTURAL, Block, ModelIR, Node
 from compiler.ops import OPS
 from compiler.ops.registry import InferCtx, ShapeError
@@ -28,11 +29,13 @@ def _block_problems(ir: ModelIR, block: Block) -> list[str]:
     if not nx.is_directed_acyclic_graph(block.graph):
         return ["the block graph has a cycle"]
     defined: dict[str, str] = {v: "input" for v in block.inputs}
+    exists_when: dict[str, tuple] = {}       # values that exist only under conditions
     used_params: set[str] = set()
     for node in block.order():
-        for vid in node.inputs.values():
+        for vid in node.reads:
             if vid not in defined:
                 out.append(f"{node.id} ({node.op}) reads '{vid}' before any definition")
+        out += _condition_problems(block, node, exists_when)
         out += _edge_problems(block, node, defined)
         for vid in node.outputs:
             if vid in defined:
@@ -55,6 +58,8 @@ def _block_problems(ir: ModelIR, block: Block) -> list[str]:
     for vid in block.outputs:
         if vid not in defined:
             out.append(f"output '{vid}' is never defined")
+        if vid in exists_when:
+            out.append(f"output '{vid}' exists only when {describe(exists_when[vid])}")
     for name, p in block.params.items():
         if p.fused_into is not None:
             if p.fused_into not in block.params or name not in block.params[p.fused_into].members:
@@ -65,8 +70,46 @@ def _block_problems(ir: ModelIR, block: Block) -> list[str]:
     return out
 
 
+def _condition_problems(block: Block, node: Node, exists_when: dict[str, tuple]) -> list[str]:
+    """The `when` rules of compiler/ir.py: what a node reads exists wherever it runs; each output
+    either keeps an earlier value of its type when the node does not run, or exists only where it runs."""
+    out = []
+    conds = set(node.when)
+    if any(c.is_constant() for c in node.when):
+        out.append(f"{node.id} ({node.op}): a constant condition was not decided")
+    if node.when and node.region is not None:
+        out.append(f"{node.id}: a region under a condition")
+    members = node.region.nodes if node.region is not None else [node]
+    if any(m.when for m in members if m is not node):
+        out.append(f"{node.id}: region {node.region.name} has a member under a condition")
+    for vid in node.inputs.values():
+        if not set(exists_when.get(vid, ())) <= conds:
+            out.append(f"{node.id} ({node.op}) reads '{vid}', which exists only when "
+                       f"{describe(exists_when[vid])}, outside that condition")
+    for m in members:
+        for pname in m.params.values():
+            p = block.params.get(pname)
+            if p is not None and not set(p.when) <= set(m.when) | conds:
+                out.append(f"{m.id} ({m.op}) uses param '{pname}' outside its condition")
+        if m.op in STRUCTURAL and m.block in block.params and not set(block.params[m.block].when) <= conds:
+            out.append(f"{m.id} ({m.op}) runs '{m.block}' outside its condition")
+    if node.orelse and not node.when:
+        out.append(f"{node.id} ({node.op}): orelse values on a node that always runs")
+    for o, kept in node.orelse.items():
+        if o not in node.outputs:
+            out.append(f"{node.id} ({node.op}): orelse names '{o}', not one of its outputs")
+        elif kept in exists_when or (kept in block.values and o in block.values
+                                     and not same_type(block.values[kept].type, block.values[o].type)):
+            out.append(f"{node.id} ({node.op}): '{o}' keeps '{kept}' when it does not run, which is conditional "
+                       "or of another type")
+    for o in node.outputs:
+        if node.when and o not in node.orelse:
+            exists_when[o] = node.when
+    return out
+
+
 def _edge_problems(block: Block, node: Node, defined: dict[str, str]) -> list[str]:
-    want = {(defined[v], v) for v in node.inputs.values() if defined.get(v, "input") != "input"}
+    want = {(defined[v], v) for v in node.reads if defined.get(v, "input") != "input"}
     have = {(u, k) for u, _, k in block.graph.in_edges(node.id, keys=True)}
     if want != have:
         return [f"{node.id} ({node.op}): edges {sorted(have)} do not mirror its operands {sorted(want)}"]
@@ -82,7 +125,7 @@ def _region_problems(block: Block, node: Node) -> list[str]:
         out.append(f"region {region.name}: inputs {region.inputs} are not what its members read from outside {reads}")
     if region.outputs != node.outputs or not set(region.outputs) <= inside:
         out.append(f"region {region.name}: outputs {region.outputs} are not member outputs")
-    later = {v for n in block.nodes() if n.id != node.id for v in n.inputs.values()} | set(block.outputs)
+    later = {v for n in block.nodes() if n.id != node.id for v in n.reads} | set(block.outputs)
     escaping = [o for o in inside if o in later]
     if not set(escaping) <= set(region.outputs):
         out.append(f"region {region.name}: {sorted(set(escaping) - set(region.outputs))} are read after it but not outputs")

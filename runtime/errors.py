@@ -16,3 +16,8 @@ class ArtifactError(Exception):
 
 class GenerationError(ValueError):
     """A generation setting (an argument of generate, a generation_config.json value) that cannot be used."""
+
+
+class WeightWarning(UserWarning):
+    """A checkpoint tensor was set aside that a param may need (an `ignore:` rule dropped a tensor of the
+    shape of a param no rule feeds)."""

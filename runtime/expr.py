@@ -36,10 +36,11 @@ _FUNCTIONS: dict[str, tuple[int, int | None, Callable]] = {
 _MATH_FUNCTIONS = {"sqrt", "floor", "ceil", "log", "exp"}   # need a `math.` prefix in Python
 _LITERAL_WORDS = {"true": True, "True": True, "false": False, "False": False,
                   "null": None, "None": None}
-_KEYWORDS = {"and", "or", "not", "if", "else"}
+_KEYWORDS = {"and", "or", "not", "if", "else", "in"}
 _BINARY_PRECEDENCE = {"or": 1, "and": 2, "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4, ">=": 4,
-                      "+": 5, "-": 5, "*": 6, "/": 6, "//": 6, "%": 6, "**": 8}
-_COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
+                      "in": 4, "not in": 4, "+": 5, "-": 5, "*": 6, "/": 6, "//": 6, "%": 6, "**": 8}
+_COMPARISONS = {"==", "!=", "<", "<=", ">", ">=", "in", "not in"}
+MAX_LIST = 64   # items of a list literal (`rope_type in ["default", "linear"]`)
 _OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
               "//": operator.floordiv, "%": operator.mod, "<": operator.lt, "<=": operator.le,
               ">": operator.gt, ">=": operator.ge}
@@ -76,6 +77,8 @@ def _tokenize(text: str) -> list[_Token]:
             tokens.append(_Token("lit", _number(word, pos, text), pos, end))
         elif kind == "name" and word in _LITERAL_WORDS:
             tokens.append(_Token("lit", _LITERAL_WORDS[word], pos, end))
+        elif kind == "name" and word == "in" and tokens and tokens[-1][:2] == ("op", "not"):
+            tokens[-1] = _Token("op", "not in", tokens[-1].pos, end)   # one operator, as in Python
         elif kind == "name" and word in _KEYWORDS:
             tokens.append(_Token("op", word, pos, end))
         elif kind != "space":
@@ -239,7 +242,25 @@ class _Parser:
                 e = self._expression()
             self._expect(")")
             return e
+        if self._at("["):
+            return self._list()
         self._fail()
+
+    def _list(self) -> Expr:
+        """`[a, b, ...]`: a list literal (what `in` tests membership of)."""
+        start = self._next()
+        items: list[Expr] = []
+        with self._deeper():
+            while not self._at("]"):
+                items.append(self._expression())
+                if len(items) > MAX_LIST:
+                    raise ExprError(f"list literal at column {start.pos + 1} has more than {MAX_LIST} items "
+                                    f"in {self.text!r}")
+                if not self._at(","):
+                    break
+                self._next()
+        self._expect("]")
+        return Expr("list", None, tuple(items))
 
     def _call(self, t: _Token) -> Expr:
         name = t.value
@@ -283,8 +304,8 @@ def parse_expr(text: str | int | float | bool | None) -> Expr:
 
 
 class Expr:
-    """An immutable expression tree node. kind is const/name/attr/unary/binary/call/if; value is the
-    constant, name, key, operator or function name. text and names are computed bottom-up at
+    """An immutable expression tree node. kind is const/name/attr/index/unary/binary/call/if/list; value is the
+    constant, name, key, operator or function name; a list literal has kind list and its items as args. text and names are computed bottom-up at
     construction so that deep trees never need a recursive walk for them."""
 
     __slots__ = ("kind", "value", "args", "prec", "text", "names")
@@ -333,6 +354,8 @@ class Expr:
         values = []
         for a in args:
             values.append(a.evaluate(env))
+        if k == "list":
+            return values
         if k == "unary":
             return _unary(v, values[0], self)
         if k == "binary":
@@ -395,6 +418,8 @@ def _render(e: Expr, parts: list[tuple[str, int]], name: Callable[[str], str] | 
     if k == "call":
         fn = f"math.{v}" if python and v in _MATH_FUNCTIONS else v
         return f"{fn}({', '.join(p[0] for p in parts)})"
+    if k == "list":
+        return f"[{', '.join(p[0] for p in parts)}]"
     return f"{_wrap(parts[0], 1)} if {_wrap(parts[1], 1)} else {_wrap(parts[2], 0)}"
 
 
@@ -470,6 +495,12 @@ def _unary(op: str, x: object, e: Expr) -> object:
 def _binary(op: str, a: object, b: object, e: Expr) -> object:
     if op in ("==", "!="):   # the only operators strings and null take part in
         return (a == b) == (op == "==")
+    if op in ("in", "not in"):
+        if not isinstance(b, (list, tuple, dict, str)):
+            raise ExprError(f"'{op}' needs a list, mapping or string on its right, got {_type_name(b)} in {e.text!r}")
+        if isinstance(b, str) and not isinstance(a, str):
+            raise ExprError(f"'{op}' a string needs a string on its left, got {_type_name(a)} in {e.text!r}")
+        return (a in b) == (op == "in")
     _need_numbers(op, [a, b], e)
     if op in _ZERO_DIVISION and b == 0:
         raise ExprError(f"{_ZERO_DIVISION[op]} by zero in {e.text!r}")

@@ -243,6 +243,9 @@ class _Reader:
             return {"reshape": [self.expr(s, f"{where}.reshape[{i}]") for i, s in enumerate(arg)]}
         if name == "permute" and isinstance(arg, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in arg):
             return {"permute": list(arg)}
+        if name in ("stack", "unstack") and isinstance(arg, dict) and set(arg) <= {"over", "dim"}:
+            self.get(arg, "over", str, f"{where}.{name}")
+            return {name: {"over": arg["over"], "dim": self.get(arg, "dim", int, f"{where}.{name}", optional=True) or 0}}
         self.fail(where, f"unknown or malformed transform {t!r}")
 
     def weight_rule(self, x, where: str) -> WeightRule:

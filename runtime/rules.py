@@ -209,20 +209,74 @@ def transform_name(t) -> tuple[str, object]:
     return name, arg
 
 
-def _forward(rule, items: list, config: dict, what: str) -> list:
-    """Run the rule's transforms over tensors or shapes (`what` is "apply" or "shapes")."""
+# Stacking over a placeholder: `{stack: {over: e, dim: 0}}` gathers the tensors of every value of
+# `e` (0, 1, ..., n-1: per-expert or per-head tensors) into one tensor with a new dim of size n;
+# `{unstack: {over: e, dim: 0}}` cuts one tensor along a dim into the tensors of e = 0, ..., n-1.
+# The placeholder is in the sources of a stacking rule and in the targets of an unstacking one.
+# Transforms before a stack run on each value's tensors, those after it on the stacked ones (and the
+# reverse for an unstack). Lists of tensors per value are flattened value-major: [a@0, b@0, a@1, ...].
+STACKING = ("stack", "unstack")
+
+
+def stacking(rule) -> tuple[str, str, int] | None:
+    """(stack | unstack, placeholder, dim) of the rule's stacking transform, or None."""
     for t in rule.transforms:
         name, arg = transform_name(t)
+        if name in STACKING:
+            return name, arg["over"], arg.get("dim", 0)
+    return None
+
+
+def _groups(items: list, width: int) -> list[list]:
+    return [items[i:i + width] for i in range(0, len(items), width)]
+
+
+def _stack(groups: list[list], dim: int, what: str) -> list:
+    if what == "apply":
+        return [_torch().stack([g[j] for g in groups], dim=dim) for j in range(len(groups[0]))]
+    out = []
+    for j in range(len(groups[0])):
+        shapes = {tuple(g[j]) for g in groups}
+        if len(shapes) != 1:
+            raise ValueError(f"cannot stack tensors of shapes {sorted(list(s) for s in shapes)}")
+        shape = list(groups[0][j])
+        out.append(tuple(shape[:dim % (len(shape) + 1)] + [len(groups)] + shape[dim % (len(shape) + 1):]))
+    return out
+
+
+def _unstack(items: list, dim: int, what: str) -> list[list]:
+    sizes = {(t.shape if what == "apply" else t)[dim] for t in items}
+    if len(sizes) != 1:
+        raise ValueError(f"cannot unstack tensors with {sorted(sizes)} entries along dim {dim} together")
+    n = sizes.pop()
+    if what == "apply":
+        return [[t.select(dim, p) for t in items] for p in range(n)]
+    return [[tuple(d for i, d in enumerate(t) if i != dim % len(t)) for t in items] for _ in range(n)]
+
+
+def _forward(rule, items: list, config: dict, what: str) -> list:
+    """Run the rule's transforms over tensors or shapes (`what` is "apply" or "shapes"). A stacking
+    rule takes its sources value-major; an unstacking one returns its targets value-major."""
+    stack = stacking(rule)
+    groups = _groups(items, len(rule.sources)) if stack and stack[0] == "stack" else [items]
+    for t in rule.transforms:
+        name, arg = transform_name(t)
+        if name == "stack":
+            groups = [_stack(groups, arg.get("dim", 0), what)]
+            continue
+        if name == "unstack":
+            groups = _unstack(groups[0], arg.get("dim", 0), what)
+            continue
         step = getattr(TRANSFORMS[name], what)
         # Only split needs to know how many pieces to make when no sizes are given.
-        items = step(items, arg, config, len(rule.targets)) if name == "split" else step(items, arg, config)
-    return items
+        groups = [step(g, arg, config, len(rule.targets)) if name == "split" else step(g, arg, config) for g in groups]
+    return [x for g in groups for x in g]
 
 
 def run_shapes(rule, shapes: list[tuple], config: dict) -> list[tuple]:
     """The target shapes a rule produces from source shapes; ValueError if the layout cannot fit."""
     shapes = _forward(rule, shapes, config, "shapes")
-    if len(shapes) != len(rule.targets):
+    if len(shapes) % max(len(rule.targets), 1) or (not stacking(rule) and len(shapes) != len(rule.targets)):
         raise ValueError(f"the rule's transforms give {len(shapes)} tensor(s) for {len(rule.targets)} target(s)")
     return shapes
 
@@ -232,17 +286,35 @@ def run_transforms(rule, tensors: list, config: dict) -> list:
 
 
 def invert_transforms(rule, tensors: list, config: dict, source_shapes: list[tuple]) -> list:
-    """Targets back to the checkpoint's layout (used by saving); `source_shapes` are the originals."""
-    stages = [list(source_shapes)]
+    """Targets back to the checkpoint's layout (used by saving); `source_shapes` are the originals
+    (value-major for a stacking rule; None where unknown: then only transforms that need no shapes
+    can be undone). An unstacking rule takes its targets value-major, a stacking one returns its
+    sources value-major."""
+    stack = stacking(rule)
+    per = stack is not None and stack[0] == "stack"
+    stages = [_groups(list(source_shapes), len(rule.sources)) if per else [list(source_shapes)]]
     for t in rule.transforms:
         name, arg = transform_name(t)
         prev = stages[-1]
-        if any(s is None for s in prev):
-            stages.append([None] * len(prev))   # only concat/reshape inverses read these shapes
+        if any(s is None for g in prev for s in g):
+            n = len(prev) if name != "stack" else 1
+            stages.append([[None] * len(prev[0])] * n if name != "unstack" else prev)
             continue
-        stages.append(_split_shapes(prev, arg, config, len(rule.targets)) if name == "split"
-                      else TRANSFORMS[name].shapes(prev, arg, config))
+        if name == "stack":
+            stages.append([_stack(prev, arg.get("dim", 0), "shapes")])
+        elif name == "unstack":
+            stages.append(_unstack(prev[0], arg.get("dim", 0), "shapes"))
+        else:
+            stages.append([_split_shapes(g, arg, config, len(rule.targets)) if name == "split"
+                           else TRANSFORMS[name].shapes(g, arg, config) for g in prev])
+    groups = _groups(tensors, len(rule.targets)) if stack is not None and stack[0] == "unstack" else [tensors]
     for t, orig in zip(reversed(rule.transforms), reversed(stages[:-1])):
         name, arg = transform_name(t)
-        tensors = TRANSFORMS[name].inverse(tensors, arg, config, orig)
-    return tensors
+        if name == "stack":        # undone: the stacked tensors cut into each value's
+            groups = [[x.select(arg.get("dim", 0), p) for x in groups[0]] for p in range(groups[0][0].shape[arg.get("dim", 0)])]
+        elif name == "unstack":    # undone: each value's tensors stacked again
+            groups = [[_torch().stack([g[j] for g in groups], dim=arg.get("dim", 0)) for j in range(len(groups[0]))]]
+        else:
+            groups = [TRANSFORMS[name].inverse(g, arg, config, o) for g, o in
+                      zip(groups, orig if len(orig) == len(groups) else [orig[0]] * len(groups))]
+    return [x for g in groups for x in g]

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from runtime.errors import CheckpointError
 from runtime.fused_params import member_layout
-from runtime.rules import fill, invert_transforms, template_regex, transform_name
+from runtime.rules import fill, invert_transforms, stacking, template_regex, transform_name
 from runtime.weights import _active
 
 NEEDS_SOURCE_SHAPES = ("concat", "reshape")
@@ -67,6 +67,8 @@ def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
             continue
         blocked = [transform_name(t)[0] for t in rule.transforms if transform_name(t)[0] in NEEDS_SOURCE_SHAPES]
         rx = template_regex(rule.targets[0])
+        st = stacking(rule)
+        done: set = set()
         for name in params:
             m = rx.match(name)
             if not m:
@@ -75,9 +77,23 @@ def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
                 raise CheckpointError(f"weight rule {rule.sources} <- {rule.targets}: its {blocked[0]} transform "
                                       "cannot be undone without the checkpoint's source shapes")
             binding = m.groupdict()
-            tensors = [params[fill(t, binding)].detach() for t in rule.targets]
-            sources = [fill(s, binding) for s in rule.sources]
-            for s, t in zip(sources, invert_transforms(rule, tensors, config, [None] * len(sources))):
+            values = [{}]
+            if st is not None and st[0] == "unstack":
+                # the params of every value of the placeholder go back into one tensor, once
+                base = {k: v for k, v in binding.items() if k != st[1]}
+                if tuple(sorted(base.items())) in done:
+                    continue
+                done.add(tuple(sorted(base.items())))
+                n = 0
+                while fill(rule.targets[0], {**base, st[1]: str(n)}) in params:
+                    n += 1
+                binding, values = base, [{st[1]: str(p)} for p in range(n)]
+            tensors = [params[fill(t, {**binding, **v})].detach() for v in values for t in rule.targets]
+            back = invert_transforms(rule, tensors, config, [None] * len(rule.sources))
+            if st is not None and st[0] == "stack":
+                values = [{st[1]: str(p)} for p in range(len(back) // len(rule.sources))]
+            sources = [fill(s, {**binding, **v}) for v in values for s in rule.sources]
+            for s, t in zip(sources, back):
                 out[s] = t.contiguous()
     return out
 

@@ -7,15 +7,16 @@ where no transform or cast is needed) and assigned in place of the meta-device p
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from runtime.errors import CheckpointError
+from runtime.errors import CheckpointError, WeightWarning
 from runtime.expr import Expr, ExprError
 from runtime.fused_params import assemble, member_layout, virtual_params
-from runtime.rules import fill, run_shapes, run_transforms, template_regex
+from runtime.rules import fill, run_shapes, run_transforms, stacking, template_regex
 
 SHOW = 12   # names listed per category before "... and N more"
 
@@ -114,22 +115,29 @@ def plan_load(interface, config: dict, module: nn.Module, tensors: dict, folder:
 
     consumed: set[str] = set()
     produced: dict[str, str] = {}
+    dropped: dict[str, str] = {}          # tensors `ignore:` rules set aside -> why
     rules = [r for r in interface.weights if _active(r, config)]
     inactive = [r for r in interface.weights if not _active(r, config)]
+    matches = {name: _match(rules, name) for name in tensors}
+    stacks = _stack_groups(matches)
     for name in sorted(tensors):
         if name in consumed:
             continue
-        rule, binding = _match(rules, name)
+        rule, binding = matches[name]
         if rule is None:
             if _match(inactive, name)[0] is not None:
                 plan.unexpected.append(f"{name} (its rule applies only when {_match(inactive, name)[0].when})")
             else:
                 plan.unexpected.append(name)
             continue
-        sources = [fill(s, binding) for s in rule.sources]
-        targets = [fill(t, binding) for t in rule.targets]
+        expanded = _expand(rule, binding, stacks, tensors, config, plan)
+        if expanded is None:
+            consumed.add(name)
+            continue
+        sources, targets = expanded
         if rule.ignore is not None:
             plan.ignored[original[name]] = rule.ignore
+            dropped[name] = rule.ignore
             consumed.add(name)
             continue
         absent = [s for s in sources if s not in tensors]
@@ -165,7 +173,8 @@ def plan_load(interface, config: dict, module: nn.Module, tensors: dict, folder:
         for target, shape in zip(targets, shapes):
             want = params.get(target) or params.get(aliases.get(target, ""))
             if tuple(shape) != tuple(want):
-                src = ", ".join(f"{s} {list(tensors[s].shape)}" for s in sources)
+                src = ", ".join(f"{s} {list(tensors[s].shape)}" for s in sources[:SHOW])
+                src += f", ... ({len(sources)} tensors)" if len(sources) > SHOW else ""
                 plan.mis_shaped.append(f"{target}: the model wants {list(want)}, the checkpoint gives {list(shape)} (from {src})")
                 produced[target] = name   # present, only mis-shaped: not also "missing"
                 bad = True
@@ -175,10 +184,74 @@ def plan_load(interface, config: dict, module: nn.Module, tensors: dict, folder:
                 plan.untied.extend(targets)
             for t in targets:
                 produced[t] = name
-    for name in params:
-        if name not in produced:
-            (plan.head_missing if head is not None and head in heads_of(name) else plan.missing).append(name)
+    unfed = [name for name in params if name not in produced]
+    hidden = _hidden_by_ignore(dropped, unfed, tensors, params, original, folder)
+    for name in unfed:
+        if head is not None and head in heads_of(name):
+            plan.head_missing.append(name)      # param names: the caller may initialise them
+        else:
+            plan.missing.append(f"{name} ({hidden[name]})" if name in hidden else name)
     return plan
+
+
+def _hidden_by_ignore(dropped: dict, unfed: list[str], tensors: dict, params: dict, original: dict,
+                      folder: str) -> dict[str, str]:
+    """A tensor an `ignore:` rule drops that has the shape of a param no rule feeds may be that
+    param's weights: a WeightWarning names both. Returns param -> a note for its missing entry."""
+    notes: dict[str, str] = {}
+    for tensor, why in sorted(dropped.items()):
+        shape = tuple(tensors[tensor].shape)
+        fits = [p for p in unfed if tuple(params[p]) == shape]
+        if not fits:
+            continue
+        where = f"{folder}: " if folder else ""
+        warnings.warn(f"{where}the ignore rule for {original[tensor]} ('{why}') drops a tensor of shape {list(shape)}, "
+                      f"the shape of param {', '.join(fits[:3])}, which no weight rule feeds", WeightWarning,
+                      stacklevel=3)
+        for p in fits:
+            notes.setdefault(p, f"an ignore rule dropped {original[tensor]}, of this shape")
+    return notes
+
+
+def _stack_groups(matches: dict) -> dict:
+    """For each stacking rule and binding of its other placeholders, the tensor of each value of
+    the stacked one (`experts.{e}.w1.weight`: e -> name), so a group is gathered once."""
+    groups: dict = {}
+    for name, (rule, binding) in matches.items():
+        st = stacking(rule) if rule is not None else None
+        if st is not None and st[0] == "stack":
+            key = (id(rule), tuple(sorted((k, v) for k, v in binding.items() if k != st[1])))
+            groups.setdefault(key, {})[binding[st[1]]] = name
+    return groups
+
+
+def _expand(rule, binding: dict, stacks: dict, tensors: dict, config: dict, plan: "LoadPlan"):
+    """(sources, targets) of the rule for a matched tensor: one of each per placeholder binding, or
+    for a stacking rule every value of the stacked placeholder, value-major. None: nothing to load
+    (reported in `plan`)."""
+    st = stacking(rule)
+    if st is None:
+        return [fill(s, binding) for s in rule.sources], [fill(t, binding) for t in rule.targets]
+    kind, var, _ = st
+    if kind == "stack":
+        base = {k: v for k, v in binding.items() if k != var}
+        found = stacks[(id(rule), tuple(sorted(base.items())))]
+        odd = sorted(v for v in found if not v.isdigit())
+        if odd:
+            plan.unexpected.extend(f"{found[v]} (stacked over {{{var}}}, whose values must be 0, 1, 2, ...)" for v in odd)
+            return None
+        n = max(int(v) for v in found) + 1
+        sources = [fill(s, {**base, var: str(p)}) for p in range(n) for s in rule.sources]
+        return sources, [fill(t, base) for t in rule.targets]
+    sources = [fill(s, binding) for s in rule.sources]
+    if any(s not in tensors for s in sources):
+        return sources, []          # reported as missing by the caller
+    try:
+        n = len(run_shapes(rule, [tuple(tensors[s].shape) for s in sources], config)) // len(rule.targets)
+    except (ValueError, ExprError) as err:
+        plan.mis_shaped.append(f"{', '.join(sources)}: {err}")
+        return None
+    return sources, [fill(t, {**binding, var: str(p)}) for p in range(n) for t in rule.targets]
 
 
 def init_new(module: nn.Module, names: list[str], dtype: torch.dtype, device, std: float) -> None:

@@ -30,7 +30,8 @@ def specs(tmp_path) -> tuple[Path, Path]:
     """Two versions of llama.yaml that compile to different artifacts."""
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text(LLAMA)
-    b.write_text(LLAMA.replace("default: 1e-6", "default: 1e-5"))
+    assert "float = 1e-6" in LLAMA
+    b.write_text(LLAMA.replace("float = 1e-6", "float = 1e-5"))
     return a, b
 
 

@@ -30,7 +30,7 @@ def test_a_changed_spec_replaces_the_artifact(tmp_path):
     spec = tmp_path / "llama.yaml"
     spec.write_text(Path("specs/llama.yaml").read_text())
     compile_spec(spec, tmp_path / "a")
-    spec.write_text(spec.read_text().replace("default: 1e-6", "default: 1e-5"))
+    spec.write_text(spec.read_text().replace("float = 1e-6", "float = 1e-5"))
     again = compile_spec(spec, tmp_path / "a")
     assert not again.cache_hit and is_complete(tmp_path / "a", again.manifest["key"])
 
@@ -39,7 +39,7 @@ def test_a_crash_while_writing_leaves_the_old_artifact(tmp_path, monkeypatch):
     spec = tmp_path / "llama.yaml"
     spec.write_text(Path("specs/llama.yaml").read_text())
     old = compile_spec(spec, tmp_path / "a")
-    spec.write_text(spec.read_text().replace("default: 1e-6", "default: 1e-5"))
+    spec.write_text(spec.read_text().replace("float = 1e-6", "float = 1e-5"))
     written = []
 
     def write_bytes(self, data):

@@ -19,7 +19,7 @@ def test_compile_prints_blocks_ops_params_and_cache_state(tmp_path, capsys):
 def test_validate_is_zero_for_good_specs_and_one_with_a_line_per_error(tmp_path, capsys):
     assert main(["validate", *map(str, sorted(Path("specs").glob("*.yaml")))]) == 0
     bad = tmp_path / "bad.yaml"
-    bad.write_text(Path("specs/llama.yaml").read_text().replace("{op: silu, x: gate}", "{op: silu, x: nope}"))
+    bad.write_text(Path("specs/llama.yaml").read_text().replace("{op: silu, x: gate, label: act}", "{op: silu, x: nope}"))
     assert main(["validate", "specs/llama.yaml", str(bad)]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith(f"{bad}:") and "undefined value 'nope'" in lines[-1]

@@ -51,21 +51,21 @@ def test_context_ops_run_along_the_model_sequence_their_block_is_bound_to():
     t5 = contract("specs/t5.yaml")
     by_block = {block: seq for (block, _), seq in t5.sequences.items()}
     # the encoder's blocks say S, bound to the model's S_ENC by the call and repeat lines
-    assert by_block == {"model": "S", "encoder": "S_ENC", "encoder_attention": "S_ENC",
-                        "decoder_attention": "S", "cross_attention": "S_ENC"}
+    # the attention block is written once: its encoder instance runs along S_ENC, its decoder one along S
+    assert by_block == {"model": "S", "encoder": "S_ENC", "attention": "S_ENC", "attention_2": "S",
+                        "cross_attention": "S_ENC"}
     assert set(contract("specs/vit.yaml").sequences.values()) == {None}
 
 
 def test_a_block_bound_to_two_sequences_names_both_uses(tmp_path):
     child = tmp_path / "t5_shared.yaml"
     child.write_text(f"spec: 1\nname: t5_shared\nextends: {Path('specs/t5.yaml').resolve()}\nblocks:\n"
-                     "  encoder_attention: {remove: true}\n"
-                     "  encoder_layer:\n    params:\n      attn: {block: decoder_attention}\n")
+                     "  encoder_layer:\n    params:\n      attn: {block: attention, with: {causal: true, encoder_keys: false}}\n")
     with pytest.raises(SpecError) as info:
         contract(child)
     message = str(info.value)
     t5 = Path("specs/t5.yaml").read_text().splitlines()
-    attention = next(i for i, line in enumerate(t5, 1) if "causal: true, scale: 1.0" in line)
+    attention = next(i for i, line in enumerate(t5, 1) if "causal: causal, encoder_keys: encoder_keys" in line)
     encoder_call = next(i for i, line in enumerate(t5, 1) if "{op: call, block: attn, x: h, bias: bias}" in line)
     decoder_call = next(i for i, line in enumerate(t5, 1) if "{op: call, block: self_attn" in line)
     assert f"t5.yaml:{attention}:" in message
@@ -110,8 +110,10 @@ def test_declaring_generate_on_a_bidirectional_encoder_says_why_it_cannot(tmp_pa
 
 def test_encoder_keys_must_agree_with_the_sequence_the_keys_run_along(tmp_path):
     t5 = Path("specs/t5.yaml").read_text()
-    path, line = edited(tmp_path, t5, "bias: bias, causal: true, scale: 1.0}", "bias: bias, causal: true, scale: 1.0, encoder_keys: true}")
-    assert_at(errors_of(path, tmp_path), path, line, "blocks.decoder_attention.graph[6].y.encoder_keys",
+    # the decoder's instance of the attention block, told its keys come from the encoder
+    path, _ = edited(tmp_path, t5, "with: {causal: true, encoder_keys: false}", "with: {causal: true, encoder_keys: true}")
+    line = next(i for i, text in enumerate(t5.splitlines(), 1) if "encoder_keys: encoder_keys" in text)
+    assert_at(errors_of(path, tmp_path), path, line, "blocks.attention.graph[6].y.encoder_keys",
               "encoder_keys: true, but the keys run along S, the sequence generate extends")
 
 

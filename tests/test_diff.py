@@ -106,7 +106,7 @@ def test_llama_to_gpt2_is_a_short_structured_summary(capsys):
     assert len(lines) <= 40 and max(len(line) for line in lines) <= 200
     sections = [line for line in lines if not line.startswith(" ")]
     assert sections == ["llama (specs/llama.yaml) -> gpt2 (specs/gpt2.yaml)", "matches:", "config:", "checks:",
-                        "block attention:", "block mlp:", "block decoder_layer:", "block model:", "weights:"]
+                        "block attention:", "block mlp:", "block decoder_layer:", "block model:", "heads:", "weights:"]
     assert "  - 2 inputs: cos, sin" in lines                       # no RoPE: the layers take no cos/sin
     assert any(line.startswith("  ~ graph ") and "-rope x2" in line for line in lines)
     assert any(line.startswith("  ~ graph ") and "+layer_norm x2" in line and "-rms_norm x2" in line for line in lines)
@@ -123,8 +123,7 @@ def test_the_same_spec_is_equal_with_exit_status_0(capsys):
 def test_defaults_written_out_and_expressions_in_another_form_are_no_change(tmp_path, capsys):
     text = Path("specs/llama.yaml").read_text()
     text = text.replace("causal: true, scale: head_dim ** -0.5", "causal: true, scale: head_dim**-0.5, softcap: null")
-    text = text.replace("{hf: head_dim, type: int, default: hidden_size // num_heads}",
-                        "{hf: [head_dim], type: int, default: (hidden_size) // num_heads}")
+    text = text.replace("int = hidden_size // num_heads", "{hf: [head_dim], type: int, default: (hidden_size) // num_heads}")
     (tmp_path / "same.yaml").write_text(text)
     code, out = run(capsys, "specs/llama.yaml", str(tmp_path / "same.yaml"))
     assert (code, out.splitlines()[1]) == (0, "  no architectural difference")

@@ -453,3 +453,52 @@ def test_powers_above_eight_or_huge_products_stay_unexpanded():
     assert same_value(big, big) and canonical(big).startswith("<not normalised> (a0 + b0) *")
     assert time.perf_counter() - start < 2
     assert canonical(parse_expr("10 ** 100000")) == "((10) ** (100000))"
+
+
+# --- membership and list literals -------------------------------------------------------------
+
+@pytest.mark.parametrize("text, env, value", [
+    ("rope_type in ['default', 'linear', 'llama3']", {"rope_type": "llama3"}, True),
+    ("rope_type in ['default', 'linear', 'llama3']", {"rope_type": "yarn"}, False),
+    ("rope_type not in ['default']", {"rope_type": "yarn"}, True),
+    ("not rope_type in ['default']", {"rope_type": "default"}, False),
+    ("n in [1, 2 + 1]", {"n": 3}, True),
+    ("'sliding' in kinds", {"kinds": ["full", "sliding"]}, True),
+    ("'factor' in scaling", {"scaling": {"factor": 2.0}}, True),
+    ("'ab' in 'cabd'", {}, True),
+    ("[]", {}, []),
+    ("[1, 2,]", {}, [1, 2]),
+])
+def test_in_and_not_in_test_membership_of_lists_mappings_and_strings(text, env, value):
+    assert ev(text, **env) == value
+
+
+def test_membership_prints_back_as_itself_and_as_python():
+    e = parse_expr('kind not in ["a", "b"]')
+    assert e.text == "kind not in ['a', 'b']"
+    assert parse_expr(e.text) == e
+    assert e.to_python(lambda n: f"cfg.{n}") == "cfg.kind not in ['a', 'b']"
+    assert eval(e.to_python(lambda n: n), {}, {"kind": "c"}) is True
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1 in 2", "needs a list, mapping or string on its right"),
+    ("1 in 'abc'", "needs a string on its left"),
+])
+def test_membership_of_the_wrong_types_is_an_error(text, message):
+    assert message in error_of(text)
+
+
+def test_membership_is_a_comparison_and_does_not_chain():
+    with pytest.raises(ExprError, match="chained comparison"):
+        parse_expr("a < b in [1]")
+
+
+def test_list_literals_are_bounded():
+    with pytest.raises(ExprError, match="more than 64 items"):
+        parse_expr("[" + ", ".join("1" for _ in range(65)) + "]")
+
+
+def test_lists_compare_symbolically_by_their_items():
+    assert same_value(parse_expr("k in [a * 2, b]"), parse_expr("k in [2 * a, b]"))
+    assert not same_value(parse_expr("k in [a, b]"), parse_expr("k in [b, a]"))

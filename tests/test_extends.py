@@ -52,7 +52,7 @@ def test_mistral_is_llama_plus_a_window_and_nothing_else():
     assert "extends" not in mistral.data
     expected = copy.deepcopy(llama.data)
     expected.update(name="mistral", doc=mistral.data["doc"], matches=mistral.data["matches"])
-    expected["config"]["sliding_window"] = {"hf": "sliding_window", "type": "int", "default": None}
+    expected["config"]["sliding_window"] = "int = null"
     expected["checks"].append(mistral.data["checks"][-1])
     expected["blocks"]["attention"]["graph"][8]["y"]["window"] = "sliding_window"
     assert mistral.data == expected
@@ -454,10 +454,10 @@ def test_editing_the_parent_invalidates_the_compiled_child(specs):
     first = compile_spec(child, out)
     assert not first.cache_hit and compile_spec(child, out).cache_hit
     parent = specs / "llama.yaml"
-    parent.write_text(parent.read_text().replace("default: 1e-6", "default: 1e-5"))
+    parent.write_text(parent.read_text().replace("float = 1e-6", "float = 1e-5"))
     again = compile_spec(child, out)
     assert not again.cache_hit
-    assert again.spec.data["config"]["rms_norm_eps"]["default"] == 1e-5
+    assert again.spec.data["config"]["rms_norm_eps"] == "float = 1e-5"
     assert str(parent) in again.manifest["parents"]
 
 

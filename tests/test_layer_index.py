@@ -11,7 +11,7 @@ from compiler.lower import lower
 from compiler.spec import load_spec
 
 LLAMA = Path("specs/llama.yaml").read_text()
-ATTENTION_LINE = "      - y: {op: attention, q: q, k: k, v: v, causal: true, scale: head_dim ** -0.5}"
+ATTENTION_LINE = "      - y: {op: attention, q: q, k: k, v: v, causal: true, scale: head_dim ** -0.5, label: attention}"
 
 
 def lowered(text):

@@ -42,7 +42,7 @@ def import_in_fresh_process(directory: Path) -> subprocess.CompletedProcess:
 INJECTIONS = {
     "doc with quotes and a newline": ('doc: Llama decoder-only transformer (Llama 2 / Llama 3 family).',
                                       'doc: "x\\"\\"\\"\\nimport pathlib; pathlib.Path(MARK).write_text(\'ran\')\\n\\"\\"\\""'),
-    "hf key with a newline": ("vocab_size:          {hf: vocab_size, type: int}",
+    "hf key with a newline": ("vocab_size:          int",
                               'vocab_size:          {hf: "vocab_size\\nimport pathlib; pathlib.Path(MARK).write_text(\'ran\')", '
                               "type: int}"),
     "check message with quotes": ('else: "only hidden_act: silu is described by this spec"',
@@ -64,16 +64,16 @@ def test_spec_text_never_runs_when_the_artifact_is_loaded(tmp_path, case):
 
 
 @pytest.mark.parametrize("old,new,role", [
-    ("- h: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps}\n      - h: {op: call, block: attn, x: h, cos: cos, sin: sin}",
+    ("- h: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps, label: attn_norm}\n      - h: {op: call, block: attn, x: h, cos: cos, sin: sin, label: attn}",
      "- lambda: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps}\n      - h: {op: call, block: attn, x: lambda, cos: cos, sin: sin}",
      "Python keyword"),
-    ("- h: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps}\n      - h: {op: call, block: attn, x: h, cos: cos, sin: sin}",
+    ("- h: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps, label: attn_norm}\n      - h: {op: call, block: attn, x: h, cos: cos, sin: sin, label: attn}",
      "- self: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps}\n      - h: {op: call, block: attn, x: self, cos: cos, sin: sin}",
      "used by the generated code"),
-    ("- h: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps}\n      - h: {op: call, block: attn, x: h, cos: cos, sin: sin}",
+    ("- h: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps, label: attn_norm}\n      - h: {op: call, block: attn, x: h, cos: cos, sin: sin, label: attn}",
      "- F: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps}\n      - h: {op: call, block: attn, x: F, cos: cos, sin: sin}",
      "used by the generated code"),
-    ("- h: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps}\n      - h: {op: call, block: attn, x: h, cos: cos, sin: sin}",
+    ("- h: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps, label: attn_norm}\n      - h: {op: call, block: attn, x: h, cos: cos, sin: sin, label: attn}",
      "- len: {op: rms_norm, x: x, w: attn_norm, eps: rms_norm_eps}\n      - h: {op: call, block: attn, x: len, cos: cos, sin: sin}",
      "builtin"),
 ])
@@ -94,6 +94,6 @@ def test_a_block_whose_class_name_the_generated_code_uses_is_an_error(tmp_path):
 
 
 def test_a_config_name_that_is_a_keyword_is_an_error(tmp_path):
-    text = edited("  mlp_bias:            {hf: mlp_bias, type: bool, default: false}",
-                  "  mlp_bias:            {hf: mlp_bias, type: bool, default: false}\n  in: {hf: x, type: int, default: 1}")
+    text = edited("  mlp_bias:            bool = false",
+                  "  mlp_bias:            bool = false\n  in: {hf: x, type: int, default: 1}")
     assert "config name 'in' is a Python keyword" in compile_error(tmp_path, text)

@@ -20,8 +20,9 @@ def with_text_fields(data: dict, payload: str) -> dict:
     """llama.yaml with the payload in every field that holds free text."""
     data["doc"] = payload
     for entry in data["config"].values():
-        entry["doc"] = payload
-    data["config"]["vocab_size"]["hf"] = ["vocab_size", payload]
+        if isinstance(entry, dict):  # shorthand entries (`int = 0`) have no free text
+            entry["doc"] = payload
+    data["config"]["vocab_size"] = {"type": "int", "hf": ["vocab_size", payload], "doc": payload}
     for block in data["blocks"].values():
         block["doc"] = payload
     data["model"]["doc"] = payload

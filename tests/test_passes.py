@@ -32,7 +32,7 @@ def ir_after(path, stage, options=None):
 
 
 def test_fold_constants_turns_constant_expressions_into_values(tmp_path):
-    text = Path(LLAMA).read_text().replace("{op: rms_norm, x: x, w: norm, eps: rms_norm_eps}",
+    text = Path(LLAMA).read_text().replace("{op: rms_norm, x: x, w: norm, eps: rms_norm_eps, label: norm}",
                                            "{op: rms_norm, x: x, w: norm, eps: rms_norm_eps, offset: 1 - 1}")
     path = tmp_path / "llama.yaml"
     path.write_text(text)
@@ -45,8 +45,8 @@ def test_fold_constants_turns_constant_expressions_into_values(tmp_path):
 def test_an_offset_written_as_an_expression_takes_the_path_its_value_says(tmp_path):
     """`offset: 1 - 1` is 0: the same code as no offset, in the PyTorch path and in the Triton kernel."""
     text = Path(LLAMA).read_text()
-    variants = {"plain": text, "zero": text.replace("{op: rms_norm, x: x, w: norm, eps: rms_norm_eps}",
-                                                    "{op: rms_norm, x: x, w: norm, eps: rms_norm_eps, offset: 1 - 1}")}
+    variants = {"plain": text, "zero": text.replace("{op: rms_norm, x: x, w: norm, eps: rms_norm_eps, label: norm}",
+                                                    "{op: rms_norm, x: x, w: norm, eps: rms_norm_eps, label: norm, offset: 1 - 1}")}
     files = {}
     for name, body in variants.items():
         (tmp_path / name).mkdir()

@@ -42,7 +42,7 @@ def test_unknown_op_is_named_with_a_suggestion(tmp_path):
 
 
 def test_a_module_path_is_not_an_op(tmp_path):
-    path, line = broken(tmp_path, "{op: silu, x: gate}", "{op: os.system, x: gate}")
+    path, line = broken(tmp_path, "{op: silu, x: gate, label: act}", "{op: os.system, x: gate}")
     assert_at(errors_of(path, tmp_path), path, line, "blocks.mlp.graph[2].gate.op", "unknown op 'os.system'")
 
 
@@ -74,14 +74,14 @@ def test_shape_mismatch_names_both_shapes(tmp_path):
 
 
 def test_dtype_clash_float_ids_for_an_embedding(tmp_path):
-    path, line = broken(tmp_path, "{op: embedding, ids: input_ids, w: embed}", "{op: embedding, ids: position_ids, w: embed}")
+    path, line = broken(tmp_path, "{op: embedding, ids: input_ids, w: embed, label: embed}", "{op: embedding, ids: position_ids, w: embed}")
     text = path.read_text().replace("position_ids: {shape: [B, S], dtype: int}", "position_ids: {shape: [B, S]}")
     path.write_text(text)
     assert_at(errors_of(path, tmp_path), path, line, "model.graph[0].x", "'ids' must be an int tensor")
 
 
 def test_bad_expression_points_at_its_line(tmp_path):
-    path, line = broken(tmp_path, "default: hidden_size // num_heads}", "default: hidden_size // }")
+    path, line = broken(tmp_path, "int = hidden_size // num_heads", "{hf: head_dim, type: int, default: hidden_size // }")
     assert_at(errors_of(path, tmp_path), path, line, "config.head_dim.default", "bad expression")
 
 
@@ -105,19 +105,20 @@ def test_weight_rule_onto_no_param_and_param_left_unmapped(tmp_path):
 
 
 SCHEMA_SENTENCES = {
-    "field_of_an_op": ("{op: silu, x: gate}", "{op: silu, x: gate, inplace: true}", "blocks.mlp.graph[2].gate.inplace",
+    "field_of_an_op": ("{op: silu, x: gate, label: act}", "{op: silu, x: gate, inplace: true}", "blocks.mlp.graph[2].gate.inplace",
                        "op 'silu' takes x; 'inplace' is not one of its fields"),
     "field_of_an_op_with_attributes": (
-        "{op: silu, x: gate}", "{op: softcap, x: gate, cap: 30.0, dim: -1}", "blocks.mlp.graph[2].gate.dim",
+        "{op: silu, x: gate, label: act}", "{op: softcap, x: gate, cap: 30.0, dim: -1}", "blocks.mlp.graph[2].gate.dim",
         "op 'softcap' takes x and cap; 'dim' is not one of its fields"),
-    "missing_operand": ("{op: silu, x: gate}", "{op: where, a: gate, value: 0}", "blocks.mlp.graph[2].gate",
+    "missing_operand": ("{op: silu, x: gate, label: act}", "{op: where, a: gate, value: 0}", "blocks.mlp.graph[2].gate",
                         "op 'where' needs cond (it takes cond and a; optionally b and value)"),
-    "a_choice": ("{op: silu, x: gate}", "{op: gelu, x: gate, approximate: fast}", "blocks.mlp.graph[2].gate.approximate",
+    "a_choice": ("{op: silu, x: gate, label: act}", "{op: gelu, x: gate, approximate: fast}", "blocks.mlp.graph[2].gate.approximate",
                  "approximate must be one of 'none' or 'tanh', got 'fast'"),
-    "a_value_name": ("{op: silu, x: gate}", "{op: silu, x: 3}", "blocks.mlp.graph[2].gate.x",
+    "a_value_name": ("{op: silu, x: gate, label: act}", "{op: silu, x: 3}", "blocks.mlp.graph[2].gate.x",
                      "x must be the name of a tensor value, got 3"),
-    "config_field_slip": ("vocab_size:          {hf: vocab_size, type: int}", "vocab_size:          {hf: vocab_size, typ: int}",
-                          "config.vocab_size.typ", "config entry 'vocab_size' takes hf, type, default and doc; 'typ' is "
+    "config_field_slip": ("num_layers:          {hf: num_hidden_layers, type: int}",
+                          "num_layers:          {hf: num_hidden_layers, typ: int}",
+                          "config.num_layers.typ", "config entry 'num_layers' takes hf, type, default and doc; 'typ' is "
                                                    "not one of its fields; did you mean 'type'?"),
     "param_dims": ("q_proj: {linear: [hidden_size, num_heads * head_dim]", "q_proj: {linear: [hidden_size]",
                    "blocks.attention.params.q_proj.linear", "linear needs at least 2 entries ([in, out])"),
@@ -158,7 +159,7 @@ def test_did_you_mean_only_for_slips():
 
 
 def test_an_unknown_op_close_to_none_gets_no_suggestion(tmp_path):
-    path, line = broken(tmp_path, "{op: silu, x: gate}", "{op: swiglu, x: gate}")
+    path, line = broken(tmp_path, "{op: silu, x: gate, label: act}", "{op: swiglu, x: gate, label: act}")
     message = errors_of(path, tmp_path)
     assert_at(message, path, line, "blocks.mlp.graph[2].gate.op", "unknown op 'swiglu'")
     assert "did you mean" not in message
@@ -172,15 +173,15 @@ def test_python_tags_are_refused_and_never_run(tmp_path):
 
 
 def test_duplicate_keys_report_both_lines(tmp_path):
-    path, line = broken(tmp_path, "  mlp_bias:            {hf: mlp_bias, type: bool, default: false}",
-                        "  mlp_bias:            {hf: mlp_bias, type: bool, default: false}\n  mlp_bias: {hf: x}")
+    path, line = broken(tmp_path, "  mlp_bias:            bool = false",
+                        "  mlp_bias:            bool = false\n  mlp_bias: {hf: x}")
     message = errors_of(path, tmp_path)
     assert f"duplicate key 'mlp_bias' (first at line {line})" in message
 
 
 def test_several_mistakes_are_reported_together(tmp_path):
-    path, _ = broken(tmp_path, "{op: silu, x: gate}", "{op: silu, x: gatee}")
-    text = path.read_text().replace("{op: rms_norm, x: x, w: norm, eps: rms_norm_eps}", "{op: rms_norm, x: x, w: norms, eps: rms_norm_eps}")
+    path, _ = broken(tmp_path, "{op: silu, x: gate, label: act}", "{op: silu, x: gatee}")
+    text = path.read_text().replace("{op: rms_norm, x: x, w: norm, eps: rms_norm_eps, label: norm}", "{op: rms_norm, x: x, w: norms, eps: rms_norm_eps}")
     path.write_text(text)
     message = errors_of(path, tmp_path)
     assert "undefined value 'gatee'" in message and "unknown param 'norms'" in message

@@ -28,6 +28,14 @@ CASES = [
     ("concat", ["a", "b"], ["ab"], [{"concat": {"dim": 0}}], [(3, 4), (5, 4)]),
     ("reshape", ["w"], ["w"], [{"reshape": [parse_expr("hidden"), 2, 3]}], [(4, 6)]),
     ("permute", ["w"], ["w"], [{"permute": [2, 0, 1]}], [(2, 3, 5)]),
+    # per-expert tensors (three experts) -> one [E, ...] tensor, each transposed first
+    ("stack", ["w1"], ["w1"], ["transpose", {"stack": {"over": "e", "dim": 0}}], [(4, 6), (4, 6), (4, 6)]),
+    # two tensors per expert (gate, up) for two experts, stacked on dim 1
+    ("stack_pairs", ["g", "u"], ["g", "u"], [{"stack": {"over": "e", "dim": 1}}], [(2, 3), (2, 3), (2, 3), (2, 3)]),
+    # per-head tensors stacked, then flattened into one projection
+    ("stack_heads", ["q"], ["q"], [{"stack": {"over": "h", "dim": 0}}, {"reshape": [6, 4]}], [(2, 4)] * 3),
+    # one stacked tensor -> per-expert tensors, each transposed after
+    ("unstack", ["w"], ["w"], [{"unstack": {"over": "e", "dim": 0}}, "transpose"], [(3, 6, 4)]),
 ]
 
 
@@ -40,6 +48,11 @@ def test_predicted_shapes_match_and_the_inverse_restores_the_checkpoint(name, so
     assert [tuple(t.shape) for t in out] == [tuple(s) for s in run_shapes(r, shapes, config)]
     back = invert_transforms(r, out, config, shapes)
     assert all(torch.equal(a, b) for a, b in zip(back, tensors))
+
+
+def test_stacking_tensors_of_different_shapes_is_a_shape_error():
+    with pytest.raises(ValueError, match="cannot stack tensors of shapes"):
+        run_shapes(rule(["w"], ["w"], [{"stack": {"over": "e", "dim": 0}}]), [(4, 6), (4, 5)], {})
 
 
 def test_a_split_that_does_not_add_up_is_a_shape_error():

@@ -31,6 +31,11 @@ def _grouped(channels, groups):
     return channels if groups.is_constant() and groups.evaluate({}) == 1 else parse_expr(f"({channels}) // ({groups})")
 
 
+def _shape(d: dict) -> tuple:
+    """A variadic kind's dims d0, d1, ... in order."""
+    return tuple(d[f"d{i}"] for i in range(sum(1 for k in d if k[:1] == "d" and k[1:].isdigit())))
+
+
 def _bias_tensors(shape_w, shape_b, opts):
     return [("weight", shape_w, True), ("bias", shape_b, opts["bias"])]
 
@@ -44,10 +49,12 @@ PARAM_KINDS: dict[str, ParamKind] = {k.name: k for k in (
               lambda d: [("weight", (d["num"], d["dim"]), True)],
               lambda s, v: f"nn.Embedding({s['num']}, {s['dim']})",
               "a table of `num` rows of size `dim`"),
-    ParamKind("norm", ("dim",), {"bias": False},
-              lambda d: _bias_tensors((d["dim"],), (d["dim"],), d),
-              lambda s, v: f"ops.Norm({s['dim']})" if v["bias"] in (False, None) else f"ops.Norm({s['dim']}, bias={s['bias']})",
-              "the scale (and optional shift) of a normalisation"),
+    ParamKind("norm", (), {"bias": False},
+              lambda d: _bias_tensors(_shape(d), _shape(d), d),
+              lambda s, v: f"ops.Norm({', '.join(_shape(s))})" if v["bias"] in (False, None)
+              else f"ops.Norm({', '.join(_shape(s))}, bias={s['bias']})",
+              "the scale (and optional shift) of a normalisation over the last dim; of any rank: a [heads, "
+              "head_dim] weight scales each head with its own row", variadic=True),
     ParamKind("conv2d", ("in", "out", "kernel"), {"bias": True},
               lambda d: _bias_tensors((d["out"], d["in"], d["kernel"], d["kernel"]), (d["out"],), d),
               lambda s, v: f"nn.Conv2d({s['in']}, {s['out']}, {s['kernel']}, bias={s['bias']})",
@@ -57,7 +64,7 @@ PARAM_KINDS: dict[str, ParamKind] = {k.name: k for k in (
               lambda s, v: f"nn.Conv1d({s['in']}, {s['out']}, {s['kernel']}, groups={s['groups']}, bias={s['bias']})",
               "a 1-d convolution kernel; weight is [out, in / groups, kernel] like torch"),
     ParamKind("tensor", (), {},
-              lambda d: [("weight", tuple(d[f"d{i}"] for i in range(len(d))), True)],
-              lambda s, v: f"ops.Tensor({', '.join(s[f'd{i}'] for i in range(len(s)))})",
+              lambda d: [("weight", _shape(d), True)],
+              lambda s, v: f"ops.Tensor({', '.join(_shape(s))})",
               "a bare learned tensor of any shape", variadic=True),
 )}

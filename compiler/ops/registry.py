@@ -225,20 +225,31 @@ class InferCtx:
 
 class EmitCtx:
     """What a lowering sees: Python source for each operand, param and attribute, each attribute's
-    value where the compiler knows it (`const`), the node's KV-cache slot and sequence."""
+    value where the compiler knows it (`const`), the node's KV-cache slot and sequence, and (outside
+    fused groups) the operands' types and the params' declarations."""
 
     def __init__(self, values: dict[str, str], params: dict[str, str], attrs: dict[str, str], outputs: list[str],
                  consts: dict[str, Any] | None = None, slot: str | None = None, seq: str | None = None,
-                 exprs: dict[str, Any] | None = None, python: Callable[[Any], str] | None = None):
+                 exprs: dict[str, Any] | None = None, python: Callable[[Any], str] | None = None,
+                 types: dict[str, TType] | None = None, param_decls: dict[str, Any] | None = None):
         self.values, self.params, self.attrs, self.outputs = values, params, attrs, outputs
         self.consts = consts or {}
         self.slot, self.seq = slot, seq
         self.exprs, self.python = exprs or {}, python
+        self.types, self.param_decls = types or {}, param_decls or {}
 
     def entries(self, name: str) -> list[tuple[Any, str]]:
         """A dims attribute entry by entry: (its value when constant, else SYMBOLIC; its Python source)."""
         from compiler.printer import const_value
         return [(const_value(d), self.python(d)) for d in self.exprs[name].args]
+
+    def type(self, operand: str) -> TType | None:
+        """The operand's static type, where the emitter knows it (not inside a fused group's function)."""
+        return self.types.get(operand)
+
+    def param_decl(self, name: str):
+        """The param's declaration (kind, dims, options), where the emitter knows it."""
+        return self.param_decls.get(name)
 
     def __getitem__(self, operand: str) -> str:
         return self.values[operand]
@@ -263,6 +274,8 @@ class EmitCtx:
 
 
 OPS: dict[str, OpDef] = {}
+# Keys of a graph line besides its op's fields (compiler/spec.py reads them): no op may name a field so.
+LINE_KEYS = ("op", "label", "when")
 
 
 def register(op: OpDef) -> OpDef:
@@ -270,6 +283,9 @@ def register(op: OpDef) -> OpDef:
         raise ValueError(f"op '{op.name}' registered twice")
     if op.fusion not in FUSION_KINDS:
         raise ValueError(f"op '{op.name}': unknown fusion kind '{op.fusion}'")
+    taken = set(op.fields) & set(LINE_KEYS)
+    if taken:
+        raise ValueError(f"op '{op.name}': field(s) {sorted(taken)} are keys every graph line may carry")
     OPS[op.name] = op
     return op
 

@@ -44,10 +44,14 @@ def _rope_infer(ctx) -> list[TType]:
 
 
 register(OpDef(
-    name="rope", doc="x * cos + rotate_half(x) * sin on [B, H, S, D] (half-split layout)",
+    name="rope", doc="x * cos + rotate(x) * sin on [B, H, S, D]: dim i pairs with i + D/2 (layout half, Llama's) "
+                     "or with its neighbour (interleaved, GPT-J's); the table is rope_table's either way",
     operands=("x", "cos", "sin"), infer=_rope_infer, fusion="broadcast", triton="rope", run="rope",
     # cos/sin [B, S, D] line up with x [B, H, S, D] on B and S (not torch's right-aligned broadcasting)
     parallel=Parallel(dims={"x": {0: 0, 1: 1, 2: 2}, "cos": {0: 0, 1: 2}, "sin": {0: 0, 1: 2}}),
-    emit=lambda e: f"ops.rope({e['x']}, {e['cos']}, {e['sin']})",
+    attrs=(Attr("layout", "enum", default="half", choices=("half", "interleaved"),
+                doc="which dims rotate together: the two halves, or adjacent pairs"),),
+    emit=lambda e: f"ops.rope({e['x']}, {e['cos']}, {e['sin']}"
+                   + (", interleaved=True)" if e.const("layout") == "interleaved" else ")"),
     shape_doc="x [B, H, S, D] with a table [B, S, R], R <= D (partial rotary), -> the shape of x",
-    example="q: {op: rope, x: q, cos: cos, sin: sin}"))
+    example="q: {op: rope, x: q, cos: cos, sin: sin, layout: interleaved}"))

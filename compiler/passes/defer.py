@@ -41,7 +41,7 @@ def _defer(ir: ModelIR, block: Block, out: str) -> None:
         return
     tail = block.node(producers[out])
     op = OPS.get(tail.op)
-    if op is None or not op.identity or len(tail.inputs) != 2 or tail.outputs != [out]:
+    if op is None or not op.identity or len(tail.inputs) != 2 or tail.outputs != [out] or tail.when:
         return
     delta_field = next((f for f in reversed(list(tail.inputs)) if f in op.identity), None)
     if delta_field is None:
@@ -53,7 +53,7 @@ def _defer(ir: ModelIR, block: Block, out: str) -> None:
     if (carried is None or block.outputs.count(out) != 1 or block.users(out) or base == delta
             or not same_type(block.values[base].type, t_out) or not same_type(block.values[delta].type, t_out)):
         return
-    starts = [u for u in block.users(carried) if (t := template_of(u)) is not None and chains(t)]
+    starts = [u for u in block.users(carried) if (t := template_of(u)) is not None and chains(t) and not u.when]
     if not starts:
         return
     # the block: the op leaves the end; its operands are returned; it runs first, on the pending delta

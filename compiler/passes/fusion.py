@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import networkx as nx
 
+from compiler.conditions import describe
 from compiler.ir import REGION, Block, Decision, ModelIR, Node, Param, Region
 from compiler.names import NN_MODULE_ATTRS
 from compiler.ops import OPS
@@ -68,6 +69,17 @@ class _BlockFusion:
         self.producer = block.producers()
         for nid, node in self.nodes.items():
             t = template_of(node)
+            wide = [p for p in node.params.values() if len(block.params[p].dims) > 1 and t == "row_reduction"]
+            if wide:
+                self.record("kernel", op_label(block, node), False,
+                            f"its weight '{wide[0]}' has {len(block.params[wide[0]].dims)} dims; row kernels read one row",
+                            ops=[node.op])
+                t = None
+            if t is not None and node.when:
+                # a run-time branch: one kernel cannot both run and skip part of itself
+                self.record("kernel", op_label(block, node), False,
+                            f"runs under `when: {describe(node.when)}`", ops=[node.op])
+                t = None
             if t is not None and chains(t):
                 out = self.shape(node.outputs[0])
                 odd = [v for v in node.inputs.values() if not self.same_shape(self.shape(v), out)]
@@ -94,7 +106,7 @@ class _BlockFusion:
 
     # -- helpers --------------------------------------------------------------------------------
     def users(self, vid: str) -> list[str]:
-        return [n.id for n in self.nodes.values() if vid in n.inputs.values()]
+        return [n.id for n in self.nodes.values() if vid in n.reads]
 
     def acyclic_with(self, nodes: set[str]) -> bool:
         """Contracting `nodes` into one unit, with the groups formed so far contracted too, keeps a DAG."""
@@ -128,7 +140,7 @@ class _BlockFusion:
         by_input: dict[str, list[Node]] = {}
         for node in self.nodes.values():
             op = OPS.get(node.op)
-            if op is not None and op.fusion == "matmul" and set(node.params) == {"w"}:
+            if op is not None and op.fusion == "matmul" and set(node.params) == {"w"} and not node.when:
                 by_input.setdefault(node.inputs["x"], []).append(node)
         for vid, nodes in by_input.items():
             if len(nodes) < 2:
@@ -163,6 +175,8 @@ class _BlockFusion:
         p0 = self.block.params[first.params["w"]]
         if p.tied_to:
             return f"'{p.name}' is tied to '{p.tied_to}': its storage cannot be concatenated"
+        if p.when != p0.when:
+            return f"'{p.name}' exists under other conditions than '{p0.name}'"
         if any(q.tied_to == p.name for q in self.block.params.values()):
             return f"another param is tied to '{p.name}'"
         uses = [n for n in self.nodes.values() if p.name in n.params.values()]
@@ -179,6 +193,8 @@ class _BlockFusion:
     def edge_refusal(self, prod: str, cons: str, vid: str) -> str | None:
         pn, cn = self.nodes[prod], self.nodes[cons]
         for n in (pn, cn):
+            if n.when:
+                return f"'{n.op}' runs under `when: {describe(n.when)}`"
             if n.block is not None:
                 return f"'{n.op}' of block '{n.block}' is opaque to fusion"
             op = OPS[n.op]

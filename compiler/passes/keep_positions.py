@@ -46,13 +46,13 @@ def _tail(block: Block, out: str, lead: tuple) -> dict[str, Node]:
     users: dict[str, set[str]] = {}
     order = block.order()
     for node in order:
-        for vid in node.inputs.values():
+        for vid in node.reads:
             users.setdefault(vid, set()).add(node.id)
     outputs = set(block.outputs)
     for node in reversed(order):
         op = OPS.get(node.op)
         rank = len(block.values[next(iter(node.inputs.values()))].type.shape) if node.inputs else 0
-        if op is None or not op.per_position({k: const_value(v) for k, v in node.attrs.items()}, rank):
+        if op is None or not op.per_position({k: const_value(v) for k, v in node.attrs.items()}, rank) or node.when:
             continue
         if not all(_leads_with(block, o, lead) for o in node.outputs):
             continue

@@ -360,8 +360,13 @@ def _rope_head(x_row, out_row, cos, sin, offs_d, mask, partner, sign, rot):
 def rope(name: str, doc: str, block, group, ops) -> KernelSource | None:
     cos_ids = {n.inputs["cos"] for n in group.members}
     sin_ids = {n.inputs["sin"] for n in group.members}
-    if len(cos_ids) != 1 or len(sin_ids) != 1:
-        return None         # members rotate by different tables: stays in PyTorch
+    layouts = {const_value(n.attrs.get("layout")) or "half" for n in group.members}
+    if len(cos_ids) != 1 or len(sin_ids) != 1 or len(layouts) != 1:
+        return None         # members rotate by different tables or pairings: stays in PyTorch
+    # the partner of each dim, the sign of its term, and where its frequency sits in the half-split table
+    pairing = {"half": ("tl.where(offs_d < half, offs_d + half, offs_d - half)", "tl.where(offs_d < half, -1.0, 1.0)",
+                        "offs_d"),
+               "interleaved": ("offs_d ^ 1", "tl.where(offs_d % 2 == 0, -1.0, 1.0)", "offs_d // 2")}[layouts.pop()]
     xs = [var(n.inputs["x"]) for n in group.members]
     outs = [var(n.outputs[0]) for n in group.members]
     cos, sin = var(next(iter(cos_ids))), var(next(iter(sin_ids)))
@@ -386,10 +391,10 @@ def rope(name: str, doc: str, block, group, ops) -> KernelSource | None:
         "    mask = offs_d < head_dim",
         "    half = rot_dim // 2",
         "    rot = offs_d < rot_dim",
-        "    partner = tl.where(offs_d < half, offs_d + half, offs_d - half)",
-        "    sign = tl.where(offs_d < half, -1.0, 1.0)",
-        f"    cos = tl.load({cos}_ptr + b * stride_{cos}_b + s * stride_{cos}_s + offs_d, mask=rot, other=1.0).to(tl.float32)",
-        f"    sin = tl.load({sin}_ptr + b * stride_{sin}_b + s * stride_{sin}_s + offs_d, mask=rot, other=0.0).to(tl.float32)",
+        f"    partner = {pairing[0]}",
+        f"    sign = {pairing[1]}",
+        f"    cos = tl.load({cos}_ptr + b * stride_{cos}_b + s * stride_{cos}_s + {pairing[2]}, mask=rot, other=1.0).to(tl.float32)",
+        f"    sin = tl.load({sin}_ptr + b * stride_{sin}_b + s * stride_{sin}_s + {pairing[2]}, mask=rot, other=0.0).to(tl.float32)",
     ]
     # Heads of all members form one grid axis: member i owns heads [start_i, start_i + n_heads_i).
     start = "0"

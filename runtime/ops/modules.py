@@ -6,12 +6,12 @@ from torch import nn
 
 
 class Norm(nn.Module):
-    """The weight (and optional bias) of a normalisation; the op decides which normalisation."""
+    """The weight (and optional bias) of a normalisation, of any rank; the op decides which normalisation."""
 
-    def __init__(self, dim: int, bias: bool = False):
+    def __init__(self, *shape: int, bias: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape)) if bias else None
 
 
 class Tensor(nn.Module):

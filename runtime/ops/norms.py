@@ -5,8 +5,20 @@ import torch
 import torch.nn.functional as F
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
-    if x.dtype == torch.float32 and not offset:
+def _aligned(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """A weight of several dims viewed to scale x's `dims` (negative, from the end) and broadcast
+    over the others: [heads, head_dim] for dims (-3, -1) is [heads, 1, head_dim]."""
+    shape = [1] * -dims[0]
+    for d, size in zip(dims, t.shape):
+        shape[d] = size
+    return t.view(shape)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0,
+             dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    if dims is not None:
+        weight = _aligned(weight, dims)
+    if x.dtype == torch.float32 and not offset and weight.dim() == 1:
         # one aten op instead of seven, same arithmetic (rsqrt of the mean square, then the weight)
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     # Statistics in fp32 whatever the input dtype, as every reference implementation does.
@@ -20,5 +32,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 
     return weight * h.to(x.dtype)
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
+               dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    if dims is None:
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    y = F.layer_norm(x, (x.shape[-1],), None, None, eps) * _aligned(weight, dims)
+    return y if bias is None else y + _aligned(bias, dims)

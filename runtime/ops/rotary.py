@@ -91,12 +91,19 @@ def rope_table(pos: torch.Tensor, ctx, dim: int, theta: float, scaling: dict | N
     return emb.cos().to(ctx.dtype), emb.sin().to(ctx.dtype)
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, S, D] by the table [B, S, R], R <= D (partial rotary leaves the rest as is)."""
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """Rotate x [B, H, S, D] by the table [B, S, R], R <= D (partial rotary leaves the rest as is).
+    Half layout: dim i turns with dim i + R/2; interleaved: dims 2i and 2i + 1 turn together, by the
+    table's i-th frequency (its first half, each entry used twice)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     rot = cos.shape[-1]
     if rot < x.shape[-1]:
-        return torch.cat((rope(x[..., :rot], cos[:, 0], sin[:, 0]), x[..., rot:]), dim=-1)
+        return torch.cat((rope(x[..., :rot], cos[:, 0], sin[:, 0], interleaved), x[..., rot:]), dim=-1)
+    if interleaved:
+        cos = cos[..., : rot // 2].repeat_interleave(2, -1)
+        sin = sin[..., : rot // 2].repeat_interleave(2, -1)
+        pairs = x.unflatten(-1, (-1, 2))
+        return x * cos + torch.stack((-pairs[..., 1], pairs[..., 0]), -1).flatten(-2) * sin
     # rotate_half(x) * sin == roll(x, rot/2) * (±sin): the same products, bit for bit (a sign flip is
     # exact), in five aten ops instead of nine, which counts in a decode step.
     return x * cos + x.roll(rot // 2, -1) * (sin * _half_signs(rot, sin.dtype, sin.device))
