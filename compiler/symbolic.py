@@ -83,13 +83,19 @@ def _canon(e: Expr) -> Poly:
 
 def _exact_quotient(p: Poly, q: Poly) -> Poly | None:
     """p // q when q is one integer-coefficient monomial dividing every term of p exactly
-    (`(heads * head_dim) // heads` is head_dim); None when the division is not exact."""
+    (`(heads * head_dim) // heads` is head_dim), or a positive integer k dividing every term but the
+    constant c, which then floors on its own: `(2 * n - 1) // 2` is `n - 1`, shapes being integers (a
+    convolution's output length); None when the division is not exact."""
     if len(q) != 1:
         return None
     (qm, qc), = q.items()
     if qc.denominator != 1 or not qc:
         return None
     out: Poly = {}
+    constant = p.get((), Fraction(0))
+    if not qm and qc > 0 and constant.denominator == 1 and constant % qc:
+        rest = _exact_quotient({m: c for m, c in p.items() if m}, q)
+        return None if rest is None else _add(rest, _const_poly(Fraction(constant // qc)), 1)
     for m, c in p.items():
         powers = dict(m)
         for atom, n in qm:

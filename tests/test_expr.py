@@ -424,6 +424,8 @@ def test_to_python_rewrites_names_and_uses_python_spellings():
     ("(a + b) // c", "(b + a) // c"), ("min(a, b*1)", "min(b, a)"), ("a < b", "b > a"),
     ("x if 1 > 0 else y", "x"), ("a ** 0", "1"), ("(2*a) ** 1", "a + a"),
     ("sqrt(h*w)", "sqrt(w*h)"), ("(h*2) % k", "(h+h) % k"), ("rope.factor * 2", "2 * rope.factor"),
+    # a stride-2 convolution's length: the constant floors apart from the exactly divided terms
+    ("(2 * n + 2 - 2 - 1) // 2 + 1", "n"), ("(4 * a + 6) // 4", "a + 1"), ("(3 * a - 7) // 3", "a - 3"),
 ])
 def test_same_value_for_equal_expressions(a, b):
     assert same_value(parse_expr(a), parse_expr(b))
@@ -433,6 +435,7 @@ def test_same_value_for_equal_expressions(a, b):
     ("hidden // heads", "hidden / heads"), ("a - b", "b - a"), ("a ** 2", "a * 2"),
     ("a // 2", "a / 2"), ("a ** b", "b ** a"), ("min(a, b)", "max(a, b)"), ("a / b * b", "a"),
     ("a < b", "a <= b"), ("1 // 0", "0"), ("'a'", "a"),
+    ("(2 * n - 1) // 2", "n"), ("(n + 1) // 2", "n // 2"), ("(2 * n - 1) // -2", "1 - n"),
 ])
 def test_same_value_is_false_for_different_expressions(a, b):
     assert not same_value(parse_expr(a), parse_expr(b))

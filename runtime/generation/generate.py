@@ -28,6 +28,15 @@ def _ids(value, name: str, device) -> torch.Tensor:
     return t[None] if t.dim() == 1 else t
 
 
+def _source(value, device) -> torch.Tensor:
+    """An encoder-decoder's source: the contract's first caller input, token ids or features (a float
+    spectrogram); only its rows matter here, the model reads it as its contract says."""
+    t = torch.as_tensor(value)
+    if t.dim() == 0 or t.numel() == 0:
+        raise GenerationError(f"generate(): the input must have a batch dim and values, got {t.dtype} {list(t.shape)}")
+    return t.to(device=device)
+
+
 def infer_mask(ids: torch.Tensor, pad: int | None, eos: torch.Tensor | None) -> torch.Tensor | None:
     """Transformers' guess when no mask is given: the pad token marks padding, if it occurs
     in the input and is not an end token; otherwise nothing is padding (None)."""
@@ -73,9 +82,9 @@ def generate(model, prompt, mask=None, generation_config: GenerationConfig | Non
     if generator is not None and generator.device.type != torch.device(device).type:
         raise GenerationError(f"generate(): the generator is on {generator.device} but the model on {device}; "
                               f"make it with torch.Generator(device={str(device)!r})")
-    ids = _ids(prompt, "the input", device)
+    ids = _source(prompt, device) if model.is_encoder_decoder else _ids(prompt, "the input", device)
     mask = None if mask is None else _ids(mask, "the mask", device)
-    if mask is not None and mask.shape != ids.shape:
+    if mask is not None and mask.shape != ids.shape[:2]:
         raise GenerationError(f"generate(): the mask is {list(mask.shape)}, the input {list(ids.shape)}")
     eos, pad = special_tokens(settings, device)
     rows = _start_rows(model, settings, ids, target_prefix)
