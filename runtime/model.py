@@ -184,8 +184,11 @@ class CompiledModel(nn.Module):
             source.setdefault(i.seq, i.name)
         return lengths
 
-    def _batch(self, feeds: dict) -> int:
-        return next(t.shape[0] for n, t in feeds.items() if self._batched(self._inputs[n]) and t.dim())
+    def _batch(self, feeds: dict, seq: str | None = None) -> int:
+        """The batch size of the inputs along `seq` (None: of any batched input): a model may take
+        batches of different sizes along different sequences (texts and images)."""
+        return next(t.shape[0] for n, t in feeds.items()
+                    if self._batched(self._inputs[n]) and t.dim() and (seq is None or self._inputs[n].seq == seq))
 
     def _paddings(self, masks: dict, feeds: dict, lengths: dict) -> dict[str, torch.Tensor | None]:
         """Sequence -> its padding (bool, True = real) from the masks given; None when nothing is padded."""
@@ -196,7 +199,7 @@ class CompiledModel(nn.Module):
                 raise TypeError(f"{self.interface.name}: {kwarg} masks sequence {seq}, and no input along it is given")
             m = torch.as_tensor(mask, device=self.device)
             m = m[None] if m.dim() == 1 else m
-            want = (self._batch(feeds), lengths[seq])
+            want = (self._batch(feeds, seq), lengths[seq])
             if tuple(m.shape) != want:
                 raise ValueError(f"{self.interface.name}: {kwarg} must be [{want[0]}, {want[1]}] like the inputs along "
                                  f"{seq}, got {list(m.shape)}")
@@ -217,11 +220,10 @@ class CompiledModel(nn.Module):
 
     def _supply(self, feeds: dict, states: dict[str, SequenceState], lengths: dict[str, int]) -> None:
         """The inputs the caller left to the runtime: positions, key positions, fills."""
-        batch = None
         for i in self.contract.inputs:
             if i.name in feeds:
                 continue
-            batch = self._batch(feeds) if batch is None else batch
+            batch = self._batch(feeds, i.seq)
             n, state = lengths[i.seq], states[i.seq]
             if i.source in ("positions", "key_positions"):
                 feeds[i.name] = supplied_positions(state, batch, n, self.device, keys=i.source == "key_positions")
