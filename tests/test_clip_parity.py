@@ -3,9 +3,13 @@ and a batch of images of another size, both end-of-text poolings (the token of e
 largest id for configs that say 2), both activations; the two towers are one layer used twice."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
+import runtime
+from compiler.pipeline import compile_spec
 from tests.family_parity import TOL, Family
 
 transformers = pytest.importorskip("transformers")
@@ -77,3 +81,21 @@ def test_a_mask_shaped_like_the_images_is_refused(tmp_path):
     ids, _ = texts(0)
     with pytest.raises(ValueError, match=r"attention_mask must be \[3, 9\]"):
         ours(pixel_values=images(2), input_ids=ids, attention_mask=torch.ones(2, 9, dtype=torch.long))
+
+
+def test_the_triton_kernels_under_the_interpreter_match_transformers(tmp_path):
+    ref, folder, _ = CLIP.make(tmp_path / "m", {})
+    fused = runtime.load(compile_spec("specs/clip.yaml", tmp_path / "art").directory, folder, triton=True)
+    report = fused.kernel_report()
+    assert report["model.normalize"] == "triton (interpreter)"
+    assert report["encoder_layer_2.attention"] == "triton (interpreter)"     # the vision tower's instance
+    ids, mask = texts(0)
+    pixels = images()
+    try:
+        got = fused(ids, attention_mask=mask, pixel_values=pixels)
+    finally:
+        sys.modules[type(fused.net).__module__].kernels.force = None
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    diffs = {k: (got[k] - want[k]).abs().max().item() for k in OUTPUTS}
+    assert max(diffs.values()) <= TOL, diffs

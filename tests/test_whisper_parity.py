@@ -3,9 +3,13 @@ logits for padded decoder batches (the log-mel features a float input), and gree
 the decoder start token with the encoder and the cross-attention keys run once."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
+import runtime
+from compiler.pipeline import compile_spec
 from tests.family_parity import TOL, Family
 
 transformers = pytest.importorskip("transformers")
@@ -89,3 +93,25 @@ def test_features_of_another_length_are_refused_with_the_expected_shape(tmp_path
     _, _, ours = WHISPER.make(tmp_path / "m", {})
     with pytest.raises(ValueError, match=r"input_features must be \[B, 8, 24\].*\[1, 8, 30\]"):
         ours(torch.zeros(1, 8, 30), decoder_input_ids=torch.tensor([[1]]))
+
+
+def test_the_triton_kernels_under_the_interpreter_match_transformers(tmp_path):
+    ref, folder, _ = WHISPER.make(tmp_path / "m", {}, seed=3, adjust=scaled(4.0))
+    fused = runtime.load(compile_spec("specs/whisper.yaml", tmp_path / "art").directory, folder, triton=True)
+    report = fused.kernel_report()
+    assert report["encoder.gelu_2"] == "triton (interpreter)"              # after the stride-2 convolution
+    assert report["cross_attention.attention"] == "triton (interpreter)"
+    feats = features()
+    dec = WHISPER.ids(batch=2, length=5, seed=1)
+    mask = torch.ones_like(dec)
+    mask[1, -2:] = 0
+    try:
+        got = fused(feats, decoder_input_ids=dec, decoder_attention_mask=mask).logits
+        have = fused.generate(feats, max_new_tokens=6)
+    finally:
+        sys.modules[type(fused.net).__module__].kernels.force = None
+    with torch.no_grad():
+        want = ref(input_features=feats, decoder_input_ids=dec, decoder_attention_mask=mask).logits
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max().item() <= TOL
+    assert have.tolist() == transformers.GenerationMixin.generate(ref, feats, max_new_tokens=6, do_sample=False).tolist()
