@@ -68,7 +68,8 @@ def shard(ir: ModelIR) -> None:
 def layout(p: Param) -> dict[str, tuple[str, ...]]:
     """Each tensor of a param with its dims named as the param kind names them: linear weight ('out', 'in')."""
     kind = PARAM_KINDS[p.kind]
-    names = {**{k: k for k in p.dims}, **{k: True for k in kind.options}}
+    # the param's own options: they may size a tensor (a grouped convolution's input channels)
+    names = {**{k: k for k in p.dims}, **p.options}
     return {tensor: tuple(shape) for tensor, shape, _ in kind.tensors(names)}
 
 
