@@ -79,17 +79,19 @@ def test_bf16_model_quantized_to_int8_stays_within_bf16_of_fp32(checkpoint, fp32
     assert cos >= 0.999
 
 
-def test_every_linear_and_the_lm_head_are_quantized_and_the_embedding_on_request(checkpoint):
+def test_every_linear_is_quantized_the_lm_head_when_not_skipped_and_the_embedding_on_request(checkpoint):
     model = quantize_model(runtime.from_pretrained(checkpoint), "int4")
     kinds = model.load_report["quantized"]
-    assert kinds["lm_head"] == "lm_head" and "embed" not in kinds
-    assert sum(k == "linear" for k in kinds.values()) == 4 * 4          # qkv, o, gate_up, down per layer
-    assert all(isinstance(m, QuantLinear) for m in (model.net.lm_head, model.net.layers[3].mlp.down_proj))
+    assert set(kinds.values()) == {"linear"} and len(kinds) == 4 * 4      # qkv, o, gate_up, down per layer
+    assert isinstance(model.net.layers[3].mlp.down_proj, QuantLinear) and not isinstance(model.net.lm_head, QuantLinear)
     assert model.quantization_config["bits"] == 4
 
-    kept = quantize_model(runtime.from_pretrained(checkpoint), {"bits": 8, "quantize_lm_head": False,
-                                                                 "quantize_embedding": True,
-                                                                 "modules_to_not_convert": ["layers.0.*"]})
+    everything = quantize_model(runtime.from_pretrained(checkpoint), {"bits": 4, "modules_to_not_convert": []})
+    assert everything.load_report["quantized"]["lm_head"] == "lm_head"
+    assert isinstance(everything.net.lm_head, QuantLinear)
+
+    kept = quantize_model(runtime.from_pretrained(checkpoint), {"bits": 8, "quantize_embedding": True,
+                                                                 "modules_to_not_convert": ["lm_head", "layers.0.*"]})
     kinds = kept.load_report["quantized"]
     assert "lm_head" not in kinds and kinds["embed"] == "embedding"
     assert not any(p.startswith("layers.0.") for p in kinds) and "layers.1.attn.qkv_proj" in kinds
@@ -97,7 +99,8 @@ def test_every_linear_and_the_lm_head_are_quantized_and_the_embedding_on_request
 
 
 def test_a_tied_embedding_and_lm_head_share_one_quantized_table(tied_checkpoint):
-    model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 8, "quantize_embedding": True})
+    model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 8, "quantize_embedding": True,
+                                                                      "modules_to_not_convert": []})
     assert model.net.lm_head.qweight is model.net.embed.qweight
     assert model.net.lm_head.scales is model.net.embed.scales
     ids = random_ids(1000, 1, 5)
@@ -120,7 +123,8 @@ def artifact():
     return compile_spec("specs/llama.yaml").directory
 
 
-@pytest.mark.parametrize("scheme", ["int8", {"bits": 4, "group_size": 64, "sym": False, "quantize_embedding": True}])
+@pytest.mark.parametrize("scheme", ["int8", {"bits": 4, "group_size": 64, "sym": False, "quantize_embedding": True,
+                                              "modules_to_not_convert": []}])
 def test_a_saved_quantized_model_reloads_with_the_same_logits_without_quantizing(tied_checkpoint, artifact, tmp_path,
                                                                                   monkeypatch, scheme):
     model = quantize_model(runtime.from_pretrained(tied_checkpoint), scheme)
@@ -139,7 +143,8 @@ def test_a_saved_quantized_model_reloads_with_the_same_logits_without_quantizing
 
 def test_a_saved_quantized_checkpoint_names_its_scheme_and_stores_shared_tables_once(tied_checkpoint, tmp_path):
     from runtime.safetensors_io import SafetensorsFile
-    model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 4, "quantize_embedding": True})
+    model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 4, "quantize_embedding": True,
+                                                                      "modules_to_not_convert": []})
     save_quantized(model, tmp_path)
     file = SafetensorsFile(tmp_path / "model.safetensors")
     assert file.metadata["format"] == "graphspec-quantized"
@@ -163,7 +168,7 @@ def _rewrite(path, edit_tensors=None, edit_metadata=None):
 
 @pytest.fixture
 def saved(checkpoint, tmp_path):
-    save_quantized(quantize_model(runtime.from_pretrained(checkpoint), "int8"), tmp_path)
+    save_quantized(quantize_model(runtime.from_pretrained(checkpoint), {"bits": 8, "modules_to_not_convert": []}), tmp_path)
     return tmp_path
 
 
@@ -196,5 +201,5 @@ def test_saving_a_model_that_is_not_quantized_is_refused(checkpoint, tmp_path):
 
 def test_the_plan_names_the_output_embedding_by_shape_not_by_name(checkpoint):
     model = runtime.from_pretrained(checkpoint)
-    plan = convert.plan(model.net, convert.QuantConfig.parse("int8"))
+    plan = convert.plan(model.net, convert.QuantConfig.parse({"bits": 8, "modules_to_not_convert": []}))
     assert [p for p, k in plan.items() if k == "lm_head"] == ["lm_head"]
