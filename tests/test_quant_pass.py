@@ -147,3 +147,16 @@ def test_a_saved_quantized_folder_loads_through_from_pretrained_without_quantizi
     assert loaded.quantization == QuantConfig.parse("int4")
     with pytest.raises(ValueError, match="already quantized"):
         runtime.from_pretrained(tmp_path, quantization="int8")
+
+
+def test_a_gpt2_with_its_tied_head_loads_quantized_and_stays_close_to_fp32(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    transformers.GPT2LMHeadModel(config).eval().save_pretrained(tmp_path)
+    ids = random_ids(300, 2, 9)
+    want = runtime.from_pretrained(tmp_path)(ids).logits
+    model = runtime.from_pretrained(tmp_path, quantization={"bits": 8, "modules_to_not_convert": []})
+    assert model.load_report["quantized"]["lm_head"] == "lm_head"
+    assert isinstance(model.net.h[1].mlp.c_fc, QuantLinear)
+    cos = torch.nn.functional.cosine_similarity(model(ids).logits.flatten(1), want.flatten(1), dim=-1).min()
+    assert cos >= 0.999, cos

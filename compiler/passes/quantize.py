@@ -68,7 +68,7 @@ def module_paths(ir: ModelIR) -> dict[tuple[str, str], list[str]]:
     out: dict[tuple[str, str], list[str]] = {}
     for t in model_tensors(ir):
         p = ir.blocks[t.block].params[t.param]
-        prefix = t.name[: len(t.name) - len(t.name.rsplit(".", 1)[1]) - 1 - len(p.name)]
+        prefix = t.name.removesuffix(f"{p.name}.{t.name.rsplit('.', 1)[1]}")     # "layers.{i}.attn."
         path = prefix + (p.fused_into or p.name)
         key = (t.block, p.fused_into or p.name)
         if path not in out.setdefault(key, []):
