@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from runtime.quant.cpu import matmul as cpu_matmul
-from runtime.quant.schemes import Scheme, dequantize, quantize
+from runtime.quant.config import Scheme
+from runtime.quant.schemes import dequantize, quantize
 
 
 class _Quantized(nn.Module):

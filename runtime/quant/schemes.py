@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from runtime.quant.config import INT4_GROUPS, Scheme  # noqa: F401  (Scheme: the stored format described above)
+from runtime.quant.config import Scheme
 
 FP16_MAX = 65504.0
 
