@@ -16,6 +16,7 @@ from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
 from compiler.weight_rules import param_tensors, shared_tensors
 from compiler.ops.registry import EmitCtx
+from compiler.passes.quantize import quant_note
 from compiler.printer import (LAYER_INDEX, class_name, comment, const_value, docstring, literal, locs, py,
                               shapes, spec_text, value_names, with_comment)
 from runtime.expr import Expr
@@ -171,7 +172,8 @@ class _Emitter:
                                                     {k: const_value(v) for k, v in values.items()})
             if p.when:
                 src = f"{src} if {condition(p.when)} else None"     # absent where its `when` does not hold
-            lines.append(with_comment(f"        self.{p.name} = {src}", str(p.loc)) if p.loc.line else f"        self.{p.name} = {src}")
+            note = "; ".join(n for n in (str(p.loc) if p.loc.line else None, quant_note(p, self.ir)) if n)
+            lines.append(with_comment(f"        self.{p.name} = {src}", note) if note else f"        self.{p.name} = {src}")
         return lines
 
     def tie_lines(self, block: Block, cls: str, inherited: bool = False) -> list[str]:

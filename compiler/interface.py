@@ -8,6 +8,7 @@ Config entries, checks, weight rules, the model's tensors, the heads and the run
 from __future__ import annotations
 
 from compiler.ir import ModelIR
+from compiler.passes.quantize import quantized_params
 from compiler.weight_rules import model_tensors
 from runtime.expr import Expr
 from runtime.interface import FORMAT
@@ -28,6 +29,9 @@ def build_interface(ir: ModelIR, source: str) -> dict:
                          "outputs": [ir.blocks[h.block].values[o].name for o in ir.blocks[h.block].outputs]}
                   for name, h in ir.heads.items()},
         "contract": ir.contract.to_json(),
+        # the quantize pass (--quant): the loader quantizes these modules (runtime/quant/convert.py)
+        "quantization": None if ir.quantization is None else {"config": ir.quantization,
+                                                               "params": quantized_params(ir)},
     }
 
 

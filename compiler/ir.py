@@ -13,6 +13,8 @@ Invariants, checked by `compiler.verify.verify` after every pass in the test sui
   before it is used in `order()`; edges mirror the operands exactly;
 - every node's operand types agree with its op's shape rule, and its output types are the rule's;
 - every param is used by a node (a fused param's members through the fused param);
+- a param marked quantized is read only through op fields that declare it quantizable, in its
+  role's way (`OpDef.quantizable`); a fused param and its members carry one mark;
 - a region node's members are not in the block graph; its inputs are exactly the values its
   members read from outside, its outputs the member values read after it or returned;
 - the block graph is acyclic, so regions never depend on each other in a cycle;
@@ -118,6 +120,7 @@ class Param:
     members: list[str] = field(default_factory=list)   # fused_linear: the params it concatenates
     fused_into: str | None = None    # a member of a fused param: that param
     when: tuple = ()                 # conjuncts (Exprs): the param exists only where all hold
+    quant: str | None = None         # the quantize pass: stored quantized, in this role (linear | lm_head | embedding)
 
 
 @dataclass
@@ -257,6 +260,7 @@ class ModelIR:
     fused: bool = False                                       # the fusion pass ran
     contract: Any = None                                      # compiler.contract.Contract
     parallel: Any = None                                      # compiler.parallel.ParallelPlan (--tp)
+    quantization: dict | None = None                          # the quantize pass's config (--quant), as a dict
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -24,6 +24,7 @@ from compiler.interface import build_interface
 from compiler.ir import ModelIR
 from compiler.parallel import explain_parallel, plan_json
 from compiler.passes import run_pipeline
+from compiler.passes.quantize import quantized_params
 from compiler.report import explain, fusion_manifest
 from compiler.spec import Spec, load_spec
 from compiler.symbolic import canonical
@@ -126,6 +127,8 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
         # values cut before the model's per-position tail (a forward may compute its last positions only)
         "keep_positions": ir.keep_positions,
     }
+    if ir.quantization is not None:     # the quantize pass: module path template -> role
+        manifest["quantized"] = quantized_params(ir)
     if ir.parallel is not None:     # the plan itself is parallel.json; its report parallel.txt
         manifest["tensor_parallel"] = {"ranks": int(options["tp"]), "split": len(ir.parallel.split),
                                        "collectives": len(ir.parallel.collectives)}

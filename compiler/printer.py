@@ -112,6 +112,9 @@ def dump_block(ir: ModelIR, block: Block) -> str:
     sig = ", ".join(f"{v}: {block.values[v].type}" for v in block.inputs)
     head = {"model": "model", "head": "head", "block": "block"}[block.role]
     lines = [f"{head} {block.name}({sig}):"]
+    quantized = [f"{p.name} ({p.quant})" for p in block.params.values() if p.quant is not None]
+    if quantized:
+        lines.append(f"  # quantized: {', '.join(quantized)}")
     for node in block.order():
         if node.op == REGION:
             r = node.region

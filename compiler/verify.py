@@ -67,7 +67,7 @@ def _block_problems(ir: ModelIR, block: Block) -> list[str]:
             continue
         if name not in used_params:
             out.append(f"param '{name}' is used by no node")
-    return out
+    return out + _quant_problems(block)
 
 
 def _condition_problems(block: Block, node: Node, exists_when: dict[str, tuple]) -> list[str]:
@@ -170,4 +170,27 @@ def _call_problems(ir: ModelIR, block: Block, node: Node) -> list[str]:
         carried = [callee.values[o].name for o in callee.outputs]
         if not set(carried) <= names:
             out.append(f"{node.id} (repeat {p.block}): outputs {carried} do not all feed an input of the same name")
+    return out
+
+
+def _quant_problems(block: Block) -> list[str]:
+    """The IR invariant for marks (compiler/ir.py): each read of a marked param is quantizable in
+    its role's way; a fused param and its members agree."""
+    out = []
+    for node in block.ops():
+        op = OPS.get(node.op)
+        for field, name in node.params.items():
+            p = block.params.get(name)
+            if p is None or p.quant is None:
+                continue
+            how = op.quantizable.get(field) if op else None
+            want = "linear" if p.quant == "lm_head" else p.quant
+            if how is None or how[0] != want:
+                out.append(f"{node.id} ({node.op}) reads param '{name}', marked quantized as {p.quant}, through "
+                           f"'{field}', which does not read it that way")
+    for p in block.params.values():
+        if p.kind == "fused_linear":
+            marks = {block.params[m].quant for m in p.members}
+            if marks != {p.quant}:
+                out.append(f"fused param '{p.name}' is marked {p.quant} but its members {sorted(map(str, marks))}")
     return out

@@ -13,6 +13,7 @@ from typing import Any
 
 from runtime.errors import ArtifactError
 from runtime.expr import Expr, ExprError, parse_expr
+from runtime.quant.config import ROLES, QuantConfig
 
 FORMAT = 2
 INTERFACE = "interface.json"
@@ -97,6 +98,14 @@ class Contract:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """What the compiler's quantize pass decided: the config, and each quantized param's module path
+    template (`layers.{i}.attn.qkv_proj`) with its role (linear | lm_head | embedding)."""
+    config: QuantConfig
+    params: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Interface:
     name: str
     doc: str
@@ -110,6 +119,7 @@ class Interface:
     tensors: tuple[TensorRecord, ...]
     heads: dict[str, Head]
     contract: Contract
+    quantization: Quantization | None = None
 
     def head_for(self, architectures) -> str | None:
         """The head a config.json's `architectures` names, or None."""
@@ -157,6 +167,7 @@ def parse_interface(data: Any, file: str = INTERFACE) -> Interface:
         tensors=tuple(r.tensor(x, f"tensors[{i}]") for i, x in enumerate(r.get(top, "tensors", list, ""))),
         heads=heads,
         contract=r.contract(r.get(top, "contract", dict, "")),
+        quantization=r.quantization(r.get(top, "quantization", dict, "", optional=True, nullable=True)),
     )
 
 
@@ -223,6 +234,19 @@ class _Reader:
                 self.fail(f"{where}.default", f"expected {{\"expr\": text}} or {{\"value\": literal}}, got {default!r}")
         return ConfigEntry(name, self.strings(self.get(x, "hf", list, where), f"{where}.hf"), kind, value,
                            has_default, self.get(x, "doc", str, where, optional=True) or "")
+
+    def quantization(self, q) -> Quantization | None:
+        if q is None:
+            return None
+        try:
+            config = QuantConfig.from_dict(self.get(q, "config", dict, "quantization"), f"{self.file}: quantization.config")
+        except ValueError as err:
+            raise ArtifactError(str(err)) from None
+        params = self.mapping(self.get(q, "params", dict, "quantization"), "quantization.params")
+        for path, role in params.items():
+            if role not in ROLES:
+                self.fail(f"quantization.params.{path}", f"expected one of {', '.join(ROLES)}, got {role!r}")
+        return Quantization(config, dict(params))
 
     def transform(self, t, where: str):
         if t == "transpose":

@@ -90,6 +90,9 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     unless `init_new_head=True`: then its params are newly initialised, listed by name in
     `model.load_report["newly_initialized"]`, and a warning says so.
 
+    An artifact compiled with quantization (`graphspec compile --quant`) comes back with the params
+    it marks quantized from the checkpoint's float weights (`model.load_report["quantized"]`).
+
     tp_plan="auto": tensor parallelism over the process group (torchrun's environment; runtime/parallel)
     by the plan the compiler derived (an artifact compiled with --tp): each rank reads only its slices
     of the checkpoint, a CUDA device becomes the rank's own GPU, and outputs are the whole model's.
@@ -143,6 +146,8 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     if parallel is not None:
         model.group = parallel.group
         report["tensor_parallel"] = parallel.report()
+    if interface.quantization is not None:
+        _quantize(model)
     labels = hf.get("id2label")
     if isinstance(labels, dict):
         model.id2label = {int(k): v for k, v in labels.items()}
@@ -164,4 +169,13 @@ def init_random(artifact: str | Path, hf: dict, dtype=None, seed: int = 0, devic
         p.requires_grad_(False)
     model = CompiledModel(net, config, art.interface, art.manifest, torch_dtype, device, {"initialised": "random"})
     model.generation_config = GenerationConfig.from_model_config(hf, source="the given config")
+    if art.interface.quantization is not None:
+        _quantize(model)
     return model
+
+
+def _quantize(model: CompiledModel) -> None:
+    """The modules the compiler marked (interface.json `quantization`) swapped for quantized ones,
+    from the float weights just loaded."""
+    from runtime.quant.convert import quantize_model     # the quantized kernels: only where they run
+    quantize_model(model)

@@ -79,17 +79,35 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
 
 def from_pretrained(name_or_path: str | Path, dtype=None, device="cpu", spec: str | Path | None = None,
                     strict: bool = True, head: str | None = None, init_new_head: bool = False,
-                    tp_plan: str | None = None):
+                    tp_plan: str | None = None, quantization=None):
     """Read config.json, pick the spec that recognises it, compile it (cached) and load the weights
     (with `head`, or the head config.json's architectures names; see `runtime.load`). tp_plan="auto"
     compiles the spec with its tensor-parallel plan for the process group's ranks (under torchrun)
-    and loads this rank's share (runtime/parallel)."""
+    and loads this rank's share (runtime/parallel).
+
+    quantization: "int8", "int4", a quantization_config dict or a runtime.quant.QuantConfig: the spec
+    is compiled with its quantize pass and the marked linears are quantized as they load (the LM
+    head stays in float unless `modules_to_not_convert` leaves "lm_head" out; runtime/quant/config.py).
+    A folder written by runtime.quant.save_quantized (config.json's quantization_config) loads its
+    stored quantized tensors as they are, without quantizing again."""
     from compiler.pipeline import compile_spec
     from runtime.loader import load
+    from runtime.quant.config import QUANT_METHOD, QuantConfig
     folder = resolve_checkpoint(name_or_path)
     hf = read_config_json(folder)
     spec_path = Path(spec) if spec else find_spec(hf)
     options = {}
+    saved = hf.get("quantization_config")
+    if isinstance(saved, dict) and saved.get("quant_method") == QUANT_METHOD:
+        stored = QuantConfig.from_dict(saved, f"{folder / 'config.json'}: quantization_config")
+        if quantization is not None and QuantConfig.parse(quantization) != stored:
+            raise ValueError(f"{folder}: the checkpoint is already quantized ({stored.to_dict()}); "
+                             f"quantization={quantization!r} asks for another format")
+        from runtime.quant.io import load_quantized
+        return load_quantized(folder, compile_spec(spec_path, options={"quant": stored.to_dict()}).directory,
+                              device=device)
+    if quantization is not None:
+        options["quant"] = QuantConfig.parse(quantization).to_dict()
     if tp_plan is not None:
         from runtime.parallel import process_group
         options["tp"] = process_group(device)[2]

@@ -110,8 +110,9 @@ def test_the_pipeline_runs_its_passes_in_order_and_stops_where_asked():
     seen = []
     run_pipeline(load_spec(LLAMA), after=lambda name, ir: seen.append(name))
     assert seen == enabled() and "shard" not in seen          # tensor parallelism only when asked (--tp)
+    assert "quantize" not in seen                              # quantization only when asked (--quant)
     seen.clear()
-    run_pipeline(load_spec(LLAMA), {"tp": 2}, after=lambda name, ir: seen.append(name))
+    run_pipeline(load_spec(LLAMA), {"tp": 2, "quant": "int8"}, after=lambda name, ir: seen.append(name))
     assert seen == NAMES
     seen.clear()
     run_pipeline(load_spec(LLAMA), {"fuse": False}, after=lambda name, ir: seen.append(name))

@@ -1,9 +1,14 @@
 """The real all-MiniLM-L6-v2 quantized: sentence embeddings against the fp32 model's.
 
-int8 meets the issue's target (cosine >= 0.999). Round-to-nearest int4 gives ~0.95 (g32
-symmetric) to ~0.97 (g32 with zero points) on this small model, below the issue's 0.99: errors
-are spread over every layer and kind of linear (no single module holds them), so reaching 0.99
-needs error-compensating quantization (GPTQ/AWQ with calibration data), not a kernel change.
+int8 meets the issue's target (cosine >= 0.999). Round-to-nearest int4 gives 0.950 (g32
+symmetric) to 0.969 (g32 with zero points) on this small model, below the issue's 0.99. Measured
+(g32 with zero points) keeping one thing in float: any one layer 0.969-0.980 (the last helps most);
+the attention's fused query/key/value projection of every layer 0.984 (a quarter of the linear
+weights), the output projection 0.972, the MLP's up 0.978, its down 0.972; the query/key/value
+projection and the last layer 0.989; the query/key/value projection and the MLP's up 0.9925 (more than
+half the linear weights). Searching each group's clipping range for the least squared error gives
+0.974 (from 0.969). Reaching 0.99 with every linear in 4 bits needs error-compensating quantization
+(GPTQ/AWQ with calibration data), not a kernel change.
 """
 import pytest
 import torch
@@ -32,6 +37,8 @@ def fp32(inputs):
     ({"bits": 8, "quantize_embedding": True}, 0.999),
     ("int4", 0.94),                                         # measured 0.950
     ({"bits": 4, "group_size": 32, "sym": False}, 0.96),    # measured 0.969
+    ({"bits": 4, "group_size": 32, "sym": False, "modules_to_not_convert": ["layers.*.attn.query_key_value"]},
+     0.98),                                                 # measured 0.984
 ])
 def test_quantized_minilm_sentence_embeddings_agree_with_fp32(inputs, fp32, scheme, min_cos):
     model = quantize_model(runtime.from_pretrained(FOLDER), scheme)

@@ -2,12 +2,17 @@
 tied tables quantized once, decode consistent with prefill, and quantized checkpoints saved and
 reloaded without quantizing again.
 
-Accuracy: int8 meets the issue's targets (logits cosine >= 0.999). Round-to-nearest int4 does not
-reach 0.99 on random models whose every layer carries as much signal as the residual stream: with
-~10% relative weight error per linear, four layers give a logits cosine of ~0.96 (g32 symmetric)
-to ~0.975 (g32 with zero points), 12 layers of 768 ~0.92-0.94. The int4 tests hold that level,
-which a wrong kernel or packing (cosine ~0) falls far below. Top-1 agreement is low on any random
-model: its logits are nearly flat.
+Accuracy: int8 meets the issue's targets (logits cosine >= 0.999). int4 does not reach 0.99 on
+random models whose weights are Gaussian (Transformers' init): 16 levels leave 8-10% relative
+error per weight (g32 with zero points: 8.1%, symmetric 9.7%; searching each group's clipping range
+for the least squared error only reaches 7.8%, and no 4-bit scalar code does much better on
+Gaussian values), and every linear of every layer adds its share. Measured on the 4-layer model
+below, LM head in float (the default): g32 symmetric 0.967, g32 with zero points 0.978, g64 0.977,
+g128 0.966; keeping the first layer in float too (`modules_to_not_convert: [lm_head, layers.0.*]`,
+the most sensitive one here: its errors pass through every later layer) 0.9875 with zero points.
+Quantizing the LM head too costs ~0.004. The int4 tests hold those levels, which a wrong kernel or
+packing (cosine ~0) falls far below. Top-1 agreement is low on any random model: its logits are
+nearly flat.
 """
 from __future__ import annotations
 
@@ -59,10 +64,13 @@ def agreement(got, want):
 
 
 @pytest.mark.parametrize("scheme, min_cos, min_top1", [
-    ("int8", 0.999, 0.95),                                          # measured 0.99984, 0.979
-    ("int4", 0.95, 0.3),                                            # measured 0.963, 0.44
-    ({"bits": 4, "group_size": 32, "sym": False}, 0.965, 0.3),      # measured 0.975, 0.48
-    ({"bits": 4, "group_size": 128, "sym": False}, 0.95, 0.25),     # measured 0.961, 0.32
+    ("int8", 0.999, 0.95),                                          # measured 0.99986
+    ("int4", 0.96, 0.35),                                           # measured 0.967, 0.42
+    ({"bits": 4, "group_size": 32, "sym": False}, 0.97, 0.4),       # measured 0.978, 0.51
+    ({"bits": 4, "group_size": 128, "sym": False}, 0.96, 0.3),      # measured 0.966, 0.33
+    ({"bits": 4, "group_size": 32, "sym": False, "modules_to_not_convert": ["lm_head", "layers.0.*"]},
+     0.985, 0.55),                                                  # measured 0.9875, 0.67
+    ({"bits": 4, "modules_to_not_convert": []}, 0.955, 0.35),       # the LM head too: measured 0.963, 0.44
 ])
 def test_quantized_logits_agree_with_fp32_on_a_transformers_initialised_llama(checkpoint, fp32_logits, scheme,
                                                                                min_cos, min_top1):
@@ -79,17 +87,19 @@ def test_bf16_model_quantized_to_int8_stays_within_bf16_of_fp32(checkpoint, fp32
     assert cos >= 0.999
 
 
-def test_every_linear_and_the_lm_head_are_quantized_and_the_embedding_on_request(checkpoint):
+def test_every_linear_is_quantized_the_lm_head_when_not_skipped_and_the_embedding_on_request(checkpoint):
     model = quantize_model(runtime.from_pretrained(checkpoint), "int4")
     kinds = model.load_report["quantized"]
-    assert kinds["lm_head"] == "lm_head" and "embed" not in kinds
-    assert sum(k == "linear" for k in kinds.values()) == 4 * 4          # qkv, o, gate_up, down per layer
-    assert all(isinstance(m, QuantLinear) for m in (model.net.lm_head, model.net.layers[3].mlp.down_proj))
+    assert set(kinds.values()) == {"linear"} and len(kinds) == 4 * 4      # qkv, o, gate_up, down per layer
+    assert isinstance(model.net.layers[3].mlp.down_proj, QuantLinear) and not isinstance(model.net.lm_head, QuantLinear)
     assert model.quantization_config["bits"] == 4
 
-    kept = quantize_model(runtime.from_pretrained(checkpoint), {"bits": 8, "quantize_lm_head": False,
-                                                                 "quantize_embedding": True,
-                                                                 "modules_to_not_convert": ["layers.0.*"]})
+    everything = quantize_model(runtime.from_pretrained(checkpoint), {"bits": 4, "modules_to_not_convert": []})
+    assert everything.load_report["quantized"]["lm_head"] == "lm_head"
+    assert isinstance(everything.net.lm_head, QuantLinear)
+
+    kept = quantize_model(runtime.from_pretrained(checkpoint), {"bits": 8, "quantize_embedding": True,
+                                                                 "modules_to_not_convert": ["lm_head", "layers.0.*"]})
     kinds = kept.load_report["quantized"]
     assert "lm_head" not in kinds and kinds["embed"] == "embedding"
     assert not any(p.startswith("layers.0.") for p in kinds) and "layers.1.attn.qkv_proj" in kinds
@@ -97,7 +107,8 @@ def test_every_linear_and_the_lm_head_are_quantized_and_the_embedding_on_request
 
 
 def test_a_tied_embedding_and_lm_head_share_one_quantized_table(tied_checkpoint):
-    model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 8, "quantize_embedding": True})
+    model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 8, "quantize_embedding": True,
+                                                                      "modules_to_not_convert": []})
     assert model.net.lm_head.qweight is model.net.embed.qweight
     assert model.net.lm_head.scales is model.net.embed.scales
     ids = random_ids(1000, 1, 5)
@@ -120,7 +131,8 @@ def artifact():
     return compile_spec("specs/llama.yaml").directory
 
 
-@pytest.mark.parametrize("scheme", ["int8", {"bits": 4, "group_size": 64, "sym": False, "quantize_embedding": True}])
+@pytest.mark.parametrize("scheme", ["int8", {"bits": 4, "group_size": 64, "sym": False, "quantize_embedding": True,
+                                              "modules_to_not_convert": []}])
 def test_a_saved_quantized_model_reloads_with_the_same_logits_without_quantizing(tied_checkpoint, artifact, tmp_path,
                                                                                   monkeypatch, scheme):
     model = quantize_model(runtime.from_pretrained(tied_checkpoint), scheme)
@@ -139,7 +151,8 @@ def test_a_saved_quantized_model_reloads_with_the_same_logits_without_quantizing
 
 def test_a_saved_quantized_checkpoint_names_its_scheme_and_stores_shared_tables_once(tied_checkpoint, tmp_path):
     from runtime.safetensors_io import SafetensorsFile
-    model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 4, "quantize_embedding": True})
+    model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 4, "quantize_embedding": True,
+                                                                      "modules_to_not_convert": []})
     save_quantized(model, tmp_path)
     file = SafetensorsFile(tmp_path / "model.safetensors")
     assert file.metadata["format"] == "graphspec-quantized"
@@ -163,7 +176,7 @@ def _rewrite(path, edit_tensors=None, edit_metadata=None):
 
 @pytest.fixture
 def saved(checkpoint, tmp_path):
-    save_quantized(quantize_model(runtime.from_pretrained(checkpoint), "int8"), tmp_path)
+    save_quantized(quantize_model(runtime.from_pretrained(checkpoint), {"bits": 8, "modules_to_not_convert": []}), tmp_path)
     return tmp_path
 
 
@@ -196,5 +209,5 @@ def test_saving_a_model_that_is_not_quantized_is_refused(checkpoint, tmp_path):
 
 def test_the_plan_names_the_output_embedding_by_shape_not_by_name(checkpoint):
     model = runtime.from_pretrained(checkpoint)
-    plan = convert.plan(model.net, convert.QuantConfig.parse("int8"))
+    plan = convert.plan(model.net, convert.QuantConfig.parse({"bits": 8, "modules_to_not_convert": []}))
     assert [p for p, k in plan.items() if k == "lm_head"] == ["lm_head"]

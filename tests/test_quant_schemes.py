@@ -28,7 +28,7 @@ def test_int4_packing_puts_even_columns_in_the_low_nibble():
 def test_stored_tensors_have_the_documented_shapes_and_dtypes(scheme):
     stored = quantize(weight(), scheme)
     want = scheme.packed_shapes(48, 256)
-    assert {n: (tuple(t.shape), t.dtype) for n, t in stored.items()} == want
+    assert {n: (tuple(t.shape), t.dtype) for n, t in stored.items()} == {n: (s, getattr(torch, d)) for n, (s, d) in want.items()}
 
 
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
@@ -115,6 +115,15 @@ def test_quantization_config_round_trips_through_its_transformers_style_dict():
     assert QuantConfig.parse("int8").to_dict()["group_size"] is None
 
 
+def test_the_output_embedding_stays_in_float_unless_the_skip_list_is_emptied():
+    default = QuantConfig.parse("int4")
+    assert default.skip == ("lm_head",) and default.to_dict()["modules_to_not_convert"] == ["lm_head"]
+    assert default.skipped("output", "lm_head") and not default.skipped("layers.0.mlp.up", "linear")
+    everything = QuantConfig.parse({"bits": 4, "modules_to_not_convert": []})
+    assert not everything.skipped("lm_head", "lm_head")
+    assert QuantConfig.parse({"bits": 8, "modules_to_not_convert": ["layers.0.*"]}).skipped("layers.0.attn.o", "linear")
+
+
 @pytest.mark.parametrize("data, message", [
     ({"bits": 3}, "'bits' must be 8 or 4"),
     ({"bits": 4, "group_size": 48}, "'group_size' must be one of"),
@@ -122,7 +131,7 @@ def test_quantization_config_round_trips_through_its_transformers_style_dict():
     ({"bits": 8, "sym": False}, "8 bits is symmetric only"),
     ({"bits": 4, "desc_act": True}, "unknown key\\(s\\) 'desc_act'"),
     ({"bits": 4, "quant_method": "gptq"}, "quant_method 'gptq' is not 'graphspec'"),
-    ({"bits": 4, "quantize_lm_head": "yes"}, "'quantize_lm_head' must be true or false"),
+    ({"bits": 4, "quantize_embedding": "yes"}, "'quantize_embedding' must be true or false"),
     ({"bits": 4, "modules_to_not_convert": "lm_head"}, "'modules_to_not_convert' must be a list"),
 ])
 def test_a_bad_quantization_config_names_the_key(data, message):

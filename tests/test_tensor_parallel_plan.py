@@ -28,10 +28,10 @@ def split_of(p) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
-def test_every_pass_of_every_spec_with_tp_leaves_a_valid_ir(path):
+def test_every_pass_of_every_spec_with_tp_and_quant_leaves_a_valid_ir(path):
     seen = []
-    run_pipeline(load_spec(path), {"tp": 2}, after=lambda name, ir: (verify(ir, after=name), seen.append(name)),
-                 verify=False)
+    run_pipeline(load_spec(path), {"tp": 2, "quant": "int8"},
+                 after=lambda name, ir: (verify(ir, after=name), seen.append(name)), verify=False)
     assert seen == NAMES
 
 

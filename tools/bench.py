@@ -9,7 +9,10 @@ layout), interleaved run by run, medians. Per precision (fp32, bf16, int8, int4)
     gguf are installed) and CTranslate2 (float32 / bfloat16 / int8, when installed);
   - decode against the weight-streaming bound (read bandwidth / bytes one token reads), and the
     decode step split into its matmuls and the rest;
-  - int8 / int4: logits cosine and top-1 agreement with fp32.
+  - int8 / int4: logits cosine and top-1 agreement with fp32;
+  - the decode step's fixed overhead (Python, dispatch, small allocations): ms per step of a model of
+    the same depth and heads whose matmuls cost next to nothing (hidden 96), against Transformers'
+    (`--step-overhead` runs only this, in under a minute).
 Also cold and warm compile, and load time and peak RSS in a child process (fp32, bf16). Takes about
 ten minutes; never part of the test suite. Transformers and the peers are imported only here.
 """
@@ -210,6 +213,36 @@ def decode_breakdown(model, prompt, new_tokens: int) -> dict:
     return {"step_ms": total / new_tokens * 1e3, "linears_ms": linears / new_tokens * 1e3}
 
 
+TINY = {**SHAPE, "vocab_size": 512, "hidden_size": 96, "intermediate_size": 128}
+
+
+def step_overhead(workdir: Path, new_tokens: int, repeat: int) -> dict:
+    """ms per greedy decode step of a model shaped like the bench's in depth and heads but with
+    weights too small to cost anything (`TINY`): what every step pays besides reading weights."""
+    import transformers
+
+    import runtime
+    folder = workdir / "tiny"
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY)).save_pretrained(folder, safe_serialization=True)
+    ours = runtime.from_pretrained(folder)
+    sdpa = transformers.LlamaForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
+    prompt = torch.randint(3, TINY["vocab_size"], (1, 32), generator=torch.Generator().manual_seed(2))
+    steps = {"graphspec": lambda: ours.generate(prompt, max_new_tokens=new_tokens, eos_token_id=None),
+             "sdpa": lambda: sdpa.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                           do_sample=False)}
+    times, _ = interleaved(steps, repeat)
+    return {name: t / new_tokens * 1e3 for name, t in times.items()}
+
+
+def report_overhead(ms: dict) -> None:
+    print(f"decode step overhead ({TINY['num_hidden_layers']} layers, {TINY['num_attention_heads']}/"
+          f"{TINY['num_key_value_heads']} heads, hidden {TINY['hidden_size']}: matmuls next to free), ms per step:")
+    for name, t in ms.items():
+        ratio = "" if name == "graphspec" else f"   graphspec is {t / ms['graphspec']:.2f}x"
+        print(f"  {name:<22} {t:8.2f} ms{ratio}")
+
+
 def agreement(got: torch.Tensor, want: torch.Tensor) -> dict:
     cos = torch.nn.functional.cosine_similarity(got.double().flatten(1), want.double().flatten(1), dim=-1).min()
     return {"cos": float(cos), "top1": float((got.argmax(-1) == want.argmax(-1)).float().mean())}
@@ -255,7 +288,7 @@ def run(args) -> None:
 
     import runtime
     from compiler.pipeline import compile_spec
-    from runtime.quant import quantize_model
+    from runtime.quant import QuantConfig
     torch.set_num_threads(args.threads or torch.get_num_threads())
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {threads}, "
@@ -273,6 +306,7 @@ def run(args) -> None:
     bw = bandwidth_gbs()
     print(f"memory bandwidth (read): {bw:.1f} GB/s")
     artifact = compile_spec(SPEC).directory
+    report_overhead(step_overhead(workdir, args.new_tokens, args.decode_repeat))
     peers = peers_for(args, folder, workdir)
 
     gen = torch.Generator().manual_seed(1)
@@ -285,10 +319,14 @@ def run(args) -> None:
         res = {"precision": precision}
         if scheme is None and args.load_probe:
             res["load"] = probe_load(folder, dtype_name)
-        ours = runtime.load(artifact, folder, dtype=dtype)
-        if scheme is not None:
+        if scheme is None:
+            ours = runtime.load(artifact, folder, dtype=dtype)
+        else:
+            # the quantize pass marks the linears, the loader quantizes them; the LM head too, as
+            # llama.cpp's q8_0 / q4_0 files store theirs quantized (q6_K for q4_0)
             start = time.perf_counter()
-            quantize_model(ours, scheme)
+            config = {**QuantConfig.parse(scheme).to_dict(), "modules_to_not_convert": []}
+            ours = runtime.load(compile_spec(SPEC, options={"quant": config}).directory, folder, dtype=dtype)
             res["quantize_s"] = time.perf_counter() - start
         engines = {"graphspec": ours}
         if scheme is None:
@@ -382,7 +420,7 @@ def rate_rows(times: dict, tokens: int, unit: str = "tok/s") -> None:
 
 
 def report(res: dict, args) -> None:
-    print(f"\n== {res['precision']} ==" + (f" (quantized in {res['quantize_s']:.1f} s)" if "quantize_s" in res else ""))
+    print(f"\n== {res['precision']} ==" + (f" (compiled with --quant, loaded and quantized in {res['quantize_s']:.1f} s)" if "quantize_s" in res else ""))
     tok = args.prefill
     if "prefill" in res:
         print(f"prefill 1x{tok}, all logits (tokens/s, median of {args.repeat}):")
@@ -457,6 +495,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-load-probe", dest="load_probe", action="store_false")
     p.add_argument("--probe-load", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
+    p.add_argument("--step-overhead", action="store_true",
+                   help="only time the decode step's fixed overhead (a model whose matmuls cost next to nothing)")
     p.add_argument("--artifact-swap", action="store_true",
                    help="only time the ways of swapping an artifact directory atomically")
     args = p.parse_args(argv)
@@ -466,6 +506,11 @@ def main(argv=None) -> int:
         return 0
     if args.probe_load:
         load_probe(args.probe_load, args.dtype)
+        return 0
+    if args.step_overhead:
+        torch.set_num_threads(args.threads or torch.get_num_threads())
+        report_overhead(step_overhead(Path(tempfile.mkdtemp(prefix="graphspec-bench-")), args.new_tokens,
+                                      args.decode_repeat))
         return 0
     run(args)
     return 0

@@ -6,6 +6,7 @@ traceback)."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import traceback
@@ -15,7 +16,8 @@ from compiler.errors import SpecError
 
 # the compiler's pipeline, by name (compiler/passes/__init__.py NAMES); kept here as data so that
 # building the parser imports nothing heavy
-PASS_NAMES = ["lower", "check_names", "check_weight_rules", "fold_constants", "derive_contract", "shard", "defer_carried_ops",
+PASS_NAMES = ["lower", "check_names", "check_weight_rules", "fold_constants", "derive_contract", "shard", "quantize",
+              "defer_carried_ops",
               "keep_positions", "fuse",
               "check_expect_fused", "select_kernels"]
 
@@ -49,6 +51,8 @@ def _cmd_compile(args) -> int:
         options["aot"] = list(dict.fromkeys(targets))
     if args.tp:
         options["tp"] = args.tp
+    if args.quant:
+        options["quant"] = args.quant
     result = compile_spec(args.spec, args.output, options)
     m = result.manifest
     state = "cache hit (nothing rebuilt)" if result.cache_hit else "compiled"
@@ -63,6 +67,11 @@ def _cmd_compile(args) -> int:
                   f"{len(m.get('kernels', {}))} Triton kernels, {len(fusion['refused'])} refused (--explain)")
         else:
             print("  fusion: off (--no-fuse)")
+        if "quantized" in m:
+            q = m["options"]["quant"]
+            print(f"  quant:  {q['bits']} bits{'' if q['group_size'] is None else ', groups of ' + str(q['group_size'])}"
+                  f"{'' if q['sym'] else ', zero points'}: {', '.join(m['quantized']) or 'nothing'}; kept in float: "
+                  f"{', '.join(q['modules_to_not_convert']) or 'nothing'}")
         print("  params:")
         for name, formula in m["params"].items():
             print(f"    {name}: {formula}")
@@ -73,6 +82,15 @@ def _cmd_compile(args) -> int:
         if (result.directory / "parallel.txt").exists():
             print((result.directory / "parallel.txt").read_text(), end="")
     return 0
+
+
+def _quant(text: str) -> dict:
+    """--quant: int8, int4 or a quantization_config as JSON text, as the compile option (its dict)."""
+    from runtime.quant.config import QuantConfig
+    try:
+        return QuantConfig.parse(json.loads(text) if text.lstrip().startswith("{") else text).to_dict()
+    except (ValueError, TypeError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _ranks(text: str) -> int:
@@ -264,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-fuse", "-O0", action="store_true", help="compile without the fusion pass")
     p.add_argument("--tp", type=_ranks, metavar="N", help="derive a tensor-parallel plan (the shard pass) for N ranks; "
                    "--explain prints it, with every collective it inserts")
+    p.add_argument("--quant", type=_quant, metavar="SCHEME", help="the quantize pass: int8 (per channel), int4 "
+                   "(groups of 32) or a quantization_config as JSON ({\"bits\": 4, \"group_size\": 128, \"sym\": false, "
+                   "\"modules_to_not_convert\": [\"lm_head\", \"layers.0.*\"]}); the loader quantizes the marked linears")
     p.add_argument("--aot", metavar="TARGETS", help="also compile every Triton kernel ahead of time for these "
                    "GPU targets (e.g. sm_80,sm_90; fp32 and bf16) and record shared memory and warps in the manifest")
     p.set_defaults(func=_cmd_compile)

@@ -17,6 +17,7 @@ register(OpDef(
     name="linear", doc="x @ w.T + b over the last dimension", operands=("x",), params={"w": "linear"},
     infer=_linear_infer, emit=lambda e: f"{e.p('w')}({e['x']})", fusion="matmul", positionwise=True,
     shape_doc="x [..., in] -> [..., out] for a linear param [in, out]", example="q: {op: linear, x: h, w: q_proj}",
+    quantizable={"w": ("linear", "out")},
     parallel=lambda ranks, attrs: Parallel(dims={"x": {d: d for d in range(ranks["x"] - 1)}},
                                            param_out={("w", "out"): -1}, contracted={("w", "in"): ("x", -1)})))
 
@@ -31,6 +32,7 @@ register(OpDef(
     name="embedding", doc="rows of w picked by integer ids", operands=("ids",), params={"w": "embedding"},
     infer=_embedding_infer, emit=lambda e: f"{e.p('w')}({e['ids']})", fusion="opaque",
     shape_doc="int ids [...] -> [..., dim] for an embedding param [num, dim]", example="h: {op: embedding, ids: input_ids, w: embed}",
+    quantizable={"w": ("embedding", "num")},
     parallel=lambda ranks, attrs: Parallel(dims={"ids": {d: d for d in range(ranks["ids"])}},
                                            param_out={("w", "dim"): -1}, gathered={("w", "num"): "ids"},
                                            split_rows="embedding_shard")))

@@ -147,6 +147,10 @@ class OpDef:
     # attributes giving one. None: derived from the fusion kind (pointwise ops split along every dim
     # they broadcast over, row reductions along every dim but the last), else the op is never split.
     parallel: Parallel | Callable[[dict, dict], Parallel] | None = None
+    # Param field -> (role, the param dim counting its weight's rows) for a param whose weight this op
+    # reads in a way weight-only quantization keeps: role "linear" (x @ w.T, rows are output
+    # features) or "embedding" (rows picked by ids). The quantize pass marks such params.
+    quantizable: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def per_position(self, attrs: dict | None = None, rank: int = 0) -> bool:
         """Output position s depends on operand position s alone, for these attribute values

@@ -18,6 +18,7 @@ from compiler.passes.expect_fused import check_expect_fused
 from compiler.passes.fold import fold_constants
 from compiler.passes.fusion import fuse
 from compiler.passes.keep_positions import insert_keep_positions
+from compiler.passes.quantize import quantize
 from compiler.passes.kernels import select_kernels
 from compiler.passes.shard import shard
 from compiler.verify import verify as check
@@ -31,6 +32,7 @@ class Pass:
     doc: str
     needs: str | None = None       # the compile option that must be on for it to run (e.g. "fuse")
     default: bool = True           # whether that option is on when not given
+    takes_value: bool = False      # run(ir, value of the option): an option that is more than on/off
 
 
 def _raising(check: Callable[[ModelIR], list]) -> Callable[[ModelIR], None]:
@@ -50,6 +52,8 @@ PASSES = [
     Pass("derive_contract", derive_contract, "the runtime contract; each context op's model-level sequence"),
     Pass("shard", shard, "a tensor-parallel plan: split params, their collectives (--tp N)",
          needs="tp", default=False),
+    Pass("quantize", quantize, "params read only as weights of linears (embeddings) marked to be stored quantized "
+         "(--quant)", needs="quant", default=False, takes_value=True),
     Pass("defer_carried_ops", defer_carried_ops, "a layer's last op moves into the next layer, to fuse there",
          needs="fuse"),
     Pass("keep_positions", insert_keep_positions, "cut the model's per-position tail (logits_to_keep)"),
@@ -82,7 +86,7 @@ def run_pipeline(spec, options: dict | None = None, until: str | None = None,
     stages = [(LOWER, None)] + [(p.name, p) for p in PASSES if p.name in enabled(options)]
     for name, p in stages:
         if p is not None:
-            p.run(ir)
+            p.run(ir, options[p.needs]) if p.takes_value else p.run(ir)
         if verify:
             check(ir, after=name)
         if after is not None:

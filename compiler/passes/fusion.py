@@ -158,7 +158,7 @@ class _BlockFusion:
             first = self.block.params[names[0]]
             taken = set(self.block.params) | {p.name for p in self.fused_params.values()}
             fp = Param(fused_name(names, taken), "fused_linear", {"in": first.dims["in"]},
-                       {"bias": first.options.get("bias")}, first.loc, members=names)
+                       {"bias": first.options.get("bias")}, first.loc, members=names, quant=first.quant)
             key = f"proj:{fp.name}"
             for n in ok:
                 self.group[n.id] = key
@@ -177,6 +177,9 @@ class _BlockFusion:
             return f"'{p.name}' is tied to '{p.tied_to}': its storage cannot be concatenated"
         if p.when != p0.when:
             return f"'{p.name}' exists under other conditions than '{p0.name}'"
+        if p.quant != p0.quant:
+            return (f"'{p.name}' is {'quantized as ' + p.quant if p.quant else 'kept in float'}, '{p0.name}' "
+                    f"{'quantized as ' + p0.quant if p0.quant else 'kept in float'}: one matmul holds one format")
         if any(q.tied_to == p.name for q in self.block.params.values()):
             return f"another param is tied to '{p.name}'"
         uses = [n for n in self.nodes.values() if p.name in n.params.values()]

@@ -1,4 +1,5 @@
-"""What to quantize and how: `QuantConfig`, and its Transformers-style `quantization_config` dict.
+"""What to quantize and how: `Scheme` (a stored format), `QuantConfig` and its Transformers-style
+`quantization_config` dict. Pure Python (no torch): the compiler's quantize pass reads it too.
 
     QuantConfig.parse("int8")                  # per output channel, symmetric
     QuantConfig.parse("int4")                  # groups of 32, symmetric (the q4_0 layout of values)
@@ -6,28 +7,81 @@
 
 The dict form is what `to_dict()` writes (and a saved quantized checkpoint carries):
     {"quant_method": "graphspec", "bits": 4, "group_size": 32, "sym": true,
-     "quantize_lm_head": true, "quantize_embedding": false, "modules_to_not_convert": []}
-`modules_to_not_convert` holds module paths of the network (fnmatch patterns, `layers.*.attn.qkv_proj`).
-The LM head is the linear shaped like the largest embedding table (the output embedding, tied or not).
+     "quantize_embedding": false, "modules_to_not_convert": ["lm_head"]}
+`modules_to_not_convert` holds fnmatch patterns of module paths (`layers.*.attn.qkv_proj`,
+`layers.0.*`) or a role: `lm_head` names the model's output embedding (a linear whose outputs are
+the rows of the token embedding, tied or not) whatever its path. Left out, it is `["lm_head"]`, as in
+Transformers' quantizers, which keep the output embedding in float; `[]` quantizes it too.
 """
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
-from runtime.quant.schemes import INT4_GROUPS, Scheme
-
+INT4_GROUPS = (32, 64, 128)
 QUANT_METHOD = "graphspec"
+KEYS = ("quant_method", "bits", "group_size", "sym", "quantize_embedding", "modules_to_not_convert")
+# What a quantizable param is to the network (the compiler's quantize pass decides it from op capabilities)
+ROLES = ("linear", "lm_head", "embedding")
+DEFAULT_SKIP = ("lm_head",)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One weight-only quantization format (runtime/quant/schemes.py): `int8` (per output channel,
+    symmetric) or `int4` (group-wise, symmetric or with a zero point)."""
+
+    kind: str                   # "int8" | "int4"
+    group: int | None = None    # int4: columns per group
+    symmetric: bool = True
+
+    def __post_init__(self):
+        if self.kind == "int8":
+            if self.group is not None or not self.symmetric:
+                raise ValueError("int8 is per output channel and symmetric: it takes no group_size or zero point "
+                                 f"(got group_size={self.group}, symmetric={self.symmetric})")
+        elif self.kind == "int4":
+            if self.group not in INT4_GROUPS:
+                raise ValueError(f"int4 group_size must be one of {INT4_GROUPS}, got {self.group!r}")
+        else:
+            raise ValueError(f"quantization must be 'int8' or 'int4', got {self.kind!r}")
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.kind == "int8" else 4
+
+    @property
+    def name(self) -> str:
+        if self.kind == "int8":
+            return "int8"
+        return f"int4-g{self.group}-{'sym' if self.symmetric else 'asym'}"
+
+    def check_shape(self, shape: tuple[int, ...], what: str) -> None:
+        """A weight this scheme can hold: 2-D, and for int4 K a multiple of the group."""
+        if len(shape) != 2:
+            raise ValueError(f"{what}: a quantized weight must be 2-D [out, in], got shape {list(shape)}")
+        if self.kind == "int4" and shape[1] % self.group:
+            raise ValueError(f"{what}: {shape[1]} input features are not a multiple of the int4 group size "
+                             f"{self.group}; choose a group size that divides it (one of {INT4_GROUPS})")
+
+    def packed_shapes(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Name -> (shape, torch dtype name) of each stored tensor for an [n, k] weight."""
+        if self.kind == "int8":
+            return {"qweight": ((n, k), "int8"), "scales": ((n,), "float32")}
+        out = {"qweight": ((n, k // 2), "uint8"), "scales": ((n, k // self.group), "float16")}
+        if not self.symmetric:
+            out["zeros"] = ((n, k // self.group), "uint8")
+        return out
+
+
 SHORTHANDS = {"int8": Scheme("int8"), "int4": Scheme("int4", 32, True)}
-KEYS = ("quant_method", "bits", "group_size", "sym", "quantize_lm_head", "quantize_embedding",
-        "modules_to_not_convert")
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     scheme: Scheme
-    lm_head: bool = True                  # the output embedding: ~a fifth of a small model's weight bytes
     embedding: bool = False               # the input embedding: a lookup, so memory rather than speed
-    skip: tuple[str, ...] = field(default=())   # module path patterns left in float
+    skip: tuple[str, ...] = field(default=DEFAULT_SKIP)   # module path patterns or roles left in float
 
     @classmethod
     def parse(cls, value) -> "QuantConfig":
@@ -68,16 +122,24 @@ class QuantConfig:
             if group not in INT4_GROUPS or isinstance(group, bool):
                 raise ValueError(f"{where}: 'group_size' must be one of {INT4_GROUPS} for 4 bits, got {group!r}")
             scheme = Scheme("int4", group, sym)
-        skip = data.get("modules_to_not_convert") or []
-        if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
+        skip = data.get("modules_to_not_convert")
+        skip = DEFAULT_SKIP if skip is None else skip
+        if not isinstance(skip, (list, tuple)) or not all(isinstance(s, str) for s in skip):
             raise ValueError(f"{where}: 'modules_to_not_convert' must be a list of module path patterns, got {skip!r}")
-        return cls(scheme, _bool(data, "quantize_lm_head", True, where), _bool(data, "quantize_embedding", False, where),
-                   tuple(skip))
+        return cls(scheme, _bool(data, "quantize_embedding", False, where), tuple(skip))
 
     def to_dict(self) -> dict:
         return {"quant_method": QUANT_METHOD, "bits": self.scheme.bits, "group_size": self.scheme.group,
-                "sym": self.scheme.symmetric, "quantize_lm_head": self.lm_head,
-                "quantize_embedding": self.embedding, "modules_to_not_convert": list(self.skip)}
+                "sym": self.scheme.symmetric, "quantize_embedding": self.embedding,
+                "modules_to_not_convert": list(self.skip)}
+
+    def admits(self, role: str) -> bool:
+        """Whether params of this role are quantized at all (embeddings only on request)."""
+        return role != "embedding" or self.embedding
+
+    def skipped(self, path: str, role: str) -> bool:
+        """A module left in float: its path matches a pattern, or its role is named."""
+        return any(role == p or fnmatch.fnmatchcase(path, p) for p in self.skip)
 
 
 def _bool(data: dict, key: str, default: bool, where: str) -> bool:

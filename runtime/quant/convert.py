@@ -1,14 +1,20 @@
 """`quantize_model`: the linears (and optionally the embedding) of a loaded model swapped for their
-quantized forms, in place. Stands in for the IR pass that will rewrite linears at compile time."""
-from __future__ import annotations
+quantized forms, in place.
 
-import fnmatch
+Which modules: an artifact compiled with quantization (the compiler's quantize pass; `graphspec
+compile --quant`, `from_pretrained(..., quantization=...)`) lists its quantized params in
+interface.json with their roles, and only those are swapped. For an artifact compiled without it,
+the roles are read off the module types (every linear; the one shaped like the largest embedding
+table is the LM head). Either way, a module whose path or role the config's
+`modules_to_not_convert` names stays in float."""
+from __future__ import annotations
 
 from torch import nn
 
 from runtime.ops import FusedLinear, Linear
 from runtime.quant.config import QuantConfig
 from runtime.quant.linear import QuantEmbedding, QuantLinear
+from runtime.rules import Template
 
 LINEARS = (Linear, FusedLinear)
 
@@ -23,33 +29,54 @@ def _output_embeddings(net: nn.Module) -> set[str]:
     return {path for path, m in net.named_modules() if isinstance(m, LINEARS) and tuple(m.weight.shape) == tuple(vocab)}
 
 
-def plan(net: nn.Module, config: QuantConfig) -> dict[str, str]:
-    """Module path -> "linear" | "lm_head" | "embedding": what `quantize_model` will quantize."""
+def _roles_by_type(net: nn.Module) -> dict[str, str]:
     heads = _output_embeddings(net)
     out = {}
     for path, m in net.named_modules():
-        if any(fnmatch.fnmatchcase(path, pattern) for pattern in config.skip):
-            continue
         if isinstance(m, LINEARS):
-            kind = "lm_head" if path in heads else "linear"
-            if kind == "linear" or config.lm_head:
-                out[path] = kind
-        elif isinstance(m, nn.Embedding) and config.embedding:
+            out[path] = "lm_head" if path in heads else "linear"
+        elif isinstance(m, nn.Embedding):
             out[path] = "embedding"
     return out
 
 
-def quantize_model(model, config) -> "object":
+def _roles_marked(net: nn.Module, marked: dict[str, str]) -> dict[str, str]:
+    """Concrete module paths of the compiler's param templates (`layers.{i}.attn.qkv_proj`)."""
+    templates = [(Template(t), role) for t, role in marked.items()]
+    out = {}
+    for path, _ in net.named_modules():
+        role = next((r for t, r in templates if t.match(path) is not None), None)
+        if role is not None:
+            out[path] = role
+    return out
+
+
+def plan(net: nn.Module, config: QuantConfig, marked: dict[str, str] | None = None) -> dict[str, str]:
+    """Module path -> "linear" | "lm_head" | "embedding": what `quantize_model` will quantize.
+    `marked`: the compiler's param templates and roles (interface.json), or None to read roles off
+    the module types."""
+    roles = _roles_by_type(net) if marked is None else _roles_marked(net, marked)
+    return {path: role for path, role in roles.items() if config.admits(role) and not config.skipped(path, role)}
+
+
+def quantize_model(model, config=None) -> "object":
     """Quantize `model` (a CompiledModel) in place and return it.
 
-    `config`: "int8", "int4", a Transformers-style quantization_config dict or a QuantConfig.
-    Weights shared between modules (a tied embedding and LM head) are quantized once and shared.
-    The model gains `quantization` (the QuantConfig), `quantization_config` (its dict) and
-    `load_report["quantized"]` (module path -> linear | lm_head | embedding)."""
+    `config`: "int8", "int4", a Transformers-style quantization_config dict or a QuantConfig; None:
+    the one the artifact was compiled with. Weights shared between modules (a tied embedding and LM
+    head) are quantized once and shared. The model gains `quantization` (the QuantConfig),
+    `quantization_config` (its dict) and `load_report["quantized"]` (module path -> linear | lm_head |
+    embedding)."""
+    compiled = model.interface.quantization
+    if config is None:
+        if compiled is None:
+            raise ValueError(f"quantize_model: spec '{model.interface.name}' was compiled without quantization; "
+                             "pass a config ('int8', 'int4' or a quantization_config dict)")
+        config = compiled.config
     config = QuantConfig.parse(config)
     net = model.net
     done: dict[int, dict] = {}       # id(float weight) -> its quantized tensors
-    chosen = plan(net, config)
+    chosen = plan(net, config, None if compiled is None else compiled.params)
     for path, kind in chosen.items():
         module = net.get_submodule(path)
         shared = done.get(id(module.weight))

@@ -137,7 +137,8 @@ def _swap_shells(net: nn.Module, modules: dict, qconfig: QuantConfig, dtype: tor
 
 
 def _assign(net: nn.Module, file: SafetensorsFile, tied: dict, dtype: torch.dtype, device, where: str) -> None:
-    params = dict(net.named_parameters())
+    # every name of a shared param (a float LM head tied to the embedding): named_parameters keeps one
+    params = dict(net.named_parameters(remove_duplicate=False))
     want = net.state_dict(keep_vars=True)
     names = {n: tied.get(n, n) for n in want}
     stored = set(file.tensors)

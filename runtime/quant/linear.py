@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from runtime.quant.cpu import matmul as cpu_matmul
-from runtime.quant.schemes import Scheme, dequantize, quantize
+from runtime.quant.config import Scheme
+from runtime.quant.schemes import dequantize, quantize
 
 
 class _Quantized(nn.Module):
@@ -21,7 +22,7 @@ class _Quantized(nn.Module):
         self.shape_key = (scheme.name, out_features, in_features)
         scheme.check_shape((out_features, in_features), type(self).__name__)
         for name, (shape, dtype) in scheme.packed_shapes(out_features, in_features).items():
-            self.register_buffer(name, torch.empty(shape, dtype=dtype, device=device))
+            self.register_buffer(name, torch.empty(shape, dtype=getattr(torch, dtype), device=device))
         if "zeros" not in self._buffers:
             self.register_buffer("zeros", None)
         self._cache: dict = {}
@@ -37,8 +38,8 @@ class _Quantized(nn.Module):
             raise ValueError(f"{self.scheme.name}: expected tensors {sorted(want)}, got {sorted(stored)}")
         for name, t in stored.items():
             shape, dtype = want[name]
-            if tuple(t.shape) != shape or t.dtype != dtype:
-                raise ValueError(f"{self.scheme.name} {name}: expected {list(shape)} {dtype}, got {list(t.shape)} {t.dtype}")
+            if tuple(t.shape) != shape or t.dtype != getattr(torch, dtype):
+                raise ValueError(f"{self.scheme.name} {name}: expected {list(shape)} torch.{dtype}, got {list(t.shape)} {t.dtype}")
             self._buffers[name] = t
         self._cache.clear()
 

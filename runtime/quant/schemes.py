@@ -35,60 +35,11 @@ multiplication by the fp32 value of the scale rounds once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-INT4_GROUPS = (32, 64, 128)
+from runtime.quant.config import Scheme
+
 FP16_MAX = 65504.0
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """One weight-only quantization format: `int8` (per output channel, symmetric) or `int4`
-    (group-wise, symmetric or with a zero point)."""
-
-    kind: str                   # "int8" | "int4"
-    group: int | None = None    # int4: columns per group
-    symmetric: bool = True
-
-    def __post_init__(self):
-        if self.kind == "int8":
-            if self.group is not None or not self.symmetric:
-                raise ValueError("int8 is per output channel and symmetric: it takes no group_size or zero point "
-                                 f"(got group_size={self.group}, symmetric={self.symmetric})")
-        elif self.kind == "int4":
-            if self.group not in INT4_GROUPS:
-                raise ValueError(f"int4 group_size must be one of {INT4_GROUPS}, got {self.group!r}")
-        else:
-            raise ValueError(f"quantization must be 'int8' or 'int4', got {self.kind!r}")
-
-    @property
-    def bits(self) -> int:
-        return 8 if self.kind == "int8" else 4
-
-    @property
-    def name(self) -> str:
-        if self.kind == "int8":
-            return "int8"
-        return f"int4-g{self.group}-{'sym' if self.symmetric else 'asym'}"
-
-    def check_shape(self, shape: tuple[int, ...], what: str) -> None:
-        """A weight this scheme can hold: 2-D, and for int4 K a multiple of the group."""
-        if len(shape) != 2:
-            raise ValueError(f"{what}: a quantized weight must be 2-D [out, in], got shape {list(shape)}")
-        if self.kind == "int4" and shape[1] % self.group:
-            raise ValueError(f"{what}: {shape[1]} input features are not a multiple of the int4 group size "
-                             f"{self.group}; choose a group size that divides it (one of {INT4_GROUPS})")
-
-    def packed_shapes(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Name -> (shape, dtype) of each stored tensor for an [n, k] weight."""
-        if self.kind == "int8":
-            return {"qweight": ((n, k), torch.int8), "scales": ((n,), torch.float32)}
-        out = {"qweight": ((n, k // 2), torch.uint8), "scales": ((n, k // self.group), torch.float16)}
-        if not self.symmetric:
-            out["zeros"] = ((n, k // self.group), torch.uint8)
-        return out
 
 
 def quantize(weight: torch.Tensor, scheme: Scheme, what: str = "weight") -> dict[str, torch.Tensor]:
