@@ -72,6 +72,7 @@ class Input:
     source: str                # caller | positions | key_positions | fill
     seq: str | None            # the model-level sequence it runs along (dim 1), or None
     value: Any = None          # a fill's value
+    below: tuple[Expr, ...] = ()   # an int input's values index tables of these sizes: each must be < all
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Generate:
     seq: str                   # its sequence: the one with the KV cache
     logits: str                # the output whose last position picks the next token
     start: Expr | None         # an encoder-decoder's first token (a config expression), or None
+    cache_width: Expr | None = None   # KV-cache elements per row and position (an estimate), or None
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,8 @@ class _Reader:
         except ExprError as err:
             self.fail(where, f"bad expression {text!r}: {err}")
 
-    def maybe_expr(self, obj, key: str, where: str) -> Expr | None:
-        text = self.get(obj, key, str, where, nullable=True)
+    def maybe_expr(self, obj, key: str, where: str, optional: bool = False) -> Expr | None:
+        text = self.get(obj, key, str, where, optional=optional, nullable=True)
         return None if text is None else self.expr(text, f"{where}.{key}")
 
     def choice(self, obj, key: str, choices, where: str) -> str:
@@ -276,7 +278,9 @@ class _Reader:
                 self.get(x, "name", str, where), self.choice(x, "dtype", DTYPES, where),
                 tuple(self.expr(d, f"{where}.shape[{j}]") for j, d in enumerate(self.get(x, "shape", list, where))),
                 self.choice(x, "source", SOURCES, where), self.get(x, "seq", str, where, nullable=True),
-                self.get(x, "value", (int, float, bool), where, optional=True)))
+                self.get(x, "value", (int, float, bool), where, optional=True),
+                tuple(self.expr(b, f"{where}.below[{j}]")
+                      for j, b in enumerate(self.get(x, "below", list, where, optional=True) or ()))))
             if inputs[-1].source == "fill" and inputs[-1].value is None:
                 self.fail(f"{where}.value", "a filled input needs its value")
             if inputs[-1].source != "caller" and inputs[-1].seq is None:
@@ -293,7 +297,8 @@ class _Reader:
             g = generate
             generate = Generate(self.get(g, "tokens", str, "contract.generate"), self.get(g, "seq", str, "contract.generate"),
                                 self.get(g, "logits", str, "contract.generate"),
-                                self.maybe_expr(g, "start", "contract.generate"))
+                                self.maybe_expr(g, "start", "contract.generate"),
+                                self.maybe_expr(g, "cache_width", "contract.generate", optional=True))
             if generate.tokens not in names:
                 self.fail("contract.generate.tokens", f"{generate.tokens!r} is not an input of the contract")
         else:

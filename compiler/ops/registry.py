@@ -155,6 +155,11 @@ class OpDef:
             return self.positionwise(attrs or {}, rank)
         return self.fusion in ("elementwise", "broadcast") if self.positionwise is None else self.positionwise
 
+    def declared_parallel(self, ranks: dict[str, int], attrs: dict) -> Parallel | None:
+        """The Parallel the op declares for operands of these ranks and these attributes (None: none
+        declared; the shard pass then derives one from the fusion kind)."""
+        return self.parallel(ranks, attrs) if callable(self.parallel) else self.parallel
+
     def attr(self, name: str) -> Attr | None:
         return next((a for a in self.attrs if a.name == name), None)
 
