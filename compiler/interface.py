@@ -8,6 +8,7 @@ Config entries, checks, weight rules, the model's tensors, the heads and the run
 from __future__ import annotations
 
 from compiler.ir import ModelIR
+from compiler.ops import OPS
 from compiler.weight_rules import model_tensors
 from runtime.expr import Expr
 from runtime.interface import FORMAT
@@ -28,7 +29,24 @@ def build_interface(ir: ModelIR, source: str) -> dict:
                          "outputs": [ir.blocks[h.block].values[o].name for o in ir.blocks[h.block].outputs]}
                   for name, h in ir.heads.items()},
         "contract": ir.contract.to_json(),
+        "value_checks": value_checks(ir),
     }
+
+
+def value_checks(ir: ModelIR) -> list[dict]:
+    """Each op attribute with a load-time check (`Attr.check`) once per distinct (check, value): the
+    runtime runs it on the value the config gives (runtime/value_checks.py) before building anything."""
+    out: dict[tuple, dict] = {}
+    for block in ir.blocks.values():
+        for node in block.ops():
+            op = OPS.get(node.op)
+            for attr in (op.attrs if op is not None else ()):
+                value = node.attrs.get(attr.name)
+                if attr.check is None or not isinstance(value, Expr):
+                    continue
+                out.setdefault((attr.check, str(value)), {"check": attr.check, "value": str(value),
+                                                          "at": f"{node.loc}: {node.op} {attr.name}"})
+    return list(out.values())
 
 
 def _text(expr) -> str | None:

@@ -6,13 +6,14 @@ A malformed file is an ArtifactError naming the file and the key, never a KeyErr
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.errors import ArtifactError
 from runtime.expr import Expr, ExprError, parse_expr
+from runtime.files import read_json_object
+from runtime.value_checks import CHECKS
 
 FORMAT = 2
 INTERFACE = "interface.json"
@@ -99,6 +100,13 @@ class Contract:
 
 
 @dataclass(frozen=True)
+class ValueCheck:
+    check: str                 # a runtime/value_checks.py CHECKS name
+    value: Expr                # the attribute's value, over the config
+    at: str                    # the spec line and the op's attribute, for the error
+
+
+@dataclass(frozen=True)
 class Interface:
     name: str
     doc: str
@@ -112,6 +120,7 @@ class Interface:
     tensors: tuple[TensorRecord, ...]
     heads: dict[str, Head]
     contract: Contract
+    value_checks: tuple[ValueCheck, ...] = ()
 
     def head_for(self, architectures) -> str | None:
         """The head a config.json's `architectures` names, or None."""
@@ -129,11 +138,9 @@ class Interface:
 def read_interface(directory: str | Path) -> Interface:
     path = Path(directory) / INTERFACE
     try:
-        data = json.loads(path.read_text())
+        data = read_json_object(path, ArtifactError)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing; the artifact was not written by this compiler (compile again)") from None
-    except (OSError, ValueError) as err:
-        raise ArtifactError(f"{path}: not readable JSON: {err}") from None
     return parse_interface(data, str(path))
 
 
@@ -159,6 +166,8 @@ def parse_interface(data: Any, file: str = INTERFACE) -> Interface:
         tensors=tuple(r.tensor(x, f"tensors[{i}]") for i, x in enumerate(r.get(top, "tensors", list, ""))),
         heads=heads,
         contract=r.contract(r.get(top, "contract", dict, "")),
+        value_checks=tuple(r.value_check(x, f"value_checks[{i}]")
+                           for i, x in enumerate(r.get(top, "value_checks", list, "", optional=True) or ())),
     )
 
 
@@ -269,6 +278,10 @@ class _Reader:
             tuple(self.expr(c, f"{where}.when[{i}]") for i, c in enumerate(self.get(x, "when", list, where))),
             self.get(x, "tied_to", str, where, nullable=True), self.maybe_expr(x, "tied_when", where), tuple(repeat),
             self.get(x, "head", str, where, nullable=True))
+
+    def value_check(self, x, where: str) -> ValueCheck:
+        return ValueCheck(self.choice(x, "check", tuple(CHECKS), where),
+                          self.expr(self.get(x, "value", str, where), f"{where}.value"), self.get(x, "at", str, where))
 
     def contract(self, c) -> Contract:
         inputs = []

@@ -67,6 +67,8 @@ class Attr:
     default: Any = None
     choices: tuple = ()
     doc: str = ""
+    # the load-time check of its value once the config is known (runtime/value_checks.py CHECKS)
+    check: str | None = None
 
 
 def along_features(attrs: dict, rank: int) -> bool:
