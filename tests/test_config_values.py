@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import runtime
 from compiler.pipeline import compile_spec
