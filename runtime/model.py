@@ -165,6 +165,9 @@ class CompiledModel(nn.Module):
             t = t.to(self.dtype)
         if t.dim() == len(inp.shape) - 1 and self._batched(inp):
             t = t[None]      # one example without its batch dim
+        if t.dim() != len(inp.shape):
+            raise InputError(f"{self.interface.name}: input {inp.name} must be [{', '.join(map(str, inp.shape))}], "
+                             f"got {list(t.shape)}")
         return t
 
     def _batched(self, inp: Input) -> bool:
