@@ -101,7 +101,7 @@ def test_an_interface_that_is_not_json_or_absent_is_an_artifact_error(tmp_path):
     with pytest.raises(ArtifactError, match="interface.json: missing"):
         read_interface(tmp_path)
     (tmp_path / "interface.json").write_text("{")
-    with pytest.raises(ArtifactError, match="not readable JSON"):
+    with pytest.raises(ArtifactError, match=r"interface.json:1:2: not valid JSON"):
         read_interface(tmp_path)
     with pytest.raises(ArtifactError, match=r"\(top level\): expected a JSON object"):
         parse_interface([1, 2])
