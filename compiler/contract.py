@@ -388,7 +388,7 @@ class _Deriver:
         counts = self.block_counts()
         terms = []
         for (key, nid), s in sequences.items():
-            block = self.ir.model if key == "model" else self.ir.blocks[key]
+            block = self.ir.blocks[key]
             node = block.node(nid) if block.graph.has_node(nid) else None
             op = OPS.get(node.op) if node is not None else None
             if s != seq or op is None or not op.kv_cache or key not in counts:
@@ -402,11 +402,13 @@ class _Deriver:
         return " + ".join(terms) or None
 
     def block_counts(self) -> dict[str, str]:
-        """Block -> how many times one forward runs it (its repeat counts multiplied down the calls), as text."""
+        """Block -> how many times one forward runs it (its repeat counts multiplied down the calls, summed
+        over the places it is called from), as text."""
         counts: dict[str, str] = {}
 
         def walk(block, count: str) -> None:
-            counts[block.name if block is not self.ir.model else "model"] = count
+            key = block.name if block is not self.ir.model else "model"
+            counts[key] = count if key not in counts else f"{counts[key]} + {count}"
             for node in block.order():
                 if node.block is None:
                     continue

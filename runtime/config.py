@@ -106,7 +106,7 @@ def resolve_config(interface, hf: dict, source: str = "config.json", overrides: 
 
 
 def describe(expr: Expr, values: dict) -> str:
-    """An expression as an error shows it: `rms_eps` -> "rms_eps (-1e-06)", `a * b` -> "a * b (a=2, b=-3)"."""
+    """An expression as an error shows it, with the config values it reads: "a * b (a=2, b=-3)"."""
     names = sorted(n for n in expr.names if n in values)
     if not names or expr.is_constant():
         return str(expr)

@@ -137,7 +137,7 @@ class CompiledModel(nn.Module):
         if len(args) > 1 or (args and not callers):
             first = f"its first input ({callers[0].name})" if callers else "no input"
             raise InputError(f"{name} takes {first} positionally and the others by name: "
-                            f"{', '.join(self._inputs)}")
+                             f"{', '.join(self._inputs)}")
         if args:
             if callers[0].name in kwargs:
                 raise InputError(f"{name} got {callers[0].name} both positionally and by name")

@@ -119,3 +119,10 @@ def test_interface_json_is_read_only_if_a_regular_file(tmp_path, artifact):
     from runtime.interface import read_interface
     with no_hang(what="reading a FIFO"), pytest.raises(ArtifactError, match="FIFO"):
         read_interface(copy)
+
+
+def test_every_attribute_check_the_registry_names_is_one_the_runtime_runs():
+    from compiler.ops import OPS
+    from runtime.value_checks import CHECKS
+    named = {(op.name, a.name): a.check for op in OPS.values() for a in op.attrs if a.check is not None}
+    assert named and all(check in CHECKS for check in named.values()), named
