@@ -163,6 +163,8 @@ class CompiledModel(nn.Module):
         check_input(self.interface.name, inp, t, self._bounds.get(inp.name))
         if inp.dtype == "float":
             t = t.to(self.dtype)
+        elif inp.dtype == "int":
+            t = t.long()      # the IR's int is int64, what gathers and index arithmetic take (a no-op for it)
         if t.dim() == len(inp.shape) - 1 and self._batched(inp):
             t = t[None]      # one example without its batch dim
         if t.dim() != len(inp.shape):

@@ -46,6 +46,13 @@ def test_float_or_bool_ids_are_refused(models):
         models["llama"](torch.tensor([[True, False]]))
 
 
+def test_ids_of_any_integer_dtype_give_the_int64_results(models):
+    ids = torch.tensor([[5, 6, 7]])
+    want = models["llama"](ids).logits
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        assert torch.equal(models["llama"](ids.to(dtype)).logits, want)
+
+
 def test_what_is_not_a_tensor_is_refused_naming_the_argument(models):
     with pytest.raises(InputError, match="input input_ids must be a tensor"):
         models["llama"]([[1, 2], [3]])

@@ -101,6 +101,7 @@ def call(model, generate: bool, ids, kwargs: dict):
 @example(generate=False, ids=torch.tensor([[5, 6]]), kwargs={"position_ids": torch.tensor([[63, 64]])})
 @example(generate=False, ids=torch.zeros(2, 0, dtype=torch.long), kwargs={})
 @example(generate=False, ids=torch.tensor(0), kwargs={})    # found by this test: no batch dim to read
+@example(generate=False, ids=torch.tensor([0], dtype=torch.uint8), kwargs={})   # found by this test: uint8 ids
 def test_fuzz_forward_and_generate_arguments(gpt2, generate, ids, kwargs):
     if generate:
         kwargs = {"max_new_tokens": 3, **kwargs}
