@@ -105,6 +105,10 @@ class _Deriver:
         sequences, along = self.op_sequences()
         generate, reason = self.generate(inputs, along)
         self.check_encoder_keys(along, generate)
+        if generate is not None:
+            width = self.cache_width(sequences, generate["seq"])
+            if width is not None:
+                generate["cache_width"] = width
         model = self.ir.model
         return Contract(inputs, masks, [model.values[o].name for o in model.outputs], generate, reason, self.static(),
                         sequences)
@@ -141,8 +145,42 @@ class _Deriver:
                 record["value"] = self.fill_value(d, r["default"], own[name], caller_seqs)
             if "mask" in r:
                 self.mask(d, r["mask"], own[name], masks, mask_of, decls)
+            below = self.index_bounds(self.ir.model, self.input_value(name)) if d.dtype == "int" else []
+            if below:
+                record["below"] = list(dict.fromkeys(str(b) for b in below))
             records.append(record)
         return records, masks
+
+    def input_value(self, name: str) -> str:
+        model = self.ir.model
+        return next(v for v in model.inputs if model.values[v].name == name)
+
+    def index_bounds(self, block, vid: str, seen: frozenset = frozenset()) -> list[Expr]:
+        """The sizes of the param dims whose rows the int value `vid` picks (an embedding's table,
+        OpDef.parallel `gathered`), followed into the blocks it is passed to: the runtime refuses ids
+        outside [0, each size) before they reach the gather."""
+        if (block.name, vid) in seen:
+            return []
+        seen = seen | {(block.name, vid)}
+        out: list[Expr] = []
+        for node in block.users(vid):
+            if node.block is not None:
+                callee = self.ir.blocks[block.params[node.block].block]
+                for inner, outer in node.inputs.items():
+                    if outer == vid and inner in callee.values:
+                        out += self.index_bounds(callee, inner, seen)
+                continue
+            op = OPS.get(node.op)
+            if op is None:
+                continue
+            ranks = {f: len(block.values[v].type.shape) for f, v in node.inputs.items()}
+            par = op.declared_parallel(ranks, node.attrs)
+            for (field_, dim), operand in (par.gathered.items() if par is not None else ()):
+                if node.inputs.get(operand) == vid and field_ in node.params:
+                    size = block.params[node.params[field_]].dims.get(dim)
+                    if isinstance(size, Expr):
+                        out.append(size)
+        return out
 
     def supplied_seq(self, decl, roles: dict, own: dict, caller: list[str], caller_seqs: list[str]) -> str | None:
         path = decl.path + ("supplied",)
@@ -341,6 +379,45 @@ class _Deriver:
                     and seq is not None and seq != generated:
                 self.fail(path, f"the keys run along the encoder's sequence {seq}: say encoder_keys: true "
                                 "(or leave encoder_keys out)")
+
+    def cache_width(self, sequences: dict, seq: str) -> str | None:
+        """Elements the KV cache holds per row and position of the generated sequence, as an expression
+        over the config: each KV-caching op's keys without their batch and sequence dims, twice (keys
+        and values of one size, an estimate), times the layers running it. generate refuses a length
+        whose cache cannot fit before allocating it. None when a size is not a config expression."""
+        counts = self.block_counts()
+        terms = []
+        for (key, nid), s in sequences.items():
+            block = self.ir.blocks[key]
+            node = block.node(nid) if block.graph.has_node(nid) else None
+            op = OPS.get(node.op) if node is not None else None
+            if s != seq or op is None or not op.kv_cache or key not in counts:
+                continue
+            operand, dim = op.sequence
+            shape = block.values[node.inputs[operand]].type.shape
+            dims = [d for i, d in enumerate(shape) if i not in (0, dim)]
+            if any(_free_names(d) for d in dims):
+                return None
+            terms.append(" * ".join(["2", f"({counts[key]})", *(f"({d})" for d in dims)]))
+        return " + ".join(terms) or None
+
+    def block_counts(self) -> dict[str, str]:
+        """Block -> how many times one forward runs it (its repeat counts multiplied down the calls, summed
+        over the places it is called from), as text."""
+        counts: dict[str, str] = {}
+
+        def walk(block, count: str) -> None:
+            key = block.name if block is not self.ir.model else "model"
+            counts[key] = count if key not in counts else f"{counts[key]} + {count}"
+            for node in block.order():
+                if node.block is None:
+                    continue
+                p = block.params[node.block]
+                inner = count if p.repeat is None else str(p.repeat) if count == "1" else f"({count}) * ({p.repeat})"
+                walk(self.ir.blocks[p.block], inner)
+
+        walk(self.ir.model, "1")
+        return counts
 
     # -- static blocks ------------------------------------------------------------------------------
     def static(self) -> list[list[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from compiler.ir import ModelIR
 from compiler.passes.quantize import quantized_params
+from compiler.ops import OPS
 from compiler.weight_rules import model_tensors
 from runtime.expr import Expr
 from runtime.interface import FORMAT
@@ -32,7 +33,24 @@ def build_interface(ir: ModelIR, source: str) -> dict:
         # the quantize pass (--quant): the loader quantizes these modules (runtime/quant/convert.py)
         "quantization": None if ir.quantization is None else {"config": ir.quantization,
                                                                "params": quantized_params(ir)},
+        "value_checks": value_checks(ir),
     }
+
+
+def value_checks(ir: ModelIR) -> list[dict]:
+    """Each op attribute with a load-time check (`Attr.check`) once per distinct (check, value): the
+    runtime runs it on the value the config gives (runtime/value_checks.py) before building anything."""
+    out: dict[tuple, dict] = {}
+    for block in ir.blocks.values():
+        for node in block.ops():
+            op = OPS.get(node.op)
+            for attr in (op.attrs if op is not None else ()):
+                value = node.attrs.get(attr.name)
+                if attr.check is None or not isinstance(value, Expr):
+                    continue
+                out.setdefault((attr.check, str(value)), {"check": attr.check, "value": str(value),
+                                                          "at": f"{node.loc}: {node.op} {attr.name}"})
+    return list(out.values())
 
 
 def _text(expr) -> str | None:

@@ -8,14 +8,15 @@ Missing keys fall back to the default, an expression over other entries.
 """
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import networkx as nx
 
 from runtime.errors import ConfigError
 from runtime.expr import Expr, ExprError
-from runtime.files import JSON_LIMIT, read_regular
+from runtime.files import read_json_object
+from runtime.value_checks import CHECKS
 
 _MISSING = object()
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,),
@@ -25,31 +26,13 @@ _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), 
 def read_config_json(folder: str | Path) -> dict:
     path = Path(folder) / "config.json"
     try:
-        raw = read_regular(path, JSON_LIMIT)
+        data = read_json_object(path, ConfigError)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no config.json in the checkpoint folder") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 (byte offset {err.start})") from None
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from None
-    except ValueError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
     if "auto_map" in data or data.get("trust_remote_code"):
         raise ConfigError(f"{path}: the config asks for remote code (auto_map); graphspec never runs "
                           "code from a checkpoint. Write a spec for this architecture instead.")
     return data
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"'{name}' is not valid JSON")
 
 
 def lookup(data: dict, dotted: str):
@@ -109,9 +92,25 @@ def resolve_config(interface, hf: dict, source: str = "config.json", overrides: 
         if not ok:
             shown = ", ".join(f"{n}={values[n]!r}" for n in sorted(check.that.names) if n in values)
             problems.append(f"{source}: {check.message} ({shown})")
+    for vc in interface.value_checks:
+        try:
+            value = vc.value.evaluate(values)
+        except ExprError:
+            continue      # a value no check of the spec's could compute is reported where it is used
+        problem = CHECKS[vc.check](value)
+        if problem:
+            problems.append(f"{source}: {vc.at} = {describe(vc.value, values)}: {problem}")
     if problems:
         raise ConfigError("\n".join(problems))
     return values
+
+
+def describe(expr: Expr, values: dict) -> str:
+    """An expression as an error shows it, with the config values it reads: "a * b (a=2, b=-3)"."""
+    names = sorted(n for n in expr.names if n in values)
+    if not names or expr.is_constant():
+        return str(expr)
+    return f"{expr} ({', '.join(f'{n}={values[n]!r}' for n in names)})"
 
 
 def _check_type(entry, value) -> str | None:
@@ -122,6 +121,6 @@ def _check_type(entry, value) -> str | None:
         return f"expected {entry.type} for '{entry.name}', got {value!r}"
     if not isinstance(value, want):
         return f"expected {entry.type} for '{entry.name}', got {type(value).__name__} {value!r}"
-    if entry.type == "float" and isinstance(value, float) and value != value:
-        return f"'{entry.name}' is NaN"
+    if entry.type in ("int", "float") and isinstance(value, float) and not math.isfinite(value):
+        return f"'{entry.name}' must be a finite number, got {value!r}"
     return None

@@ -14,6 +14,12 @@ class ArtifactError(Exception):
     """A compiled artifact directory is missing, incomplete or was not written by this compiler."""
 
 
+class InputError(TypeError, ValueError):
+    """An argument of a forward or generate call that cannot be used: a tensor of the wrong dtype or
+    shape, ids outside the tables they index, an empty batch. The message names the argument and what
+    was expected. Both a TypeError and a ValueError, the two that torch and Transformers raise for these."""
+
+
 class GenerationError(ValueError):
     """A generation setting (an argument of generate, a generation_config.json value) that cannot be used."""
 

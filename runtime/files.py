@@ -59,3 +59,43 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     if len(data) > limit:
         raise too_large
     return data
+
+
+def read_json_object(path: str | os.PathLike, error: type[Exception], limit: int = JSON_LIMIT) -> dict:
+    """The JSON object in regular file `path`, read through read_regular. Anything else is `error`
+    naming the file and what is wrong: not UTF-8, not JSON, NaN or an infinite number (1e999), nesting
+    deeper than Python's parser recurses, a top level that is not an object. A missing file stays a
+    FileNotFoundError (the caller says what it was looking for)."""
+    import json
+    import math
+
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"the number {text} is out of range (not a finite float)")
+        return value
+
+    def constant(name: str):
+        raise ValueError(f"'{name}' is not valid JSON")
+
+    try:
+        raw = read_regular(path, limit)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise error(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 (byte offset {err.start})") from None
+    try:
+        data = json.loads(text, parse_constant=constant, parse_float=finite)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from None
+    except ValueError as err:
+        raise error(f"{path}: {err}") from None
+    except RecursionError:
+        raise error(f"{path}: nested too deeply to read") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    return data

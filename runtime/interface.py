@@ -6,7 +6,6 @@ A malformed file is an ArtifactError naming the file and the key, never a KeyErr
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ from typing import Any
 from runtime.errors import ArtifactError
 from runtime.expr import Expr, ExprError, parse_expr
 from runtime.quant.config import ROLES, QuantConfig
+from runtime.files import read_json_object
+from runtime.value_checks import CHECKS
 
 FORMAT = 2
 INTERFACE = "interface.json"
@@ -73,6 +74,7 @@ class Input:
     source: str                # caller | positions | key_positions | fill
     seq: str | None            # the model-level sequence it runs along (dim 1), or None
     value: Any = None          # a fill's value
+    below: tuple[Expr, ...] = ()   # an int input's values index tables of these sizes: each must be < all
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class Generate:
     seq: str                   # its sequence: the one with the KV cache
     logits: str                # the output whose last position picks the next token
     start: Expr | None         # an encoder-decoder's first token (a config expression), or None
+    cache_width: Expr | None = None   # KV-cache elements per row and position (an estimate), or None
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,13 @@ class Quantization:
 
 
 @dataclass(frozen=True)
+class ValueCheck:
+    check: str                 # a runtime/value_checks.py CHECKS name
+    value: Expr                # the attribute's value, over the config
+    at: str                    # the spec line and the op's attribute, for the error
+
+
+@dataclass(frozen=True)
 class Interface:
     name: str
     doc: str
@@ -120,6 +130,7 @@ class Interface:
     heads: dict[str, Head]
     contract: Contract
     quantization: Quantization | None = None
+    value_checks: tuple[ValueCheck, ...] = ()
 
     def head_for(self, architectures) -> str | None:
         """The head a config.json's `architectures` names, or None."""
@@ -137,11 +148,9 @@ class Interface:
 def read_interface(directory: str | Path) -> Interface:
     path = Path(directory) / INTERFACE
     try:
-        data = json.loads(path.read_text())
+        data = read_json_object(path, ArtifactError)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing; the artifact was not written by this compiler (compile again)") from None
-    except (OSError, ValueError) as err:
-        raise ArtifactError(f"{path}: not readable JSON: {err}") from None
     return parse_interface(data, str(path))
 
 
@@ -168,6 +177,8 @@ def parse_interface(data: Any, file: str = INTERFACE) -> Interface:
         heads=heads,
         contract=r.contract(r.get(top, "contract", dict, "")),
         quantization=r.quantization(r.get(top, "quantization", dict, "", optional=True, nullable=True)),
+        value_checks=tuple(r.value_check(x, f"value_checks[{i}]")
+                           for i, x in enumerate(r.get(top, "value_checks", list, "", optional=True) or ())),
     )
 
 
@@ -210,8 +221,8 @@ class _Reader:
         except ExprError as err:
             self.fail(where, f"bad expression {text!r}: {err}")
 
-    def maybe_expr(self, obj, key: str, where: str) -> Expr | None:
-        text = self.get(obj, key, str, where, nullable=True)
+    def maybe_expr(self, obj, key: str, where: str, optional: bool = False) -> Expr | None:
+        text = self.get(obj, key, str, where, optional=optional, nullable=True)
         return None if text is None else self.expr(text, f"{where}.{key}")
 
     def choice(self, obj, key: str, choices, where: str) -> str:
@@ -292,6 +303,10 @@ class _Reader:
             self.get(x, "tied_to", str, where, nullable=True), self.maybe_expr(x, "tied_when", where), tuple(repeat),
             self.get(x, "head", str, where, nullable=True))
 
+    def value_check(self, x, where: str) -> ValueCheck:
+        return ValueCheck(self.choice(x, "check", tuple(CHECKS), where),
+                          self.expr(self.get(x, "value", str, where), f"{where}.value"), self.get(x, "at", str, where))
+
     def contract(self, c) -> Contract:
         inputs = []
         for i, x in enumerate(self.get(c, "inputs", list, "contract")):
@@ -300,7 +315,9 @@ class _Reader:
                 self.get(x, "name", str, where), self.choice(x, "dtype", DTYPES, where),
                 tuple(self.expr(d, f"{where}.shape[{j}]") for j, d in enumerate(self.get(x, "shape", list, where))),
                 self.choice(x, "source", SOURCES, where), self.get(x, "seq", str, where, nullable=True),
-                self.get(x, "value", (int, float, bool), where, optional=True)))
+                self.get(x, "value", (int, float, bool), where, optional=True),
+                tuple(self.expr(b, f"{where}.below[{j}]")
+                      for j, b in enumerate(self.get(x, "below", list, where, optional=True) or ()))))
             if inputs[-1].source == "fill" and inputs[-1].value is None:
                 self.fail(f"{where}.value", "a filled input needs its value")
             if inputs[-1].source != "caller" and inputs[-1].seq is None:
@@ -317,7 +334,8 @@ class _Reader:
             g = generate
             generate = Generate(self.get(g, "tokens", str, "contract.generate"), self.get(g, "seq", str, "contract.generate"),
                                 self.get(g, "logits", str, "contract.generate"),
-                                self.maybe_expr(g, "start", "contract.generate"))
+                                self.maybe_expr(g, "start", "contract.generate"),
+                                self.maybe_expr(g, "cache_width", "contract.generate", optional=True))
             if generate.tokens not in names:
                 self.fail("contract.generate.tokens", f"{generate.tokens!r} is not an input of the contract")
         else:

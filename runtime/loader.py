@@ -17,6 +17,7 @@ from runtime.errors import CheckpointError, ConfigError
 from runtime.generation.config import GenerationConfig
 from runtime.generation.tokenizer import Tokenizer
 from runtime.kernels import env_forced
+from runtime.memory import check_model_size
 from runtime.model import CompiledModel
 from runtime.safetensors_io import open_checkpoint
 from runtime.weights import check_no_meta, init_new, load_into, plan_load
@@ -110,6 +111,8 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     head = choose_head(interface, hf, head)
     config = resolve_config(interface, hf, source=str(folder / "config.json"), overrides=config_overrides)
     torch_dtype = _dtype(dtype, hf)
+    check_model_size(interface, config, torch_dtype, device, head, str(folder / "config.json"),
+                     shards=parallel.size if parallel is not None else 1)
     if hasattr(module, "kernels"):
         module.kernels.force = env_forced() if triton is None else bool(triton)
     with torch.device("meta"), _no_init():
@@ -163,6 +166,7 @@ def init_random(artifact: str | Path, hf: dict, dtype=None, seed: int = 0, devic
     art = open_artifact(artifact)
     config = resolve_config(art.interface, hf, source="the given config")
     torch_dtype = _dtype(dtype, hf)
+    check_model_size(art.interface, config, torch_dtype, device, None, "the given config")
     torch.manual_seed(seed)
     net = art.module.MODEL(art.module.Config(**config)).to(device=device, dtype=torch_dtype).eval()
     for p in net.parameters():

@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from runtime.call_inputs import as_tensor, check_input, check_mask, table_bounds
 from runtime.context import ForwardContext, SequenceState
+from runtime.errors import InputError
 from runtime.interface import Input, Interface
 from runtime.ops import last_positions
 
@@ -52,7 +54,7 @@ def modules_at(net: nn.Module, path) -> list[nn.Module]:
 
 def _count(logits_to_keep) -> int:
     if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
-        raise ValueError(f"logits_to_keep must be an integer >= 0, got {logits_to_keep!r}")
+        raise InputError(f"logits_to_keep must be an integer >= 0, got {logits_to_keep!r}")
     return logits_to_keep
 
 
@@ -74,6 +76,8 @@ class CompiledModel(nn.Module):
         self.id2label: dict[int, str] | None = None
         self.group = None          # tensor parallelism: the process group of its collectives (runtime/parallel)
         self._inputs = {i.name: i for i in self.contract.inputs}
+        # per int input, the smallest table its values index (vocab_size rows): ids are checked once per call
+        self._bounds = table_bounds(self.contract.inputs, config)
         # per input, the dims this config fixes (an image of image_size pixels)
         self._fixed = {i.name: {k: int(d.evaluate(config)) for k, d in enumerate(i.shape) if d.names <= config.keys()}
                        for i in self.contract.inputs}
@@ -122,7 +126,7 @@ class CompiledModel(nn.Module):
             g = self.contract.generate
             if g is None or g.logits not in out:
                 why = self.contract.no_generate if g is None else f"the loaded head outputs {', '.join(out)}"
-                raise ValueError(f"logits_to_keep needs next-token logits, which {self.interface.name} has not: {why}")
+                raise InputError(f"logits_to_keep needs next-token logits, which {self.interface.name} has not: {why}")
             out[g.logits] = last_positions(out[g.logits], keep)
         return out
 
@@ -132,11 +136,11 @@ class CompiledModel(nn.Module):
         name, callers = self.interface.name, self.contract.callers
         if len(args) > 1 or (args and not callers):
             first = f"its first input ({callers[0].name})" if callers else "no input"
-            raise TypeError(f"{name} takes {first} positionally and the others by name: "
-                            f"{', '.join(self._inputs)}")
+            raise InputError(f"{name} takes {first} positionally and the others by name: "
+                             f"{', '.join(self._inputs)}")
         if args:
             if callers[0].name in kwargs:
-                raise TypeError(f"{name} got {callers[0].name} both positionally and by name")
+                raise InputError(f"{name} got {callers[0].name} both positionally and by name")
             kwargs = {callers[0].name: args[0], **kwargs}
         feeds, masks = {}, {}
         for key, value in kwargs.items():
@@ -148,22 +152,24 @@ class CompiledModel(nn.Module):
                     masks[key] = value
             else:
                 known = ", ".join(self._inputs) + (f"; masks: {', '.join(self.contract.masks)}" if self.contract.masks else "")
-                raise TypeError(f"{name} takes no {key} (its inputs: {known})")
+                raise InputError(f"{name} takes no {key} (its inputs: {known})")
         missing = [i.name for i in callers if i.name not in feeds and i.name != generated]
         if missing:
-            raise TypeError(f"{name} needs the input(s) {', '.join(missing)}")
+            raise InputError(f"{name} needs the input(s) {', '.join(missing)}")
         return feeds, masks
 
     def _tensor(self, inp: Input, value) -> torch.Tensor:
-        t = torch.as_tensor(value, device=self.device)
+        t = as_tensor(self.interface.name, f"input {inp.name}", value, self.device)
+        check_input(self.interface.name, inp, t, self._bounds.get(inp.name))
         if inp.dtype == "float":
-            if not t.is_floating_point():
-                raise TypeError(f"{self.interface.name}: input {inp.name} takes a float tensor, got {t.dtype}")
             t = t.to(self.dtype)
-        elif t.is_floating_point() or t.is_complex():
-            raise TypeError(f"{self.interface.name}: input {inp.name} takes an {inp.dtype} tensor, got {t.dtype}")
+        elif inp.dtype == "int":
+            t = t.long()      # the IR's int is int64, what gathers and index arithmetic take (a no-op for it)
         if t.dim() == len(inp.shape) - 1 and self._batched(inp):
             t = t[None]      # one example without its batch dim
+        if t.dim() != len(inp.shape):
+            raise InputError(f"{self.interface.name}: input {inp.name} must be [{', '.join(map(str, inp.shape))}], "
+                             f"got {list(t.shape)}")
         return t
 
     def _batched(self, inp: Input) -> bool:
@@ -179,7 +185,7 @@ class CompiledModel(nn.Module):
                 continue
             n = t.shape[1]
             if lengths.setdefault(i.seq, n) != n:
-                raise ValueError(f"{self.interface.name}: {source[i.seq]} and {i.name} run along sequence {i.seq} "
+                raise InputError(f"{self.interface.name}: {source[i.seq]} and {i.name} run along sequence {i.seq} "
                                  f"but have lengths {lengths[i.seq]} and {n}")
             source.setdefault(i.seq, i.name)
         return lengths
@@ -196,14 +202,10 @@ class CompiledModel(nn.Module):
         for kwarg, mask in masks.items():
             seq = self.contract.masks[kwarg]
             if seq not in lengths:
-                raise TypeError(f"{self.interface.name}: {kwarg} masks sequence {seq}, and no input along it is given")
-            m = torch.as_tensor(mask, device=self.device)
-            m = m[None] if m.dim() == 1 else m
-            want = (self._batch(feeds, seq), lengths[seq])
-            if tuple(m.shape) != want:
-                raise ValueError(f"{self.interface.name}: {kwarg} must be [{want[0]}, {want[1]}] like the inputs along "
-                                 f"{seq}, got {list(m.shape)}")
-            out[seq] = None if bool(m.all()) else m.bool()
+                raise InputError(f"{self.interface.name}: {kwarg} masks sequence {seq}, and no input along it is given")
+            m = as_tensor(self.interface.name, kwarg, mask, self.device)
+            m = check_mask(self.interface.name, kwarg, m, (self._batch(feeds, seq), lengths[seq]), seq)
+            out[seq] = None if bool(m.all()) else m
         return out
 
     def _run(self, feeds: dict, states: dict[str, SequenceState], keep: int) -> ModelOutput:
@@ -238,7 +240,7 @@ class CompiledModel(nn.Module):
             shape = tuple(t.shape)
             if len(shape) != len(inp.shape) or any(shape[i] != size for i, size in fixed.items()):
                 want = [str(fixed.get(i, d)) for i, d in enumerate(inp.shape)]
-                raise ValueError(f"{self.interface.name}: input {name} must be [{', '.join(want)}] for this config, "
+                raise InputError(f"{self.interface.name}: input {name} must be [{', '.join(want)}] for this config, "
                                  f"got {list(shape)}")
 
     # -- generate -----------------------------------------------------------------------------------

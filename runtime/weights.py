@@ -17,6 +17,7 @@ from runtime.errors import CheckpointError, WeightWarning
 from runtime.expr import Expr, ExprError
 from runtime.fused_params import assemble, member_layout, virtual_params
 from runtime.rules import fill, run_shapes, run_transforms, stacking, template_regex
+from runtime.safetensors_io import DTYPES
 
 SHOW = 12   # names listed per category before "... and N more"
 
@@ -36,6 +37,7 @@ class LoadPlan:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mis_shaped: list[str] = field(default_factory=list)
+    mis_typed: list[str] = field(default_factory=list)        # integer or bool tensors for float params
     head_missing: list[str] = field(default_factory=list)     # params of the chosen head without weights
     untied: list[str] = field(default_factory=list)           # tied params loaded with their own tensor
 
@@ -43,7 +45,8 @@ class LoadPlan:
         out = []
         for title, names in (("missing (the model needs them, the checkpoint lacks them)", self.missing),
                              ("unexpected (in the checkpoint, mapped to no param)", self.unexpected),
-                             ("mis-shaped", self.mis_shaped)):
+                             ("mis-shaped", self.mis_shaped),
+                             ("of the wrong dtype (float params, integer or bool tensors)", self.mis_typed)):
             if names:
                 shown = "\n    ".join(names[:SHOW])
                 more = f"\n    ... and {len(names) - SHOW} more" if len(names) > SHOW else ""
@@ -105,6 +108,7 @@ def plan_load(interface, config: dict, module: nn.Module, tensors: dict, folder:
     `shard` (tensor parallelism, runtime/parallel): the shapes this rank holds of split tensors.
     """
     params = virtual_params(module)
+    exact = {n for n, p in module.named_parameters() if not p.is_floating_point()}   # e.g. quantized weights
     aliases = tied_params(module)
     plan = LoadPlan()
     tensors, original = _strip_prefix(interface, tensors, plan)
@@ -177,6 +181,12 @@ def plan_load(interface, config: dict, module: nn.Module, tensors: dict, folder:
                 src += f", ... ({len(sources)} tensors)" if len(sources) > SHOW else ""
                 plan.mis_shaped.append(f"{target}: the model wants {list(want)}, the checkpoint gives {list(shape)} (from {src})")
                 produced[target] = name   # present, only mis-shaped: not also "missing"
+                bad = True
+        floats = [t for t in targets if t not in exact and aliases.get(t, t) not in exact]
+        for s in sources if floats else ():
+            if not DTYPES[tensors[s].dtype].is_floating_point:
+                plan.mis_typed.append(f"{original[s]} in {tensors[s].file.name}: {tensors[s].dtype}, but "
+                                      f"{', '.join(floats)} {'is a float param' if len(floats) == 1 else 'are float params'}")
                 bad = True
         if not bad:
             plan.assignments.append(Assignment(rule, [original[s] for s in sources], targets, untie))

@@ -96,6 +96,14 @@ def test_run_with_a_prompt_needs_a_readable_tokenizer(checkpoint, tmp_path, caps
     one_error(capsys, ["run", str(broken), "--artifact", str(art), "--prompt", "hi"], "FIFO")
 
 
+def test_run_with_ids_outside_the_vocabulary_or_too_many_new_tokens_is_one_line(checkpoint, capsys):
+    art, folder = checkpoint
+    one_error(capsys, ["run", str(folder), "--artifact", str(art), "--ids", "1,99999"], "input_ids holds 99999",
+              "vocab_size")
+    one_error(capsys, ["run", str(folder), "--artifact", str(art), "--ids", "1,2", "--max-new-tokens", str(10**12)],
+              "max_length 1000000000002", "GiB")
+
+
 def test_run_with_something_that_is_not_an_artifact(checkpoint, tmp_path, capsys):
     _, folder = checkpoint
     one_error(capsys, ["run", str(folder), "--artifact", str(tmp_path)], str(tmp_path), "not a graphspec artifact")

@@ -162,7 +162,7 @@ def test_a_bias_from_key_positions_is_right_at_every_cached_decoding_step(tmp_pa
     artifact = compile_spec(spec_file(tmp_path, "key_bias", KEY_BIAS), tmp_path / "art").directory
     contract = json.loads((artifact / "interface.json").read_text())["contract"]
     assert contract["inputs"][1] == {"name": "keys_at", "dtype": "int", "shape": ["B", "K"],
-                                     "source": "key_positions", "seq": "S"}
+                                     "source": "key_positions", "seq": "S", "below": ["max_pos"]}
     model = runtime.init_random(artifact, {"vocab_size": 23, "hidden_size": 16, "num_heads": 2, "head_dim": 8,
                                            "max_positions": 32},
                                 seed=1)

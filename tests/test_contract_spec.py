@@ -33,11 +33,13 @@ def test_v1_specs_get_their_contract_from_the_table_of_input_names():
     assert [(i["name"], i["source"], i["seq"]) for i in llama.inputs] == [
         ("input_ids", "caller", "S"), ("position_ids", "positions", "S")]
     assert llama.masks == {"attention_mask": "S"}
-    assert llama.generate == {"tokens": "input_ids", "seq": "S", "logits": "logits", "start": None}
+    assert llama.generate == {"tokens": "input_ids", "seq": "S", "logits": "logits", "start": None,
+                              "cache_width": "2 * (num_layers) * (num_kv_heads) * (head_dim)"}
     t5 = contract("specs/t5.yaml")
     assert t5.masks == {"attention_mask": "S_ENC", "decoder_attention_mask": "S"}
     assert t5.generate == {"tokens": "decoder_input_ids", "seq": "S", "logits": "logits",
-                           "start": "decoder_start_token_id"}
+                           "start": "decoder_start_token_id",
+                           "cache_width": "2 * (num_decoder_layers) * (num_heads) * (d_kv)"}
     assert t5.static == [["encoder"], ["dec_layers", "*", "cross_kv"]]
     bert = contract("specs/bert.yaml")
     assert bert.generate is None and "bidirectional encoder" in bert.no_generate and "bert.yaml:47" in bert.no_generate

@@ -153,7 +153,7 @@ def test_a_bad_generation_config_json_names_the_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"generation_config.json: top_k must be an integer >= 0 \(0 turns it off\), got -3"):
         runtime.from_pretrained(tmp_path / "l")
     (tmp_path / "l" / "generation_config.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="generation_config.json: not valid JSON"):
+    with pytest.raises(ConfigError, match="generation_config.json:1:2: not valid JSON"):
         runtime.from_pretrained(tmp_path / "l")
 
 

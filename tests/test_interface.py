@@ -87,6 +87,11 @@ def llama_interface(compiled) -> dict:
     (lambda d: d["contract"]["masks"].update(attention_mask="S_ENC"), "contract.masks.attention_mask", "sequence of a caller input"),
     (lambda d: d["contract"]["generate"].update(tokens="ids"), "contract.generate.tokens", "not an input"),
     (lambda d: d.update(format=1), "format", "reads interface format 2"),
+    (lambda d: d["contract"]["inputs"][0].update(below="vocab_size"), "contract.inputs[0].below", "expected list"),
+    (lambda d: d["contract"]["inputs"][0].update(below=["vocab_size +"]), "contract.inputs[0].below[0]", "bad expression"),
+    (lambda d: d["contract"]["generate"].update(cache_width=7), "contract.generate.cache_width", "expected str"),
+    (lambda d: d["value_checks"][0].update(check="exec"), "value_checks[0].check", "expected one of positive"),
+    (lambda d: d["value_checks"][0].pop("at"), "value_checks[0].at", "missing"),
 ])
 def test_a_malformed_interface_is_an_artifact_error_naming_file_and_key(compiled, tmp_path, edit, key, words):
     data = llama_interface(compiled)
@@ -101,7 +106,7 @@ def test_an_interface_that_is_not_json_or_absent_is_an_artifact_error(tmp_path):
     with pytest.raises(ArtifactError, match="interface.json: missing"):
         read_interface(tmp_path)
     (tmp_path / "interface.json").write_text("{")
-    with pytest.raises(ArtifactError, match="not readable JSON"):
+    with pytest.raises(ArtifactError, match=r"interface.json:1:2: not valid JSON"):
         read_interface(tmp_path)
     with pytest.raises(ArtifactError, match=r"\(top level\): expected a JSON object"):
         parse_interface([1, 2])

@@ -357,12 +357,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(err: Exception, prog: str) -> int:
     """One line per problem on stderr, after the command's name; the exit status says whose fault it is."""
-    from runtime.errors import ArtifactError, CheckpointError, ConfigError, GenerationError
+    from runtime.errors import ArtifactError, CheckpointError, ConfigError, GenerationError, InputError
     if isinstance(err, SpecError):
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return 2
-    if isinstance(err, (UsageError, ArtifactError, CheckpointError, ConfigError, GenerationError)):
+    if isinstance(err, (UsageError, ArtifactError, CheckpointError, ConfigError, GenerationError, InputError)):
         print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     if isinstance(err, OSError):   # a file or folder named on the command line, a full disk, ...

@@ -40,7 +40,7 @@ def _weight_arg(e) -> str:
 register(OpDef(
     name="rms_norm", doc="x / rms(x) * (offset + w), statistics in fp32; w may have several dims (per-head norms)",
     operands=("x",), params={"w": "norm"},
-    attrs=(Attr("eps", "expr", required=True), Attr("offset", "expr", default=0)),
+    attrs=(Attr("eps", "expr", required=True, check="positive"), Attr("offset", "expr", default=0)),
     infer=_norm_infer, fusion="reduction", triton="rms_norm", positionwise=True, run="rms_norm",
     emit=lambda e: (f"ops.rms_norm({e['x']}, {e.p('w')}.weight, {e.a('eps')}{_weight_arg(e)})"
                     if e.const("offset") in (0, None)
@@ -51,7 +51,7 @@ register(OpDef(
 register(OpDef(
     name="layer_norm", doc="(x - mean) / std * w + b; w and b may have several dims (per-head norms)",
     operands=("x",), params={"w": "norm"},
-    attrs=(Attr("eps", "expr", required=True),), infer=_norm_infer, fusion="reduction", triton="layer_norm", positionwise=True,
+    attrs=(Attr("eps", "expr", required=True, check="positive"),), infer=_norm_infer, fusion="reduction", triton="layer_norm", positionwise=True,
     run="layer_norm",
     emit=lambda e: f"ops.layer_norm({e['x']}, {e.p('w')}.weight, {e.p('w')}.bias, {e.a('eps')}{_weight_arg(e)})",
     shape_doc="the shape and dtype of x [..., dim] for a norm param [dim] (or [..., dim] scaling more dims of x)",

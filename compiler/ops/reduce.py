@@ -97,7 +97,7 @@ register(OpDef(
     name="normalize", doc="x / max(||x||_p, eps) along dim (F.normalize): unit vectors for p = 2",
     operands=("x",), infer=_along_infer, fusion="reduction", triton=_normalize_triton, positionwise=along_features,
     attrs=(Attr("p", "expr", default=2, doc="the norm's exponent"), LAST_DIM,
-           Attr("eps", "expr", default=1e-12, doc="the smallest norm divided by")),
+           Attr("eps", "expr", default=1e-12, doc="the smallest norm divided by", check="positive")),
     emit=lambda e: f"F.normalize({e['x']}, p={e.a('p')}, dim={e.a('dim')}, eps={e.a('eps')})",
     shape_doc="the shape and dtype of x (float)", example="emb: {op: normalize, x: emb}"))
 

@@ -67,6 +67,8 @@ class Attr:
     default: Any = None
     choices: tuple = ()
     doc: str = ""
+    # the load-time check of its value once the config is known (runtime/value_checks.py CHECKS)
+    check: str | None = None
 
 
 def along_features(attrs: dict, rank: int) -> bool:
@@ -158,6 +160,11 @@ class OpDef:
         if callable(self.positionwise):
             return self.positionwise(attrs or {}, rank)
         return self.fusion in ("elementwise", "broadcast") if self.positionwise is None else self.positionwise
+
+    def declared_parallel(self, ranks: dict[str, int], attrs: dict) -> Parallel | None:
+        """The Parallel the op declares for operands of these ranks and these attributes (None: none
+        declared; the shard pass then derives one from the fusion kind)."""
+        return self.parallel(ranks, attrs) if callable(self.parallel) else self.parallel
 
     def attr(self, name: str) -> Attr | None:
         return next((a for a in self.attrs if a.name == name), None)

@@ -178,7 +178,7 @@ class _Sharding:
         op = OPS[node.op]
         ranks = {f: len(block.values[v].type.shape) for f, v in node.inputs.items()}
         if op.parallel is not None:
-            return op.parallel(ranks, node.attrs) if callable(op.parallel) else op.parallel
+            return op.declared_parallel(ranks, node.attrs)
         if len(node.outputs) != 1:
             return None
         rank = len(block.values[node.outputs[0]].type.shape)

@@ -14,7 +14,13 @@ import torch
 
 from runtime.context import KVCache, SequenceState
 from runtime.errors import GenerationError
+from runtime.expr import ExprError
+from runtime.memory import fits
 from runtime.model import modules_at
+
+# bytes per row and position the loop and this adapter hold besides the KV cache: the tokens so far,
+# the loop's output rows (int64 each), the padding row (bool), rounded up
+_TOKEN_BUFFER_BYTES = 24
 
 
 def _map_tensors(value, fn):
@@ -89,9 +95,32 @@ class CompiledDecoder:
         self.past = 0
         self.group = 1          # rows per input row after fork: they share the static outputs
 
+    def check_room(self, rows: int, max_length: int) -> None:
+        """Refuse, before allocating, a generation of `rows` rows of `max_length` tokens that runs past a
+        position table of the model or whose buffers (tokens, padding, KV cache) cannot fit."""
+        model, name = self.model, self.model.interface.name
+        for inp in model.contract.inputs:
+            bound = model._bounds.get(inp.name)
+            if inp.seq == self.g.seq and inp.source != "caller" and bound is not None and max_length > bound[0]:
+                raise GenerationError(f"generate(): max_length {max_length} (prompt + new tokens) runs past the "
+                                      f"{bound[0]} ({bound[1]}) positions {name}'s {inp.name} can take; ask for "
+                                      f"at most {bound[0]} tokens in all")
+        width = 0
+        if self.g.cache_width is not None:
+            try:
+                width = int(self.g.cache_width.evaluate(model.config))
+            except (ExprError, TypeError, ValueError):
+                width = 0
+        per_position = width * torch.empty((), dtype=model.dtype).element_size() + _TOKEN_BUFFER_BYTES
+        ok, why = fits(rows * max_length * per_position, self.device)
+        if not ok:
+            raise GenerationError(f"generate(): max_length {max_length} (prompt + new tokens) for {rows} row(s) "
+                                  f"needs about {why}; ask for fewer new tokens")
+
     def prefill(self, prompt, mask, max_length, target_prefix=None):
         rows = prompt if target_prefix is None else target_prefix
         batch, length = rows.shape
+        self.check_room(batch, max_length)
         self.capacity = max_length
         self.tokens_so_far = torch.empty(batch, max_length, dtype=torch.long, device=self.device)
         self.cache = KVCache(max_length)
@@ -157,6 +186,7 @@ class CompiledDecoder:
             self.group = 1
 
     def fork(self, n: int):
+        self.check_room(self.tokens_so_far.shape[0] * n, self.capacity)
         past = self.past
         for slot, (k, v) in list(self.cache.slots.items()):
             wide_k = k.new_empty((k.shape[0] * n, *k.shape[1:]))

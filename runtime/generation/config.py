@@ -9,11 +9,11 @@ global default (`DEFAULTS`); a keyword argument of `generate` overrides both, No
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 
 from runtime.errors import ConfigError, GenerationError
+from runtime.files import read_json_object
 
 GENERATION_CONFIG = "generation_config.json"
 
@@ -237,14 +237,12 @@ def max_positions(hf: dict) -> int | None:
 
 
 def read_json(path: Path) -> dict:
-    """A JSON object file (a config file of the checkpoint); anything else is a ConfigError naming it."""
+    """A JSON object file (a config file of the checkpoint), read bounded; anything else is a
+    ConfigError naming it."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+        return read_json_object(path, ConfigError)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing") from None
 
 
 def resolve(model_config: GenerationConfig | None, call_config: GenerationConfig | None,

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-ROPE_TYPES = ("default", "linear", "llama3", "longrope")
-ALIASES = {"su": "longrope"}   # the first LongRoPE configs named it after its authors' "su" scaling
+from runtime.value_checks import ROPE_ALIASES as ALIASES
+from runtime.value_checks import ROPE_TYPES
 
 
 def rope_type(scaling: dict | None) -> str:

@@ -20,8 +20,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from runtime.errors import CheckpointError
+from runtime.errors import CheckpointError, ConfigError
 from runtime.artifact import open_artifact
+from runtime.memory import check_model_size
 from runtime.model import CompiledModel
 from runtime.quant.config import QuantConfig
 from runtime.quant.linear import QuantEmbedding, QuantLinear
@@ -101,6 +102,12 @@ def load_quantized(folder: str | Path, artifact: str | Path, device="cpu") -> Co
     dtype = getattr(torch, md["dtype"], None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise CheckpointError(f"{where}: metadata 'dtype' {md['dtype']!r} is not a float dtype")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: metadata 'config' must be a JSON object, got {type(config).__name__}")
+    try:
+        check_model_size(spec, config, dtype, device, head, f"{where}: metadata 'config'")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
     try:
         with torch.device("meta"):
             net = (module.HEADS[head] if head is not None else module.MODEL)(module.Config(**config))
