@@ -273,7 +273,8 @@ class _Emitter:
         lines = [f"def {fn.name}({', '.join(params)}):", f"    {docstring(f'Fused group [{view.template}]: {ops_text}')}"]
         if fn.kernel is not None:
             resolve = _Resolver(view, attr_names, slot_names)
-            lines += [f"    if kernels.{fn.kernel.dispatch}({view.inputs[0]}):",
+            # a group reading the context also asks whether the model trains (its dropout has no kernel)
+            lines += [f"    if kernels.{fn.kernel.dispatch}({view.inputs[0]}{', ctx' if fn.context else ''}):",
                       f"        return kernels.{fn.kernel.name}({', '.join(resolve(c) for c in fn.kernel.call)})"]
         names = {v: v for n in view.nodes for v in [*n.inputs.values(), *n.outputs]}
         for i, n in enumerate(view.nodes):

@@ -114,6 +114,8 @@ class Block:
     graph: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
     doc: str = ""
     loc: Loc = field(default_factory=Loc)
+    # the training loss of its outputs: {"kind", "outputs" (value names), "options" (name -> Expr)}
+    loss: dict | None = None
 
     # -- reading --------------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -225,6 +227,7 @@ class ModelIR:
     blocks: dict[str, Block]                 # callees before callers, then "model", then the heads
     heads: dict[str, Head] = field(default_factory=dict)
     base_prefix: str = ""
+    init: Any = None                         # compiler.spec.InitDecl: initialisation without a checkpoint
     expect_fused: list[tuple[str, tuple]] = field(default_factory=list)   # (entry, YAML path)
     # the model's runtime-contract declarations (compiler/spec.py InputDecl roles, GenerateDecl)
     model_inputs: dict[str, Any] = field(default_factory=dict)

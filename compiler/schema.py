@@ -9,6 +9,7 @@ import json
 
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
+from runtime.loss_kinds import LOSS_KINDS
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EXPR = {"type": ["string", "number", "boolean", "null"], "description": "a literal or a config expression"}
@@ -58,6 +59,28 @@ def _param() -> dict:
                       "additionalProperties": False}}
     one_of_kinds = [{"required": [k]} for k in [*PARAM_KINDS, "block"]]
     return {"type": "object", "oneOf": one_of_kinds, "allOf": [*kinds, block]}
+
+
+def _loss() -> dict:
+    options = sorted({o for k in LOSS_KINDS.values() for o in k.options})
+    kinds = {"enum": list(LOSS_KINDS)}
+    return {"description": "the training loss of these outputs when the forward call gets targets (labels=...)",
+            "oneOf": [kinds, {"type": "object", "required": ["kind"], "additionalProperties": False,
+                              "properties": {"kind": kinds, "outputs": {"type": "array", "items": VALUE, "minItems": 1},
+                                             **{o: EXPR for o in options}}}]}
+
+
+def _init() -> dict:
+    value = {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+             "properties": {"std": EXPR, "value": EXPR}}
+    return {"type": "object", "additionalProperties": False,
+            "description": "how a model without a checkpoint is initialised (from_config, new heads, new "
+                           "embedding rows), as the architecture's reference does: weights of linear, "
+                           "embedding, conv and tensor params ~ distribution(0, std), biases 0, norm scales `norm`",
+            "properties": {"std": EXPR, "distribution": {"enum": ["normal", "trunc_normal"]}, "norm": EXPR,
+                           "params": {"type": "object", "additionalProperties": value,
+                                      "description": "per tensor (a name template of the model's params, "
+                                                     "{i} for one name segment): its own std, or a constant value"}}}
 
 
 def spec_schema() -> dict:
@@ -113,7 +136,8 @@ def spec_schema() -> dict:
                                   "description": "config.json architectures that select this head"},
                 "params": block["properties"]["params"],
                 "graph": {"type": "array", "items": {"$ref": "#/$defs/line"}},
-                "outputs": block["properties"]["outputs"]}}
+                "outputs": block["properties"]["outputs"],
+                "loss": _loss()}}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://graphspec.dev/schemas/spec.schema.json",
@@ -135,7 +159,9 @@ def spec_schema() -> dict:
                                                   "additionalProperties": False,
                                                   "properties": {"that": EXPR, "else": {"type": "string"}}}},
             "blocks": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": block},
-            "model": {**block, "properties": {**block["properties"], "inputs": model_inputs, "generate": generate}},
+            "model": {**block, "properties": {**block["properties"], "inputs": model_inputs, "generate": generate,
+                                              "loss": _loss()}},
+            "init": _init(),
             "heads": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": head,
                       "description": "task heads over the model's outputs; the first is the default"},
             "base_prefix": {"type": "string", "description": "prefix of the trunk's tensors in checkpoints "

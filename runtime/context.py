@@ -56,12 +56,21 @@ EMPTY = SequenceState()
 
 class ForwardContext:
     def __init__(self, dtype: torch.dtype, device, sequences: dict[str, SequenceState] | None = None,
-                 keep_positions: int = 0):
+                 keep_positions: int = 0, training: bool = False, record: tuple[str, ...] = ()):
         self.dtype, self.device = dtype, device
         self.sequences = sequences or {}
         # > 0: the model's per-position tail (final norm, LM head) runs on the last k positions only
         self.keep_positions = keep_positions
+        self.training = training            # dropout drops (ops.dropout, attention's dropout)
+        # what the caller asked to see besides the outputs: "hidden_states" (each repeated layer's
+        # carried value, `ctx.layer`), "attentions" (each attention's probabilities)
+        self.recording = "hidden_states" in record
+        self.record_attentions = "attentions" in record
+        self.records: dict[str, list] = {}
         self._masks: dict[tuple, object] = {}
+
+    def record(self, kind: str, value: torch.Tensor) -> None:
+        self.records.setdefault(kind, []).append(value)
 
     def seq(self, name: str | None) -> SequenceState:
         """The state of a sequence; an empty one (no padding, no past, no cache) for None (keys along

@@ -111,3 +111,12 @@ register(OpDef(
     triton=lambda a: None if a["cap"] is None or not isinstance(a["cap"], (int, float))
     else "(2.0 * tl.sigmoid(2.0 * {x} / {cap}) - 1.0) * {cap}"))
 
+
+
+register(OpDef(
+    name="dropout", doc="while training, zeroes each element with probability p and scales the rest by "
+                        "1 / (1 - p); x unchanged in eval mode or when p is 0 or null",
+    operands=("x",), attrs=(Attr("p", "expr", required=True, doc="the drop probability (a config rate), or null"),),
+    infer=lambda ctx: [ctx["x"]], emit=lambda e: f"ops.dropout({e['x']}, ctx, {e.a('p')})",
+    # reads ctx.training; random, so never part of a fused group (the kernels run in eval only)
+    context=True, fusion="opaque", positionwise=True, run="dropout"))

@@ -6,7 +6,8 @@ from runtime.ops.modules import Norm, Tensor
 from runtime.ops.norms import layer_norm, rms_norm
 from runtime.ops.rotary import rope, rope_table
 from runtime.ops.sequence import keep_positions, last_positions, positions, relative_buckets
-from runtime.ops.tensors import concat, softcap
+from runtime.ops.tensors import concat, dropout, softcap
 
 __all__ = ["attention", "FusedLinear", "Linear", "linear", "Norm", "Tensor", "layer_norm", "rms_norm", "rope",
-           "rope_table", "keep_positions", "last_positions", "positions", "relative_buckets", "concat", "softcap"]
+           "rope_table", "keep_positions", "last_positions", "positions", "relative_buckets", "concat", "dropout",
+           "softcap"]

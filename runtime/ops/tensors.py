@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def concat(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
@@ -17,3 +18,10 @@ def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     if cap is None:
         return x
     return torch.tanh(x / cap) * cap
+
+
+def dropout(x: torch.Tensor, ctx, p: float | None) -> torch.Tensor:
+    """nn.Dropout's arithmetic while the model trains (ctx.training); the identity otherwise."""
+    if not p or not ctx.training:
+        return x
+    return F.dropout(x, p, training=True)
