@@ -138,7 +138,7 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype="auto", device="cpu
         warnings.warn(f"{folder}: the '{head}' head is newly initialised (the checkpoint has no weights for "
                       f"{', '.join(plan.head_missing)}); its outputs mean nothing until it is trained")
     check_no_meta(net)
-    net.eval()
+    model.eval()
     model.id2label = config.id2label if (isinstance(hf.get("id2label"), dict) or "num_labels" in config) else None
     return model
 
@@ -192,9 +192,9 @@ def init_random(artifact: str | Path, hf: dict, dtype=None, seed: int | None = 0
         torch.manual_seed(seed)
     with _no_init() if declared_init else contextlib.nullcontext():
         net = (art.module.HEADS[head] if head is not None else art.module.MODEL)(art.module.Config(**config))
-    net = net.to(device=device, dtype=torch_dtype).eval()
+    net = net.to(device=device, dtype=torch_dtype)
     model = CompiledModel(net, config, art.interface, art.manifest, torch_dtype, device, {"initialised": "random"},
-                          head=head)
+                          head=head).eval()
     if declared_init:
         initialise(model)
     model.id2label = config.id2label if head is not None and "num_labels" in config else None

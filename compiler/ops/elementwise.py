@@ -118,5 +118,6 @@ register(OpDef(
                         "1 / (1 - p); x unchanged in eval mode or when p is 0 or null",
     operands=("x",), attrs=(Attr("p", "expr", required=True, doc="the drop probability (a config rate), or null"),),
     infer=lambda ctx: [ctx["x"]], emit=lambda e: f"ops.dropout({e['x']}, ctx, {e.a('p')})",
-    # reads ctx.training; random, so never part of a fused group (the kernels run in eval only)
-    context=True, fusion="opaque", positionwise=True, run="dropout"))
+    # Reads ctx.training. A fused group holding it takes the context, and its kernel runs only outside
+    # training (runtime/kernels.py), where dropout is the identity: so its Triton form is x itself.
+    context=True, fusion="elementwise", triton="{x}", run="dropout"))
