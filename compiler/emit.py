@@ -203,6 +203,10 @@ class _Emitter:
                 lines.append(self.noted(f"        {self.op_line(block, member, self.names)}", block, member.outputs, [member]))
             else:
                 lines.append(self.noted(f"        {self.op_line(block, node, self.names)}", block, node.outputs, [node]))
+            if block.last_hidden is not None and block.last_hidden in node.outputs:
+                # output_hidden_states reports it in place of the last layer's output
+                stack = next(_stack(block, n) for n in units if n.op == "repeat")
+                lines.append(f"        ctx.record_last({literal(stack)}, {self.names[block.last_hidden]})")
         return lines
 
     def noted(self, line: str, block: Block, outputs, nodes: list[Node]) -> str:
@@ -240,10 +244,29 @@ class _Emitter:
                 loop_args.append(carried[name])
             else:
                 loop_args.append(arg)
+        if ctx:
+            # output_hidden_states / output_attentions: the carried value entering each layer and leaving
+            # the last, and each attention's probabilities, recorded under this stack's name
+            stack = literal(_stack(block, node))
+            lines += [f"        ctx.stack = {stack}", "        if ctx.recording:",
+                      f"            ctx.record_layer({stack}, {outs[0]})"]
         lines.append(f"        for layer in self.{p.name}:")
         lines.append(self.noted(f"            {', '.join(outs)} = layer({', '.join(loop_args + ctx)})", block,
                                 node.outputs, [node]))
+        if ctx:
+            lines += ["            if ctx.recording:", f"                ctx.record_layer({stack}, {self.carried(node, outs)})"]
         return lines
+
+    @staticmethod
+    def carried(node: Node, outs: list[str]) -> str:
+        """The value a layer hands the next: its first output, or, where defer_carried_ops moved the
+        layer's closing op after it, that op over the outputs it now returns (x + h)."""
+        if node.carried is None:
+            return outs[0]
+        op, attrs, base_field, delta_field, base, delta = node.carried
+        e = EmitCtx({base_field: outs[base], delta_field: outs[delta]}, {}, {k: py(v) for k, v in attrs.items()},
+                    ["_"], {k: const_value(v) for k, v in attrs.items()})
+        return OPS[op].emit(e)
 
     # -- fused groups -------------------------------------------------------------------------------
     def group_call(self, block: Block, node: Node) -> str:
@@ -283,6 +306,11 @@ class _Emitter:
             lines.append(f"    {line}")
         lines.append(f"    return {', '.join(view.outputs)}")
         return "\n".join(lines)
+
+
+def _stack(block: Block, node: Node) -> str:
+    """The name a repeat's records go under: its block and param (`model.layers`, `encoder.layers`)."""
+    return f"{block.name}.{block.params[node.block].name}"
 
 
 def _slot_names(fn) -> dict[int, str]:

@@ -85,6 +85,9 @@ class Node:
     block: str | None = None              # call / repeat: the block param it runs
     region: Region | None = None          # op "region": the fused group
     seq: str | None = None                # context ops: the model-level sequence they run along
+    # repeat: the op defer_carried_ops moved out of the layers, which makes the carried value from the
+    # layer's outputs: (op, attrs, base field, delta field, base output index, delta output index)
+    carried: Any = None
 
 
 @dataclass
@@ -116,6 +119,8 @@ class Block:
     loc: Loc = field(default_factory=Loc)
     # the training loss of its outputs: {"kind", "outputs" (value names), "options" (name -> Expr)}
     loss: dict | None = None
+    # the value that ends the hidden states its repeated layers report (output_hidden_states), or None
+    last_hidden: str | None = None
 
     # -- reading --------------------------------------------------------------------------------
     def nodes(self) -> list[Node]:

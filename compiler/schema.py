@@ -118,7 +118,10 @@ def spec_schema() -> dict:
                  "params": {"type": "object", "propertyNames": {"pattern": IDENT},
                             "additionalProperties": {"$ref": "#/$defs/param"}},
                  "graph": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/line"}},
-                 "outputs": {"type": "array", "minItems": 1, "items": VALUE}}}
+                 "outputs": {"type": "array", "minItems": 1, "items": VALUE},
+                 "last_hidden": {**VALUE, "description": "the value Transformers reports as the last of the "
+                                 "hidden states of this block's repeated layers (output_hidden_states), when it is "
+                                 "not the last layer's output: a final norm's (the last binding of the name)"}}}
     transform = {"oneOf": [
         {"enum": ["transpose"]},
         {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1, "properties": {

@@ -123,6 +123,7 @@ class BlockDecl:
     doc: str = ""
     generate: GenerateDecl | None = None     # the model's `generate:`, when declared
     loss: LossDecl | None = None             # the training loss of its outputs, when declared
+    last_hidden: str | None = None           # the value ending output_hidden_states of its repeat
 
 
 @dataclass
@@ -346,7 +347,8 @@ class _Builder:
             start = self.expr(g["start"], path + ("generate", "start")) if g.get("start") is not None else None
             generate = GenerateDecl(g.get("tokens"), g.get("logits"), start, path + ("generate",))
         loss = self.loss(data["loss"], path + ("loss",)) if "loss" in data else None
-        return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""), generate, loss)
+        return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""), generate, loss,
+                         data.get("last_hidden"))
 
     def param(self, name: str, data: dict, path: PathT) -> ParamDecl:
         tied = data.get("tied")

@@ -66,11 +66,42 @@ class ForwardContext:
         # carried value, `ctx.layer`), "attentions" (each attention's probabilities)
         self.recording = "hidden_states" in record
         self.record_attentions = "attentions" in record
-        self.records: dict[str, list] = {}
+        self.stack: str | None = None           # the repeated layers running now (set by the emitted loop)
+        self.hidden: dict[str, list] = {}       # stack -> the carried value entering each layer, then leaving the last
+        self.last: dict[str, torch.Tensor] = {}     # stack -> what ends its hidden states instead (a final norm's output)
+        self.attentions: dict[tuple, list] = {}     # (stack, keys' sequence) -> each attention's probabilities
         self._masks: dict[tuple, object] = {}
 
-    def record(self, kind: str, value: torch.Tensor) -> None:
-        self.records.setdefault(kind, []).append(value)
+    def record_layer(self, stack: str, value: torch.Tensor) -> None:
+        self.hidden.setdefault(stack, []).append(value)
+
+    def record_last(self, stack: str, value: torch.Tensor) -> None:
+        if self.recording:
+            self.last[stack] = value
+
+    def record_attention(self, seq: str | None, probs: torch.Tensor) -> None:
+        self.attentions.setdefault((self.stack, seq), []).append(probs)
+
+    def records(self) -> dict[str, tuple]:
+        """Transformers' names: `hidden_states` and `attentions` for a model with one stack of layers
+        (and one sequence of keys); with several, each prefixed by its stack's param (`dec_layers_`) and
+        suffixed by the keys' sequence past the first."""
+        out = {}
+        stacks = list(dict.fromkeys([*self.hidden, *(s for s, _ in self.attentions)]))
+
+        def name(stack, kind):
+            return kind if len(stacks) == 1 else f"{stack.rpartition('.')[2]}_{kind}"
+        for stack, values in self.hidden.items():
+            values = list(values)
+            if stack in self.last:
+                values[-1] = self.last[stack]
+            out[name(stack, "hidden_states")] = tuple(values)
+        seen: dict[str, int] = {}
+        for (stack, seq), values in self.attentions.items():
+            base = name(stack, "attentions")
+            seen[base] = seen.get(base, 0) + 1
+            out[base if seen[base] == 1 else f"{base}_{str(seq).lower()}"] = tuple(values)
+        return out
 
     def seq(self, name: str | None) -> SequenceState:
         """The state of a sequence; an empty one (no padding, no past, no cache) for None (keys along

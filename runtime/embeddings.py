@@ -14,15 +14,17 @@ from torch import nn
 from runtime.expr import Expr
 
 
-def take_embeds(model, kwargs: dict) -> dict:
+def take_embeds(model, args: tuple, kwargs: dict) -> dict:
     """Pop `inputs_embeds`-like keywords from a call; each stands in for its int input, which gets a
     placeholder of ids (only its shape is read) that the embedding module recognises by identity."""
     out = {}
+    callers = model.contract.callers
+    positional = callers[0].name if args and callers else None
     for kwarg, (name, module) in (model.interface.embeddings or {}).items():
         value = kwargs.pop(kwarg, None)
         if value is None:
             continue
-        if kwargs.get(name) is not None:
+        if kwargs.get(name) is not None or name == positional:
             raise TypeError(f"{model.interface.name}: give {name} or {kwarg}, not both")
         value = torch.as_tensor(value, device=model.device).to(model.dtype)
         if value.dim() == 2:

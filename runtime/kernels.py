@@ -34,9 +34,10 @@ class Kernels:
         return env_forced() if self.force is None else self.force
 
     def enabled(self, x: torch.Tensor, ctx=None) -> bool:
-        """The Triton path for a group whose first input is x. Under autograd (grad mode on) and while
-        the model trains (dropout) the group runs its PyTorch code: the kernels have no backward."""
-        if torch.is_grad_enabled() or (ctx is not None and ctx.training):
+        """The Triton path for a group whose first input is x. Under autograd (grad mode on), while the
+        model trains (dropout) and while attention probabilities are recorded, the group runs its
+        PyTorch code: the kernels have no backward, no dropout and keep no probabilities."""
+        if torch.is_grad_enabled() or (ctx is not None and (ctx.training or ctx.record_attentions)):
             return False
         return x.is_cuda or self.forced()
 

@@ -205,7 +205,7 @@ class CompiledModel(TransformersAPI, nn.Module):
         """
         keep = _count(logits_to_keep)
         targets = self._targets(kwargs)
-        embeds = self._take_embeds(kwargs)
+        embeds = self._take_embeds(args, kwargs)
         record = tuple(k for k, on in (("hidden_states", output_hidden_states), ("attentions", output_attentions)) if on)
         with _grad_or_inference():
             feeds, masks = self._bind(args, kwargs)
@@ -342,8 +342,7 @@ class CompiledModel(TransformersAPI, nn.Module):
         ctx = ForwardContext(self.dtype, self.device, states, keep_positions=keep, training=self.training, record=record)
         with self._embeds_in_place(feeds, embeds):
             out = ModelOutput((self._trunk or self.net)(*(feeds[i.name] for i in self.contract.inputs), ctx))
-        for kind, values in ctx.records.items():
-            out[kind] = tuple(values)
+        out.update(ctx.records())
         return out
 
     def _supply(self, feeds: dict, states: dict[str, SequenceState], lengths: dict[str, int]) -> None:

@@ -46,9 +46,9 @@ class TransformersAPI:
         from runtime.embeddings import resize_token_embeddings
         return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
-    def _take_embeds(self, kwargs: dict) -> dict:
+    def _take_embeds(self, args: tuple, kwargs: dict) -> dict:
         from runtime.embeddings import take_embeds
-        return take_embeds(self, kwargs)
+        return take_embeds(self, args, kwargs)
 
     def _embeds_in_place(self, feeds: dict, embeds: dict | None):
         from runtime.embeddings import embeds_in_place

@@ -40,7 +40,7 @@ def test_v1_specs_get_their_contract_from_the_table_of_input_names():
                            "start": "decoder_start_token_id"}
     assert t5.static == [["encoder"], ["dec_layers", "*", "cross_kv"]]
     bert = contract("specs/bert.yaml")
-    assert bert.generate is None and "bidirectional encoder" in bert.no_generate and "bert.yaml:47" in bert.no_generate
+    assert bert.generate is None and "bidirectional encoder" in bert.no_generate and "bert.yaml:53" in bert.no_generate
     assert [(i["name"], i["source"], i.get("value")) for i in bert.inputs] == [
         ("input_ids", "caller", None), ("token_type_ids", "fill", 0)]
     vit = contract("specs/vit.yaml")

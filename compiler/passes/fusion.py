@@ -273,8 +273,9 @@ class _BlockFusion:
             ids = set(self.members[key])
             inside = {o for n in nodes for o in n.outputs}
             inputs = list(dict.fromkeys(v for n in nodes for v in n.inputs.values() if v not in inside))
+            # a value reported besides the outputs (the last hidden state) is written like an output
             outputs = [o for n in nodes for o in n.outputs
-                       if o in block.outputs or any(u not in ids for u in self.users(o))]
+                       if o in block.outputs or o == block.last_hidden or any(u not in ids for u in self.users(o))]
             fp = self.fused_params.get(key)
             if fp is not None:
                 block.params[fp.name] = fp

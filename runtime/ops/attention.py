@@ -25,13 +25,13 @@ def attention(q, k, v, ctx, slot, *, seq: str | None = None, causal: bool = True
     gqa = k.shape[1] != q.shape[1]
     p = dropout if dropout and ctx.training else 0.0
     if softcap or bias is not None or ctx.record_attentions:
-        return _eager_attention(q, k, v, mask, scale, softcap, bias, p, ctx)
+        return _eager_attention(q, k, v, mask, scale, softcap, bias, p, ctx, seq)
     if isinstance(mask, str):  # "causal": square, unpadded, the kernel masks without a tensor
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa, dropout_p=p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa, dropout_p=p)
 
 
-def _eager_attention(q, k, v, mask, scale, softcap, bias=None, p=0.0, ctx=None):
+def _eager_attention(q, k, v, mask, scale, softcap, bias=None, p=0.0, ctx=None, seq=None):
     if k.shape[1] != q.shape[1]:
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -48,7 +48,7 @@ def _eager_attention(q, k, v, mask, scale, softcap, bias=None, p=0.0, ctx=None):
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
     if ctx is not None and ctx.record_attentions:
-        ctx.record("attentions", probs)
+        ctx.record_attention(seq, probs)
     if p:
         probs = F.dropout(probs, p, training=True)
     return torch.matmul(probs, v)
