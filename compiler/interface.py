@@ -97,7 +97,7 @@ def _transform(t):
 
 def _weight_rule(r) -> dict:
     return {"from": list(r.sources), "to": list(r.targets), "transforms": [_transform(t) for t in r.transforms],
-            "when": _text(r.when), "ignore": r.ignore}
+            "when": _text(r.when), "ignore": r.ignore, "legacy": r.legacy}
 
 
 def _tensor(t) -> dict:

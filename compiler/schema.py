@@ -176,6 +176,8 @@ def spec_schema() -> dict:
                 "type": "object", "required": ["from"], "additionalProperties": False,
                 "properties": {
                     "from": names, "to": names, "when": EXPR, "doc": {"type": "string"},
+                    "legacy": {"type": "boolean", "description": "an older layout of tensors another rule also "
+                               "feeds: read when loading, never chosen when saving a model made without a checkpoint"},
                     "ignore": {"type": "string", "minLength": 1,
                                "description": "why these checkpoint tensors are not loaded (e.g. a saved mask buffer)"},
                     "transforms": {"type": "array", "items": transform}}}},

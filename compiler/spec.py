@@ -134,6 +134,7 @@ class WeightRule:
     when: Expr | None
     path: PathT
     ignore: str | None = None        # a tensor the model does not need, and why (targets are empty)
+    legacy: bool = False             # an older layout: read when loading, not chosen when saving
 
 
 @dataclass
@@ -388,7 +389,7 @@ class _Builder:
             elif isinstance(t, dict) and "reshape" in t:
                 t = {"reshape": [self.expr(s, tpath + ("reshape", j)) for j, s in enumerate(t["reshape"])]}
             transforms.append(t)
-        return WeightRule(sources, targets, transforms, when, path, data.get("ignore"))
+        return WeightRule(sources, targets, transforms, when, path, data.get("ignore"), bool(data.get("legacy", False)))
 
 
 def describe_path(path: PathT) -> str:

@@ -44,6 +44,7 @@ class WeightRule:
     transforms: tuple
     when: Expr | None
     ignore: str | None
+    legacy: bool = False       # an older layout: read when loading, not chosen when saving
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,8 @@ class _Reader:
                           self.strings(self.get(x, "to", list, where), f"{where}.to"),
                           tuple(self.transform(t, f"{where}.transforms[{i}]")
                                 for i, t in enumerate(self.get(x, "transforms", list, where))),
-                          self.maybe_expr(x, "when", where), self.get(x, "ignore", str, where, nullable=True))
+                          self.maybe_expr(x, "when", where), self.get(x, "ignore", str, where, nullable=True),
+                          bool(self.get(x, "legacy", bool, where, optional=True)))
 
     def tensor(self, x, where: str) -> TensorRecord:
         repeat = []

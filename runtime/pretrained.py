@@ -134,7 +134,7 @@ def from_pretrained(name_or_path: str | Path, *, config=None, revision: str | No
     target = single_device(device, device_map)
     model = load(artifact, folder, dtype=_resolve_dtype(dtype, torch_dtype), device=target or "cpu", strict=strict,
                  head=head, init_new_head=init_new_head, triton=triton, hf=hf, config_overrides=config_overrides)
-    if target is None and device_map is not None:
+    if isinstance(device_map, dict):
         place(model, device_map)
     return model
 

@@ -4,8 +4,10 @@ A model loaded from a checkpoint remembers which checkpoint tensors fed which pa
 rule, with their shapes (`checkpoint_layout`), so every transform is undone exactly (a concat split
 back at the source sizes, a reshape back to the source shape) and every tensor gets its source name.
 Params without a recorded source (a new head, a model made by from_config) take the most specific
-rule whose target matches them (fewest placeholders, then rule order), which needs no source shapes
-for transpose, permute and split. Tied params are written once, as Transformers does.
+rule whose target matches them (fewest placeholders, then rule order; `legacy` rules never), which
+needs no source shapes for transpose, permute and split. Tied params are written once, as
+Transformers does. A spec whose heads map different checkpoint names onto one param (RoBERTa's
+classification head onto BERT's pooler) saves such a model under the first rule's names.
 
 config.json keeps every key of the source config with this model's values merged
 (runtime/hf_config.py); generation_config.json and the tokenizer files of the source folder are
@@ -94,7 +96,9 @@ def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
             out[s] = t
         done.update(targets)
     head_params = interface.head_params(model.head) if model.head is not None else set()
-    rules = [r for r in interface.weights if r.ignore is None and _active(r, config)]
+    rules = [r for r in interface.weights if r.ignore is None and not r.legacy and _active(r, config)]
+    base_head = interface.head_for(interface.matches.get("architectures"))
+    base_params = interface.head_params(base_head) if base_head is not None else set()
     for name in params:
         if name in done or name in aliases:
             continue
@@ -109,7 +113,9 @@ def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{interface.name}: param {name} comes from rule {list(rule.sources)} whose "
                                   f"{blocked[0]} transform needs the checkpoint's source shapes; this model was "
                                   "not loaded from a checkpoint that records them")
-        trunk = name.split(".", 1)[0] not in head_params
+        # the trunk's tensors, and a head's that the base model has too (a pooler), sit under the prefix
+        top = name.split(".", 1)[0]
+        trunk = top not in head_params or top in base_params
         sources = [(prefix if wanted and trunk else "") + fill(s, binding) for s in rule.sources]
         tensors = [params[t].detach() for t in targets]
         for s, t in zip(sources, invert_transforms(rule, tensors, config, [None] * len(sources))):
