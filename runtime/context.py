@@ -54,6 +54,12 @@ class SequenceState:
 EMPTY = SequenceState()
 
 
+def tracing() -> bool:
+    """torch.compile or torch.export is tracing: decisions on tensor values (is every position real?)
+    would become guards on data, so the general path is taken, whose result is the same."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 class ForwardContext:
     def __init__(self, dtype: torch.dtype, device, sequences: dict[str, SequenceState] | None = None,
                  keep_positions: int = 0, training: bool = False, record: tuple[str, ...] = ()):
@@ -111,6 +117,8 @@ class ForwardContext:
     def mask(self, seq: str | None, q_len: int, kv_len: int, causal: bool, window: int | None = None):
         """For keys along `seq`: None (attend everywhere), "causal" (the kernel's own causal mask), or a
         bool tensor [B or 1, 1, q_len, kv_len] with True where a query may attend."""
+        if tracing():    # symbolic sizes do not hash; the traced graph holds each mask's ops anyway
+            return _build(self.seq(seq).padding, self.device, q_len, kv_len, bool(causal), window)
         key = (seq, q_len, kv_len, bool(causal), window)
         if key not in self._masks:
             self._masks[key] = _build(self.seq(seq).padding, self.device, q_len, kv_len, bool(causal), window)
@@ -124,7 +132,7 @@ def _build(padding, device, q_len, kv_len, causal, window):
             return None
         if q_len == kv_len:
             return "causal"
-    if q_len == 1 and causal and not windowed and bool(padding[:, kv_len - 1].all()):
+    if q_len == 1 and causal and not windowed and not tracing() and bool(padding[:, kv_len - 1].all()):
         # A decode step: the one query is the newest token and real, so causality holds for every
         # key and the mask is the padding row itself, a view rather than new tensors per step.
         return padding[:, None, None, :kv_len]
@@ -141,6 +149,6 @@ def _build(padding, device, q_len, kv_len, causal, window):
         # A padding query may see no key at all; give it its own position so softmax stays finite
         # (its output is never used, but NaN would spread through later ops on the same row).
         empty = ~mask.any(dim=-1, keepdim=True)
-        if bool(empty.any()):
+        if tracing() or bool(empty.any()):
             mask = mask | (empty & (k_pos == q_pos)[None, None])
     return mask

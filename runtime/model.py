@@ -9,13 +9,15 @@ or family name: the contract says them all.
 """
 from __future__ import annotations
 
+import inspect
+import types
 from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from runtime.context import ForwardContext, KVCache, SequenceState
+from runtime.context import ForwardContext, KVCache, SequenceState, tracing
 from runtime.interface import Input, Interface
 from runtime.model_api import TransformersAPI
 from runtime.ops import last_positions
@@ -127,11 +129,36 @@ def as_input(value, device) -> torch.Tensor:
     return t.clone() if t.is_inference() and torch.is_grad_enabled() else t
 
 
+def _forward(self, *args, **kwargs):
+    return CompiledModel.forward(self, *args, **kwargs)
+
+
+def _with_signature(model) -> types.MethodType:
+    """forward bound to the model, with the signature its contract gives it (the first input also
+    positional; the other inputs, masks, inputs_embeds and loss targets by keyword): what help() shows
+    and what torch.export binds example inputs and dynamic shapes to (it cannot see through **kwargs)."""
+    P = inspect.Parameter
+    callers = [i.name for i in model.contract.callers]
+    named = [*(i.name for i in model.contract.inputs if i.name not in callers[:1]), *model.contract.masks,
+             *(model.interface.embeddings or {})]
+    if model.loss_spec is not None:
+        from runtime.loss_kinds import LOSS_KINDS
+        named += LOSS_KINDS[model.loss_spec.kind].labels
+    params = [P("self", P.POSITIONAL_ONLY)] + [P(n, P.POSITIONAL_OR_KEYWORD, default=None) for n in callers[:1]]
+    params += [P(n, P.KEYWORD_ONLY, default=None) for n in dict.fromkeys(named)]
+    params += [P(n, P.KEYWORD_ONLY, default=d) for n, d in (("logits_to_keep", 0), ("output_hidden_states", False),
+                                                            ("output_attentions", False), ("return_dict", True))]
+    fn = types.FunctionType(_forward.__code__, _forward.__globals__, "forward")
+    fn.__signature__ = inspect.Signature(params)
+    fn.__doc__ = CompiledModel.forward.__doc__
+    return types.MethodType(fn, model)
+
+
 def _grad_or_inference():
     """Autograd when grad mode is on (training, or gradients wanted); inference_mode otherwise, where
     the forward keeps no graph and the fused groups may take their kernels. Tracing (torch.compile,
     torch.export) keeps the caller's mode."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if torch.is_grad_enabled() or tracing():
         return nullcontext()
     return torch.inference_mode()
 
@@ -154,6 +181,7 @@ class CompiledModel(TransformersAPI, nn.Module):
         self.loss_spec = interface.heads[head].loss if head is not None else interface.loss
         self.id2label: dict[int, str] | None = None
         self._trunk = None             # base_model of a head model: the trunk's forward on the same modules
+        self.forward = _with_signature(self)
         self._inputs = {i.name: i for i in self.contract.inputs}
         # per input, the dims this config fixes (an image of image_size pixels)
         self._fixed = {i.name: {k: int(d.evaluate(config)) for k, d in enumerate(i.shape) if d.names <= config.keys()}
@@ -328,7 +356,7 @@ class CompiledModel(TransformersAPI, nn.Module):
             if tuple(m.shape) != want:
                 raise ValueError(f"{self.interface.name}: {kwarg} must be [{want[0]}, {want[1]}] like the inputs along "
                                  f"{seq}, got {list(m.shape)}")
-            out[seq] = None if bool(m.all()) else m.bool()
+            out[seq] = None if not tracing() and bool(m.all()) else m.bool()
         return out
 
     def _run(self, feeds: dict, states: dict[str, SequenceState], keep: int, record: tuple = (),

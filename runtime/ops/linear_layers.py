@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.context import tracing
+
 
 def _slow_reduced_precision_gemm() -> bool:
     # Without AVX512-BF16 / AMX, torch's bf16 and fp16 GEMMs on CPU run far below its fp32 GEMM
@@ -31,7 +33,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
       operands, rounded once at the end (fp32 accumulation, as torch's own bf16 GEMM does). A single
       row stays on F.linear, whose bf16 matrix-vector path is threaded and reads the stored width.
     """
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or tracing():    # a traced graph leaves GEMM choices to its compiler
         return F.linear(x, weight, bias)
     if x.dtype == torch.float32:
         return _split_linear(x, weight, bias)
