@@ -11,14 +11,11 @@ import runtime
 from runtime.errors import CheckpointError, ConfigError
 from tests.family_parity import random_ids
 from tests.hf_checkpoints import randomize, save
+from tests.tiny_configs import BERT, LLAMA
 
 transformers = pytest.importorskip("transformers")
 
 TOL = 1e-4
-LLAMA = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, pad_token_id=0)
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 

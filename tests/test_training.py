@@ -10,19 +10,13 @@ import runtime
 from compiler.pipeline import compile_spec
 from tests.family_parity import random_ids
 from tests.hf_checkpoints import randomize, save
+from tests.tiny_configs import BERT, LLAMA, T5
 
 transformers = pytest.importorskip("transformers")
 
 STEPS = 5
 LOSS_TOL = 1e-5
 
-LLAMA = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, pad_token_id=0)
-T5 = dict(vocab_size=99, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
-          relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0,
-          pad_token_id=0, eos_token_id=1, feed_forward_proj="relu")
 NO_DROPOUT_BERT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
