@@ -234,14 +234,15 @@ class _Lowering:
             if pname not in used_params:
                 self.fail(p.path, f"param '{pname}' is declared but no op uses it")
         block.loss = self.lower_loss(decl, block)
-        if decl.last_hidden is not None:
+        clean = not any(v.type is POISON for v in block.values.values()) and not self.failed_before(decl)
+        if decl.last_hidden is not None and clean:
             repeats = [n for n in block.nodes() if n.op == "repeat"]
             if decl.last_hidden not in env or len(repeats) != 1:
                 self.fail(decl.path + ("last_hidden",), f"last_hidden names a value of a block with one repeat; "
                                                          f"'{decl.last_hidden}' in a block with {len(repeats)}")
             else:
                 block.last_hidden = env[decl.last_hidden]
-        if not any(v.type is POISON for v in block.values.values()) and not self.failed_before(decl):
+        if clean:
             self.block_types[decl.name] = ({n: block.values[n].type for n in block.inputs},
                                            [block.values[v].type for v in block.outputs])
         return block

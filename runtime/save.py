@@ -6,8 +6,9 @@ back at the source sizes, a reshape back to the source shape) and every tensor g
 Params without a recorded source (a new head, a model made by from_config) take the most specific
 rule whose target matches them (fewest placeholders, then rule order; `legacy` rules never), which
 needs no source shapes for transpose, permute and split. Tied params are written once, as
-Transformers does. A spec whose heads map different checkpoint names onto one param (RoBERTa's
-classification head onto BERT's pooler) saves such a model under the first rule's names.
+Transformers does. A spec whose heads map different checkpoint names onto one param (a
+classification head's dense layer onto the parent spec's pooler) saves such a model under the
+first rule's names.
 
 config.json keeps every key of the source config with this model's values merged
 (runtime/hf_config.py); generation_config.json and the tokenizer files of the source folder are

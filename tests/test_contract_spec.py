@@ -105,7 +105,7 @@ def test_declaring_generate_on_a_bidirectional_encoder_says_why_it_cannot(tmp_pa
     path, line = edited(tmp_path, BERT, "  outputs: [last_hidden_state]\n\nheads:",
                         "  outputs: [last_hidden_state]\n  generate: {tokens: input_ids, logits: last_hidden_state}\n\nheads:")
     assert_at(errors_of(path, tmp_path), path, line + 1, "model.generate",
-              "generate is declared, but it is a bidirectional encoder", f"{path.name}:47")
+              "generate is declared, but it is a bidirectional encoder", f"{path.name}:53")
 
 
 def test_encoder_keys_must_agree_with_the_sequence_the_keys_run_along(tmp_path):

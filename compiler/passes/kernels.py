@@ -46,8 +46,6 @@ def select_kernels(ir: ModelIR) -> None:
             taken.add(name)
             view.name = name
             template = TEMPLATES.get(region.template)
-            if _passes_through(view):
-                template = None     # a kernel would only copy its input: the ops run in place
             kernel = template(name, _doc(view), None, _single_assignment(view), OPS) if template is not None else None
             fn = GroupFunction(name, view, kernel, params, attrs,
                                any(OPS[n.op].context for n in view.nodes),
@@ -55,16 +53,6 @@ def select_kernels(ir: ModelIR) -> None:
             functions[key] = fn
         region.function = fn if (fn.kernel is not None or len(region.nodes) > 1) else None
         region.kernel = fn.kernel if region.function is not None else None
-
-
-def _passes_through(view: Region) -> bool:
-    """Every member's Triton form is its operand unchanged (dropout outside training): a group of only
-    these would launch a kernel that copies."""
-    for n in view.nodes:
-        op = OPS[n.op]
-        if not isinstance(op.triton, str) or op.triton.strip("{}") not in op.operands or op.triton.count("{") != 1:
-            return False
-    return True
 
 
 def _view(block: Block, region: Region) -> tuple[Region, list[str], list[tuple[int, str]]]:
