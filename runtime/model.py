@@ -257,7 +257,11 @@ class CompiledModel(TransformersAPI, nn.Module):
         from runtime.loss_kinds import LOSS_KINDS
         names = LOSS_KINDS[loss.kind].labels if loss is not None else ()
         given = {n: kwargs.pop(n) for n in names if n in kwargs}
-        stray = [n for k in LOSS_KINDS.values() for n in k.labels if n in kwargs and n not in self._inputs]
+        for n in [n for k in LOSS_KINDS.values() for n in k.labels if n not in self._inputs]:
+            if kwargs.get(n, 0) is None:
+                del kwargs[n]         # labels=None: no targets, as in Transformers
+        stray = [n for k in LOSS_KINDS.values() for n in k.labels
+                 if kwargs.get(n) is not None and n not in self._inputs]
         if stray:
             raise TypeError(f"{self.interface.name}{f' with the {self.head!r} head' if self.head else ''} computes "
                             + (f"its loss from {', '.join(names)}" if loss else "no loss (its spec declares none)")

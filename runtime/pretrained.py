@@ -90,14 +90,18 @@ FETCHED = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja
 def _config_dict(config) -> dict:
     """A config given to from_pretrained / from_config: a dict like config.json, our model.config, or
     an object with to_dict() (Transformers' PretrainedConfig)."""
-    if isinstance(config, dict) and not hasattr(config, "to_dict"):
-        return dict(config)
     if hasattr(config, "to_dict"):
         data = config.to_dict()
         if getattr(config, "architectures", None) and "architectures" not in data:
             data["architectures"] = list(config.architectures)
-        return data
-    raise ConfigError(f"config must be a dict or have to_dict() (a Transformers config), got {type(config).__name__}")
+    elif isinstance(config, dict):
+        data = dict(config)
+    else:
+        raise ConfigError(f"config must be a dict or have to_dict() (a Transformers config), got {type(config).__name__}")
+    if "auto_map" in data:
+        raise ConfigError("the given config asks for remote code (auto_map); graphspec never runs code from a "
+                          "checkpoint. Write a spec for this architecture instead.")
+    return data
 
 
 def _resolve_dtype(dtype, torch_dtype):

@@ -179,10 +179,12 @@ def plan_load(interface, config: dict, module: nn.Module, tensors: dict, folder:
 
 
 def _match(rules, name: str):
+    """The first rule with a source template matching `name` (any of a concat's sources), and the binding."""
     for rule in rules:
-        m = _regex(rule.sources[0]).match(name)
-        if m:
-            return rule, m.groupdict()
+        for template in rule.sources:
+            m = _regex(template).match(name)
+            if m:
+                return rule, m.groupdict()
     return None, None
 
 

@@ -198,3 +198,4 @@ def test_targets_for_a_model_without_a_loss_are_an_error(tmp_path):
                                         tmp_path / "ckpt"))
     with pytest.raises(TypeError, match="no loss"):
         ours(random_ids(BERT["vocab_size"]), labels=torch.tensor([0, 1]))
+    assert "loss" not in ours(random_ids(BERT["vocab_size"]), labels=None)     # None: no targets, as Transformers
