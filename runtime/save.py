@@ -11,8 +11,9 @@ classification head's dense layer onto the parent spec's pooler) saves such a mo
 first rule's names.
 
 config.json keeps every key of the source config with this model's values merged
-(runtime/hf_config.py); generation_config.json and the tokenizer files of the source folder are
-copied. Weights go through huggingface_hub's save_torch_state_dict (sharded past max_shard_size),
+(runtime/hf_config.py); a model that generates writes its generation_config.json
+(`model.generation_config`), and the tokenizer files of the source folder are copied. Weights go
+through huggingface_hub's save_torch_state_dict (sharded past max_shard_size),
 written beside the folder and moved in, so a model whose params map the old files can save over them.
 """
 from __future__ import annotations
@@ -32,7 +33,8 @@ from runtime.weights import _active, tied_params
 
 NEEDS_SOURCE_SHAPES = ("concat", "reshape")
 # Files of a checkpoint folder that are not weights or config.json, carried over by save_pretrained.
-CARRIED_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+GENERATION_CONFIG = "generation_config.json"
+CARRIED_FILES = (GENERATION_CONFIG, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model",
                  "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json", "preprocessor_config.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -149,9 +151,9 @@ def _unique(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(model, folder: str | Path, max_shard_size: int | str = "5GB") -> Path:
-    """Write the weights (safetensors; sharded with an index past max_shard_size), config.json and the
-    source folder's generation_config.json and tokenizer files: what `runtime.load` and Transformers'
-    from_pretrained read."""
+    """Write the weights (safetensors; sharded with an index past max_shard_size), config.json,
+    generation_config.json and the source folder's tokenizer files: what `runtime.load` and
+    Transformers' from_pretrained read."""
     from huggingface_hub import save_torch_state_dict
     if model.load_report.get("tensor_parallel", {}).get("ranks", 1) > 1:
         raise CheckpointError("this model is split across ranks (tp_plan): it holds only this rank's share of "
@@ -170,10 +172,15 @@ def save_pretrained(model, folder: str | Path, max_shard_size: int | str = "5GB"
             # a rename: the old file stays alive for any params still mapping it
             os.replace(Path(tmp) / name, folder / name)
     _write_text(folder / "config.json", json.dumps(config_json(model), indent=2, sort_keys=True) + "\n")
+    # A model that generates writes its generation config as it stands (from the checkpoint's file or
+    # its config.json, with the caller's changes), as Transformers does; otherwise the file is carried.
+    generation = getattr(model, "generation_config", None) if model.contract.generate is not None else None
+    if generation is not None:
+        _write_text(folder / GENERATION_CONFIG, json.dumps(generation.to_json(), indent=2, sort_keys=True) + "\n")
     source = Path(model.source) if getattr(model, "source", None) else None
     if source is not None and source.resolve() != folder.resolve():
         for name in CARRIED_FILES:
-            if (source / name).is_file():
+            if (source / name).is_file() and not (name == GENERATION_CONFIG and generation is not None):
                 shutil.copyfile(source / name, folder / name)
     return folder
 

@@ -95,5 +95,27 @@ def test_transformers_reads_what_we_save_and_computes_the_same_outputs(tmp_path,
     saved = json.loads((folder / "config.json").read_text())
     source_config = json.loads((source / "config.json").read_text())
     assert set(source_config) - {"torch_dtype"} <= set(saved)
-    assert (folder / "generation_config.json").read_text() == (source / "generation_config.json").read_text()
+    # written again from model.generation_config by a model that generates, copied otherwise: same content
+    assert json.loads((folder / "generation_config.json").read_text()) == {"max_new_tokens": 7, "do_sample": False}
     assert (folder / "tokenizer.json").read_text() == (source / "tokenizer.json").read_text()
+
+
+def test_a_model_made_without_a_checkpoint_saves_its_generation_config_for_transformers(tmp_path):
+    """generation_config.json comes from model.generation_config (the config's special tokens, the
+    caller's changes), and Transformers reads it."""
+    ours = runtime.from_config(transformers.LlamaConfig(**DECODER))
+    ours.generation_config.update(max_new_tokens=5, do_sample=True, top_k=3)
+    folder = ours.save_pretrained(tmp_path / "saved")
+    theirs = transformers.GenerationConfig.from_pretrained(folder)
+    assert (theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id) == (1, 2, 0)
+    assert (theirs.max_new_tokens, theirs.do_sample, theirs.top_k) == (5, True, 3)
+    assert runtime.GenerationConfig.from_checkpoint(folder) == ours.generation_config
+
+
+def test_a_model_that_does_not_generate_carries_the_source_file_as_is(tmp_path):
+    ref = randomize(transformers.BertModel(transformers.BertConfig(**BERT_LIKE)))
+    source = save(ref, tmp_path / "source")
+    text = '{"foo": 1}'
+    (source / "generation_config.json").write_text(text)
+    folder = runtime.from_pretrained(source).save_pretrained(tmp_path / "saved")
+    assert (folder / "generation_config.json").read_text() == text
