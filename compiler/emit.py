@@ -213,7 +213,7 @@ class _Emitter:
         for conds, group in itertools.groupby(units, key=lambda n: n.when):
             group = list(group)
             self.pad = INDENT + ("    " if conds else "")
-            body = [line for node in group for line in self.node_lines(block, node)]
+            body = [line for node in group for line in self.node_lines(block, node) + self.last_hidden_lines(block, node)]
             self.pad = INDENT
             if not conds:
                 lines += body
@@ -241,6 +241,14 @@ class _Emitter:
             member = node.region.nodes[0]
             return [self.noted(f"{self.pad}{self.op_line(block, member, self.names)}", block, member.outputs, [member])]
         return [self.noted(f"{self.pad}{self.op_line(block, node, self.names)}", block, node.outputs, [node])]
+
+    def last_hidden_lines(self, block: Block, node: Node) -> list[str]:
+        """output_hidden_states reports the block's last hidden value (a final norm's output) in place of
+        its last layer's output."""
+        if block.last_hidden is None or block.last_hidden not in node.outputs:
+            return []
+        stack = next(_stack(block, n) for n in block.nodes() if n.op == "repeat")
+        return [f"{self.pad}ctx.record_last({literal(stack)}, {self.names[block.last_hidden]})"]
 
     def noted(self, line: str, block: Block, outputs, nodes: list[Node]) -> str:
         where = locs(nodes)
@@ -279,10 +287,29 @@ class _Emitter:
                 loop_args.append(carried[name])
             else:
                 loop_args.append(arg)
+        if ctx:
+            # output_hidden_states / output_attentions: the carried value entering each layer and leaving
+            # the last, and each attention's probabilities, recorded under this stack's name
+            stack = literal(_stack(block, node))
+            lines += [f"{self.pad}ctx.stack = {stack}", f"{self.pad}if ctx.recording:",
+                      f"{self.pad}    ctx.record_layer({stack}, {outs[0]})"]
         lines.append(f"{self.pad}for layer in self.{p.name}:")
         lines.append(self.noted(f"{self.pad}    {', '.join(outs)} = layer({', '.join(loop_args + ctx)})", block,
                                 node.outputs, [node]))
+        if ctx:
+            lines += [f"{self.pad}    if ctx.recording:", f"{self.pad}        ctx.record_layer({stack}, {self.carried(node, outs)})"]
         return lines
+
+    @staticmethod
+    def carried(node: Node, outs: list[str]) -> str:
+        """The value a layer hands the next: its first output, or, where defer_carried_ops moved the
+        layer's closing op after it, that op over the outputs it now returns (x + h)."""
+        if node.carried is None:
+            return outs[0]
+        op, attrs, base_field, delta_field, base, delta = node.carried
+        e = EmitCtx({base_field: outs[base], delta_field: outs[delta]}, {}, {k: py(v) for k, v in attrs.items()},
+                    ["_"], {k: const_value(v) for k, v in attrs.items()})
+        return OPS[op].emit(e)
 
     # -- fused groups -------------------------------------------------------------------------------
     def group_call(self, block: Block, node: Node) -> str:
@@ -312,7 +339,8 @@ class _Emitter:
         lines = [f"def {fn.name}({', '.join(params)}):", f"    {docstring(f'Fused group [{view.template}]: {ops_text}')}"]
         if fn.kernel is not None:
             resolve = _Resolver(view, attr_names, slot_names)
-            lines += [f"    if kernels.{fn.kernel.dispatch}({view.inputs[0]}):",
+            # a group reading the context also asks whether the model trains (its dropout has no kernel)
+            lines += [f"    if kernels.{fn.kernel.dispatch}({view.inputs[0]}{', ctx' if fn.context else ''}):",
                       f"        return kernels.{fn.kernel.name}({', '.join(resolve(c) for c in fn.kernel.call)})"]
         names = {v: v for n in view.nodes for v in [*n.inputs.values(), *n.outputs]}
         for i, n in enumerate(view.nodes):
@@ -321,6 +349,11 @@ class _Emitter:
             lines.append(f"    {line}")
         lines.append(f"    return {', '.join(view.outputs)}")
         return "\n".join(lines)
+
+
+def _stack(block: Block, node: Node) -> str:
+    """The name a repeat's records go under: its block and param (`model.layers`, `encoder.layers`)."""
+    return f"{block.name}.{block.params[node.block].name}"
 
 
 def _slot_names(fn) -> dict[int, str]:

@@ -15,7 +15,8 @@ child or the parent, wherever it was written. The delta language:
   checks[]            `{that, else}` is appended, or replaces the message of the parent check
                       with the same `that`; `{remove: THAT}` removes the parent check.
   blocks.NAME / model a new block is added whole; `{remove: true}` removes one; an existing one is
-                      merged: `doc`, `options`, `outputs` and `graph` are replaced when given, `inputs` and
+                      merged: `doc`, `options`, `outputs`, `graph`, `loss` and `last_hidden` are replaced
+                      when given (inherited otherwise), `inputs` and
                       `params` merged by name (a param that names its kind, e.g. `linear:`, is
                       replaced whole, otherwise its fields are merged: `{bias: true}`;
                       `{remove: true}` removes it), and `edits` changes single graph lines:
@@ -33,6 +34,7 @@ child or the parent, wherever it was written. The delta language:
                       is kept, so the parent's default head stays the default); `{remove: true}`
                       removes one; an existing one is merged as a block is (`architectures`,
                       like `outputs`, is replaced when given; `params`, `graph`, `edits` as above).
+  init                replaced whole when given, inherited otherwise.
   weights[]           a rule whose `from` equals a parent rule's replaces it in place; other rules
                       go before the parent's (rules match first-come, so the child's more specific
                       rules win); `{remove: FROM}` removes the parent rule with that `from`.

@@ -27,8 +27,12 @@ def build_interface(ir: ModelIR, source: str) -> dict:
         "weights": [_weight_rule(r) for r in ir.weights],
         "tensors": [_tensor(t) for t in model_tensors(ir)],
         "heads": {name: {"architectures": list(h.architectures),
-                         "outputs": [ir.blocks[h.block].values[o].name for o in ir.blocks[h.block].outputs]}
+                         "outputs": [ir.blocks[h.block].values[o].name for o in ir.blocks[h.block].outputs],
+                         "loss": _loss(ir.blocks[h.block].loss)}
                   for name, h in ir.heads.items()},
+        "loss": _loss(ir.model.loss),
+        "embeddings": _embeddings(ir),
+        "init": _init(ir.init),
         "contract": ir.contract.to_json(),
         # the quantize pass (--quant): the loader quantizes these modules (runtime/quant/convert.py)
         "quantization": None if ir.quantization is None else {"config": ir.quantization,
@@ -53,6 +57,45 @@ def value_checks(ir: ModelIR) -> list[dict]:
     return list(out.values())
 
 
+def embeds_kwarg(name: str) -> str:
+    """Transformers' keyword for the embeddings standing in for a token input: input_ids ->
+    inputs_embeds, decoder_input_ids -> decoder_inputs_embeds, anything else NAME_embeds."""
+    return name.replace("input_ids", "inputs_embeds") if "input_ids" in name else f"{name}_embeds"
+
+
+def _embeddings(ir: ModelIR) -> dict:
+    """Per int model input read by an embedding-kind param: the keyword of the embeddings that may stand
+    in for it, and that param (the module whose output they replace)."""
+    out = {}
+    for node in ir.model.ops():
+        op = OPS.get(node.op)
+        if op is None:
+            continue
+        for field, kind in op.params.items():
+            param = ir.model.params.get(node.params.get(field))
+            if kind != "embedding" or param is None:
+                continue
+            for vid in node.inputs.values():
+                if vid in ir.model.inputs and ir.model.values[vid].type.dtype == "int":
+                    name = ir.model.values[vid].name
+                    out.setdefault(embeds_kwarg(name), {"input": name, "module": param.name})
+    return out
+
+
+def _loss(loss: dict | None) -> dict | None:
+    if loss is None:
+        return None
+    return {"kind": loss["kind"], "outputs": list(loss["outputs"]),
+            "options": {k: _text(v) for k, v in loss["options"].items()}}
+
+
+def _init(init) -> dict | None:
+    if init is None:
+        return None
+    return {"std": _text(init.std), "distribution": init.distribution, "norm": _text(init.norm),
+            "params": {t: {how: _text(e)} for t, (how, e) in init.params.items()}}
+
+
 def _text(expr) -> str | None:
     return None if expr is None else str(expr)
 
@@ -75,7 +118,7 @@ def _transform(t):
 
 def _weight_rule(r) -> dict:
     return {"from": list(r.sources), "to": list(r.targets), "transforms": [_transform(t) for t in r.transforms],
-            "when": _text(r.when), "ignore": r.ignore}
+            "when": _text(r.when), "ignore": r.ignore, "legacy": r.legacy}
 
 
 def _tensor(t) -> dict:

@@ -103,6 +103,9 @@ class Node:
     def reads(self) -> list[str]:
         """Every value the node reads: its operands, then the values its outputs keep when it does not run."""
         return [*self.inputs.values(), *self.orelse.values()]
+    # repeat: the op defer_carried_ops moved out of the layers, which makes the carried value from the
+    # layer's outputs: (op, attrs, base field, delta field, base output index, delta output index)
+    carried: Any = None
 
 
 @dataclass
@@ -136,6 +139,10 @@ class Block:
     loc: Loc = field(default_factory=Loc)
     source: str = ""                            # the spec block it instantiates (block options)
     options: dict[str, Any] = field(default_factory=dict)   # the option values of this instance
+    # the training loss of its outputs: {"kind", "outputs" (value names), "options" (name -> Expr)}
+    loss: dict | None = None
+    # the value that ends the hidden states its repeated layers report (output_hidden_states), or None
+    last_hidden: str | None = None
 
     # -- reading --------------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -250,6 +257,7 @@ class ModelIR:
     blocks: dict[str, Block]                 # callees before callers, then "model", then the heads
     heads: dict[str, Head] = field(default_factory=dict)
     base_prefix: str = ""
+    init: Any = None                         # compiler.spec.InitDecl: initialisation without a checkpoint
     expect_fused: list[tuple[str, tuple]] = field(default_factory=list)   # (entry, YAML path)
     # the model's runtime-contract declarations (compiler/spec.py InputDecl roles, GenerateDecl)
     model_inputs: dict[str, Any] = field(default_factory=dict)

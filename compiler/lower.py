@@ -76,7 +76,38 @@ class _Lowering:
         return ModelIR(name=spec.name, doc=spec.doc, file=spec.file, sha256=spec.sha256, data=spec.data,
                        sources=spec.sources, config=spec.config, checks=spec.checks, weights=spec.weights,
                        matches=spec.matches, blocks=blocks, heads=heads, base_prefix=spec.base_prefix,
-                       expect_fused=expect, model_inputs=dict(spec.model.inputs), generate=spec.model.generate)
+                       expect_fused=expect, model_inputs=dict(spec.model.inputs), generate=spec.model.generate,
+                       init=self.check_init(spec.init))
+
+    def check_init(self, init):
+        if init is not None:
+            for key in ("std", "norm"):
+                self.check_names(getattr(init, key), init.path + (key,))
+            for template, (how, expr) in init.params.items():
+                self.check_names(expr, init.path + ("params", template, how))
+        return init
+
+    def lower_loss(self, decl: BlockDecl, block: Block) -> dict | None:
+        """The block's `loss:` checked against its kind (runtime/loss_kinds.py) and the block's outputs."""
+        loss = decl.loss
+        if loss is None:
+            return None
+        from runtime.loss_kinds import LOSS_KINDS
+        kind = LOSS_KINDS[loss.kind]
+        names = [block.values[o].name for o in block.outputs]
+        outputs = loss.outputs if loss.outputs is not None else names[:kind.outputs]
+        for name in outputs:
+            if name not in names:
+                self.fail(loss.path + ("outputs",), f"loss reads '{name}', which is not an output ({', '.join(names)})")
+        if len(outputs) != kind.outputs:
+            self.fail(loss.path, f"loss '{loss.kind}' reads {kind.outputs} output(s), this block gives {len(outputs)}: "
+                                 f"{', '.join(outputs)}")
+        for key, expr in loss.options.items():
+            if key not in kind.options:
+                self.fail(loss.path + (key,), f"loss '{loss.kind}' takes no option '{key}'"
+                                              + (f" (it takes: {', '.join(kind.options)})" if kind.options else ""))
+            self.check_names(expr, loss.path + (key,))
+        return {"kind": loss.kind, "outputs": list(outputs), "options": dict(loss.options)}
 
     def loc(self, path) -> Loc:
         file, mark = self.spec.sources.locate(path)
@@ -235,7 +266,16 @@ class _Lowering:
                                   f"({describe_path(st.skipped_params[pname])}); give it the same `when`")
             else:
                 self.fail(p.path, f"param '{pname}' is declared but no op uses it")
-        if not any(v.type is POISON for v in block.values.values()) and not self.failed_before(decl):
+        block.loss = self.lower_loss(decl, block)
+        clean = not any(v.type is POISON for v in block.values.values()) and not self.failed_before(decl)
+        if decl.last_hidden is not None and clean:
+            repeats = [n for n in block.nodes() if n.op == "repeat"]
+            if decl.last_hidden not in st.env or len(repeats) != 1:
+                self.fail(decl.path + ("last_hidden",), f"last_hidden names a value of a block with one repeat; "
+                                                         f"'{decl.last_hidden}' in a block with {len(repeats)}")
+            else:
+                block.last_hidden = st.env[decl.last_hidden]
+        if clean:
             self.block_types[decl.name] = ({n: block.values[n].type for n in block.inputs},
                                            [block.values[v].type for v in block.outputs])
         return block

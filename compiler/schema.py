@@ -10,6 +10,7 @@ import json
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
 from compiler.shorthand import CONFIG_TYPES, SHORT_CONFIG_PATTERN
+from runtime.loss_kinds import LOSS_KINDS
 
 IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EXPR = {"type": ["string", "number", "boolean", "null"], "description": "a literal or a config expression"}
@@ -79,6 +80,28 @@ def _param() -> dict:
     return {"type": "object", "oneOf": one_of_kinds, "allOf": [*kinds, block]}
 
 
+def _loss() -> dict:
+    options = sorted({o for k in LOSS_KINDS.values() for o in k.options})
+    kinds = {"enum": list(LOSS_KINDS)}
+    return {"description": "the training loss of these outputs when the forward call gets targets (labels=...)",
+            "oneOf": [kinds, {"type": "object", "required": ["kind"], "additionalProperties": False,
+                              "properties": {"kind": kinds, "outputs": {"type": "array", "items": VALUE, "minItems": 1},
+                                             **{o: EXPR for o in options}}}]}
+
+
+def _init() -> dict:
+    value = {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+             "properties": {"std": EXPR, "value": EXPR}}
+    return {"type": "object", "additionalProperties": False,
+            "description": "how a model without a checkpoint is initialised (from_config, new heads, new "
+                           "embedding rows), as the architecture's reference does: weights of linear, "
+                           "embedding, conv and tensor params ~ distribution(0, std), biases 0, norm scales `norm`",
+            "properties": {"std": EXPR, "distribution": {"enum": ["normal", "trunc_normal"]}, "norm": EXPR,
+                           "params": {"type": "object", "additionalProperties": value,
+                                      "description": "per tensor (a name template of the model's params, "
+                                                     "{i} for one name segment): its own std, or a constant value"}}}
+
+
 def spec_schema() -> dict:
     ops = sorted([*(n for n, op in OPS.items() if not op.internal), "call", "repeat"])
     op_rules = [{"if": {"properties": {"op": {"const": n}}, "required": ["op"]}, "then": _op_line(n)} for n in ops]
@@ -117,7 +140,10 @@ def spec_schema() -> dict:
                  "params": {"type": "object", "propertyNames": {"pattern": IDENT},
                             "additionalProperties": {"$ref": "#/$defs/param"}},
                  "graph": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/line"}},
-                 "outputs": {"type": "array", "minItems": 1, "items": VALUE}}}
+                 "outputs": {"type": "array", "minItems": 1, "items": VALUE},
+                 "last_hidden": {**VALUE, "description": "the value Transformers reports as the last of the "
+                                 "hidden states of this block's repeated layers (output_hidden_states), when it is "
+                                 "not the last layer's output: a final norm's (the last binding of the name)"}}}
     transform = {"oneOf": [
         {"enum": ["transpose"]},
         {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1, "properties": {
@@ -141,7 +167,8 @@ def spec_schema() -> dict:
                                   "description": "config.json architectures that select this head"},
                 "params": block["properties"]["params"],
                 "graph": {"type": "array", "items": {"$ref": "#/$defs/line"}},
-                "outputs": block["properties"]["outputs"]}}
+                "outputs": block["properties"]["outputs"],
+                "loss": _loss()}}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://graphspec.dev/schemas/spec.schema.json",
@@ -172,7 +199,8 @@ def spec_schema() -> dict:
                                                   "properties": {"that": EXPR, "else": {"type": "string"}}}},
             "blocks": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": block},
             "model": {**block, "properties": {**{k: v for k, v in block["properties"].items() if k != "options"},
-                                              "inputs": model_inputs, "generate": generate}},
+                                              "inputs": model_inputs, "generate": generate, "loss": _loss()}},
+            "init": _init(),
             "heads": {"type": "object", "propertyNames": {"pattern": IDENT}, "additionalProperties": head,
                       "description": "task heads over the model's outputs; the first is the default"},
             "base_prefix": {"type": "string", "description": "prefix of the trunk's tensors in checkpoints "
@@ -184,6 +212,8 @@ def spec_schema() -> dict:
                 "type": "object", "required": ["from"], "additionalProperties": False,
                 "properties": {
                     "from": names, "to": names, "when": EXPR, "doc": {"type": "string"},
+                    "legacy": {"type": "boolean", "description": "an older layout of tensors another rule also "
+                               "feeds: read when loading, never chosen when saving a model made without a checkpoint"},
                     "ignore": {"type": "string", "minLength": 1,
                                "description": "why these checkpoint tensors are not loaded (e.g. a saved mask buffer)"},
                     "transforms": {"type": "array", "items": transform}}}},

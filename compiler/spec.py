@@ -99,6 +99,26 @@ class GenerateDecl:
 
 
 @dataclass
+class LossDecl:
+    """`loss:` on the model or a head: a kind of runtime/loss_kinds.py, the outputs it reads (default:
+    the block's, in order) and the kind's options as config expressions."""
+    kind: str
+    outputs: list[str] | None
+    options: dict[str, Expr]
+    path: PathT
+
+
+@dataclass
+class InitDecl:
+    """`init:` how a model without a checkpoint is initialised, as the architecture's reference does."""
+    std: Expr | None
+    distribution: str
+    norm: Expr | None
+    params: dict[str, tuple[str, Expr]]     # tensor name template -> ("std" | "value", expression)
+    path: PathT
+
+
+@dataclass
 class BlockDecl:
     name: str
     inputs: dict[str, InputDecl]
@@ -112,6 +132,8 @@ class BlockDecl:
     # usable in every expression of the block.
     options: dict[str, Expr] = field(default_factory=dict)
     source: str = ""                         # an instance: the spec block it instantiates (its name otherwise)
+    loss: LossDecl | None = None             # the training loss of its outputs, when declared
+    last_hidden: str | None = None           # the value ending output_hidden_states of its repeat
 
 
 @dataclass
@@ -122,6 +144,7 @@ class WeightRule:
     when: Expr | None
     path: PathT
     ignore: str | None = None        # a tensor the model does not need, and why (targets are empty)
+    legacy: bool = False             # an older layout: read when loading, not chosen when saving
 
 
 @dataclass
@@ -149,6 +172,7 @@ class Spec:
     sha256: str = field(default="")
     heads: dict[str, HeadDecl] = field(default_factory=dict)
     base_prefix: str = ""            # carried by the trunk's tensors in checkpoints saved with a head
+    init: InitDecl | None = None     # how a model without a checkpoint is initialised
 
     def block(self, name: str) -> BlockDecl:
         """A block declaration by name; "model" is the model's."""
@@ -299,11 +323,28 @@ class _Builder:
         return Spec(name=data["name"], file=self.sources.file, data=data, sources=self.sources,
                     matches=data.get("matches", {}), config=config, checks=checks, blocks=blocks,
                     model=model, weights=weights, doc=data.get("doc", ""), sha256=digest,
-                    heads=heads, base_prefix=data.get("base_prefix", ""))
+                    heads=heads, base_prefix=data.get("base_prefix", ""),
+                    init=self.init(data["init"], ("init",)) if "init" in data else None)
+
+    def init(self, data: dict, path: PathT) -> InitDecl:
+        def opt(key):
+            return self.expr(data[key], path + (key,)) if key in data else None
+        params = {}
+        for template, rule in data.get("params", {}).items():
+            (how, value), = rule.items()
+            params[template] = (how, self.expr(value, path + ("params", template, how)))
+        return InitDecl(opt("std"), data.get("distribution", "normal"), opt("norm"), params, path)
+
+    def loss(self, data, path: PathT) -> LossDecl:
+        if isinstance(data, str):
+            return LossDecl(data, None, {}, path)
+        options = {k: self.expr(v, path + (k,)) for k, v in data.items() if k not in ("kind", "outputs")}
+        return LossDecl(data["kind"], list(data["outputs"]) if "outputs" in data else None, options, path)
 
     def head(self, name: str, data: dict, path: PathT) -> HeadDecl:
         body = {"inputs": {}, "graph": data.get("graph", []), "outputs": data["outputs"],
-                "params": data.get("params", {}), "doc": data.get("doc", "")}
+                "params": data.get("params", {}), "doc": data.get("doc", ""),
+                **({"loss": data["loss"]} if "loss" in data else {})}
         return HeadDecl(name, list(data.get("architectures", [])), self.block(name, body, path), path)
 
     def config_entry(self, name: str, entry: dict | str, path: PathT) -> ConfigEntry:
@@ -360,8 +401,9 @@ class _Builder:
             start = self.expr(g["start"], path + ("generate", "start")) if g.get("start") is not None else None
             generate = GenerateDecl(g.get("tokens"), g.get("logits"), start, path + ("generate",))
         options = {o: self.expr(v, path + ("options", o)) for o, v in data.get("options", {}).items()}
+        loss = self.loss(data["loss"], path + ("loss",)) if "loss" in data else None
         return BlockDecl(name, inputs, params, graph, list(data["outputs"]), path, data.get("doc", ""), generate,
-                         options, name)
+                         options, name, loss, data.get("last_hidden"))
 
     def param(self, name: str, data: dict, path: PathT) -> ParamDecl:
         tied = data.get("tied")
@@ -403,7 +445,7 @@ class _Builder:
             elif isinstance(t, dict) and "reshape" in t:
                 t = {"reshape": [self.expr(s, tpath + ("reshape", j)) for j, s in enumerate(t["reshape"])]}
             transforms.append(t)
-        return WeightRule(sources, targets, transforms, when, path, data.get("ignore"))
+        return WeightRule(sources, targets, transforms, when, path, data.get("ignore"), bool(data.get("legacy", False)))
 
 
 def _shown(value: Any) -> str:

@@ -8,6 +8,7 @@ from runtime.errors import ArtifactError, CheckpointError, ConfigError, Generati
 __version__ = "0.1.0"   # graphspec's, shared with the compiler (an artifact records the one that wrote it)
 
 _LAZY = {"load": "runtime.loader", "from_pretrained": "runtime.pretrained", "init_random": "runtime.loader",
+         "from_config": "runtime.pretrained",
          "save_pretrained": "runtime.save", "CompiledModel": "runtime.model", "ModelOutput": "runtime.model",
          "GenerationConfig": "runtime.generation.config", "load_tokenizer": "runtime.generation.tokenizer"}
 

@@ -70,15 +70,17 @@ def check_range(model: str, what: str, t: torch.Tensor, size: int, expr: str) ->
                      f"{size}{named} rows, so they must be in [0, {size})")
 
 
-def check_mask(model: str, kwarg: str, m: torch.Tensor, want: tuple[int, int], seq: str) -> torch.Tensor:
-    """A padding mask [B, length] (or [length] for one example) of 0/1 values -> bool, True = real."""
+def check_mask(model: str, kwarg: str, m: torch.Tensor, want: tuple[int, int], seq: str,
+               values: bool = True) -> torch.Tensor:
+    """A padding mask [B, length] (or [length] for one example) of 0/1 values -> bool, True = real.
+    values=False skips the check of its values (while tracing, where it would be a guard on data)."""
     m = m[None] if m.dim() == 1 else m
     if tuple(m.shape) != want:
         raise InputError(f"{model}: {kwarg} must be [{want[0]}, {want[1]}] like the inputs along {seq}, "
                          f"got {list(m.shape)}")
     if m.is_complex():
         raise InputError(f"{model}: {kwarg} must hold 0 and 1 (bool or integer), got {m.dtype}")
-    if m.dtype != torch.bool:
+    if values and m.dtype != torch.bool:
         off = (m != 0) & (m != 1)
         if bool(off.any()):
             at = off.nonzero()[0].tolist()

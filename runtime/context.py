@@ -54,18 +54,63 @@ class SequenceState:
 EMPTY = SequenceState()
 
 
+def tracing() -> bool:
+    """torch.compile or torch.export is tracing: decisions on tensor values (is every position real?)
+    would become guards on data, so the general path is taken, whose result is the same."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 class ForwardContext:
     def __init__(self, dtype: torch.dtype, device, sequences: dict[str, SequenceState] | None = None,
-                 keep_positions: int = 0, training: bool = False, group=None):
+                 keep_positions: int = 0, training: bool = False, group=None, record: tuple[str, ...] = ()):
         self.dtype, self.device = dtype, device
         # tensor parallelism: the process group the model's collectives run on (None: one process)
         self.group = group
         self.sequences = sequences or {}
-        # the model trains (`model.train()`): dropout drops; in evaluation it is the identity
-        self.training = training
         # > 0: the model's per-position tail (final norm, LM head) runs on the last k positions only
         self.keep_positions = keep_positions
+        # the model trains (`model.train()`): dropout drops (ops.dropout, attention's); in evaluation it is the identity
+        self.training = training
+        # what the caller asked to see besides the outputs: "hidden_states" (each repeated layer's
+        # carried value, `ctx.layer`), "attentions" (each attention's probabilities)
+        self.recording = "hidden_states" in record
+        self.record_attentions = "attentions" in record
+        self.stack: str | None = None           # the repeated layers running now (set by the emitted loop)
+        self.hidden: dict[str, list] = {}       # stack -> the carried value entering each layer, then leaving the last
+        self.last: dict[str, torch.Tensor] = {}     # stack -> what ends its hidden states instead (a final norm's output)
+        self.attentions: dict[tuple, list] = {}     # (stack, keys' sequence) -> each attention's probabilities
         self._masks: dict[tuple, object] = {}
+
+    def record_layer(self, stack: str, value: torch.Tensor) -> None:
+        self.hidden.setdefault(stack, []).append(value)
+
+    def record_last(self, stack: str, value: torch.Tensor) -> None:
+        if self.recording:
+            self.last[stack] = value
+
+    def record_attention(self, seq: str | None, probs: torch.Tensor) -> None:
+        self.attentions.setdefault((self.stack, seq), []).append(probs)
+
+    def records(self) -> dict[str, tuple]:
+        """Transformers' names: `hidden_states` and `attentions` for a model with one stack of layers
+        (and one sequence of keys); with several, each prefixed by its stack's param (`dec_layers_`) and
+        suffixed by the keys' sequence past the first."""
+        out = {}
+        stacks = list(dict.fromkeys([*self.hidden, *(s for s, _ in self.attentions)]))
+
+        def name(stack, kind):
+            return kind if len(stacks) == 1 else f"{stack.rpartition('.')[2]}_{kind}"
+        for stack, values in self.hidden.items():
+            values = list(values)
+            if stack in self.last:
+                values[-1] = self.last[stack]
+            out[name(stack, "hidden_states")] = tuple(values)
+        seen: dict[str, int] = {}
+        for (stack, seq), values in self.attentions.items():
+            base = name(stack, "attentions")
+            seen[base] = seen.get(base, 0) + 1
+            out[base if seen[base] == 1 else f"{base}_{str(seq).lower()}"] = tuple(values)
+        return out
 
     def seq(self, name: str | None) -> SequenceState:
         """The state of a sequence; an empty one (no padding, no past, no cache) for None (keys along
@@ -75,6 +120,8 @@ class ForwardContext:
     def mask(self, seq: str | None, q_len: int, kv_len: int, causal: bool, window: int | None = None):
         """For keys along `seq`: None (attend everywhere), "causal" (the kernel's own causal mask), or a
         bool tensor [B or 1, 1, q_len, kv_len] with True where a query may attend."""
+        if tracing():    # symbolic sizes do not hash; the traced graph holds each mask's ops anyway
+            return _build(self.seq(seq).padding, self.device, q_len, kv_len, bool(causal), window)
         key = (seq, q_len, kv_len, bool(causal), window)
         if key not in self._masks:
             self._masks[key] = _build(self.seq(seq).padding, self.device, q_len, kv_len, bool(causal), window)
@@ -88,7 +135,7 @@ def _build(padding, device, q_len, kv_len, causal, window):
             return None
         if q_len == kv_len:
             return "causal"
-    if q_len == 1 and causal and not windowed and bool(padding[:, kv_len - 1].all()):
+    if q_len == 1 and causal and not windowed and not tracing() and bool(padding[:, kv_len - 1].all()):
         # A decode step: the one query is the newest token and real, so causality holds for every
         # key and the mask is the padding row itself, a view rather than new tensors per step.
         return padding[:, None, None, :kv_len]
@@ -105,6 +152,6 @@ def _build(padding, device, q_len, kv_len, causal, window):
         # A padding query may see no key at all; give it its own position so softmax stays finite
         # (its output is never used, but NaN would spread through later ops on the same row).
         empty = ~mask.any(dim=-1, keepdim=True)
-        if bool(empty.any()):
+        if tracing() or bool(empty.any()):
             mask = mask | (empty & (k_pos == q_pos)[None, None])
     return mask

@@ -28,6 +28,15 @@ def member_layout(module: nn.Module) -> dict[str, tuple[str, int, tuple]]:
     return out
 
 
+def member_slices(module: nn.Module) -> dict[str, tuple[str, int, tuple]]:
+    """member param name -> (fused param name, first row in it, member shape)."""
+    out, used = {}, {}
+    for member, (fused, _, shape) in sorted(member_layout(module).items(), key=lambda kv: (kv[1][0], kv[1][1])):
+        out[member] = (fused, used.get(fused, 0), shape)
+        used[fused] = out[member][1] + shape[0]
+    return out
+
+
 def virtual_params(module: nn.Module) -> dict[str, tuple]:
     """Param name -> shape, with each fused param replaced by its members."""
     layout = member_layout(module)
@@ -45,4 +54,4 @@ def assemble(module: nn.Module, pending: dict[str, torch.Tensor], set_param) -> 
             parts.setdefault(fused, {})[i] = pending.pop(member)
     for fused, by_index in parts.items():
         tensor = torch.cat([by_index[i] for i in sorted(by_index)], dim=0)
-        set_param(module, fused, nn.Parameter(tensor, requires_grad=False))
+        set_param(module, fused, nn.Parameter(tensor))

@@ -46,6 +46,7 @@ class WeightRule:
     transforms: tuple
     when: Expr | None
     ignore: str | None
+    legacy: bool = False       # an older layout: read when loading, not chosen when saving
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,27 @@ class TensorRecord:
 
 
 @dataclass(frozen=True)
+class Loss:
+    kind: str                  # runtime/loss_kinds.py
+    outputs: tuple[str, ...]   # the outputs it reads
+    options: dict[str, Expr]   # the kind's options, over config values
+
+
+@dataclass(frozen=True)
+class Init:
+    """How a model without a checkpoint is initialised (runtime/init.py)."""
+    std: Expr | None
+    distribution: str          # normal | trunc_normal
+    norm: Expr | None          # the value of norm scales (1 when None)
+    params: dict[str, tuple[str, Expr]]   # tensor name template -> ("std" | "value", expression)
+
+
+@dataclass(frozen=True)
 class Head:
     name: str
     architectures: tuple[str, ...]
     outputs: tuple[str, ...]
+    loss: Loss | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,15 @@ class Interface:
     contract: Contract
     quantization: Quantization | None = None
     value_checks: tuple[ValueCheck, ...] = ()
+    loss: Loss | None = None      # the trunk's (a head brings its own)
+    init: Init | None = None
+    # keyword (inputs_embeds) -> (the int input it stands in for, the embedding module it replaces)
+    embeddings: dict[str, tuple[str, str]] = None
+
+    def input_embeddings(self) -> tuple[str, str] | None:
+        """(input, embedding module) of the first caller input read through an embedding, or None."""
+        by_input = {i: m for i, m in (self.embeddings or {}).values()}
+        return next(((i.name, by_input[i.name]) for i in self.contract.callers if i.name in by_input), None)
 
     def head_for(self, architectures) -> str | None:
         """The head a config.json's `architectures` names, or None."""
@@ -163,7 +190,8 @@ def parse_interface(data: Any, file: str = INTERFACE) -> Interface:
     for name, h in r.mapping(r.get(top, "heads", dict, ""), "heads").items():
         where = f"heads.{name}"
         heads[name] = Head(name, r.strings(r.get(h, "architectures", list, where), f"{where}.architectures"),
-                           r.strings(r.get(h, "outputs", list, where), f"{where}.outputs"))
+                           r.strings(r.get(h, "outputs", list, where), f"{where}.outputs"),
+                           r.loss(h, where))
     return Interface(
         name=r.get(top, "name", str, ""), doc=r.get(top, "doc", str, ""), source=r.get(top, "source", str, ""),
         spec_sha256=r.get(top, "spec_sha256", str, ""),
@@ -179,6 +207,10 @@ def parse_interface(data: Any, file: str = INTERFACE) -> Interface:
         quantization=r.quantization(r.get(top, "quantization", dict, "", optional=True, nullable=True)),
         value_checks=tuple(r.value_check(x, f"value_checks[{i}]")
                            for i, x in enumerate(r.get(top, "value_checks", list, "", optional=True) or ())),
+        loss=r.loss(top, ""),
+        init=r.init(top),
+        embeddings={k: (r.get(v, "input", str, f"embeddings.{k}"), r.get(v, "module", str, f"embeddings.{k}"))
+                    for k, v in r.mapping(r.get(top, "embeddings", dict, "", optional=True) or {}, "embeddings").items()},
     )
 
 
@@ -259,6 +291,31 @@ class _Reader:
                 self.fail(f"quantization.params.{path}", f"expected one of {', '.join(ROLES)}, got {role!r}")
         return Quantization(config, dict(params))
 
+    def loss(self, obj, where: str) -> Loss | None:
+        from runtime.loss_kinds import LOSS_KINDS
+        x = self.get(obj, "loss", dict, where, optional=True, nullable=True)
+        if x is None:
+            return None
+        at = f"{where}.loss" if where else "loss"
+        kind = self.choice(x, "kind", tuple(LOSS_KINDS), at)
+        options = self.mapping(self.get(x, "options", dict, at), f"{at}.options")
+        return Loss(kind, self.strings(self.get(x, "outputs", list, at), f"{at}.outputs"),
+                    {k: self.expr(v, f"{at}.options.{k}") for k, v in options.items()})
+
+    def init(self, top) -> Init | None:
+        x = self.get(top, "init", dict, "", optional=True, nullable=True)
+        if x is None:
+            return None
+        params = {}
+        for template, rule in self.mapping(self.get(x, "params", dict, "init"), "init.params").items():
+            rule = self.mapping(rule, f"init.params.{template}")
+            if len(rule) != 1 or next(iter(rule)) not in ("std", "value"):
+                self.fail(f"init.params.{template}", f"expected {{\"std\": text}} or {{\"value\": text}}, got {rule!r}")
+            (how, text), = rule.items()
+            params[template] = (how, self.expr(text, f"init.params.{template}.{how}"))
+        return Init(self.maybe_expr(x, "std", "init"), self.choice(x, "distribution", ("normal", "trunc_normal"), "init"),
+                    self.maybe_expr(x, "norm", "init"), params)
+
     def transform(self, t, where: str):
         if t == "transpose":
             return t
@@ -288,7 +345,8 @@ class _Reader:
                           self.strings(self.get(x, "to", list, where), f"{where}.to"),
                           tuple(self.transform(t, f"{where}.transforms[{i}]")
                                 for i, t in enumerate(self.get(x, "transforms", list, where))),
-                          self.maybe_expr(x, "when", where), self.get(x, "ignore", str, where, nullable=True))
+                          self.maybe_expr(x, "when", where), self.get(x, "ignore", str, where, nullable=True),
+                          bool(self.get(x, "legacy", bool, where, optional=True)))
 
     def tensor(self, x, where: str) -> TensorRecord:
         repeat = []

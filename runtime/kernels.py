@@ -1,6 +1,7 @@
 """The kernels of an artifact at run time: which path a fused group takes, and loading kernels.py.
 
-CUDA tensors take the Triton kernels. CPU tensors take the group's PyTorch code, unless the Triton
+CUDA tensors take the Triton kernels (outside autograd and training, see `enabled`). CPU tensors take
+the group's PyTorch code, unless the Triton
 path is forced (`runtime.load(..., triton=True)` or GRAPHSPEC_TRITON=1): then, without a GPU, the
 kernels run under Triton's interpreter (TRITON_INTERPRET=1), which is how they are tested on CPU.
 Nothing falls back silently: `paths()` is what `CompiledModel.kernel_report()` shows.
@@ -32,7 +33,12 @@ class Kernels:
     def forced(self) -> bool:
         return env_forced() if self.force is None else self.force
 
-    def enabled(self, x: torch.Tensor) -> bool:
+    def enabled(self, x: torch.Tensor, ctx=None) -> bool:
+        """The Triton path for a group whose first input is x. Under autograd (grad mode on), while the
+        model trains (dropout) and while attention probabilities are recorded, the group runs its
+        PyTorch code: the kernels have no backward, no dropout and keep no probabilities."""
+        if torch.is_grad_enabled() or (ctx is not None and (ctx.training or ctx.record_attentions)):
+            return False
         return x.is_cuda or self.forced()
 
     def interpreted(self) -> bool:

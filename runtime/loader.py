@@ -5,6 +5,8 @@ Reads the artifact only (manifest, interface.json, model.py): never the spec, ne
 from __future__ import annotations
 
 import contextlib
+import copy
+import difflib
 import os
 import warnings
 from pathlib import Path
@@ -16,11 +18,13 @@ from runtime.config import read_config_json, resolve_config
 from runtime.errors import CheckpointError, ConfigError
 from runtime.generation.config import GenerationConfig
 from runtime.generation.tokenizer import Tokenizer
+from runtime.hf_config import LABEL_KEYS, ModelConfig, set_key
+from runtime.init import initialise
 from runtime.kernels import env_forced
 from runtime.memory import check_model_size
 from runtime.model import CompiledModel
 from runtime.safetensors_io import open_checkpoint
-from runtime.weights import check_no_meta, init_new, load_into, plan_load
+from runtime.weights import check_no_meta, load_into, plan_load
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -75,10 +79,14 @@ def choose_head(interface, hf: dict, head: str | None) -> str | None:
     return interface.head_for(hf.get("architectures")) or next(iter(interface.heads))
 
 
-def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
+def load(artifact: str | Path, checkpoint: str | Path, dtype="auto", device="cpu",
          strict: bool = True, config_overrides: dict | None = None, head: str | None = None,
-         init_new_head: bool = False, triton: bool | None = None, tp_plan: str | None = None) -> CompiledModel:
+         init_new_head: bool = False, triton: bool | None = None, hf: dict | None = None,
+         tp_plan: str | None = None) -> CompiledModel:
     """Build the artifact's model from `checkpoint`'s config.json and load its weights.
+
+    dtype: a torch.dtype or name, or "auto" (the default, as Transformers 5): the checkpoint's dtype
+    as config.json records it (float32 when it records none).
 
     triton=True forces the fused groups' Triton kernels even on CPU tensors (through Triton's
     interpreter when there is no GPU); False keeps CPU on PyTorch code; None reads GRAPHSPEC_TRITON
@@ -88,8 +96,12 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
     strict=False reports unexpected tensors as a warning instead of an error; missing and
     mis-shaped tensors are always errors. `head` picks one of the spec's task heads (default: the
     one config.json's architectures names). A head the checkpoint has no weights for is an error
-    unless `init_new_head=True`: then its params are newly initialised, listed by name in
-    `model.load_report["newly_initialized"]`, and a warning says so.
+    unless `init_new_head=True`: then its params are newly initialised (the spec's `init:`), listed
+    by name in `model.load_report["newly_initialized"]`, and a warning says so.
+
+    `config_overrides` change config values by spec name or config.json key (an unknown key is an
+    error); `hf`, when given, stands in for the checkpoint's config.json. Params are trainable
+    (requires_grad) as Transformers' are; the model starts in eval mode.
 
     An artifact compiled with quantization (`graphspec compile --quant`) comes back with the params
     it marks quantized from the checkpoint's float weights (`model.load_report["quantized"]`).
@@ -104,12 +116,16 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
         from runtime.parallel import TensorParallel
         parallel = TensorParallel.open(art.directory, tp_plan, device)
         device = parallel.device
-        config_overrides = {**(config_overrides or {}), **parallel.overrides}
     interface, module = art.interface, art.module
     folder = Path(checkpoint)
-    hf = read_config_json(folder)
+    hf = read_config_json(folder) if hf is None else copy.deepcopy(hf)
+    derived = apply_overrides(interface, hf, config_overrides, str(folder / "config.json"))
+    if parallel is not None:
+        # the rank's place in the process group: config entries of the compiled split, never config.json keys
+        derived.update(parallel.overrides)
     head = choose_head(interface, hf, head)
-    config = resolve_config(interface, hf, source=str(folder / "config.json"), overrides=config_overrides)
+    config = ModelConfig(resolve_config(interface, hf, source=str(folder / "config.json"), overrides=derived),
+                         hf, interface.config)
     torch_dtype = _dtype(dtype, hf)
     check_model_size(interface, config, torch_dtype, device, head, str(folder / "config.json"),
                      shards=parallel.size if parallel is not None else 1)
@@ -132,46 +148,94 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype=None, device="cpu",
                 f"{', '.join(plan.head_missing)}. Pass init_new_head=True to initialise them randomly "
                 "(to fine-tune them), or choose a head the checkpoint has weights for with head=... "
                 f"(the spec has: {', '.join(interface.heads)}).")
+        layout = [(a.rule, list(a.sources), list(a.targets), [tuple(ckpt.tensors[s].shape) for s in a.sources])
+                  for a in plan.assignments]
         load_into(net, plan, ckpt, config, torch_dtype, device, shard=shard)
-    if plan.head_missing:
-        init_new(net, plan.head_missing, torch_dtype, device, float(hf.get("initializer_range", 0.02)))
-        warnings.warn(f"{folder}: the '{head}' head is newly initialised (the checkpoint has no weights for "
-                      f"{', '.join(plan.head_missing)}); its outputs mean nothing until it is trained")
-    check_no_meta(net)
-    net.eval()
     report = {"head": head, "newly_initialized": list(plan.head_missing), "untied": list(plan.untied),
               "ignored": plan.ignored,
               "tensors": sum(len(a.sources) for a in plan.assignments)}
-    model = CompiledModel(net, config, interface, art.manifest, torch_dtype, device, report, head=head)
+    model = CompiledModel(net, config, interface, art.manifest, torch_dtype, device, report, head=head, source=folder)
+    model.checkpoint_layout = layout
     model.generation_config = GenerationConfig.from_checkpoint(folder)
     if os.path.lexists(folder / "tokenizer.json"):
         model.tokenizer = Tokenizer.from_folder(folder, model.text_keys())
     if parallel is not None:
         model.group = parallel.group
         report["tensor_parallel"] = parallel.report()
+    if plan.head_missing:
+        _materialise(net, plan.head_missing, torch_dtype, device)
+        initialise(model, plan.head_missing)
+        warnings.warn(f"{folder}: the '{head}' head is newly initialised (the checkpoint has no weights for "
+                      f"{', '.join(plan.head_missing)}); its outputs mean nothing until it is trained")
+    check_no_meta(net)
+    model.eval()
     if interface.quantization is not None:
         _quantize(model)
-    labels = hf.get("id2label")
-    if isinstance(labels, dict):
-        model.id2label = {int(k): v for k, v in labels.items()}
-    elif isinstance(config.get("num_labels"), int):
-        # config.json leaves the labels out when they are Transformers' defaults
-        model.id2label = {i: f"LABEL_{i}" for i in range(config["num_labels"])}
+    model.id2label = config.id2label if (isinstance(hf.get("id2label"), dict) or "num_labels" in config) else None
     return model
 
 
-def init_random(artifact: str | Path, hf: dict, dtype=None, seed: int = 0, device="cpu") -> CompiledModel:
-    """A model with random weights (torch's default init) for a config.json-style dict: the way to
-    make a test or demo checkpoint without any reference library."""
+def _materialise(net, names: list[str], dtype: torch.dtype, device) -> None:
+    """Real (uninitialised) storage for params still on the meta device, before they are initialised."""
+    for name in names:
+        owner_path, _, leaf = name.rpartition(".")
+        owner = net.get_submodule(owner_path) if owner_path else net
+        setattr(owner, leaf, torch.nn.Parameter(torch.empty(getattr(owner, leaf).shape, dtype=dtype, device=device)))
+
+
+def apply_overrides(interface, hf: dict, overrides: dict | None, source: str) -> dict:
+    """Config overrides written into the config.json dict: by config.json key (Transformers' names, as
+    from_pretrained's keyword arguments) or by the spec's name (written under the key it is read from).
+    A key that is neither, nor already in config.json, is an error naming it. Returns the overrides of
+    derived entries (no config.json key to write them under), by spec name, for resolve_config."""
+    derived: dict = {}
+    if not overrides:
+        return derived
+    keys = {k for e in interface.config.values() for k in e.hf}
+    known = keys | {k.split(".")[0] for k in keys} | set(hf) | set(LABEL_KEYS)
+    unknown = [k for k in overrides if k not in known and k not in interface.config]
+    if unknown:
+        near = {k: difflib.get_close_matches(k, sorted(known | set(interface.config)), n=1) for k in unknown}
+        raise ConfigError(f"{source}: unknown config key(s) " + ", ".join(
+            f"'{k}'" + (f" (did you mean '{near[k][0]}'?)" if near[k] else "") for k in unknown)
+            + f"; spec '{interface.name}' reads: {', '.join(sorted(keys))}")
+    view = ModelConfig({}, hf, interface.config)
+    for key, value in overrides.items():
+        if key in interface.config and key not in keys:
+            spec_key = view.hf_key(key)
+            if spec_key is None:
+                derived[key] = value
+            else:
+                set_key(hf, spec_key, value)
+        else:
+            set_key(hf, key, value)
+    return derived
+
+
+def init_random(artifact: str | Path, hf: dict, dtype=None, seed: int | None = 0, device="cpu",
+                head: str | None = None, declared_init: bool = False, overrides: dict | None = None) -> CompiledModel:
+    """A model with fresh weights for a config.json-style dict: the way to make a test or demo
+    checkpoint without any reference library. torch's default initialisation, or, with
+    `declared_init`, the spec's `init:` (the architecture's reference initialiser, as from_config
+    uses). `head` picks a task head (default: the one `architectures` names, else none); `overrides`
+    set derived config entries by spec name."""
     art = open_artifact(artifact)
-    config = resolve_config(art.interface, hf, source="the given config")
+    hf = copy.deepcopy(hf)
+    head = choose_head(art.interface, hf, head) if head is not None or hf.get("architectures") else None
+    config = ModelConfig(resolve_config(art.interface, hf, source="the given config", overrides=overrides), hf,
+                         art.interface.config)
     torch_dtype = _dtype(dtype, hf)
-    check_model_size(art.interface, config, torch_dtype, device, None, "the given config")
-    torch.manual_seed(seed)
-    net = art.module.MODEL(art.module.Config(**config)).to(device=device, dtype=torch_dtype).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    model = CompiledModel(net, config, art.interface, art.manifest, torch_dtype, device, {"initialised": "random"})
+    check_model_size(art.interface, config, torch_dtype, device, head, "the given config")
+    if seed is not None:
+        torch.manual_seed(seed)
+    with _no_init() if declared_init else contextlib.nullcontext():
+        net = (art.module.HEADS[head] if head is not None else art.module.MODEL)(art.module.Config(**config))
+    net = net.to(device=device, dtype=torch_dtype)
+    model = CompiledModel(net, config, art.interface, art.manifest, torch_dtype, device, {"initialised": "random"},
+                          head=head).eval()
+    if declared_init:
+        initialise(model)
+    model.id2label = config.id2label if head is not None and "num_labels" in config else None
     model.generation_config = GenerationConfig.from_model_config(hf, source="the given config")
     if art.interface.quantization is not None:
         _quantize(model)

@@ -9,24 +9,48 @@ them all.
 """
 from __future__ import annotations
 
+import inspect
+import types
+from contextlib import nullcontext
+
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from runtime.call_inputs import as_tensor, check_input, check_mask, table_bounds
-from runtime.context import ForwardContext, SequenceState
+from runtime.context import ForwardContext, SequenceState, tracing
 from runtime.errors import InputError
 from runtime.interface import Input, Interface
+from runtime.model_api import TransformersAPI
 from runtime.ops import last_positions
 
 
 class ModelOutput(dict):
-    """Outputs by name, readable as attributes (`out.NAME`) like Transformers' ModelOutput."""
+    """Outputs by name, readable as attributes (`out.NAME`) and, like Transformers' ModelOutput, by
+    position (`out[0]`: the first output that is set; the loss first when there is one)."""
 
     def __getattr__(self, name):
         try:
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return self.to_tuple()[key]
+        return super().__getitem__(key)
+
+    def to_tuple(self) -> tuple:
+        return tuple(v for v in self.values() if v is not None)
+
+
+# A pytree node (its values are the leaves, its keys the context), so torch.export, torch.compile
+# and tree utilities see through it as they see through a dict.
+pytree.register_pytree_node(
+    ModelOutput, lambda out: (list(out.values()), list(out.keys())),
+    lambda values, keys: ModelOutput(zip(keys, values)),
+    flatten_with_keys_fn=lambda out: ([(pytree.MappingKey(k), v) for k, v in out.items()], list(out.keys())),
+    serialized_type_name="graphspec.ModelOutput")
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -58,23 +82,67 @@ def _count(logits_to_keep) -> int:
     return logits_to_keep
 
 
-class CompiledModel(nn.Module):
+def as_input(value, device) -> torch.Tensor:
+    """A call's tensor on the model's device; one made under inference_mode (generate's output) is
+    copied when autograd is on, which may not save inference tensors for backward."""
+    t = torch.as_tensor(value, device=device)
+    return t.clone() if t.is_inference() and torch.is_grad_enabled() else t
+
+
+def _forward(self, *args, **kwargs):
+    return CompiledModel.forward(self, *args, **kwargs)
+
+
+def _with_signature(model) -> types.MethodType:
+    """forward bound to the model, with the signature its contract gives it (the first input also
+    positional; the other inputs, masks, inputs_embeds and loss targets by keyword): what help() shows
+    and what torch.export binds example inputs and dynamic shapes to (it cannot see through **kwargs)."""
+    P = inspect.Parameter
+    callers = [i.name for i in model.contract.callers]
+    named = [*(i.name for i in model.contract.inputs if i.name not in callers[:1]), *model.contract.masks,
+             *(model.interface.embeddings or {})]
+    if model.loss_spec is not None:
+        from runtime.loss_kinds import LOSS_KINDS
+        named += LOSS_KINDS[model.loss_spec.kind].labels
+    params = [P("self", P.POSITIONAL_ONLY)] + [P(n, P.POSITIONAL_OR_KEYWORD, default=None) for n in callers[:1]]
+    params += [P(n, P.KEYWORD_ONLY, default=None) for n in dict.fromkeys(named)]
+    params += [P(n, P.KEYWORD_ONLY, default=d) for n, d in (("logits_to_keep", 0), ("output_hidden_states", False),
+                                                            ("output_attentions", False), ("return_dict", True))]
+    fn = types.FunctionType(_forward.__code__, _forward.__globals__, "forward")
+    fn.__signature__ = inspect.Signature(params)
+    fn.__doc__ = CompiledModel.forward.__doc__
+    return types.MethodType(fn, model)
+
+
+def _grad_or_inference():
+    """Autograd when grad mode is on (training, or gradients wanted); inference_mode otherwise, where
+    the forward keeps no graph and the fused groups may take their kernels. Tracing (torch.compile,
+    torch.export) keeps the caller's mode."""
+    if torch.is_grad_enabled() or tracing():
+        return nullcontext()
+    return torch.inference_mode()
+
+
+class CompiledModel(TransformersAPI, nn.Module):
     def __init__(self, net: nn.Module, config: dict, interface: Interface, manifest: dict, dtype: torch.dtype,
-                 device, load_report: dict | None = None, head: str | None = None):
+                 device, load_report: dict | None = None, head: str | None = None, source=None):
         super().__init__()
         self.net = net
-        self.config = config
+        self.config = config           # runtime.hf_config.ModelConfig: spec values + config.json keys
         self.interface = interface
         self.spec = interface          # what the runtime knows of the spec: its name, config, heads, contract
         self.contract = interface.contract
         self.manifest = manifest
-        self.dtype = dtype
-        self.device = torch.device(device)
+        self._dtype, self._device = dtype, torch.device(device)
         self.load_report = load_report or {}
         self.head = head
+        self.source = source           # the checkpoint folder it was loaded from (tokenizer, generation config)
         self.output_names = interface.heads[head].outputs if head is not None else self.contract.outputs
+        self.loss_spec = interface.heads[head].loss if head is not None else interface.loss
         self.id2label: dict[int, str] | None = None
         self.group = None          # tensor parallelism: the process group of its collectives (runtime/parallel)
+        self._trunk = None             # base_model of a head model: the trunk's forward on the same modules
+        self.forward = _with_signature(self)
         self._inputs = {i.name: i for i in self.contract.inputs}
         # per int input, the smallest table its values index (vocab_size rows): ids are checked once per call
         self._bounds = table_bounds(self.contract.inputs, config)
@@ -102,33 +170,101 @@ class CompiledModel(nn.Module):
         mask = next((k for k, seq in self.contract.masks.items() if seq == text.seq), None)
         return text.name, mask
 
+    # The compute dtype (float inputs are cast to it) and device follow the params through .to(),
+    # .half(), .cuda(): nn.Module moves them with _apply, which refreshes both here.
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        floating = next((p for p in self.net.parameters() if p.is_floating_point()), None)
+        if floating is not None:
+            self._dtype, self._device = floating.dtype, floating.device
+        return out
+
     def kernel_report(self) -> dict[str, str]:
         """Which path each fused group takes here: triton, triton (interpreter) or torch, and why."""
         from runtime.kernels import kernel_report
         return kernel_report(self)
 
     # -- forward ------------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def forward(self, *args, logits_to_keep: int = 0, **kwargs) -> ModelOutput:
+    def forward(self, *args, logits_to_keep: int = 0, output_hidden_states: bool = False,
+                output_attentions: bool = False, return_dict: bool = True, **kwargs):
         """The contract's caller inputs by name (the first also positionally), the padding mask of each
         sequence by its keyword (1 = a real position), and, optionally, inputs the runtime would supply.
 
         `logits_to_keep=k` (as in Transformers): the next-token logits of the last k positions only, 0
         for all. The compiler cut the model's per-position tail (manifest "keep_positions"), so the
         final norm and the head then run on those positions alone.
+
+        Targets under Transformers' names (`labels`, `start_positions`, ...) add `loss`, computed as
+        the spec's `loss:` kind says (runtime/losses.py). `inputs_embeds` (and the like for other
+        token inputs, interface "embeddings") stand in for an embedding's output.
+        `output_hidden_states` / `output_attentions` add each layer's carried value and attention
+        probabilities; `return_dict=False` returns a tuple (loss first).
+
+        With grad mode on (training) the forward records autograd; otherwise it runs in
+        inference_mode.
         """
         keep = _count(logits_to_keep)
-        feeds, masks = self._bind(args, kwargs)
-        lengths = self._lengths(feeds)
-        states = {seq: SequenceState(padding) for seq, padding in self._paddings(masks, feeds, lengths).items()}
-        out = self._run(feeds, states, keep)
-        if keep:
-            g = self.contract.generate
-            if g is None or g.logits not in out:
-                why = self.contract.no_generate if g is None else f"the loaded head outputs {', '.join(out)}"
-                raise InputError(f"logits_to_keep needs next-token logits, which {self.interface.name} has not: {why}")
-            out[g.logits] = last_positions(out[g.logits], keep)
-        return out
+        targets = self._targets(kwargs)
+        embeds = self._take_embeds(args, kwargs)
+        record = tuple(k for k, on in (("hidden_states", output_hidden_states), ("attentions", output_attentions)) if on)
+        with _grad_or_inference():
+            feeds, masks = self._bind(args, kwargs)
+            lengths = self._lengths(feeds)
+            states = {seq: SequenceState(padding) for seq, padding in self._paddings(masks, feeds, lengths).items()}
+            out = self._run(feeds, states, keep, record=record, embeds=embeds)
+            if keep:
+                g = self.contract.generate
+                if g is None or g.logits not in out:
+                    why = self.contract.no_generate if g is None else f"the loaded head outputs {', '.join(out)}"
+                    raise InputError(f"logits_to_keep needs next-token logits, which {self.interface.name} has not: {why}")
+                out[g.logits] = last_positions(out[g.logits], keep)
+            if targets is not None:
+                out = ModelOutput({"loss": self._loss(out, targets), **out})
+        return out if return_dict else out.to_tuple()
+
+    def _targets(self, kwargs: dict) -> list | None:
+        """The loss targets of this call (popped from kwargs), or None when none are given; for a
+        seq2seq loss without decoder inputs, those inputs are made from the labels (teacher forcing)."""
+        loss = self.loss_spec
+        from runtime.loss_kinds import LOSS_KINDS
+        names = LOSS_KINDS[loss.kind].labels if loss is not None else ()
+        given = {n: kwargs.pop(n) for n in names if n in kwargs}
+        for n in [n for k in LOSS_KINDS.values() for n in k.labels if n not in self._inputs]:
+            if kwargs.get(n, 0) is None:
+                del kwargs[n]         # labels=None: no targets, as in Transformers
+        stray = [n for k in LOSS_KINDS.values() for n in k.labels
+                 if kwargs.get(n) is not None and n not in self._inputs]
+        if stray:
+            raise TypeError(f"{self.interface.name}{f' with the {self.head!r} head' if self.head else ''} computes "
+                            + (f"its loss from {', '.join(names)}" if loss else "no loss (its spec declares none)")
+                            + f"; got {', '.join(dict.fromkeys(stray))}")
+        if not given or all(v is None for v in given.values()):
+            return None
+        missing = [n for n in names if given.get(n) is None]
+        if missing:
+            raise TypeError(f"{self.interface.name}: the {loss.kind} loss needs {', '.join(names)}; missing {', '.join(missing)}")
+        targets = [as_input(given[n], self.device) for n in names]
+        g = self.contract.generate
+        if loss.kind == "seq2seq" and g is not None and g.start is not None and kwargs.get(g.tokens) is None:
+            from runtime.losses import shift_right
+            pad = self._options().get("pad")
+            kwargs[g.tokens] = shift_right(targets[0], int(g.start.evaluate(self.config)), 0 if pad is None else int(pad))
+        return targets
+
+    def _options(self) -> dict:
+        return {k: e.evaluate(self.config) for k, e in self.loss_spec.options.items()}
+
+    def _loss(self, out: ModelOutput, targets: list) -> torch.Tensor:
+        from runtime.losses import compute_loss
+        return compute_loss(self.loss_spec, out, targets, self._options())
 
     def _bind(self, args, kwargs, generated: str | None = None) -> tuple[dict, dict]:
         """(input name -> tensor, mask keyword -> mask) from a call; `generated`: an input the caller
@@ -159,8 +295,9 @@ class CompiledModel(nn.Module):
         return feeds, masks
 
     def _tensor(self, inp: Input, value) -> torch.Tensor:
-        t = as_tensor(self.interface.name, f"input {inp.name}", value, self.device)
-        check_input(self.interface.name, inp, t, self._bounds.get(inp.name))
+        t = as_input(as_tensor(self.interface.name, f"input {inp.name}", value, self.device), self.device)
+        # ids are range-checked in eager calls only: a check on values would become a guard on data
+        check_input(self.interface.name, inp, t, None if tracing() else self._bounds.get(inp.name))
         if inp.dtype == "float":
             t = t.to(self.dtype)
         elif inp.dtype == "int":
@@ -203,22 +340,27 @@ class CompiledModel(nn.Module):
             seq = self.contract.masks[kwarg]
             if seq not in lengths:
                 raise InputError(f"{self.interface.name}: {kwarg} masks sequence {seq}, and no input along it is given")
-            m = as_tensor(self.interface.name, kwarg, mask, self.device)
-            m = check_mask(self.interface.name, kwarg, m, (self._batch(feeds, seq), lengths[seq]), seq)
-            out[seq] = None if bool(m.all()) else m
+            m = as_input(as_tensor(self.interface.name, kwarg, mask, self.device), self.device)
+            m = check_mask(self.interface.name, kwarg, m, (self._batch(feeds, seq), lengths[seq]), seq,
+                           values=not tracing())
+            out[seq] = None if not tracing() and bool(m.all()) else m
         return out
 
-    def _run(self, feeds: dict, states: dict[str, SequenceState], keep: int) -> ModelOutput:
+    def _run(self, feeds: dict, states: dict[str, SequenceState], keep: int, record: tuple = (),
+             embeds: dict | None = None) -> ModelOutput:
         feeds = dict(feeds)
         lengths = self._lengths(feeds)
         for seq in lengths:
             states.setdefault(seq, SequenceState())
         self._supply(feeds, states, lengths)
         self._check_dims(feeds)
-        # the network is built in eval mode; `model.train()` reaches it (dropout then drops)
-        ctx = ForwardContext(self.dtype, self.device, states, keep_positions=keep, training=self.net.training,
-                             group=self.group)
-        return ModelOutput(self.net(*(feeds[i.name] for i in self.contract.inputs), ctx))
+        # `model.train()` reaches the network (dropout then drops)
+        ctx = ForwardContext(self.dtype, self.device, states, keep_positions=keep, training=self.training,
+                             group=self.group, record=record)
+        with self._embeds_in_place(feeds, embeds):
+            out = ModelOutput((self._trunk or self.net)(*(feeds[i.name] for i in self.contract.inputs), ctx))
+        out.update(ctx.records())
+        return out
 
     def _supply(self, feeds: dict, states: dict[str, SequenceState], lengths: dict[str, int]) -> None:
         """The inputs the caller left to the runtime: positions, key positions, fills."""

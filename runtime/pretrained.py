@@ -8,6 +8,7 @@ from pathlib import Path
 
 from runtime.config import read_config_json, resolve_config
 from runtime.errors import CheckpointError, ConfigError
+from runtime.hf_config import apply_labels
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 
@@ -63,39 +64,88 @@ def _fits(path: Path, hf: dict) -> bool:
     return True
 
 
-def resolve_checkpoint(name_or_path: str | Path) -> Path:
+def resolve_checkpoint(name_or_path: str | Path, revision: str | None = None, cache_dir: str | Path | None = None,
+                       token: str | bool | None = None, local_files_only: bool = False) -> Path:
+    """A local folder as is; an `org/name` hub id through huggingface_hub (its cache first, then the
+    hub unless local_files_only), at `revision` (a branch, tag or commit)."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
     if str(name_or_path).count("/") == 1 and not path.exists():
         from huggingface_hub import snapshot_download
         try:
-            return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "tokenizer*"]))
+            return Path(snapshot_download(str(name_or_path), revision=revision, cache_dir=cache_dir, token=token,
+                                          local_files_only=local_files_only, allow_patterns=FETCHED))
         except Exception as err:  # network or cache miss: say which
-            raise CheckpointError(f"'{name_or_path}' is not a local folder and could not be fetched "
-                                  f"from the Hugging Face hub or its cache: {err}") from None
+            where = "its cache" if local_files_only else "the Hugging Face hub or its cache"
+            raise CheckpointError(f"'{name_or_path}'{f' at revision {revision!r}' if revision else ''} is not a "
+                                  f"local folder and could not be fetched from {where}: {err}") from None
     raise CheckpointError(f"{path}: no such checkpoint folder")
 
 
-def from_pretrained(name_or_path: str | Path, dtype=None, device="cpu", spec: str | Path | None = None,
-                    strict: bool = True, head: str | None = None, init_new_head: bool = False,
-                    tp_plan: str | None = None, quantization=None):
+# what a hub checkpoint needs: configs, safetensors weights, tokenizer and processor files (never pickles)
+FETCHED = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+
+
+def _config_dict(config) -> dict:
+    """A config given to from_pretrained / from_config: a dict like config.json, our model.config, or
+    an object with to_dict() (Transformers' PretrainedConfig)."""
+    if hasattr(config, "to_dict"):
+        data = config.to_dict()
+        if getattr(config, "architectures", None) and "architectures" not in data:
+            data["architectures"] = list(config.architectures)
+    elif isinstance(config, dict):
+        data = dict(config)
+    else:
+        raise ConfigError(f"config must be a dict or have to_dict() (a Transformers config), got {type(config).__name__}")
+    if "auto_map" in data:
+        raise ConfigError("the given config asks for remote code (auto_map); graphspec never runs code from a "
+                          "checkpoint. Write a spec for this architecture instead.")
+    return data
+
+
+def _resolve_dtype(dtype, torch_dtype):
+    if torch_dtype is not None:
+        if dtype not in ("auto", None) and dtype != torch_dtype:
+            raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; torch_dtype is an alias, give one")
+        return torch_dtype
+    return dtype
+
+
+def from_pretrained(name_or_path: str | Path, *, config=None, revision: str | None = None,
+                    cache_dir: str | Path | None = None, token: str | bool | None = None,
+                    local_files_only: bool = False, dtype="auto", torch_dtype=None, device=None, device_map=None,
+                    spec: str | Path | None = None, strict: bool = True, head: str | None = None,
+                    init_new_head: bool = False, num_labels: int | None = None, id2label: dict | None = None,
+                    label2id: dict | None = None, triton: bool | None = None, tp_plan: str | None = None,
+                    quantization=None, **config_overrides):
     """Read config.json, pick the spec that recognises it, compile it (cached) and load the weights
-    (with `head`, or the head config.json's architectures names; see `runtime.load`). tp_plan="auto"
-    compiles the spec with its tensor-parallel plan for the process group's ranks (under torchrun)
-    and loads this rank's share (runtime/parallel).
+    (with `head`, or the head config.json's architectures names; see `runtime.load`).
+
+    Transformers' arguments: revision, cache_dir, token and local_files_only for hub ids; `config`
+    (a dict or Transformers config object) instead of the checkpoint's config.json; config overrides
+    as keyword arguments under Transformers' key names (or the spec's; an unknown one is an error);
+    num_labels / id2label / label2id; dtype (default "auto": the checkpoint's dtype) or its alias
+    torch_dtype; device, or device_map ("cpu", "cuda", "auto", or {module path: device}).
+
+    tp_plan="auto" compiles the spec with its tensor-parallel plan for the process group's ranks
+    (under torchrun) and loads this rank's share (runtime/parallel).
 
     quantization: "int8", "int4", a quantization_config dict or a runtime.quant.QuantConfig: the spec
     is compiled with its quantize pass and the marked linears are quantized as they load (the LM
     head stays in float unless `modules_to_not_convert` leaves "lm_head" out; runtime/quant/config.py).
     A folder written by runtime.quant.save_quantized (config.json's quantization_config) loads its
-    stored quantized tensors as they are, without quantizing again."""
+    stored quantized tensors as they are, without quantizing again.
+    """
     from compiler.pipeline import compile_spec
     from runtime.loader import load
+    from runtime.placement import place, single_device
     from runtime.quant.config import QUANT_METHOD, QuantConfig
-    folder = resolve_checkpoint(name_or_path)
-    hf = read_config_json(folder)
+    folder = resolve_checkpoint(name_or_path, revision, cache_dir, token, local_files_only)
+    hf = _config_dict(config) if config is not None else read_config_json(folder)
+    apply_labels(hf, num_labels, id2label, label2id)
     spec_path = Path(spec) if spec else find_spec(hf)
+    target = single_device(device, device_map)
     options = {}
     saved = hf.get("quantization_config")
     if isinstance(saved, dict) and saved.get("quant_method") == QUANT_METHOD:
@@ -105,12 +155,33 @@ def from_pretrained(name_or_path: str | Path, dtype=None, device="cpu", spec: st
                              f"quantization={quantization!r} asks for another format")
         from runtime.quant.io import load_quantized
         return load_quantized(folder, compile_spec(spec_path, options={"quant": stored.to_dict()}).directory,
-                              device=device)
+                              device=target or "cpu")
     if quantization is not None:
         options["quant"] = QuantConfig.parse(quantization).to_dict()
     if tp_plan is not None:
         from runtime.parallel import process_group
-        options["tp"] = process_group(device)[2]
+        options["tp"] = process_group(target or "cpu")[2]
     artifact = compile_spec(spec_path, options=options).directory
-    return load(artifact, folder, dtype=dtype, device=device, strict=strict, head=head, init_new_head=init_new_head,
-                tp_plan=tp_plan)
+    model = load(artifact, folder, dtype=_resolve_dtype(dtype, torch_dtype), device=target or "cpu", strict=strict,
+                 head=head, init_new_head=init_new_head, triton=triton, hf=hf, config_overrides=config_overrides,
+                 tp_plan=tp_plan)
+    if isinstance(device_map, dict):
+        place(model, device_map)
+    return model
+
+
+def from_config(config, *, head: str | None = None, dtype=None, torch_dtype=None, device="cpu",
+                spec: str | Path | None = None, seed: int | None = None, **config_overrides):
+    """A model with fresh weights for a config (a config.json dict or a Transformers config object),
+    initialised as the spec's `init:` says (the architecture's reference initialiser). Any head of the
+    spec (`head`, or the one the config's architectures names). dtype: default float32, like
+    Transformers' from_config."""
+    from compiler.pipeline import compile_spec
+    from runtime.loader import apply_overrides, init_random
+    from runtime.interface import read_interface
+    hf = _config_dict(config)
+    spec_path = Path(spec) if spec else find_spec(hf)
+    artifact = compile_spec(spec_path).directory
+    derived = apply_overrides(read_interface(artifact), hf, config_overrides, "the given config")
+    return init_random(artifact, hf, dtype=_resolve_dtype(dtype, torch_dtype), seed=seed, device=device, head=head,
+                       declared_init=True, overrides=derived)

@@ -264,28 +264,13 @@ def _expand(rule, binding: dict, stacks: dict, tensors: dict, config: dict, plan
     return sources, [fill(t, {**binding, var: str(p)}) for p in range(n) for t in rule.targets]
 
 
-def init_new(module: nn.Module, names: list[str], dtype: torch.dtype, device, std: float) -> None:
-    """Fresh weights for params the checkpoint lacks, as Transformers initialises them: weights of
-    projections and tables ~ N(0, std), norm scales 1, biases 0."""
-    for name in names:
-        owner_path, _, leaf = name.rpartition(".")
-        owner = module.get_submodule(owner_path) if owner_path else module
-        shape = getattr(owner, leaf).shape
-        value = torch.empty(shape, dtype=dtype, device=device)
-        if leaf == "bias":
-            value.zero_()
-        elif "Norm" in type(owner).__name__:
-            value.fill_(1.0)
-        else:
-            value.normal_(0.0, std)
-        _set_param(module, name, nn.Parameter(value, requires_grad=False))
-
-
 def _match(rules, name: str):
+    """The first rule with a source template matching `name` (any of a concat's sources), and the binding."""
     for rule in rules:
-        m = _regex(rule.sources[0]).match(name)
-        if m:
-            return rule, m.groupdict()
+        for template in rule.sources:
+            m = _regex(template).match(name)
+            if m:
+                return rule, m.groupdict()
     return None, None
 
 
@@ -340,7 +325,7 @@ def load_into(module: nn.Module, plan: LoadPlan, checkpoint, config: dict, dtype
                 pending[target] = cast
                 sources_of[target] = list(a.sources)
                 continue
-            _set_param(module, target, nn.Parameter(cast.contiguous(), requires_grad=False))
+            _set_param(module, target, nn.Parameter(cast.contiguous()))
         # The mapped pages of a source that now lives elsewhere are given back, so loading an fp32
         # checkpoint as bf16 does not hold both; fused members go when their concatenation is made.
         if copied and not any(t in members for t in a.targets):
@@ -392,4 +377,4 @@ def check_no_meta(module: nn.Module) -> None:
         raise CheckpointError(f"params left without weights (a bug in the weight plan): {', '.join(left[:SHOW])}")
 
 
-__all__ = ["plan_load", "load_into", "init_new", "LoadPlan", "Expr"]
+__all__ = ["plan_load", "load_into", "LoadPlan", "Expr"]

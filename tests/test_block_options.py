@@ -98,8 +98,9 @@ def test_each_instance_is_its_own_class_and_each_tower_computes_at_its_own_width
     assert "; layer with width=vision_width, causal=false, gated=false" in source
     model = runtime.init_random(art, {"text_width": 8, "vision_width": 12, "heads": 2, "head_dim": 4})
     gen = torch.Generator().manual_seed(0)
-    for p in model.net.parameters():
-        p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    with torch.no_grad():     # params are trainable, as Transformers' are
+        for p in model.net.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
     assert model.net.text_tower.layers[0].out.weight.shape == (8, 8)
     assert model.net.vision_tower.layers[1].out.weight.shape == (12, 8)
     text, pixels = torch.randn(2, 5, 8), torch.randn(2, 3, 12)

@@ -42,7 +42,7 @@ def test_v1_specs_get_their_contract_from_the_table_of_input_names():
                            "cache_width": "2 * (num_decoder_layers) * (num_heads) * (d_kv)"}
     assert t5.static == [["encoder"], ["dec_layers", "*", "cross_kv"]]
     bert = contract("specs/bert.yaml")
-    assert bert.generate is None and "bidirectional encoder" in bert.no_generate and "bert.yaml:47" in bert.no_generate
+    assert bert.generate is None and "bidirectional encoder" in bert.no_generate and "bert.yaml:53" in bert.no_generate
     assert [(i["name"], i["source"], i.get("value")) for i in bert.inputs] == [
         ("input_ids", "caller", None), ("token_type_ids", "fill", 0)]
     vit = contract("specs/vit.yaml")
@@ -107,7 +107,7 @@ def test_declaring_generate_on_a_bidirectional_encoder_says_why_it_cannot(tmp_pa
     path, line = edited(tmp_path, BERT, "  outputs: [last_hidden_state]\n\nheads:",
                         "  outputs: [last_hidden_state]\n  generate: {tokens: input_ids, logits: last_hidden_state}\n\nheads:")
     assert_at(errors_of(path, tmp_path), path, line + 1, "model.generate",
-              "generate is declared, but it is a bidirectional encoder", f"{path.name}:47")
+              "generate is declared, but it is a bidirectional encoder", f"{path.name}:53")
 
 
 def test_encoder_keys_must_agree_with_the_sequence_the_keys_run_along(tmp_path):

@@ -23,7 +23,7 @@ config:
 checks:
   + sliding_window == null or sliding_window > 0
 block attention:
-  ~ op y = attention(q, k, v, causal=true, scale=head_dim ** -0.5, window=sliding_window): +window=sliding_window
+  ~ op y = attention(q, k, v, causal=true, scale=head_dim ** -0.5, dropout=attention_dropout, window=sliding_window): +window=sliding_window
 """
 
 LLAMA_QWEN2 = """\
@@ -62,6 +62,7 @@ heads:
   ~ base: architectures [BertModel] -> [RobertaModel]
   ~ masked_lm: architectures [BertForMaskedLM, BertForPreTraining] -> [RobertaForMaskedLM]
   ~ sequence_classification: architectures [BertForSequenceClassification] -> [RobertaForSequenceClassification]
+  + sequence_classification: op first = dropout(first, p=classifier_dropout if classifier_dropout != null else hidden_dropout)
   ~ token_classification: architectures [BertForTokenClassification] -> [RobertaForTokenClassification]
   ~ question_answering: architectures [BertForQuestionAnswering] -> [RobertaForQuestionAnswering]
 weights:
@@ -77,7 +78,7 @@ block feed_forward:
   + param wi_0: linear: [d_model, d_ff], bias: false
   + param wi_1: linear: [d_model, d_ff], bias: false
   - param wi: linear: [d_model, d_ff], bias: false
-  ~ graph 3 -> 5 lines (25% aligned); -relu; +gelu, linear, mul; 1 line(s) re-wired
+  ~ graph 4 -> 6 lines (40% aligned); -relu; +gelu, linear, mul; 1 line(s) re-wired
 """
 
 
@@ -110,7 +111,7 @@ def test_llama_to_gpt2_is_a_short_structured_summary(capsys):
     assert "  - 2 inputs: cos, sin" in lines                       # no RoPE: the layers take no cos/sin
     assert any(line.startswith("  ~ graph ") and "-rope x2" in line for line in lines)
     assert any(line.startswith("  ~ graph ") and "+layer_norm x2" in line and "-rms_norm x2" in line for line in lines)
-    assert any(line.startswith("  ~ graph ") and "+gelu" in line and "silu" in line for line in lines)
+    assert any(line.startswith("  ~ graph ") and "+dropout, gelu" in line and "silu" in line for line in lines)
     assert any(line.startswith("  + ") and "wpe" in line for line in lines)    # learned positions
 
 
@@ -223,7 +224,7 @@ def test_a_change_only_in_a_head_is_a_difference(tmp_path, capsys):
     assert code == 1
     assert out.splitlines()[1:] == [
         "heads:",
-        "  + tagging (new): architectures [BertForTokenClassification]; params: classifier; ops: linear",
+        "  + tagging (new): architectures [BertForTokenClassification]; params: classifier; ops: dropout, linear",
         "  - token_classification: architectures [BertForTokenClassification]",
         "  + masked_lm: op h = relu(h)",
         "  - masked_lm: op h = gelu(h)",

@@ -80,6 +80,10 @@ def test_roberta_is_bert_with_padding_aware_positions_and_its_own_tensor_names()
                           "RobertaForSequenceClassification", "RobertaForTokenClassification",
                           "RobertaForQuestionAnswering"]):
         head["architectures"] = [arch]
+    # RobertaClassificationHead drops the first token's state before its dense layer too
+    classifier = expected["heads"]["sequence_classification"]["graph"]
+    classifier.insert(1, {"first": {"op": "dropout", "x": "first",
+                                    "p": "classifier_dropout if classifier_dropout != null else hidden_dropout"}})
     new_rules = roberta.data["weights"][:9]
     assert all(r["from"].startswith(("lm_head.", "classifier.")) for r in new_rules)
     expected["weights"] = new_rules + expected["weights"]
@@ -109,7 +113,7 @@ def test_t5_v1_1_is_t5_with_a_gated_gelu_feed_forward():
     ff["graph"] = v11.data["blocks"]["feed_forward"]["graph"]
     assert v11.data == expected
     assert graph(v11, "feed_forward") == [(("g",), "linear"), (("g",), "gelu"), (("u",), "linear"),
-                                          (("h",), "mul"), (("y",), "linear")]
+                                          (("h",), "mul"), (("h",), "dropout"), (("y",), "linear")]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from compiler.errors import SpecError
 from compiler.spec import load_spec
 from tests.llama_child import llama_child
 
-ATTENTION = "      - y: {op: attention, q: q, k: k, v: v, causal: true, scale: head_dim ** -0.5, label: attention}"
+ATTENTION = "      - y: {op: attention, q: q, k: k, v: v, causal: true, scale: head_dim ** -0.5, dropout: attention_dropout, label: attention}"
 CHILD = """spec: 1
 name: child
 extends: llama

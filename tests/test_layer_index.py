@@ -11,7 +11,7 @@ from compiler.lower import lower
 from compiler.spec import load_spec
 
 LLAMA = Path("specs/llama.yaml").read_text()
-ATTENTION_LINE = "      - y: {op: attention, q: q, k: k, v: v, causal: true, scale: head_dim ** -0.5, label: attention}"
+ATTENTION_LINE = "      - y: {op: attention, q: q, k: k, v: v, causal: true, scale: head_dim ** -0.5, dropout: attention_dropout, label: attention}"
 
 
 def lowered(text):
@@ -30,7 +30,8 @@ def test_each_layer_module_is_built_with_its_index_and_reads_it_in_forward():
     with torch.device("meta"):
         config = dict(vocab_size=11, hidden_size=8, intermediate_size=16, num_layers=3, num_heads=2, num_kv_heads=2,
                       head_dim=4, rms_norm_eps=1e-6, rope_theta=1e4, rope_scaling=None, rope_type="default",
-                      attention_bias=False, mlp_bias=False, tie_word_embeddings=False, hidden_act="silu")
+                      attention_bias=False, mlp_bias=False, tie_word_embeddings=False, hidden_act="silu",
+                      attention_dropout=0.0, initializer_range=0.02)
         net = namespace["MODEL"](namespace["Config"](**config))
     assert [layer.attn.layer for layer in net.layers] == [0, 1, 2]
 

@@ -46,7 +46,7 @@ def test_llama_projections_split_into_heads_and_intermediate_are_column_parallel
     # a row-parallel bias is added once: rank 0 holds it, the all-reduce sums it in
     assert set(p.rank0) == {"layers.{i}.attn.o_proj.bias", "layers.{i}.mlp.down_proj.bias"}
     assert split["embed.weight"] == 0 and split["lm_head.weight"] == 0            # vocab-parallel
-    assert p.replicated["layers.{i}.attn_norm.weight"] == "rms_norm(h) (llama.yaml:76) reads it whole"
+    assert p.replicated["layers.{i}.attn_norm.weight"] == "rms_norm(h) (llama.yaml:79) reads it whole"
     assert set(p.replicated) == {"layers.{i}.attn_norm.weight", "layers.{i}.mlp_norm.weight", "norm.weight"}
     assert [(c.block, c.op, c.value) for c in p.collectives] == [
         ("mlp", "all_reduce", "y"), ("attention", "all_reduce", "y"),
@@ -142,8 +142,8 @@ def test_compile_tp_explain_prints_the_plan_and_every_collective(tmp_path, capsy
     assert cli(["compile", "specs/llama.yaml", "--tp", "2", "-o", str(tmp_path / "a"), "-q", "--explain"]) == 0
     out = capsys.readouterr().out
     assert "tensor parallelism over 2 rank(s)" in out
-    assert "attention: all_reduce(y) after linear(y) (llama.yaml:51) - row-parallel 'o_proj'" in out
-    assert "model: all_gather(logits) after linear(logits) (llama.yaml:98)" in out
+    assert "attention: all_reduce(y) after linear(y) (llama.yaml:54) - row-parallel 'o_proj'" in out
+    assert "model: all_gather(logits) after linear(logits) (llama.yaml:101)" in out
     model_py = (tmp_path / "a" / "model.py").read_text()
     assert "        y = self.o_proj(y)" in model_py and "        y = ops.all_reduce(y, ctx)" in model_py
     assert "q.unflatten(-1, (cfg.local_num_heads, -1))" in model_py

@@ -165,12 +165,13 @@ def test_every_kernel_of_a_spec_matches_its_groups_pytorch_code(tmp_path, dtype)
             for p in net.parameters():
                 p.add_(0.1 * torch.randn_like(p))
         x, y = rand(2, 3, n, dtype=dtype, seed=1), rand(2, 3, n, dtype=dtype, seed=2)
-        module.kernels.force = False
         ctx = ForwardContext(dtype, "cpu")
-        want = net(x, y, ctx)["o"]
-        module.kernels.force = True
-        got = net(x, y, ctx)["o"]
-        module.kernels.force = None
+        with torch.no_grad():      # the kernels run outside autograd
+            module.kernels.force = False
+            want = net(x, y, ctx)["o"]
+            module.kernels.force = True
+            got = net(x, y, ctx)["o"]
+            module.kernels.force = None
         close(got, want, dtype)
 
 
@@ -210,10 +211,11 @@ def test_kernels_of_the_primitive_ops_match_their_groups_pytorch_code(kernel_ops
     x[0, 0, :7] = y[0, 0, :7]                     # equal elements, for eq and le
     m = rand(2, 3, n, seed=3) > 0
     try:
-        module.kernels.force = False
-        want = net(x.float(), y.float(), m, ForwardContext(torch.float32, "cpu"))
-        module.kernels.force = True
-        got = net(x, y, m, ForwardContext(dtype, "cpu"))
+        with torch.no_grad():      # the kernels run outside autograd
+            module.kernels.force = False
+            want = net(x.float(), y.float(), m, ForwardContext(torch.float32, "cpu"))
+            module.kernels.force = True
+            got = net(x, y, m, ForwardContext(dtype, "cpu"))
     finally:
         module.kernels.force = None
     assert got["flag"].dtype == torch.bool and torch.equal(got["flag"], want["flag"])
@@ -239,8 +241,9 @@ def test_tiny_llama_through_the_triton_path_equals_the_unfused_compile(tmp_path)
     mask = torch.ones_like(x)
     mask[1, :2] = 0
     try:
-        assert (fused(x).logits - plain(x).logits).abs().max().item() <= 1e-4
-        got, want = fused(x, attention_mask=mask).logits, plain(x, attention_mask=mask).logits
+        with torch.no_grad():      # the kernels run outside autograd
+            assert (fused(x).logits - plain(x).logits).abs().max().item() <= 1e-4
+            got, want = fused(x, attention_mask=mask).logits, plain(x, attention_mask=mask).logits
         assert (got[:, 2:] - want[:, 2:]).abs().max().item() <= 1e-4
         assert fused.generate(x[:1], max_new_tokens=6).tolist() == plain.generate(x[:1], max_new_tokens=6).tolist()
     finally:
@@ -252,7 +255,9 @@ def test_environment_variable_forces_the_triton_path(tmp_path, monkeypatch):
     result = compile_spec("specs/llama.yaml", tmp_path / "env")
     module = import_model(result.directory, result.manifest)
     try:
-        assert module.kernels.enabled(torch.zeros(1))
+        with torch.no_grad():
+            assert module.kernels.enabled(torch.zeros(1))
+        assert not module.kernels.enabled(torch.zeros(1)), "under autograd the groups run their PyTorch code"
         assert module.kernels.path_for(torch.device("cpu")) == "triton (interpreter)"
         monkeypatch.delenv("GRAPHSPEC_TRITON")
         assert module.kernels.path_for(torch.device("cpu")) == "torch"

@@ -24,7 +24,7 @@ def _attention_infer(ctx) -> list[TType]:
 
 def _attention_emit(e) -> str:
     args = [e["q"], e["k"], e["v"], "ctx", e.slot, *e.seq_arg()]
-    for name in ("causal", "scale", "window", "softcap"):
+    for name in ("causal", "scale", "window", "softcap", "dropout"):
         if e.given(name):
             args.append(f"{name}={e.a(name)}")
     if "bias" in e.values:
@@ -39,6 +39,7 @@ register(OpDef(
     attrs=(Attr("causal", "expr", default=True), Attr("scale", "expr", default=None),
            Attr("window", "expr", default=None, doc="sliding window length, or null"),
            Attr("softcap", "expr", default=None, doc="tanh soft-capping of the scores, or null"),
+           Attr("dropout", "expr", default=None, doc="dropout rate of the attention probabilities while training, or null"),
            Attr("encoder_keys", "expr", default=False,
                 doc="v1: keys from the encoder's sequence; the compiler checks it against the keys' shape, "
                     "which decides masks and the KV cache")),

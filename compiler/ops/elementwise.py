@@ -247,7 +247,10 @@ register(OpDef(
 
 register(OpDef(
     name="dropout", doc="zeroes each element with probability p and scales the rest by 1 / (1 - p) while the "
-                        "model trains (the forward context says so); the identity in evaluation",
-    operands=("x",), attrs=(Attr("p", "expr", required=True, doc="the drop probability"),), infer=_same,
-    context=True, run="dropout", emit=lambda e: f"ops.dropout({e['x']}, ctx, {e.a('p')})", fusion="elementwise",
+                        "model trains (the forward context says so); the identity in evaluation or when p is 0 or null",
+    operands=("x",), attrs=(Attr("p", "expr", required=True, doc="the drop probability (a config rate), or null"),),
+    infer=_same, run="dropout", emit=lambda e: f"ops.dropout({e['x']}, ctx, {e.a('p')})",
+    # Reads ctx.training. A fused group holding it takes the context, and its kernel runs only outside
+    # training (runtime/kernels.py), where dropout is the identity: so its Triton form is x itself.
+    context=True, fusion="elementwise", triton="{x}",
     shape_doc=SAME_DOC, example="h: {op: dropout, x: h, p: hidden_dropout_prob}"))

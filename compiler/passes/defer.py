@@ -111,6 +111,8 @@ def _rewire_caller(caller: Block, node: Node, d: Deferred) -> None:
     node.inputs[d.pending] = start.id
     delta_out = caller.fresh_value(d.pending, t)
     node.outputs.append(delta_out.id)
+    if node.carried is None:
+        node.carried = (d.op.op, dict(d.op.attrs), d.base_field, d.delta_field, d.position, len(node.outputs) - 1)
     caller.add(node)
     result = caller.fresh_value(caller.values[carried_out].name, t)
     post = Node(caller.fresh_node_id(f"{node.id}.then"), d.op.op, {}, {}, dict(d.op.attrs), [result.id],

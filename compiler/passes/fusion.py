@@ -53,6 +53,13 @@ def template_of(node: Node) -> str | None:
     return None
 
 
+def passes_through(node: Node) -> bool:
+    """The op's Triton form is its one operand unchanged (dropout, which kernels only run in eval)."""
+    op = OPS.get(node.op)
+    return (op is not None and isinstance(op.triton, str) and op.triton.count("{") == 1
+            and op.triton.strip("{}") in op.operands)
+
+
 def chains(template: str) -> bool:
     """The template takes pointwise prologues and epilogues (pointwise chains, row reductions)."""
     return TRAITS.get(template, {}).get("chains", False)
@@ -296,11 +303,17 @@ class _BlockFusion:
         keys = sorted(self.members, key=lambda k: min(self.nodes[n].index for n in self.members[k]))
         for key in keys:
             nodes = [self.nodes[n] for n in self.members[key]]
+            if key not in self.fused_params and all(passes_through(n) for n in nodes):
+                self.record("kernel", op_label(block, nodes[0]), False,
+                            "its kernel would only copy its input (dropout outside training): it runs in place",
+                            ops=[n.op for n in nodes])
+                continue
             ids = set(self.members[key])
             inside = {o for n in nodes for o in n.outputs}
             inputs = list(dict.fromkeys(v for n in nodes for v in n.inputs.values() if v not in inside))
+            # a value reported besides the outputs (the last hidden state) is written like an output
             outputs = [o for n in nodes for o in n.outputs
-                       if o in block.outputs or any(u not in ids for u in self.users(o))]
+                       if o in block.outputs or o == block.last_hidden or any(u not in ids for u in self.users(o))]
             fp = self.fused_params.get(key)
             if fp is not None:
                 block.params[fp.name] = fp

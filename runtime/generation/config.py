@@ -217,6 +217,11 @@ class GenerationConfig:
         """The fields that are set."""
         return {name: getattr(self, name) for name in DEFAULTS if getattr(self, name) is not None}
 
+    def to_json(self) -> dict:
+        """generation_config.json's content: the fields that are set, and the keys read from a file that
+        graphspec keeps without using (Transformers-only fields, unknown keys), so a save loses none."""
+        return {**self.extra, **self.inert, **self.to_dict()}
+
     def copy(self) -> "GenerationConfig":
         return copy.deepcopy(self)
 

@@ -6,27 +6,32 @@ import torch.nn.functional as F
 
 
 def attention(q, k, v, ctx, slot, *, seq: str | None = None, causal: bool = True, scale: float | None = None,
-              window: int | None = None, softcap: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+              window: int | None = None, softcap: float | None = None, bias: torch.Tensor | None = None,
+              dropout: float | None = None) -> torch.Tensor:
     """q: [B, H, Sq, D]; k, v: [B, Hkv, Sk, D] with H a multiple of Hkv (grouped-query attention).
 
     `seq` is the model-level sequence the keys run along: its padding masks them, and when it is the
     sequence being generated, the context's KV cache appends k and v at `slot` (this op's place,
     its module) and hands back every key so far. `bias` ([H, Sq, Sk] or [B, H, Sq, Sk]) is added
-    to the scores (relative position biases).
+    to the scores (relative position biases). `dropout` drops attention probabilities while the model
+    trains (ctx.training), as the references' sdpa and eager paths do.
     """
     state = ctx.seq(seq)
     if state.cache is not None:
         k, v = state.cache.update(slot, k, v, state.past)
     mask = ctx.mask(seq, q.shape[-2], k.shape[-2], causal, window)
+    if isinstance(mask, torch.Tensor) and mask.device != q.device:
+        mask = mask.to(q.device)     # layers placed on another device than the inputs (device_map)
     gqa = k.shape[1] != q.shape[1]
-    if softcap or bias is not None:
-        return _eager_attention(q, k, v, mask, scale, softcap, bias)
+    p = dropout if dropout and ctx.training else 0.0
+    if softcap or bias is not None or ctx.record_attentions:
+        return _eager_attention(q, k, v, mask, scale, softcap, bias, p, ctx, seq)
     if isinstance(mask, str):  # "causal": square, unpadded, the kernel masks without a tensor
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa, dropout_p=p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa, dropout_p=p)
 
 
-def _eager_attention(q, k, v, mask, scale, softcap, bias=None):
+def _eager_attention(q, k, v, mask, scale, softcap, bias=None, p=0.0, ctx=None, seq=None):
     if k.shape[1] != q.shape[1]:
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -42,4 +47,8 @@ def _eager_attention(q, k, v, mask, scale, softcap, bias=None):
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if ctx is not None and ctx.record_attentions:
+        ctx.record_attention(seq, probs)
+    if p:
+        probs = F.dropout(probs, p, training=True)
     return torch.matmul(probs, v)

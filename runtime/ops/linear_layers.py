@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.context import tracing
 from runtime.measure import reduced_precision_gemm_is_slow
 
 
@@ -24,7 +25,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
       at the end (fp32 accumulation, as torch's own bf16 GEMM does). A single row stays on
       F.linear, whose bf16 matrix-vector path is threaded and reads the stored width.
     """
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or tracing():    # a traced graph leaves GEMM choices to its compiler
         return F.linear(x, weight, bias)
     if x.dtype == torch.float32:
         return _split_linear(x, weight, bias)

@@ -8,6 +8,7 @@ import torch
 
 from runtime.value_checks import ROPE_ALIASES as ALIASES
 from runtime.value_checks import ROPE_TYPES
+from runtime.context import tracing
 
 
 def rope_type(scaling: dict | None) -> str:
@@ -29,7 +30,7 @@ def rope_inv_freq(dim: int, theta: float, scaling: dict | None, long: bool = Fal
     `long`: LongRoPE's set for sequences past the original context (its short set otherwise)."""
     key = (dim, float(theta), repr(sorted((scaling or {}).items())), long)
     cached = _INV_FREQ.get(key)
-    if cached is not None:
+    if cached is not None and not tracing():
         return cached
     inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     kind = rope_type(scaling)
@@ -51,7 +52,8 @@ def rope_inv_freq(dim: int, theta: float, scaling: dict | None, long: bool = Fal
             raise ValueError(f"longrope: {'long' if long else 'short'}_factor has {len(factors)} entries, "
                              f"the rotary dim {dim} needs {dim // 2}")
         inv = 1.0 / (torch.tensor(factors, dtype=torch.float32) * theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    _INV_FREQ[key] = inv
+    if not tracing():     # a traced tensor (fake, symbolic) must not outlive its trace
+        _INV_FREQ[key] = inv
     return inv
 
 
@@ -106,9 +108,14 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: boo
         return x * cos + torch.stack((-pairs[..., 1], pairs[..., 0]), -1).flatten(-2) * sin
     # rotate_half(x) * sin == roll(x, rot/2) * (±sin): the same products, bit for bit (a sign flip is
     # exact), in five aten ops instead of nine, which counts in a decode step.
-    return x * cos + x.roll(rot // 2, -1) * (sin * _half_signs(rot, sin.dtype, sin.device))
+    signs = _signs(rot, sin.dtype, sin.device) if tracing() else _half_signs(rot, sin.dtype, sin.device)
+    return x * cos + x.roll(rot // 2, -1) * (sin * signs)
 
 
 @functools.lru_cache(maxsize=64)
 def _half_signs(rot: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return _signs(rot, dtype, device)
+
+
+def _signs(rot: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.cat((torch.full((rot // 2,), -1.0), torch.ones(rot - rot // 2))).to(dtype=dtype, device=device)

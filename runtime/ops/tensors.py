@@ -20,8 +20,8 @@ def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     return torch.tanh(x / cap) * cap
 
 
-def dropout(x: torch.Tensor, ctx, p: float) -> torch.Tensor:
-    """F.dropout while the model trains (ctx.training); x itself, untouched, in evaluation."""
-    if not ctx.training or not p:
+def dropout(x: torch.Tensor, ctx, p: float | None) -> torch.Tensor:
+    """F.dropout while the model trains (ctx.training); x itself, untouched, in evaluation or when p is 0 or null."""
+    if not p or not ctx.training:
         return x
     return F.dropout(x, p, training=True)

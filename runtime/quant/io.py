@@ -27,7 +27,7 @@ from runtime.model import CompiledModel
 from runtime.quant.config import QuantConfig
 from runtime.quant.linear import QuantEmbedding, QuantLinear
 from runtime.safetensors_io import DTYPES, SafetensorsFile
-from runtime.save import hf_config
+from runtime.save import config_json
 
 FORMAT = "graphspec-quantized"
 FORMAT_VERSION = "1"
@@ -60,8 +60,7 @@ def save_quantized(model, folder: str | Path) -> Path:
         "dtype": str(model.dtype).removeprefix("torch."), "tied": json.dumps(tied),
     }
     save_file(tensors, str(folder / FILE), metadata=metadata)
-    config = hf_config(model.interface, model.config)
-    config["dtype"] = metadata["dtype"]
+    config = config_json(model)
     config["quantization_config"] = model.quantization_config
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return folder
