@@ -32,6 +32,13 @@ T5 = dict(vocab_size=99, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
           relative_attention_max_distance=20, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
 VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, image_size=16,
            patch_size=4, num_channels=3)
+WHISPER = dict(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+               decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=40, num_mel_bins=8,
+               max_source_positions=12, max_target_positions=40, decoder_start_token_id=1, pad_token_id=0,
+               bos_token_id=1, eos_token_id=2)
+CLIP = dict(text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=16, eos_token_id=98),
+            vision_config=VIT, projection_dim=24)
 
 # spec -> [(Transformers model class, config class, config kwargs)], every head of the spec once
 CASES = {
@@ -50,6 +57,8 @@ CASES = {
     "t5": [("T5ForConditionalGeneration", "T5Config", dict(T5, feed_forward_proj="relu"))],
     "t5_v1_1": [("T5ForConditionalGeneration", "T5Config", dict(T5, feed_forward_proj="gated-gelu",
                                                                 tie_word_embeddings=False))],
+    "whisper": [("WhisperForConditionalGeneration", "WhisperConfig", WHISPER)],
+    "clip": [("CLIPModel", "CLIPConfig", CLIP)],
 }
 ALL = [(spec, cls, config, kwargs) for spec, cases in CASES.items() for cls, config, kwargs in cases]
 
@@ -63,8 +72,13 @@ def inputs(ref) -> dict:
     config = ref.config
     if ref.main_input_name == "pixel_values":
         return dict(pixel_values=torch.randn(2, 3, 16, 16, generator=gen))
-    ids = torch.randint(3, config.vocab_size, (2, 9), generator=gen)
-    out = dict(input_ids=ids)
+    if ref.main_input_name == "input_features":
+        return dict(input_features=torch.randn(2, config.num_mel_bins, 2 * config.max_source_positions, generator=gen),
+                    decoder_input_ids=torch.randint(3, config.vocab_size, (2, 5), generator=gen))
+    text = getattr(config, "text_config", config)
+    out = dict(input_ids=torch.randint(3, text.vocab_size - 1, (2, 9), generator=gen))
+    if hasattr(config, "vision_config"):
+        out["pixel_values"] = torch.randn(2, 3, 16, 16, generator=gen)
     if config.is_encoder_decoder:
         out["decoder_input_ids"] = torch.randint(3, config.vocab_size, (2, 5), generator=gen)
     return out
