@@ -153,6 +153,7 @@ def resize_token_embeddings(model, new_num_tokens: int | None = None, pad_to_mul
     if cfg is not None and hasattr(cfg, vocab):
         setattr(cfg, vocab, new_n)
     retie(model.net)
+    model.config_changed()
     return model.get_input_embeddings()
 
 

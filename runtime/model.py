@@ -144,13 +144,18 @@ class CompiledModel(TransformersAPI, nn.Module):
         self._trunk = None             # base_model of a head model: the trunk's forward on the same modules
         self.forward = _with_signature(self)
         self._inputs = {i.name: i for i in self.contract.inputs}
+        self.config_changed()
+        self.generation_config = None    # runtime.generation.GenerationConfig: set by the loader
+        self.tokenizer = None            # runtime.generation.Tokenizer of the checkpoint folder, if it has one
+
+    def config_changed(self) -> None:
+        """What the runtime derives from config values, derived again (after resize_token_embeddings)."""
+        config = self.config
         # per int input, the smallest table its values index (vocab_size rows): ids are checked once per call
-        self._bounds = table_bounds(self.contract.inputs, config)
+        self.input_bounds = table_bounds(self.contract.inputs, config)
         # per input, the dims this config fixes (an image of image_size pixels)
         self._fixed = {i.name: {k: int(d.evaluate(config)) for k, d in enumerate(i.shape) if d.names <= config.keys()}
                        for i in self.contract.inputs}
-        self.generation_config = None    # runtime.generation.GenerationConfig: set by the loader
-        self.tokenizer = None            # runtime.generation.Tokenizer of the checkpoint folder, if it has one
 
     def __repr__(self) -> str:
         return f"CompiledModel({self.interface.name}, dtype={self.dtype}, device={self.device})\n{self.net!r}"
@@ -297,7 +302,7 @@ class CompiledModel(TransformersAPI, nn.Module):
     def _tensor(self, inp: Input, value) -> torch.Tensor:
         t = as_input(as_tensor(self.interface.name, f"input {inp.name}", value, self.device), self.device)
         # ids are range-checked in eager calls only: a check on values would become a guard on data
-        check_input(self.interface.name, inp, t, None if tracing() else self._bounds.get(inp.name))
+        check_input(self.interface.name, inp, t, None if tracing() else self.input_bounds.get(inp.name))
         if inp.dtype == "float":
             t = t.to(self.dtype)
         elif inp.dtype == "int":

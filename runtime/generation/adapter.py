@@ -100,7 +100,7 @@ class CompiledDecoder:
         position table of the model or whose buffers (tokens, padding, KV cache) cannot fit."""
         model, name = self.model, self.model.interface.name
         for inp in model.contract.inputs:
-            bound = model._bounds.get(inp.name)
+            bound = model.input_bounds.get(inp.name)
             if inp.seq == self.g.seq and inp.source != "caller" and bound is not None and max_length > bound[0]:
                 raise GenerationError(f"generate(): max_length {max_length} (prompt + new tokens) runs past the "
                                       f"{bound[0]} ({bound[1]}) positions {name}'s {inp.name} can take; ask for "
