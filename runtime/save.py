@@ -63,7 +63,7 @@ def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
     params = _member_params(model.net)
     out: dict[str, torch.Tensor] = {}
     for rule in interface.weights:
-        if not _active(rule, config):
+        if not _active(rule, config) or not rule.targets:      # an ignore: rule has nothing to write back
             continue
         blocked = [transform_name(t)[0] for t in rule.transforms if transform_name(t)[0] in NEEDS_SOURCE_SHAPES]
         rx = template_regex(rule.targets[0])

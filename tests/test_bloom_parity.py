@@ -77,3 +77,11 @@ def test_first_bloom_config_keys_and_files_without_prefix_give_the_same_model(tm
     ours = runtime.from_pretrained(folder)
     assert (ours.config["hidden_size"], ours.config["num_heads"]) == (48, 6)
     assert max_logit_diff(ref, ours, BLOOM.ids()) <= TOL
+
+
+def test_a_saved_model_loads_in_transformers_with_the_same_weights(tmp_path):
+    ref, _, ours = BLOOM.make(tmp_path / "ckpt", CONFIGS["heads_6_untied"])
+    folder = runtime.save_pretrained(ours, tmp_path / "saved")
+    again = transformers.BloomForCausalLM.from_pretrained(folder).eval()
+    for name, tensor in ref.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name

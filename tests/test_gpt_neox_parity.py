@@ -86,3 +86,11 @@ def test_pythia_layout_with_lm_head_named_embed_out_and_old_buffers_loads(tmp_pa
     ours = runtime.from_pretrained(folder)
     assert len(ours.load_report["ignored"]) == 3 * NEOX.base["num_hidden_layers"]
     assert max_logit_diff(ref, ours, NEOX.ids()) <= TOL
+
+
+def test_a_saved_model_loads_in_transformers_with_the_same_weights(tmp_path):
+    ref, _, ours = NEOX.make(tmp_path / "ckpt", {})
+    folder = runtime.save_pretrained(ours, tmp_path / "saved")
+    again = transformers.GPTNeoXForCausalLM.from_pretrained(folder).eval()
+    for name, tensor in ref.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
