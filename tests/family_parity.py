@@ -101,3 +101,15 @@ def assert_left_padded_generation_matches(ref, ours, x, pad: int = 3, new_tokens
                         pad_token_id=0)
     have = ours.generate(x, attention_mask=mask, max_new_tokens=new_tokens, eos_token_id=None)
     assert have.tolist() == want.tolist()
+
+
+def assert_cached_generation_matches_uncached(ours, x, mask, new_tokens: int = 10) -> torch.Tensor:
+    """Greedy generation through the KV cache picks, at every step, the token a full forward pass over
+    the prompt and the tokens so far picks (nothing cached). Returns the generated rows."""
+    out = ours.generate(x, attention_mask=mask, max_new_tokens=new_tokens, eos_token_id=None)
+    full_mask = torch.cat([mask, torch.ones(x.shape[0], new_tokens, dtype=mask.dtype)], dim=1)
+    for step in range(new_tokens):
+        n = x.shape[1] + step
+        uncached = ours(out[:, :n], attention_mask=full_mask[:, :n]).logits[:, -1]
+        assert out[:, n].tolist() == uncached.argmax(-1).tolist(), f"step {step}"
+    return out

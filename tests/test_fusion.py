@@ -91,6 +91,32 @@ def test_chains_merge_and_broadcast_operands_are_refused(tmp_path):
     assert any(not d.taken and "broadcast" in d.reason and "v" in d.reason for d in ir.decisions)
 
 
+FP32_ONLY = """
+spec: 1
+name: fp32_only
+config:
+  d: {hf: d, type: int}
+blocks: {}
+model:
+  inputs: {x: [B, S, d], i: {shape: [B, S, d], dtype: int}}
+  graph:
+    - e: {op: cast, x: i, to: fp32}
+    - e: {op: exp, x: e}
+    - e: {op: cast, x: e, to: float}
+    - y: {op: scale, x: x, by: 2.0}
+  outputs: [y, e]
+weights: []
+"""
+
+
+def test_a_chain_no_float_value_enters_gets_no_kernel_and_says_why(tmp_path):
+    # exp + cast(to float) reads only fp32: a kernel could not tell which float dtype to write
+    ir = fused_ir(FP32_ONLY, tmp_path)
+    assert list(regions_by_ops(ir, "model")) == ["scale"]
+    assert any(not d.taken and d.what == "exp(e) + cast(e)" and "no float value enters" in d.reason
+               for d in ir.decisions)
+
+
 def test_a_tied_projection_is_not_concatenated(tmp_path):
     text = TOY.replace("c: {linear: [d, d]}", "c: {linear: [d, d], tied: {to: a}}")
     ir = fused_ir(text, tmp_path)

@@ -57,6 +57,10 @@ CASES = {
     "t5": [("T5ForConditionalGeneration", "T5Config", dict(T5, feed_forward_proj="relu"))],
     "t5_v1_1": [("T5ForConditionalGeneration", "T5Config", dict(T5, feed_forward_proj="gated-gelu",
                                                                 tie_word_embeddings=False))],
+    "gpt_neox": [("GPTNeoXForCausalLM", "GPTNeoXConfig", dict(vocab_size=97, hidden_size=32, intermediate_size=64,
+                                                             num_hidden_layers=2, num_attention_heads=4,
+                                                             max_position_embeddings=64, rotary_pct=0.5))],
+    "bloom": [("BloomForCausalLM", "BloomConfig", dict(vocab_size=97, hidden_size=32, n_layer=2, n_head=4))],
     "whisper": [("WhisperForConditionalGeneration", "WhisperConfig", WHISPER)],
     "clip": [("CLIPModel", "CLIPConfig", CLIP)],
 }

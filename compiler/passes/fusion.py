@@ -30,7 +30,7 @@ from compiler.names import NN_MODULE_ATTRS
 from compiler.ops import OPS
 from compiler.printer import op_label
 from compiler.symbolic import canonical, same_value
-from compiler.triton.templates import ROW_REDUCTIONS, SUPPORTS, TRAITS, triton_lowering
+from compiler.triton.templates import ROW_REDUCTIONS, SUPPORTS, TRAITS, group_knows_dtype, triton_lowering
 
 POINTWISE = ("elementwise", "broadcast")
 PROJECTION = "projection"     # this pass's own group kind: a matmul over concatenated weights
@@ -314,6 +314,14 @@ class _BlockFusion:
             # a value reported besides the outputs (the last hidden state) is written like an output
             outputs = [o for n in nodes for o in n.outputs
                        if o in block.outputs or o == block.last_hidden or any(u not in ids for u in self.users(o))]
+            if chains(self.template[key]) and not group_knows_dtype(
+                    OPS, nodes, [block.values[v].type.dtype for v in inputs],
+                    [block.values[v].type.dtype for v in outputs]):
+                # the members stay ordinary ops, run by PyTorch
+                self.record("kernel", " + ".join(op_label(block, n) for n in nodes), False,
+                            "no float value enters it: a kernel takes the model's dtype from a float input",
+                            ops=[n.op for n in nodes])
+                continue
             fp = self.fused_params.get(key)
             if fp is not None:
                 block.params[fp.name] = fp

@@ -88,7 +88,7 @@ class _Typed:
         return self.dtypes.get(v, "float")
 
     def usable(self, values: list[str], uses_dtype: bool) -> bool:
-        return self.ref is not None or not (uses_dtype or any(self.of(v) == "float" for v in values))
+        return knows_dtype(self.ref is not None, uses_dtype, [self.of(v) for v in values])
 
     @property
     def element(self) -> str | None:
@@ -110,6 +110,17 @@ class _Typed:
 
 def _uses_dtype(ops, nodes) -> bool:
     return any("dtype" in _fields(triton_lowering(ops[n.op], n) or "") for n in nodes)
+
+
+def knows_dtype(float_input: bool, uses_dtype: bool, output_dtypes) -> bool:
+    """A chaining kernel computes in fp32 and learns the model's dtype from a float input; without one
+    it can neither round to that dtype nor allocate a float output."""
+    return float_input or not (uses_dtype or "float" in output_dtypes)
+
+
+def group_knows_dtype(ops, nodes, input_dtypes, output_dtypes) -> bool:
+    """knows_dtype for a group of op nodes, from the dtype classes of what enters and leaves it."""
+    return knows_dtype("float" in input_dtypes, _uses_dtype(ops, nodes), output_dtypes)
 
 
 def _row_kernel_head(name, doc, ptrs, strides, inputs, scalars, flags, offs, typed) -> list[str]:
