@@ -63,9 +63,9 @@ def _grouped_linear_infer(ctx) -> list[TType]:
     # x is one row per token (shared by its k picks) or one row per pick, laid out like index
     lead = x.shape[:-1]
     if len(lead) == len(index.shape) - 1:
-        pairs, what = zip(lead, index.shape[:-1]), "x's leading dims must equal index's, but its last"
+        pairs, what = zip(lead, index.shape[:-1]), "x's leading dims must equal index's but its last (the picks)"
     elif len(lead) == len(index.shape):
-        pairs, what = zip(lead, index.shape), "x's leading dims must equal index's"
+        pairs, what = zip(lead, index.shape), "x's leading dims must equal index's dims"
     else:
         raise ShapeError(f"'x' must be [..., in] (one row per token) or [..., k, in] (one row per pick) for "
                          f"index [..., k], got {x} and {index}")

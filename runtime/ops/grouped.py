@@ -52,6 +52,7 @@ class GroupedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(num, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(num, out_features)) if bias else None
         self.expert_rows: Counter = Counter()
+        self.triton = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -71,7 +72,7 @@ class GroupedLinear(nn.Module):
         source = order // k if x.dim() == index.dim() else order
         picked = rows.index_select(0, source)
         counts = counts.tolist()
-        if x.is_cuda:
+        if x.is_cuda or self.triton:
             from runtime.ops.grouped_triton import grouped_matmul as launch
             y = launch(picked, self.weight, self.bias, counts)
         else:
