@@ -83,4 +83,8 @@ register(OpDef(
     emit=lambda e: f"{e.p('w')}({e['x']}, {e['index']})", fusion="opaque", positionwise=True,
     shape_doc="x [..., in] or [..., k, in] with int index [..., k] -> [..., k, out] for a grouped_linear "
               "param [num, in, out]",
-    example="up: {op: grouped_linear, x: x, index: experts, w: up_proj}"))
+    example="up: {op: grouped_linear, x: x, index: experts, w: up_proj}",
+    # as a linear, within every expert: its out features split (each rank holds a slice of every
+    # expert), or its in features split into partial sums
+    parallel=lambda ranks, attrs: Parallel(dims={"x": {d: d for d in range(ranks["x"] - 1)}},
+                                           param_out={("w", "out"): -1}, contracted={("w", "in"): ("x", -1)})))
