@@ -2,7 +2,9 @@
 
 Each rule's transforms are undone (transpose, permute and split invert without extra facts; a
 concat or reshape needs the source shapes, which a model alone does not know, so such rules are
-refused by name). config.json is written under the first key each config entry is read from.
+refused by name). A param that several rules feed (a per-expert and a stacked layout of the same
+experts) is written by the first of them only, the layout a spec lists first. config.json is written
+under the first key each config entry is read from.
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
     interface, config = model.interface, model.config
     params = _member_params(model.net)
     out: dict[str, torch.Tensor] = {}
+    written: set = set()
     for rule in interface.weights:
         if not _active(rule, config):
             continue
@@ -88,7 +91,11 @@ def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
                 while fill(rule.targets[0], {**base, st[1]: str(n)}) in params:
                     n += 1
                 binding, values = base, [{st[1]: str(p)} for p in range(n)]
-            tensors = [params[fill(t, {**binding, **v})].detach() for v in values for t in rule.targets]
+            names = [fill(t, {**binding, **v}) for v in values for t in rule.targets]
+            if written.intersection(names):
+                continue
+            written.update(names)
+            tensors = [params[n].detach() for n in names]
             back = invert_transforms(rule, tensors, config, [None] * len(rule.sources))
             if st is not None and st[0] == "stack":
                 values = [{st[1]: str(p)} for p in range(len(back) // len(rule.sources))]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import runtime
 from tests.family_parity import (TOL, Family, assert_greedy_tokens_match, assert_left_padded_batch_matches,
@@ -60,3 +62,16 @@ def test_only_the_experts_the_router_picks_run(tmp_path):
         # each of the 3 projections ran each picked expert on exactly its routed rows, no other expert
         assert got[layer] == Counter({e: 3 * n for e, n in rows.items()})
         assert len(rows) <= 4 < 8
+
+
+def test_saving_writes_save_pretrained_per_expert_layout_whichever_layout_was_loaded(tmp_path):
+    ref, folder, per_expert = MIXTRAL.make(tmp_path / "per_expert", {})
+    stacked = runtime.from_pretrained(save_stacked(ref, folder, tmp_path / "stacked", "mlp.experts.gate_up_proj"))
+    want = load_file(str(folder / "model.safetensors"))
+    x = MIXTRAL.ids()
+    for name, model in (("from_per_expert", per_expert), ("from_stacked", stacked)):
+        out = runtime.save_pretrained(model, tmp_path / name)
+        saved = load_file(str(out / "model.safetensors"))
+        assert sorted(saved) == sorted(want) and all(torch.equal(saved[k], want[k]) for k in want)
+        back = transformers.MixtralForCausalLM.from_pretrained(out).eval()
+        assert max_logit_diff(back, per_expert, x) <= TOL
