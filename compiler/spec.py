@@ -444,6 +444,10 @@ class _Builder:
                 t = {"split": {"dim": t["split"]["dim"], "sizes": sizes}}
             elif isinstance(t, dict) and "reshape" in t:
                 t = {"reshape": [self.expr(s, tpath + ("reshape", j)) for j, s in enumerate(t["reshape"])]}
+            elif isinstance(t, dict) and ("stack" in t or "unstack" in t):
+                # the default dim written out, as interface.json records it
+                kind = "stack" if "stack" in t else "unstack"
+                t = {kind: {"over": t[kind]["over"], "dim": t[kind].get("dim", 0)}}
             transforms.append(t)
         return WeightRule(sources, targets, transforms, when, path, data.get("ignore"), bool(data.get("legacy", False)))
 

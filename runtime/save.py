@@ -85,8 +85,9 @@ def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
     prefix, wanted = _prefixing(model)
     out: dict[str, torch.Tensor] = {}
     done: set[str] = set()
+    # a legacy rule's layout is read, never written: its params fall to the rules below
     layout = [entry for entry in (getattr(model, "checkpoint_layout", None) or [])
-              if all(t in params for t in entry[2])]
+              if all(t in params for t in entry[2]) and not entry[0].legacy]
     recorded_prefix = any(s.startswith(prefix) for entry in layout for s in entry[1]) if prefix else False
     for rule, sources, targets, shapes in layout:
         if all(t in aliases for t in targets) and any(aliases[t] in done for t in targets):

@@ -130,6 +130,17 @@ CASES: dict[str, Case] = {
                         lambda i, n: i["x"].transpose(1, 2).reshape(B, S, 6)),
     "linear": Case(["y: {op: linear, x: x, w: proj}"], X, lambda i, n: F.linear(i["x"], n.proj.weight, n.proj.bias),
                    params={"proj": "{linear: [d, k], bias: true}"}),
+    # each (token, pick) row through the expert its index names: per token (shared by its picks) or per pick
+    "grouped_linear": Case(["y: {op: grouped_linear, x: x, index: idx, w: experts}"],
+                           X | {"idx": ("int", ["B", "S", "h"], "index:3")},
+                           lambda i, n: torch.einsum("bsi,bsjoi->bsjo", i["x"], n.experts.weight[i["idx"]])
+                           + n.experts.bias[i["idx"]],
+                           params={"experts": "{grouped_linear: [k, d, d], bias: true}"}, exact=False),
+    "grouped_linear_per_pick": Case(["y: {op: grouped_linear, x: x, index: idx, w: experts}"],
+                                    {"x": ("float", ["B", "S", "h", "d"], "normal"),
+                                     "idx": ("int", ["B", "S", "h"], "index:3")},
+                                    lambda i, n: torch.einsum("bsji,bsjoi->bsjo", i["x"], n.experts.weight[i["idx"]]),
+                                    params={"experts": "{grouped_linear: [k, d, h]}"}, exact=False),
     "embedding": Case(["y: {op: embedding, ids: x, w: table}"], IDS, lambda i, n: n.table.weight[i["x"]],
                       params={"table": "{embedding: [7, d]}"}),
     "param": Case(["c: {op: param, w: tok}", "y: {op: add, a: x, b: c}"], X, lambda i, n: i["x"] + n.tok.weight,
@@ -303,7 +314,13 @@ BAD_LINES = {
     "reshape_keep_past_rank": ("{op: reshape, x: v, shape: [0, 0]}", {"v": ("float", ["d"], "")}, "shape entry 1 is 0"),
     "clamp_no_bound": ("{op: clamp, x: x}", {"x": F3}, "give 'min', 'max' or both"),
     "conv1d_channels": ("{op: conv1d, x: x, w: conv}", {"x": F3}, "channels of 'x' must equal the input channels of 'conv'"),
+    "grouped_linear_rows": ("{op: grouped_linear, x: x, index: i, w: experts}", {"x": F3, "i": ("int", ["S", "B", "h"], "")},
+                            "x's leading dims must equal index's but its last (the picks)"),
+    "grouped_linear_rank": ("{op: grouped_linear, x: x, index: i, w: experts}", {"x": F3, "i": ("int", ["B"], "")},
+                            "'x' must be [..., in] (one row per token) or [..., k, in] (one row per pick)"),
+    "grouped_linear_float_index": ("{op: grouped_linear, x: x, index: x, w: experts}", {"x": F3}, "'index' must be an int"),
 }
+PARAMS = {"conv": "{conv1d: [k, d, 3]}", "experts": "{grouped_linear: [k, d, d]}"}
 
 
 @pytest.mark.parametrize("name", list(BAD_LINES))
@@ -311,7 +328,7 @@ def test_a_shape_rule_refusal_is_a_spec_error_at_its_line(name):
     from compiler.errors import SpecError
     lines, inputs, words = BAD_LINES[name]
     *before, line = [lines] if isinstance(lines, str) else lines
-    case = Case([*before, f"y: {line}"], inputs, None, params={"conv": "{conv1d: [k, d, 3]}"} if "conv" in line else {})
+    case = Case([*before, f"y: {line}"], inputs, None, params={p: d for p, d in PARAMS.items() if f"w: {p}" in line})
     text = spec_text(case)
     with pytest.raises(SpecError) as info:
         build(text, "bad.yaml")

@@ -12,6 +12,7 @@ import torch
 from compiler.triton.aot import compile_in_child
 from runtime.quant import Scheme, dequantize, quantize
 from runtime.quant import triton_kernels
+from tests.aot_checks import assert_compiled
 
 SCHEMES = [Scheme("int8"), Scheme("int4", 32, True), Scheme("int4", 64, False), Scheme("int4", 128, False)]
 TARGETS = ["sm_80", "sm_90"]
@@ -64,9 +65,4 @@ def compiled():
 
 @pytest.mark.parametrize("job", sorted(triton_kernels.AOT))
 def test_kernel_compiles_to_ptx_and_cubin_for_sm80_and_sm90(compiled, job):
-    for target in TARGETS:
-        for dtype in ("fp32", "bf16"):
-            meta = compiled[job][target][dtype]
-            assert meta["ptx_bytes"] > 0 and meta["cubin_bytes"] > 0, (job, target, dtype)
-            assert meta["num_warps"] == 4
-            assert 0 <= meta["shared"] <= 228 * 1024, (job, target, dtype, meta)
+    assert_compiled(compiled, job, TARGETS)

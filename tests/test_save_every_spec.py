@@ -61,6 +61,10 @@ CASES = {
                                                              num_hidden_layers=2, num_attention_heads=4,
                                                              max_position_embeddings=64, rotary_pct=0.5))],
     "bloom": [("BloomForCausalLM", "BloomConfig", dict(vocab_size=97, hidden_size=32, n_layer=2, n_head=4))],
+    "mixtral": [("MixtralForCausalLM", "MixtralConfig", dict(DECODER, num_local_experts=4, num_experts_per_tok=2))],
+    "qwen2_moe": [("Qwen2MoeForCausalLM", "Qwen2MoeConfig", dict(DECODER, num_experts=4, num_experts_per_tok=2,
+                                                                moe_intermediate_size=32,
+                                                                shared_expert_intermediate_size=48))],
     "whisper": [("WhisperForConditionalGeneration", "WhisperConfig", WHISPER)],
     "clip": [("CLIPModel", "CLIPConfig", CLIP)],
 }

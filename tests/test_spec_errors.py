@@ -123,8 +123,8 @@ SCHEMA_SENTENCES = {
     "param_dims": ("q_proj: {linear: [hidden_size, num_heads * head_dim]", "q_proj: {linear: [hidden_size]",
                    "blocks.attention.params.q_proj.linear", "linear needs at least 2 entries ([in, out])"),
     "param_kind": ("q_proj: {linear: [hidden_size, num_heads * head_dim]", "q_proj: {lineer: [hidden_size, num_heads * head_dim]",
-                   "blocks.attention.params.q_proj", "param 'q_proj' needs exactly one kind: linear, embedding, norm, "
-                                                     "conv2d, conv1d, tensor or block; did you mean 'linear'?"),
+                   "blocks.attention.params.q_proj", "param 'q_proj' needs exactly one kind: linear, grouped_linear, "
+                                                     "embedding, norm, conv2d, conv1d, tensor or block; did you mean 'linear'?"),
     "a_name": ("name: llama", "name: 3llama", "name",
                "name must be a name of letters, digits and _ that does not start with a digit, got '3llama'"),
 }

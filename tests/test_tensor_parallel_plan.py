@@ -89,6 +89,16 @@ def test_t5_relative_position_biases_split_by_head_with_the_attention_they_feed(
     assert split["shared.weight"] == 0
 
 
+def test_mixtral_experts_split_their_features_within_every_expert_and_the_router_stays_whole():
+    p = plan("specs/mixtral.yaml")
+    split = split_of(p)
+    # weights [experts, out, in]: w1 and w3 column-parallel, w2 row-parallel; no rank holds a whole expert
+    assert split["layers.{i}.mlp.experts.w1.weight"] == 1 and split["layers.{i}.mlp.experts.w3.weight"] == 1
+    assert split["layers.{i}.mlp.experts.w2.weight"] == 2
+    assert "softmax(probs)" in p.replicated["layers.{i}.mlp.gate.weight"]
+    assert ("experts", "all_reduce", "y") in [(c.block, c.op, c.value) for c in p.collectives]
+
+
 def test_an_op_without_a_parallel_form_keeps_what_it_reads_whole():
     p = plan("specs/vit.yaml")
     line = next(n for n, text in enumerate(Path("specs/vit.yaml").read_text().splitlines(), 1) if "op: conv2d" in text)

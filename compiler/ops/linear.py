@@ -54,3 +54,39 @@ register(OpDef(
     operands=("a", "b"), infer=_matmul_infer, fusion="matmul", emit=lambda e: f"torch.matmul({e['a']}, {e['b']})",
     shape_doc="a [..., m, k] @ b [..., k, n] -> [..., m, n], leading dims broadcast; one float dtype",
     example="logits: {op: matmul, a: text_embeds, b: image_embeds_t}"))
+
+
+def _grouped_linear_infer(ctx) -> list[TType]:
+    x = ctx.expect_dtype("x", "float")
+    index = ctx.expect_dtype("index", "int")
+    w = ctx.param("w")
+    if not index.shape:
+        raise ShapeError(f"'index' must have at least one dimension (the k experts of each row), got {index}")
+    # x is one row per token (shared by its k picks) or one row per pick, laid out like index
+    lead = x.shape[:-1]
+    if len(lead) == len(index.shape) - 1:
+        pairs, what = zip(lead, index.shape[:-1]), "x's leading dims must equal index's but its last (the picks)"
+    elif len(lead) == len(index.shape):
+        pairs, what = zip(lead, index.shape), "x's leading dims must equal index's dims"
+    else:
+        raise ShapeError(f"'x' must be [..., in] (one row per token) or [..., k, in] (one row per pick) for "
+                         f"index [..., k], got {x} and {index}")
+    for a, b in pairs:
+        ctx.expect_same(a, b, what)
+    ctx.expect_same(x.shape[-1], w.dims["in"], f"last dim of 'x' must equal the input size of '{w.name}'")
+    return [TType(index.shape + (w.dims["out"],))]
+
+
+register(OpDef(
+    name="grouped_linear",
+    doc="x @ w[e].T + b[e] for each expert e that `index` picks: rows grouped per expert, so only the "
+        "experts picked by some row are computed (mixture of experts)",
+    operands=("x", "index"), params={"w": "grouped_linear"}, infer=_grouped_linear_infer,
+    emit=lambda e: f"{e.p('w')}({e['x']}, {e['index']})", fusion="opaque", positionwise=True,
+    shape_doc="x [..., in] or [..., k, in] with int index [..., k] -> [..., k, out] for a grouped_linear "
+              "param [num, in, out]",
+    example="up: {op: grouped_linear, x: x, index: experts, w: up_proj}",
+    # as a linear, within every expert: its out features split (each rank holds a slice of every
+    # expert), or its in features split into partial sums
+    parallel=lambda ranks, attrs: Parallel(dims={"x": {d: d for d in range(ranks["x"] - 1)}},
+                                           param_out={("w", "out"): -1}, contracted={("w", "in"): ("x", -1)})))

@@ -323,6 +323,13 @@ class _BlockFusion:
                             ops=[n.op for n in nodes])
                 continue
             fp = self.fused_params.get(key)
+            floats = [v for v in inputs if block.values[v].type.dtype == "float"]
+            if fp is None and not floats and any(block.values[o].type.dtype == "float" for o in outputs):
+                # kernels allocate the model's dtype like a float input (a lone cast of an fp32 value back)
+                self.record("kernel", " + ".join(op_label(block, n) for n in nodes), False,
+                            "its result is in the model's dtype but no input is, so a kernel has no dtype to "
+                            "allocate it in", ops=[n.op for n in nodes])
+                continue
             if fp is not None:
                 block.params[fp.name] = fp
                 for m in fp.members:

@@ -58,7 +58,7 @@ from runtime.expr import Expr, parse_expr
 from runtime.rules import template_regex, transform_name
 
 POINTWISE = ("elementwise", "broadcast")
-SLICEABLE = ("transpose", "permute", "split", "concat")   # weight-rule transforms a slice reads through
+SLICEABLE = ("transpose", "permute", "split", "concat", "stack")   # weight-rule transforms a slice reads through
 
 
 def shard(ir: ModelIR) -> None:

@@ -2,6 +2,7 @@
 module it calls as `ops.<name>`. The compiler's op table (compiler/ops) names these in `OpDef.run`."""
 from runtime.ops.alibi import alibi_slopes
 from runtime.ops.attention import attention
+from runtime.ops.grouped import GroupedLinear
 from runtime.ops.linear_layers import FusedLinear, Linear, linear
 from runtime.ops.modules import Norm, Tensor
 from runtime.ops.norms import layer_norm, rms_norm
@@ -10,6 +11,6 @@ from runtime.ops.rotary import rope, rope_table
 from runtime.ops.sequence import keep_positions, last_positions, positions, relative_buckets
 from runtime.ops.tensors import concat, dropout, softcap
 
-__all__ = ["alibi_slopes", "attention", "FusedLinear", "Linear", "linear", "Norm", "Tensor", "layer_norm", "rms_norm", "rope",
+__all__ = ["alibi_slopes", "attention", "FusedLinear", "GroupedLinear", "Linear", "linear", "Norm", "Tensor", "layer_norm", "rms_norm", "rope",
            "rope_table", "keep_positions", "last_positions", "positions", "relative_buckets", "concat", "dropout", "softcap",
            "all_gather", "all_reduce", "embedding_shard"]

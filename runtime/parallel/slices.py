@@ -4,14 +4,16 @@ The rule's transforms run first on lazy stand-ins of the checkpoint tensors (`Pi
 mapped tensor, its dims permuted): a transpose or permute reorders dims, a split narrows the box, a
 concat joins stand-ins. The rank's slice of a target then narrows its stand-in, and only that box is
 read: a box of whole rows is a view of the mapped file (nothing copied), any other box is copied
-row-chunk by row-chunk, each chunk's mapped pages given back once copied. A transform no box reads
-through (reshape) reads its inputs whole; the shard pass splits no tensor fed by such a rule.
+row-chunk by row-chunk, each chunk's mapped pages given back once copied. A stack (per-expert tensors
+as one) keeps each value's stand-in, so a slice of every expert reads only that slice of each. A
+transform no box reads through (reshape) reads its inputs whole; the shard pass splits no tensor fed
+by such a rule.
 """
 from __future__ import annotations
 
 import torch
 
-from runtime.rules import TRANSFORMS, transform_name
+from runtime.rules import TRANSFORMS, stacking, transform_name
 from runtime.safetensors_io import DTYPES
 from runtime.weights import CHUNK_BYTES
 
@@ -94,6 +96,32 @@ class Joined:
         return torch.cat([p.read(checkpoint) for p in self.parts], dim=self.dim)
 
 
+class Stacked:
+    """Stand-ins stacked along a new dim `dim` (a stack transform: one per value of its placeholder)."""
+
+    def __init__(self, parts: list, dim: int):
+        self.parts, self.dim = parts, dim
+        self.dtype = parts[0].dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        inner = self.parts[0].shape
+        return inner[:self.dim] + (len(self.parts),) + inner[self.dim:]
+
+    def narrow(self, dim: int, start: int, length: int):
+        if dim == self.dim:
+            return Stacked(self.parts[start:start + length], dim)
+        inner = dim if dim < self.dim else dim - 1
+        return Stacked([p.narrow(inner, start, length) for p in self.parts], self.dim)
+
+    def permute(self, order):
+        inner = [o if o < self.dim else o - 1 for o in order if o != self.dim]
+        return Stacked([p.permute(inner) for p in self.parts], list(order).index(self.dim))
+
+    def read(self, checkpoint) -> torch.Tensor:
+        return torch.stack([p.read(checkpoint) for p in self.parts], dim=self.dim)
+
+
 class Whole:
     """A tensor already read (after a transform no box reads through)."""
 
@@ -115,8 +143,22 @@ class Whole:
 
 
 def through(rule, items: list, config: dict, checkpoint) -> list:
-    """The rule's transforms on stand-ins, in order (what runtime.rules.run_transforms does to tensors)."""
-    for t in rule.transforms:
+    """The rule's transforms on stand-ins, in order (what runtime.rules.run_transforms does to tensors).
+    A stacking rule's items are its sources value-major; transforms before the stack run per value."""
+    transforms = list(rule.transforms)
+    st = stacking(rule)
+    if st is not None and st[0] == "stack":
+        at = next(i for i, t in enumerate(transforms) if transform_name(t)[0] == "stack")
+        width = len(rule.sources)
+        groups = [_through(rule, transforms[:at], items[i:i + width], config, checkpoint)
+                  for i in range(0, len(items), width)]
+        items = [Stacked([g[j] for g in groups], st[2] % (len(groups[0][j].shape) + 1)) for j in range(len(groups[0]))]
+        transforms = transforms[at + 1:]
+    return _through(rule, transforms, items, config, checkpoint)
+
+
+def _through(rule, transforms: list, items: list, config: dict, checkpoint) -> list:
+    for t in transforms:
         name, arg = transform_name(t)
         if name == "transpose":
             items = [x.permute((1, 0)) if len(x.shape) == 2 else x for x in items]

@@ -1,0 +1,87 @@
+"""Grouped linears (mixture of experts): each row goes through the expert its index picks, and only
+experts some row picks are computed.
+
+The rows (one per token and pick) are sorted by expert, so each expert's rows are contiguous; on CPU
+each picked expert is one matmul over its rows, on CUDA one Triton launch covers every picked expert
+(runtime/ops/grouped_triton.py). Nothing is computed for an expert no row picked: no dense pass over
+all experts with the unpicked ones masked out.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import nn
+
+from runtime.ops.linear_layers import linear
+
+
+def sort_by_expert(index: torch.Tensor, experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, counts): the picks in expert order (stable: rows keep their order within an expert)
+    and the number of rows of each expert."""
+    flat = index.reshape(-1)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= experts):
+        raise IndexError(f"grouped_linear: expert index out of range [0, {experts}): "
+                         f"{int(flat.min())}..{int(flat.max())}")
+    return torch.argsort(flat, stable=True), torch.bincount(flat, minlength=experts)
+
+
+def grouped_matmul(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   counts: list[int]) -> torch.Tensor:
+    """rows [M, in] sorted by expert (counts[e] rows of expert e) -> [M, out]: rows @ weight[e].T (+ bias[e])."""
+    out = rows.new_empty(rows.shape[0], weight.shape[1])
+    start = 0
+    for e, n in enumerate(counts):
+        if n:
+            out[start:start + n] = linear(rows[start:start + n], weight[e], None if bias is None else bias[e])
+            start += n
+    return out
+
+
+class GroupedLinear(nn.Module):
+    """`num` linears [out, in] stacked: weight [num, out, in] (bias [num, out]).
+
+    forward(x, index): x [..., in] (one row per token, shared by its k picks) or [..., k, in] (one
+    row per pick), index [..., k] -> [..., k, out]. `expert_rows` counts, per expert, the rows it has
+    computed since the module was built: what ran, for tests and profiling (reset it freely).
+    """
+
+    def __init__(self, num: int, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.num, self.in_features, self.out_features = num, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(num, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(num, out_features)) if bias else None
+        self.expert_rows: Counter = Counter()
+        self.triton = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # each expert as nn.Linear initialises itself: U(-1/sqrt(in), 1/sqrt(in))
+        if self.weight.is_meta:
+            return
+        bound = self.in_features ** -0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        k = index.shape[-1]
+        rows = x.reshape(-1, x.shape[-1])
+        order, counts = sort_by_expert(index, self.num)
+        # a pick's row: its token's row (x per token) or its own (x per pick)
+        source = order // k if x.dim() == index.dim() else order
+        picked = rows.index_select(0, source)
+        counts = counts.tolist()
+        if x.is_cuda or self.triton:
+            from runtime.ops.grouped_triton import grouped_matmul as launch
+            y = launch(picked, self.weight, self.bias, counts)
+        else:
+            y = grouped_matmul(picked, self.weight, self.bias, counts)
+        self.expert_rows.update({e: n for e, n in enumerate(counts) if n})
+        out = torch.empty_like(y)
+        out[order] = y
+        return out.view(*index.shape, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"num={self.num}, in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
