@@ -441,18 +441,18 @@ def report(res: dict, args) -> None:
     print(f"  graphspec step {b['step_ms']:.2f} ms: matmuls {b['linears_ms']:.2f} ms, the rest {b['step_ms'] - b['linears_ms']:.2f} ms")
     if "sample" in res:
         n = args.new_tokens
-    sample = res["sample"]
-    print(f"sampling 32 + {n} tokens (do_sample, top_k 50; tokens/s, median of {args.decode_repeat}):")
-    for name, t in sample.items():
-        print(f"  {name:<22} {n / t:8.1f} tok/s  ({t:6.2f} s)")
-    print(f"  sampling costs {sample['graphspec sample'] / sample['graphspec greedy'] - 1:+.1%} per token over greedy; "
-          f"graphspec is {sample['sdpa sample'] / sample['graphspec sample']:.2f}x sdpa")
-    nb, beam = args.beam_new_tokens, res["beam"]
-    print(f"4-beam search 32 + {nb} tokens (steps/s), tokens identical to sdpa's: "
-          f"{'yes' if res['beam_identical'] else 'NO'}")
-    for name, t in beam.items():
-        print(f"  {name:<22} {nb / t:8.1f} steps/s  ({t * 1000 / nb:6.1f} ms per step)")
-    print(f"  graphspec is {beam['sdpa'] / beam['graphspec']:.2f}x sdpa per beam step")
+        sample = res["sample"]
+        print(f"sampling 32 + {n} tokens (do_sample, top_k 50; tokens/s, median of {args.decode_repeat}):")
+        for name, t in sample.items():
+            print(f"  {name:<22} {n / t:8.1f} tok/s  ({t:6.2f} s)")
+        print(f"  sampling costs {sample['graphspec sample'] / sample['graphspec greedy'] - 1:+.1%} per token over greedy; "
+              f"graphspec is {sample['sdpa sample'] / sample['graphspec sample']:.2f}x sdpa")
+        nb, beam = args.beam_new_tokens, res["beam"]
+        print(f"4-beam search 32 + {nb} tokens (steps/s), tokens identical to sdpa's: "
+              f"{'yes' if res['beam_identical'] else 'NO'}")
+        for name, t in beam.items():
+            print(f"  {name:<22} {nb / t:8.1f} steps/s  ({t * 1000 / nb:6.1f} ms per step)")
+        print(f"  graphspec is {beam['sdpa'] / beam['graphspec']:.2f}x sdpa per beam step")
     if "accuracy" in res:
         print(f"  logits vs fp32 (1x{tok}): cosine {res['accuracy']['cos']:.5f}, top-1 agreement {res['accuracy']['top1']:.3f}")
     if "load" in res:
