@@ -34,6 +34,9 @@ CONFIGS = [
     ("qwen2_moe", "top2_of_4", {}),
     ("qwen2_moe", "top3_of_6_renormalised", dict(num_experts=6, num_experts_per_tok=3, norm_topk_prob=True)),
     ("qwen2_moe", "mha_tied_no_qkv_bias", dict(num_key_value_heads=4, tie_word_embeddings=True, qkv_bias=False)),
+    # dense SwiGLU layers between the sparse ones: off the decoder_sparse_step grid, or listed
+    ("qwen2_moe", "every_second_layer_sparse", dict(decoder_sparse_step=2, num_hidden_layers=4)),
+    ("qwen2_moe", "mlp_only_layers", dict(mlp_only_layers=[0, 2], num_hidden_layers=3)),
 ]
 
 
@@ -91,11 +94,10 @@ def test_only_the_experts_the_router_picks_run(tmp_path, family):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(decoder_sparse_step=2), "every layer must be sparse"),
-    (dict(mlp_only_layers=[1]), "every layer must be sparse"),
     (dict(use_sliding_window=True), "use_sliding_window"),
+    (dict(decoder_sparse_step=0), "decoder_sparse_step must be positive"),
 ])
-def test_qwen2_moe_dense_layers_and_sliding_windows_are_refused_by_name(tmp_path, change, message):
+def test_qwen2_moe_sliding_windows_and_a_zero_sparse_step_are_refused_by_name(tmp_path, change, message):
     _, folder, _ = QWEN2_MOE.make(tmp_path / "ok", {})
     rewrite_config(folder, lambda data: data.update(change))
     with pytest.raises(ConfigError, match=message):
