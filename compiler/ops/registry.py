@@ -91,7 +91,8 @@ class Parallel:
     # operand -> its dims (listed in `dims`) that may hold fewer slices than the output dim, each
     # serving a contiguous group of the output's (grouped-query attention's key/value heads)
     grouped: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    # output dim -> the attribute that counts its slices (split_heads: `heads`); a split keeps them whole
+    # output dim -> the attribute that counts its slices (split_heads: `heads`; a dims attribute: its
+    # entry at that output dim, reshape's `shape`); a split keeps them whole
     units: dict[int, str] = field(default_factory=dict)
     # a param dim the output carries as one of its dims (a linear's out features, an embedding's vectors)
     param_out: dict[tuple[str, str], int] = field(default_factory=dict)
