@@ -82,6 +82,26 @@ def test_gpt2_fused_transposed_c_attn_targets_split_and_positions_stay_whole():
     assert "not the vocabulary" in p.replicated["wpe.weight"]
 
 
+def test_per_head_fused_query_key_value_splits_by_whole_heads_and_dense_is_row_parallel():
+    p = plan("specs/gpt_neox.yaml")
+    split = {s.tensor: s for s in p.split}
+    qkv = split["layers.{i}.attention.query_key_value.weight"]
+    # rows laid out [heads, 3, head_dim]: a rank's rows are its heads' q, k and v together
+    rank = {"head_dim": 16, "local_num_heads_start": 2, "local_num_heads": 1}
+    assert (qkv.dim, qkv.start.evaluate(rank), qkv.length.evaluate(rank)) == (0, 2 * 3 * 16, 3 * 16)
+    assert split["layers.{i}.attention.query_key_value.bias"].dim == 0
+    assert split["layers.{i}.attention.dense.weight"].dim == 1
+    assert "layers.{i}.attention.dense.bias" in p.rank0
+    assert any(c.block == "attention" and c.op == "all_reduce" for c in p.collectives)
+
+
+def test_bloom_alibi_slopes_of_all_heads_keep_its_attention_whole():
+    p = plan("specs/bloom.yaml")
+    assert "h.{i}.self_attention.query_key_value.weight" not in split_of(p)
+    assert "alibi_slopes(slopes)" in p.replicated["h.{i}.self_attention.query_key_value.bias"]
+    assert split_of(p)["h.{i}.mlp.dense_4h_to_h.weight"] == 1
+
+
 def test_t5_relative_position_biases_split_by_head_with_the_attention_they_feed():
     split = split_of(plan("specs/t5.yaml"))
     assert split["encoder.rel_bias.weight"] == 1 and split["dec_bias.weight"] == 1     # [buckets, heads]
