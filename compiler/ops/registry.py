@@ -102,6 +102,9 @@ class Parallel:
     # a param dim whose rows an integer operand picks (an embedding's table): split, each device holds
     # the rows it has and zeros for the others, a partial sum of the output
     gathered: dict[tuple[str, str], str] = field(default_factory=dict)
+    # an output dim read from no operand, any contiguous share of which the op computes: output dim ->
+    # (the attribute counting its slices, the attribute holding the first one's index): ALiBi slopes
+    shares: dict[int, tuple[str, str]] = field(default_factory=dict)
     # the internal op computing this one over a row-split table (its `start` attribute: the first row held)
     split_rows: str | None = None
 

@@ -17,6 +17,8 @@ is not kept whole and its ends cost at most one collective each:
   costs less replicated than the all-reduce;
 - reaching the model output generation reads (the LM head's logits: vocab-parallel) -> `all_gather`;
   reaching any other model output keeps it whole.
+An op computing a dim from no operand (ALiBi slopes) declares it a share: the pass sets the attributes
+counting its slices and naming the first to this rank's, so a rank computes its own heads' slopes.
 Axes that begin at a projection's output (q/k/v, gate/up, a fused qkv split by weight rules) and end
 where another sums them back (o_proj, down_proj) are thus column- then row-parallel, Megatron's
 layout. An operand holding grouped slices (grouped-query attention's key/value heads) follows the
@@ -95,6 +97,7 @@ class _Axis:
     gathered: list[tuple] = field(default_factory=list)     # (block, node, param slot)
     outputs: list[tuple] = field(default_factory=list)      # (output value id, dim)
     units: list[tuple] = field(default_factory=list)        # (block, node, attribute, output dim)
+    firsts: list[tuple] = field(default_factory=list)       # (block, node, attribute, output dim): its first slice
     leaders: set = field(default_factory=set)               # as a grouped operand: the axes it serves
     follows: list[tuple] = field(default_factory=list)      # (block, node) where it is grouped
     unit: Expr | None = None
@@ -236,6 +239,12 @@ class _Sharding:
             self.relation[p] = "gathered"
             self.facts.append(("gathered", p, (block.name, node.id)))
             covered.add(p)
+        for o, (count, first) in par.shares.items():
+            s = out_slots[o % rank]
+            self.find(s)
+            self.facts.append(("units", s, (block.name, node.id, count, o % rank)))
+            self.facts.append(("first", s, (block.name, node.id, first, o % rank)))
+            covered.add(s)
         for o, attr in par.units.items():
             self.facts.append(("units", out_slots[o % rank], (block.name, node.id, attr, o % rank)))
         for (f, d), s in operand_slots.items():
@@ -265,6 +274,8 @@ class _Sharding:
                 axis.outputs.append(data)
             elif kind == "units":
                 axis.units.append(data)
+            elif kind == "first":
+                axis.firsts.append(data)
             elif kind == "follows":
                 leader, b, nid = data
                 if self.find(leader) == self.find(slot):
@@ -558,6 +569,10 @@ class _Sharding:
                 node.attrs[attr] = Dims(entries)
             else:
                 node.attrs[attr] = parse_expr(axis.local)
+        for b, nid, attr, o in axis.firsts:
+            node = self.ir.blocks[b].node(nid)
+            full = originals[("v", b, node.outputs[0], o)]
+            node.attrs[attr] = _simplify(f"{axis.start} * (({full}) // ({axis.unit}))")
 
     def insert_collectives(self, axis: _Axis, originals: dict) -> None:
         for b, nid, slot in axis.contracted:
