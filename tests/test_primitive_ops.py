@@ -283,6 +283,19 @@ def test_alibi_slopes_equal_transformers_for_any_head_count(heads):
     assert got.dtype == torch.float32 and torch.equal(got, _bloom_slopes(heads))
 
 
+@pytest.mark.parametrize("heads, first, count", [(8, 4, 4), (12, 3, 3), (6, 5, 1), (5, 0, 5)])
+def test_alibi_slopes_from_a_first_head_are_those_heads_of_all_of_them(heads, first, count):
+    from runtime import ops
+    got = ops.alibi_slopes(ForwardContext(torch.float32, "cpu"), heads, first, count)
+    assert torch.equal(got, _bloom_slopes(heads)[first:first + count])
+
+
+def test_alibi_slopes_of_heads_beyond_the_last_are_refused():
+    from runtime import ops
+    with pytest.raises(ValueError, match="heads 6..8 are not among 8"):
+        ops.alibi_slopes(ForwardContext(torch.float32, "cpu"), 8, 6, 3)
+
+
 F3 = ("float", ["B", "S", "d"], "normal")
 # the op line (or lines, the last one wrong), the inputs, what the error says
 BAD_LINES = {

@@ -82,6 +82,27 @@ def test_gpt2_fused_transposed_c_attn_targets_split_and_positions_stay_whole():
     assert "not the vocabulary" in p.replicated["wpe.weight"]
 
 
+@pytest.mark.parametrize("spec, attn", [("gpt_neox", "layers.{i}.attention"), ("bloom", "h.{i}.self_attention")])
+def test_per_head_fused_query_key_value_splits_by_whole_heads_and_dense_is_row_parallel(spec, attn):
+    p = plan(f"specs/{spec}.yaml")
+    split = {s.tensor: s for s in p.split}
+    qkv = split[f"{attn}.query_key_value.weight"]
+    # rows laid out [heads, 3, head_dim]: a rank's rows are its heads' q, k and v together
+    rank = {"head_dim": 16, "local_num_heads_start": 2, "local_num_heads": 1}
+    assert (qkv.dim, qkv.start.evaluate(rank), qkv.length.evaluate(rank)) == (0, 2 * 3 * 16, 3 * 16)
+    assert split[f"{attn}.query_key_value.bias"].dim == 0
+    assert split[f"{attn}.dense.weight"].dim == 1
+    assert f"{attn}.dense.bias" in p.rank0
+    assert any(c.block == "attention" and c.op == "all_reduce" for c in p.collectives)
+
+
+def test_alibi_slopes_of_a_split_attention_are_those_of_the_ranks_own_heads():
+    ir = run_pipeline(load_spec("specs/bloom.yaml"), {"tp": 2})
+    node = next(n for n in ir.model.order() if n.op == "alibi_slopes")
+    assert {k: str(v) for k, v in node.attrs.items()} == {
+        "heads": "num_heads", "first": "local_num_heads_start", "count": "local_num_heads"}
+
+
 def test_t5_relative_position_biases_split_by_head_with_the_attention_they_feed():
     split = split_of(plan("specs/t5.yaml"))
     assert split["encoder.rel_bias.weight"] == 1 and split["dec_bias.weight"] == 1     # [buckets, heads]

@@ -2,8 +2,9 @@
 start them (tests/tp_worker.py), give the single-process model's logits (within 1e-5) and greedy
 tokens for llama (grouped-query attention with fewer key/value heads than ranks), gpt2 (its c_attn
 fused and stored transposed, an odd vocabulary split unevenly), t5 (encoder-decoder, relative
-position biases split by head), phi3 (q/k/v fused in one tensor of unequal parts) and mixtral (every
-expert's features split, stacked from per-expert tensors); and each rank
+position biases split by head), phi3 (q/k/v fused in one tensor of unequal parts), gpt_neox (q/k/v
+fused per head), bloom (ALiBi slopes of each rank's own heads) and mixtral (every expert's features
+split, stacked from per-expert tensors); and each rank
 holds about 1/N of the weights: its peak resident memory while loading (and reading every weight it
 holds) grows by its share of a ~110 MB checkpoint plus a fixed overhead, not by the whole checkpoint.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM,
+from transformers import (BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM,
                           Phi3Config, Phi3ForCausalLM, T5Config, T5ForConditionalGeneration)
 
 import runtime
@@ -44,6 +45,13 @@ SMALL = {
     "phi3": ("decoder", "phi3.yaml", lambda: Phi3ForCausalLM(Phi3Config(
         vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2))),
+    # q, k and v fused per head in one tensor: each rank holds its heads' rows of all three
+    "gpt_neox": ("decoder", "gpt_neox.yaml", lambda: GPTNeoXForCausalLM(GPTNeoXConfig(
+        vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        bos_token_id=1, eos_token_id=2))),
+    # ALiBi: each rank's slopes are those of its own heads (8 heads: 4 ranks hold 2 each)
+    "bloom": ("decoder", "bloom.yaml", lambda: BloomForCausalLM(BloomConfig(
+        vocab_size=101, hidden_size=64, n_layer=2, n_head=8, bos_token_id=1, eos_token_id=2))),
     # every expert's features split: each rank holds a slice of all 4 experts, read from per-expert tensors
     "mixtral": ("decoder", "mixtral.yaml", lambda: MixtralForCausalLM(MixtralConfig(
         vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,

@@ -50,7 +50,14 @@ register(OpDef(
     name="select", doc="x.select(dim, index): one slice along dim, which disappears (the first token, one logit)",
     operands=("x",), attrs=(Attr("dim", "expr", required=True), Attr("index", "expr", required=True)),
     infer=_select_infer, fusion="injective", emit=lambda e: f"{e['x']}.select({e.a('dim')}, {e.a('index')})",
-    shape_doc="x without `dim`", example="first: {op: select, x: h, dim: 1, index: 0}"))
+    shape_doc="x without `dim`", example="first: {op: select, x: h, dim: 1, index: 0}",
+    parallel=lambda ranks, attrs: _select_parallel(ranks["x"], attrs)))
+
+
+def _select_parallel(rank: int, attrs: dict) -> Parallel:
+    """Every dim but the one picked from is independent: it moves up one place past the picked dim."""
+    picked = int(attrs["dim"].evaluate({})) % rank
+    return Parallel(dims={"x": {d: d - (d > picked) for d in range(rank) if d != picked}})
 
 
 def _concat_infer(ctx) -> list[TType]:

@@ -91,7 +91,8 @@ class Parallel:
     # operand -> its dims (listed in `dims`) that may hold fewer slices than the output dim, each
     # serving a contiguous group of the output's (grouped-query attention's key/value heads)
     grouped: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    # output dim -> the attribute that counts its slices (split_heads: `heads`); a split keeps them whole
+    # output dim -> the attribute that counts its slices (split_heads: `heads`; a dims attribute: its
+    # entry at that output dim, reshape's `shape`); a split keeps them whole
     units: dict[int, str] = field(default_factory=dict)
     # a param dim the output carries as one of its dims (a linear's out features, an embedding's vectors)
     param_out: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -101,6 +102,9 @@ class Parallel:
     # a param dim whose rows an integer operand picks (an embedding's table): split, each device holds
     # the rows it has and zeros for the others, a partial sum of the output
     gathered: dict[tuple[str, str], str] = field(default_factory=dict)
+    # an output dim read from no operand, any contiguous share of which the op computes: output dim ->
+    # (the attribute counting its slices, the attribute holding the first one's index): ALiBi slopes
+    shares: dict[int, tuple[str, str]] = field(default_factory=dict)
     # the internal op computing this one over a row-split table (its `start` attribute: the first row held)
     split_rows: str | None = None
 

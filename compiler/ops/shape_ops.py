@@ -159,4 +159,27 @@ register(OpDef(
                         "at that place, one -1 takes what is left",
     operands=("x",), attrs=(Attr("shape", "dims", required=True),), infer=_reshape_infer, emit=_reshape_emit,
     fusion="injective", shape_doc="`shape`, with 0 and -1 resolved; the number of elements unchanged",
-    example="h: {op: reshape, x: h, shape: [0, 0, num_heads, -1]}"))
+    example="h: {op: reshape, x: h, shape: [0, 0, num_heads, -1]}",
+    parallel=lambda ranks, attrs: _reshape_parallel(ranks["x"], attrs["shape"].args)))
+
+
+def _reshape_parallel(rank: int, entries) -> Parallel:
+    """The leading dims kept (entries 0) are independent; when one dim of x is left and splits into
+    several, a contiguous share of the outermost of them that is not 1 is a contiguous share of that
+    dim of x (whole heads of [heads * 3 * head_dim]). Its entry counts those slices: a split
+    rewrites it to the rank's share."""
+    def const(e):
+        return e.evaluate({}) if e.is_constant() else None
+
+    kept = 0
+    while kept < min(rank, len(entries)) and const(entries[kept]) == 0:
+        kept += 1
+    dims = {d: d for d in range(kept)}
+    units = {}
+    if rank - kept == 1:
+        outer = next((o for o in range(kept, len(entries)) if const(entries[o]) != 1), None)
+        if outer is not None:
+            dims[kept] = outer
+            if const(entries[outer]) != -1:
+                units[outer] = "shape"
+    return Parallel(dims={"x": dims}, units=units)

@@ -17,6 +17,8 @@ is not kept whole and its ends cost at most one collective each:
   costs less replicated than the all-reduce;
 - reaching the model output generation reads (the LM head's logits: vocab-parallel) -> `all_gather`;
   reaching any other model output keeps it whole.
+An op computing a dim from no operand (ALiBi slopes) declares it a share: the pass sets the attributes
+counting its slices and naming the first to this rank's, so a rank computes its own heads' slopes.
 Axes that begin at a projection's output (q/k/v, gate/up, a fused qkv split by weight rules) and end
 where another sums them back (o_proj, down_proj) are thus column- then row-parallel, Megatron's
 layout. An operand holding grouped slices (grouped-query attention's key/value heads) follows the
@@ -48,7 +50,7 @@ from networkx.utils import UnionFind
 from compiler.ir import STRUCTURAL, Block, ModelIR, Node, Param
 from compiler.ops import OPS
 from compiler.ops.params import PARAM_KINDS
-from compiler.ops.registry import InferCtx, Parallel, TType
+from compiler.ops.registry import Dims, InferCtx, Parallel, TType
 from compiler.parallel import Collective, ParallelPlan, SplitTensor
 from compiler.printer import op_label
 from compiler.spec import Check, ConfigEntry
@@ -94,7 +96,8 @@ class _Axis:
     contracted: list[tuple] = field(default_factory=list)   # (block, node, param slot)
     gathered: list[tuple] = field(default_factory=list)     # (block, node, param slot)
     outputs: list[tuple] = field(default_factory=list)      # (output value id, dim)
-    units: list[tuple] = field(default_factory=list)        # (block, node, attribute)
+    units: list[tuple] = field(default_factory=list)        # (block, node, attribute, output dim)
+    firsts: list[tuple] = field(default_factory=list)       # (block, node, attribute, output dim): its first slice
     leaders: set = field(default_factory=set)               # as a grouped operand: the axes it serves
     follows: list[tuple] = field(default_factory=list)      # (block, node) where it is grouped
     unit: Expr | None = None
@@ -236,8 +239,14 @@ class _Sharding:
             self.relation[p] = "gathered"
             self.facts.append(("gathered", p, (block.name, node.id)))
             covered.add(p)
+        for o, (count, first) in par.shares.items():
+            s = out_slots[o % rank]
+            self.find(s)
+            self.facts.append(("units", s, (block.name, node.id, count, o % rank)))
+            self.facts.append(("first", s, (block.name, node.id, first, o % rank)))
+            covered.add(s)
         for o, attr in par.units.items():
-            self.facts.append(("units", out_slots[o % rank], (block.name, node.id, attr)))
+            self.facts.append(("units", out_slots[o % rank], (block.name, node.id, attr, o % rank)))
         for (f, d), s in operand_slots.items():
             if s not in covered:
                 self.block_slot(s, f"{label} needs dim {d} of '{block.values[node.inputs[f]].name}' whole")
@@ -265,8 +274,14 @@ class _Sharding:
                 axis.outputs.append(data)
             elif kind == "units":
                 axis.units.append(data)
+            elif kind == "first":
+                axis.firsts.append(data)
             elif kind == "follows":
                 leader, b, nid = data
+                if self.find(leader) == self.find(slot):
+                    # the slices serve their own axis (k, v and q cut from one fused projection's
+                    # heads): as many as they serve, so nothing is grouped
+                    continue
                 axis.leaders.add(self.find(leader))
                 axis.follows.append((b, nid))
         return axes
@@ -329,8 +344,8 @@ class _Sharding:
                 a = axes[r]
                 if not a.leaders:
                     continue
-                if (len(a.leaders) > 1 or r in a.leaders) and status[r] is None:
-                    status[r] = "grouped slices serving several axes, or themselves"
+                if len(a.leaders) > 1 and status[r] is None:
+                    status[r] = "grouped slices serving several axes"
                     changed = True
                 for leader in a.leaders:
                     if status.get(leader, "") is None and status[r] is not None:
@@ -461,7 +476,7 @@ class _Sharding:
     def check_even(self, axis: _Axis) -> None:
         size, unit = self.plan.size, axis.unit
         if axis.units:
-            b, nid, attr = axis.units[0]
+            b, nid, attr, _ = axis.units[0]
             node = self.ir.blocks[b].node(nid)
             what = f"the {attr} of {op_label(self.ir.blocks[b], node)}, {node.loc}"
         else:
@@ -545,9 +560,19 @@ class _Sharding:
             else:
                 t = block.values[name].type
                 block.values[name].type = TType(t.shape[:d] + (new,) + t.shape[d + 1:], t.dtype)
-        for b, nid, attr in axis.units:
+        for b, nid, attr, o in axis.units:
             node = self.ir.blocks[b].node(nid)
-            node.attrs[attr] = parse_expr(axis.local)
+            value = node.attrs[attr]
+            if isinstance(value, Dims):    # a list of sizes: the entry of the split output dim
+                entries = list(value.args)
+                entries[o] = self.local_size(axis, entries[o])
+                node.attrs[attr] = Dims(entries)
+            else:
+                node.attrs[attr] = parse_expr(axis.local)
+        for b, nid, attr, o in axis.firsts:
+            node = self.ir.blocks[b].node(nid)
+            full = originals[("v", b, node.outputs[0], o)]
+            node.attrs[attr] = _simplify(f"{axis.start} * (({full}) // ({axis.unit}))")
 
     def insert_collectives(self, axis: _Axis, originals: dict) -> None:
         for b, nid, slot in axis.contracted:

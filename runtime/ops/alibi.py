@@ -22,8 +22,12 @@ def _slopes(heads: int, device: torch.device) -> torch.Tensor:
     return slopes
 
 
-def alibi_slopes(ctx, heads: int) -> torch.Tensor:
-    """fp32 [heads] on the context's device (one tensor per head count and device, computed once)."""
+def alibi_slopes(ctx, heads: int, first: int = 0, count: int | None = None) -> torch.Tensor:
+    """fp32 [count] on the context's device: the slopes of heads first..first+count-1 among `heads` (a
+    tensor-parallel rank's heads; one tensor per head count and device, computed once)."""
     if heads < 1:
         raise ValueError(f"alibi_slopes needs at least one head, got {heads}")
-    return _slopes(int(heads), torch.device(ctx.device))
+    count = heads if count is None else int(count)
+    if not 0 <= first <= first + count <= heads:
+        raise ValueError(f"alibi_slopes: heads {first}..{first + count - 1} are not among {heads}")
+    return _slopes(int(heads), torch.device(ctx.device))[int(first):int(first) + count]
