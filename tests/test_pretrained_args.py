@@ -160,6 +160,11 @@ def _stds(state: dict) -> dict[str, float]:
     ("T5ForConditionalGeneration", None, lambda: transformers.T5Config(
         vocab_size=99, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4, initializer_factor=0.5)),
     ("GemmaForCausalLM", None, lambda: transformers.GemmaConfig(**{**LLAMA, "hidden_size": 64}, head_dim=16)),
+    ("GPTNeoXForCausalLM", None, lambda: transformers.GPTNeoXConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        initializer_range=0.05)),
+    ("BloomForCausalLM", None, lambda: transformers.BloomConfig(vocab_size=97, hidden_size=64, n_layer=2, n_head=4,
+                                                                initializer_range=0.05)),
 ])
 def test_from_config_initialises_every_tensor_as_the_transformers_class_does(tmp_path, cls, head, config):
     """Each tensor's spread (std, or the constant of a norm or bias) equals the reference initialiser's,
@@ -170,12 +175,16 @@ def test_from_config_initialises_every_tensor_as_the_transformers_class_does(tmp
     ours = runtime.from_config(cfg, head=head, seed=0)
     assert ours.num_parameters() == ref.num_parameters()
     ours.save_pretrained(tmp_path / "ours")
+    ref.save_pretrained(tmp_path / "ref")
     from runtime.safetensors_io import open_checkpoint
     with open_checkpoint(tmp_path / "ours") as ckpt:
         mine = {name: ckpt.get(name).clone() for name in ckpt.tensors}
+    # the checkpoint's names, not the module's (GPT-NeoX's head is lm_head in memory, embed_out on disk)
+    with open_checkpoint(tmp_path / "ref") as ckpt:
+        state = {name: ckpt.get(name).clone() for name in ckpt.tensors}
     # a trunk's tensor may be saved without the base prefix (GPT-2's OpenAI layout), which Transformers
     # adds back when it loads
-    state, prefix = ref.state_dict(), ours.interface.base_prefix
+    prefix = ours.interface.base_prefix
     theirs = {k: state[k] if k in state else state[prefix + k] for k in mine if k in state or prefix + k in state}
     assert theirs.keys() == mine.keys()
     for name, value in mine.items():
@@ -193,3 +202,37 @@ def test_from_config_builds_any_head(tmp_path):
         model = runtime.from_config(config, head=head)
         assert model.head == head
         assert all(p.requires_grad for p in model.parameters())
+
+
+
+def test_from_config_initialises_clip_as_transformers_does():
+    """CLIP's initialiser: each tower's stds from its width, depth and own factor, the projections from
+    the top-level factor, logit_scale's configured value. Compared by name: a from_config CLIP cannot be
+    saved yet (its logit_scale rule reshapes a scalar whose shape only a loaded checkpoint records)."""
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=99, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=16, eos_token_id=98, initializer_factor=2.0),
+        vision_config=dict(hidden_size=80, intermediate_size=112, num_hidden_layers=3, num_attention_heads=5,
+                           image_size=32, patch_size=4, initializer_range=0.03),
+        projection_dim=48, initializer_factor=0.5, logit_scale_init_value=2.0)
+    torch.manual_seed(0)
+    ref = dict(transformers.CLIPModel(cfg).named_parameters())
+    model = runtime.from_config(cfg, seed=0)
+    from runtime.fused_params import member_slices
+    members = {m: model.net.get_parameter(n)[s:s + shape[0]] for m, (n, s, shape) in member_slices(model.net).items()}
+    ours = {**dict(model.net.named_parameters()), **members}
+    pairs = {"token_embed": "text_model.embeddings.token_embedding", "text_pos": "text_model.embeddings.position_embedding",
+             "text_proj": "text_projection", "vision_proj": "visual_projection",
+             "patch_embed": "vision_model.embeddings.patch_embedding",
+             "vision_pos": "vision_model.embeddings.position_embedding"}
+    for tower in ("text", "vision"):
+        for p in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            pairs[f"{tower}_layers.1.{p}"] = f"{tower}_model.encoder.layers.1.self_attn.{p}"
+        for p in ("fc1", "fc2"):
+            pairs[f"{tower}_layers.1.{p}"] = f"{tower}_model.encoder.layers.1.mlp.{p}"
+    for mine, theirs in pairs.items():
+        spread = ours[f"{mine}.weight"].float().std().item() / ref[f"{theirs}.weight"].float().std().item()
+        assert 0.85 < spread < 1.15, (mine, spread)
+    spread = ours["class_embed.weight"].std().item() / ref["vision_model.embeddings.class_embedding"].std().item()
+    assert 0.7 < spread < 1.3, spread          # 80 values only
+    assert ours["logit_scale.weight"].item() == ref["logit_scale"].item() == 2.0

@@ -199,3 +199,122 @@ def test_targets_for_a_model_without_a_loss_are_an_error(tmp_path):
     with pytest.raises(TypeError, match="no loss"):
         ours(random_ids(BERT["vocab_size"]), labels=torch.tensor([0, 1]))
     assert "loss" not in ours(random_ids(BERT["vocab_size"]), labels=None)     # None: no targets, as Transformers
+
+
+# The four families below, tiny, with every dropout rate their config has set to `rate`.
+def _neox(rate):
+    return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        hidden_dropout=rate, attention_dropout=rate, pad_token_id=0))
+
+
+def _bloom(rate):
+    return transformers.BloomForCausalLM(transformers.BloomConfig(
+        vocab_size=97, hidden_size=32, n_layer=2, n_head=4, hidden_dropout=rate, attention_dropout=rate,
+        pad_token_id=0))
+
+
+def _whisper(rate):
+    return transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(
+        vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=40, num_mel_bins=8, max_source_positions=12,
+        max_target_positions=40, decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        dropout=rate, attention_dropout=rate, activation_dropout=rate))
+
+
+def _clip(rate):
+    text = dict(vocab_size=99, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=16, bos_token_id=1, pad_token_id=0, eos_token_id=98, attention_dropout=rate)
+    vision = dict(hidden_size=40, intermediate_size=56, num_hidden_layers=2, num_attention_heads=5, image_size=16,
+                  patch_size=4, attention_dropout=rate)
+    return transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
+
+
+def _padded(ids):
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0
+    return mask
+
+
+def _text_inputs(vocab):
+    ids = random_ids(vocab, batch=2, length=9)
+    return dict(input_ids=ids, attention_mask=_padded(ids))
+
+
+def _features():
+    return torch.randn(2, 8, 24, generator=torch.Generator().manual_seed(0))
+
+
+FAMILIES = {
+    # name: (reference model for a dropout rate, inputs, the output compared)
+    "gpt_neox": (_neox, lambda: _text_inputs(97), "logits"),
+    "bloom": (_bloom, lambda: _text_inputs(97), "logits"),
+    "whisper": (_whisper, lambda: dict(input_features=_features(),
+                                       decoder_input_ids=random_ids(99, batch=2, length=7, seed=1)), "logits"),
+    "clip": (_clip, lambda: dict(**_text_inputs(98), pixel_values=_features().reshape(2, 3, 8, 8).repeat(1, 1, 2, 2)),
+             "logits_per_text"),
+}
+
+
+def _max_diff(batch, got, want) -> float:
+    """max |got - want| over the real tokens: a padded position's logits are no one's target."""
+    if "attention_mask" in batch and got.dim() == 3:
+        keep = batch["attention_mask"].bool()
+        got, want = got[keep], want[keep]
+    return (got - want).abs().max().item()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_familys_dropout_acts_in_train_mode_only(tmp_path, family):
+    build, inputs, output = FAMILIES[family]
+    ref = randomize(build(0.3)).eval()
+    ours = runtime.from_pretrained(save(ref, tmp_path / "ckpt"))
+    assert ours.spec.name == family
+    batch = inputs()
+    ours.train()
+    a, b = ours(**batch)[output], ours(**batch)[output]
+    assert (a - b).abs().max().item() > 1e-3
+    ours.eval()
+    c, d = ours(**batch)[output], ours(**batch)[output]
+    assert torch.equal(c, d)
+    with torch.no_grad():
+        want = ref(**batch)[output]
+    assert _max_diff(batch, c, want) <= 1e-4
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_familys_train_mode_forward_draws_the_masks_transformers_draws(tmp_path, family):
+    """Every dropout sits where the reference has it, in its order: under one seed a train-mode forward
+    equals Transformers'."""
+    build, inputs, output = FAMILIES[family]
+    ref = randomize(build(0.2)).train()
+    ours = runtime.from_pretrained(save(ref, tmp_path / "ckpt")).train()
+    batch = inputs()
+    torch.manual_seed(7)
+    want = ref(**batch)[output]
+    torch.manual_seed(7)
+    got = ours(**batch)[output]
+    assert _max_diff(batch, got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "bloom"])
+def test_causal_lm_losses_of_gpt_neox_and_bloom_follow_transformers_under_adamw(tmp_path, family):
+    build, inputs, _ = FAMILIES[family]
+    ref = randomize(build(0.0))
+    ours = runtime.from_pretrained(save(ref, tmp_path / "ckpt"))
+    batch = inputs()
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    assert_same_losses(ours, ref, batch, dict(batch))
+
+
+def test_whisper_seq2seq_loss_from_labels_alone_equals_transformers(tmp_path):
+    """One step only: Transformers freezes the encoder's position table, which a spec cannot declare
+    yet, so AdamW steps would train it here and not there."""
+    ref = randomize(_whisper(0.0))
+    ours = runtime.from_pretrained(save(ref, tmp_path / "ckpt"))
+    labels = random_ids(99, batch=2, length=6, seed=1)
+    labels[1, -2:] = -100                        # the decoder inputs get the pad token there
+    batch = dict(input_features=_features(), labels=labels)
+    with torch.no_grad():
+        want = ref(**batch).loss
+    assert abs(ours(**batch).loss.item() - want.item()) <= LOSS_TOL
