@@ -98,6 +98,9 @@ def compile_spec(spec_path: str | Path, output: str | Path | None = None, option
     target = Path(output) if output else default_output(spec_path.stem, key)
     if is_complete(target, key):
         clean_stale(target)
+        if options.get("print_after"):
+            # the artifact is current, but the IR the caller asked to see is only printed while passes run
+            run_pipeline(load_spec(spec_path), options, after=options_printer(options))
         return CompileResult(target, True, time.perf_counter() - start, read_manifest(target))
     check_target(target)    # before the work: a target that is not ours is refused at once
 

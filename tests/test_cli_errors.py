@@ -161,3 +161,16 @@ def test_fuzz_command_lines(checkpoint, capsys, argv):
     err = capsys.readouterr().err
     assert status in (0, 1, 2) and "Traceback" not in err, (argv, status, err)
     assert status != 2 or err.strip(), argv
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path):
+    """`graphspec compile --print-after lower | head -1`: no error line once head has what it wants."""
+    cmd = [sys.executable, "-m", "tools.cli", "compile", "specs/llama.yaml", "-o", str(tmp_path / "a"), "-q",
+           "--print-after", "lower"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) in (0, 141)
+    assert first.startswith(b"# IR after lower") and err == ""

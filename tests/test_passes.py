@@ -128,6 +128,19 @@ def test_print_after_shows_the_ir_after_that_pass(tmp_path, capsys):
     assert cli(["compile", LLAMA, "-o", str(tmp_path / "b"), "-q", "--print-after", "lower"]) == 0
     out = capsys.readouterr().out
     assert "# IR after lower" in out and "region" not in out
+    # a second run finds the artifact current and still prints the IR asked for
+    assert cli(["compile", LLAMA, "-o", str(tmp_path / "b"), "-q", "--print-after", "lower"]) == 0
+    out = capsys.readouterr().out
+    assert "# IR after lower" in out and "region" not in out
+
+
+@pytest.mark.parametrize("flags, name, flag", [([], "quantize", "--quant"), ([], "shard", "--tp"),
+                                               (["--no-fuse"], "fuse", "--no-fuse")])
+def test_print_after_a_pass_the_options_skip_names_the_flag_that_runs_it(tmp_path, capsys, flags, name, flag):
+    assert cli(["compile", LLAMA, "-o", str(tmp_path / "a"), "-q", *flags, "--print-after", name]) == 2
+    err = capsys.readouterr().err
+    assert f"this compile skips the {name} pass" in err and flag in err
+    assert not (tmp_path / "a").exists()
 
 
 def test_the_command_line_offers_exactly_the_pipelines_passes():

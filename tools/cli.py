@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import traceback
@@ -34,6 +35,20 @@ class UsageError(Exception):
 AOT_TARGET = re.compile(r"sm_[0-9]{2,3}")
 
 
+# the command-line flag that turns each optional pass's compile option on or off
+OPTION_FLAGS = {"tp": "--tp N", "quant": "--quant SCHEME", "fuse": "fusion (on unless --no-fuse)"}
+
+
+def _check_pass_runs(name: str, options: dict) -> None:
+    """--print-after a pass these options skip would print nothing: say which flag runs it."""
+    from compiler.passes import PASSES, enabled
+    if name in enabled(options):
+        return
+    needs = next(p.needs for p in PASSES if p.name == name)
+    raise UsageError(f"--print-after {name}: this compile skips the {name} pass; it runs with "
+                     f"{OPTION_FLAGS.get(needs, needs)}")
+
+
 def _cmd_compile(args) -> int:
     if args.resolved:
         return _print_resolved(args.spec)
@@ -53,6 +68,8 @@ def _cmd_compile(args) -> int:
         options["tp"] = args.tp
     if args.quant:
         options["quant"] = args.quant
+    if args.print_after:
+        _check_pass_runs(args.print_after, options)
     result = compile_spec(args.spec, args.output, options)
     m = result.manifest
     state = "cache hit (nothing rebuilt)" if result.cache_hit else "compiled"
@@ -346,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # the reader went away (`graphspec compile --print-after fuse | head`): stop quietly, as cat does;
+        # stdout is pointed at /dev/null so the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as err:
         if args.debug:
             traceback.print_exc()
