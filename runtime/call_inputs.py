@@ -17,12 +17,15 @@ from runtime.interface import Input
 
 
 def as_tensor(model: str, what: str, value, device) -> torch.Tensor:
-    """`value` (a tensor, a nested list of numbers, a numpy array) as a tensor on `device`."""
+    """`value` (a tensor, a nested list of numbers, a numpy array) as a tensor on `device`; one made
+    under inference_mode (generate's output) is copied when autograd is on, which may not save
+    inference tensors for backward."""
     try:
-        return torch.as_tensor(value, device=device)
+        t = torch.as_tensor(value, device=device)
     except (TypeError, ValueError, RuntimeError, OverflowError) as err:
         raise InputError(f"{model}: {what} must be a tensor (or a nested list of numbers), got "
                          f"{type(value).__name__}: {err}") from None
+    return t.clone() if t.is_inference() and torch.is_grad_enabled() else t
 
 
 def table_bounds(inputs, config: dict) -> dict[str, tuple[int, str]]:

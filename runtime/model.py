@@ -82,13 +82,6 @@ def _count(logits_to_keep) -> int:
     return logits_to_keep
 
 
-def as_input(value, device) -> torch.Tensor:
-    """A call's tensor on the model's device; one made under inference_mode (generate's output) is
-    copied when autograd is on, which may not save inference tensors for backward."""
-    t = torch.as_tensor(value, device=device)
-    return t.clone() if t.is_inference() and torch.is_grad_enabled() else t
-
-
 def _forward(self, *args, **kwargs):
     return CompiledModel.forward(self, *args, **kwargs)
 
@@ -256,7 +249,7 @@ class CompiledModel(TransformersAPI, nn.Module):
         missing = [n for n in names if given.get(n) is None]
         if missing:
             raise TypeError(f"{self.interface.name}: the {loss.kind} loss needs {', '.join(names)}; missing {', '.join(missing)}")
-        targets = [as_input(given[n], self.device) for n in names]
+        targets = [as_tensor(self.interface.name, n, given[n], self.device) for n in names]
         g = self.contract.generate
         if loss.kind == "seq2seq" and g is not None and g.start is not None and kwargs.get(g.tokens) is None:
             from runtime.losses import shift_right
@@ -300,7 +293,7 @@ class CompiledModel(TransformersAPI, nn.Module):
         return feeds, masks
 
     def _tensor(self, inp: Input, value) -> torch.Tensor:
-        t = as_input(as_tensor(self.interface.name, f"input {inp.name}", value, self.device), self.device)
+        t = as_tensor(self.interface.name, f"input {inp.name}", value, self.device)
         # ids are range-checked in eager calls only: a check on values would become a guard on data
         check_input(self.interface.name, inp, t, None if tracing() else self.input_bounds.get(inp.name))
         if inp.dtype == "float":
@@ -345,7 +338,7 @@ class CompiledModel(TransformersAPI, nn.Module):
             seq = self.contract.masks[kwarg]
             if seq not in lengths:
                 raise InputError(f"{self.interface.name}: {kwarg} masks sequence {seq}, and no input along it is given")
-            m = as_input(as_tensor(self.interface.name, kwarg, mask, self.device), self.device)
+            m = as_tensor(self.interface.name, kwarg, mask, self.device)
             m = check_mask(self.interface.name, kwarg, m, (self._batch(feeds, seq), lengths[seq]), seq,
                            values=not tracing())
             out[seq] = None if not tracing() and bool(m.all()) else m
