@@ -13,6 +13,7 @@ from tokenizers import Tokenizer, models
 
 import runtime
 from tests.hf_checkpoints import randomize, save
+from tests.tiny_configs import WHISPER
 
 transformers = pytest.importorskip("transformers")
 
@@ -32,10 +33,6 @@ T5 = dict(vocab_size=99, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
           relative_attention_max_distance=20, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
 VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, image_size=16,
            patch_size=4, num_channels=3)
-WHISPER = dict(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-               decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=40, num_mel_bins=8,
-               max_source_positions=12, max_target_positions=40, decoder_start_token_id=1, pad_token_id=0,
-               bos_token_id=1, eos_token_id=2)
 CLIP = dict(text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                              num_attention_heads=4, max_position_embeddings=16, eos_token_id=98),
             vision_config=VIT, projection_dim=24)

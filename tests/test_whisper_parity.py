@@ -11,13 +11,10 @@ import torch
 import runtime
 from compiler.pipeline import compile_spec
 from tests.family_parity import TOL, Family
+from tests.tiny_configs import WHISPER as BASE
 
 transformers = pytest.importorskip("transformers")
 
-BASE = dict(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=40, num_mel_bins=8,
-            max_source_positions=12, max_target_positions=40, decoder_start_token_id=1, pad_token_id=0,
-            bos_token_id=1, eos_token_id=2)
 WHISPER = Family("whisper", transformers.WhisperConfig, transformers.WhisperForConditionalGeneration, BASE)
 
 
