@@ -5,10 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from runtime.ops import FusedLinear, Linear
-from runtime.quant import QuantLinear, Scheme, dequantize, quantize
+from runtime.quant import QuantLinear, Scheme, dequantize, quantize, quantize_activations
 from runtime.quant import cpu, native
 
 SCHEMES = [Scheme("int8"), Scheme("int4", 32, True), Scheme("int4", 64, False), Scheme("int4", 128, True)]
+# int8 activations: integer kernels, whose result is x' @ w'.T with x' = quantize_activations(x)
+A8_SCHEMES = [Scheme("int8", act_bits=8), Scheme("int4", 32, True, 8), Scheme("int4", 64, False, 8),
+              Scheme("int4", 128, True, 8)]
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.unavailable_reason()}")
 
 
@@ -36,8 +39,9 @@ def layer(scheme, n=37, k=256, bias=True, seed=0):
 
 
 def reference(x, q: QuantLinear):
-    w = dequantize(q.stored(), q.scheme)
-    return F.linear(x.float(), w, None if q.bias is None else q.bias.float())
+    w = dequantize(q.stored(), q.scheme).double()
+    x = (quantize_activations(x) if q.scheme.act_bits else x).double()
+    return F.linear(x, w, None if q.bias is None else q.bias.double()).float()
 
 
 @needs_native
@@ -50,6 +54,54 @@ def test_native_kernel_equals_the_dequantized_reference(scheme, rows, n_threads,
     q = layer(scheme, n=37 + rows % 3)
     x = torch.randn(1, rows, 256)
     torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=2e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("scheme", A8_SCHEMES, ids=lambda s: s.name)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 64])
+@pytest.mark.parametrize("k", [96, 256])          # an odd and an even number of 32-column blocks
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_int8_activation_kernels_equal_the_reference_on_quantized_activations(scheme, rows, k, n_threads, threads,
+                                                                              path):
+    if k % (scheme.group or 32):
+        pytest.skip("the group does not divide the width")
+    threads(n_threads)
+    q = layer(scheme, n=37 + rows % 3, k=k)
+    x = torch.randn(1, rows, k) * 3
+    for name in ("native", "dequant"):
+        path(name)
+        torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=3e-5, msg=name)
+
+
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])        # AVX2 without VNNI; no vector extensions
+def test_the_int8_activation_kernels_other_code_paths_equal_the_reference(march, monkeypatch, no_native_cache, path):
+    monkeypatch.setenv(native.MARCH_VARIABLE, march)
+    if not native.available():
+        pytest.skip(native.unavailable_reason())
+    path("native")
+    for scheme in A8_SCHEMES:
+        for rows in (1, 4, 5):
+            q = layer(scheme, n=11, k=128)
+            x = torch.randn(rows, 128)
+            torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=3e-5, msg=f"{march} {scheme.name}")
+
+
+def test_a_bad_native_march_value_is_refused_without_running_the_compiler(monkeypatch, no_native_cache):
+    monkeypatch.setenv(native.MARCH_VARIABLE, "native -o /tmp/x")
+    assert "is not a -march value" in native.unavailable_reason()
+
+
+@pytest.mark.parametrize("scheme", A8_SCHEMES, ids=lambda s: s.name)
+def test_with_int8_activations_bf16_inputs_take_only_the_integer_or_float_paths(scheme, path):
+    q = layer(scheme, n=48)
+    q.bias = torch.nn.Parameter(q.bias.bfloat16(), requires_grad=False)
+    assert not {"torch_int8", "torch_int4"} & set(cpu.candidates(q, torch.bfloat16, 3))
+    x = torch.randn(3, 256).bfloat16()
+    for name in cpu.candidates(q, torch.bfloat16, 3):
+        path(name)
+        got = q(x)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), reference(x, q), rtol=1e-2, atol=1e-2, msg=name)
 
 
 @needs_native

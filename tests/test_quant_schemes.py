@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from runtime.quant import QuantConfig, Scheme, dequantize, quantize
+from runtime.quant import QuantConfig, Scheme, dequantize, quantize, quantize_activations
 from runtime.quant.schemes import pack_int4, unpack_int4
 
 SCHEMES = [Scheme("int8"), Scheme("int4", 32, True), Scheme("int4", 64, False), Scheme("int4", 128, True),
@@ -133,6 +133,8 @@ def test_the_output_embedding_stays_in_float_unless_the_skip_list_is_emptied():
     ({"bits": 4, "quant_method": "gptq"}, "quant_method 'gptq' is not 'graphspec'"),
     ({"bits": 4, "quantize_embedding": "yes"}, "'quantize_embedding' must be true or false"),
     ({"bits": 4, "modules_to_not_convert": "lm_head"}, "'modules_to_not_convert' must be a list"),
+    ({"bits": 4, "act_bits": 4}, "'act_bits' must be 8 or null"),
+    ({"bits": 8, "act_bits": True}, "'act_bits' must be 8 or null"),
 ])
 def test_a_bad_quantization_config_names_the_key(data, message):
     with pytest.raises(ValueError, match=f"quantization_config: {message}"):
@@ -142,3 +144,29 @@ def test_a_bad_quantization_config_names_the_key(data, message):
 def test_an_unknown_shorthand_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown scheme 'int2'; use one of int8, int4"):
         QuantConfig.parse("int2")
+
+
+def test_int8_activation_schemes_round_trip_and_weight_only_configs_write_no_act_bits():
+    w4a8 = QuantConfig.parse("w4a8")
+    assert w4a8.scheme == Scheme("int4", 32, True, act_bits=8) and w4a8.scheme.name == "int4-g32-sym-a8"
+    assert w4a8.to_dict()["act_bits"] == 8 and QuantConfig.from_dict(w4a8.to_dict()) == w4a8
+    assert QuantConfig.parse({"bits": 8, "act_bits": 8}).scheme == QuantConfig.parse("w8a8").scheme
+    assert "act_bits" not in QuantConfig.parse("int8").to_dict()
+
+
+def test_activations_are_quantized_per_block_of_32_like_an_int8_weight_row():
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(1))
+    x[1, 32:64] = 0                               # an all-zero block stays zero
+    got = quantize_activations(x)
+    blocks = x.view(3, 3, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    want = torch.where(d == 0, 0.0, torch.round(blocks / torch.where(d == 0, 1.0, d)).clamp(-127, 127) * d)
+    assert torch.equal(got, want.view(3, 96))
+    assert bool((got[1, 32:64] == 0).all())
+    # each value within half a step of its block's scale
+    assert bool(((got - x).abs().view(3, 3, 32) <= d * (0.5 + 1e-5)).all())
+
+
+def test_a_width_that_is_no_multiple_of_the_activation_block_is_refused_with_the_way_out():
+    with pytest.raises(ValueError, match="layers.0.up: 80 input features are not a multiple of 32.*act_bits null"):
+        quantize(weight(k=80), Scheme("int8", act_bits=8), "layers.0.up")

@@ -9,7 +9,7 @@ import importlib
 
 _WHERE = {"QuantConfig": "config", "Scheme": "config", "quantize_model": "convert", "load_quantized": "io",
           "save_quantized": "io", "QuantLinear": "linear", "QuantEmbedding": "linear", "quantize": "schemes",
-          "dequantize": "schemes"}
+          "dequantize": "schemes", "quantize_activations": "schemes"}
 __all__ = list(_WHERE)
 
 

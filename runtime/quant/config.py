@@ -3,6 +3,7 @@
 
     QuantConfig.parse("int8")                  # per output channel, symmetric
     QuantConfig.parse("int4")                  # groups of 32, symmetric (the q4_0 layout of values)
+    QuantConfig.parse("w8a8"), ("w4a8")        # the same weights; activations quantized to int8 on the fly
     QuantConfig.parse({"bits": 4, "group_size": 128, "sym": False, "modules_to_not_convert": ["layers.0.*"]})
 
 The dict form is what `to_dict()` writes (and a saved quantized checkpoint carries):
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 
 INT4_GROUPS = (32, 64, 128)
 QUANT_METHOD = "graphspec"
-KEYS = ("quant_method", "bits", "group_size", "sym", "quantize_embedding", "modules_to_not_convert")
+KEYS = ("quant_method", "bits", "group_size", "sym", "act_bits", "quantize_embedding", "modules_to_not_convert")
+# Activations quantized on the fly are cut into blocks of this many columns, one scale each (q8_0's)
+ACT_BLOCK = 32
 # What a quantizable param is to the network (the compiler's quantize pass decides it from op capabilities)
 ROLES = ("linear", "lm_head", "embedding")
 DEFAULT_SKIP = ("lm_head",)
@@ -34,8 +37,14 @@ class Scheme:
     kind: str                   # "int8" | "int4"
     group: int | None = None    # int4: columns per group
     symmetric: bool = True
+    # 8: each activation row is quantized to int8 in blocks of ACT_BLOCK columns before the product
+    # (schemes.quantize_activations), as llama.cpp computes its q8_0 / q4_0 products: integer dot
+    # products, a little less accurate. None: weight-only, activations stay float.
+    act_bits: int | None = None
 
     def __post_init__(self):
+        if self.act_bits not in (None, 8) or isinstance(self.act_bits, bool):
+            raise ValueError(f"act_bits must be 8 or null (activations left in float), got {self.act_bits!r}")
         if self.kind == "int8":
             if self.group is not None or not self.symmetric:
                 raise ValueError("int8 is per output channel and symmetric: it takes no group_size or zero point "
@@ -52,9 +61,10 @@ class Scheme:
 
     @property
     def name(self) -> str:
+        act = "-a8" if self.act_bits else ""
         if self.kind == "int8":
-            return "int8"
-        return f"int4-g{self.group}-{'sym' if self.symmetric else 'asym'}"
+            return "int8" + act
+        return f"int4-g{self.group}-{'sym' if self.symmetric else 'asym'}{act}"
 
     def check_shape(self, shape: tuple[int, ...], what: str) -> None:
         """A weight this scheme can hold: 2-D, and for int4 K a multiple of the group."""
@@ -63,6 +73,10 @@ class Scheme:
         if self.kind == "int4" and shape[1] % self.group:
             raise ValueError(f"{what}: {shape[1]} input features are not a multiple of the int4 group size "
                              f"{self.group}; choose a group size that divides it (one of {INT4_GROUPS})")
+        if self.act_bits and shape[1] % ACT_BLOCK:
+            raise ValueError(f"{what}: {shape[1]} input features are not a multiple of {ACT_BLOCK}, the block its "
+                             f"int8 activations are quantized in; leave it in float (modules_to_not_convert) "
+                             f"or quantize weights only (act_bits null)")
 
     def packed_shapes(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], str]]:
         """Name -> (shape, torch dtype name) of each stored tensor for an [n, k] weight."""
@@ -74,7 +88,8 @@ class Scheme:
         return out
 
 
-SHORTHANDS = {"int8": Scheme("int8"), "int4": Scheme("int4", 32, True)}
+SHORTHANDS = {"int8": Scheme("int8"), "int4": Scheme("int4", 32, True),
+              "w8a8": Scheme("int8", act_bits=8), "w4a8": Scheme("int4", 32, True, act_bits=8)}
 
 
 @dataclass(frozen=True)
@@ -111,17 +126,20 @@ class QuantConfig:
             raise ValueError(f"{where}: 'bits' must be 8 or 4, got {bits!r}")
         group = data.get("group_size", None if bits == 8 else 32)
         sym = _bool(data, "sym", True, where)
+        act = data.get("act_bits")
+        if act not in (None, 8) or isinstance(act, bool):
+            raise ValueError(f"{where}: 'act_bits' must be 8 or null (activations left in float), got {act!r}")
         if bits == 8:
             if group not in (None, -1):
                 raise ValueError(f"{where}: 'group_size' must be null for 8 bits (one scale per output channel), "
                                  f"got {group!r}")
             if not sym:
                 raise ValueError(f"{where}: 8 bits is symmetric only ('sym': true)")
-            scheme = Scheme("int8")
+            scheme = Scheme("int8", act_bits=act)
         else:
             if group not in INT4_GROUPS or isinstance(group, bool):
                 raise ValueError(f"{where}: 'group_size' must be one of {INT4_GROUPS} for 4 bits, got {group!r}")
-            scheme = Scheme("int4", group, sym)
+            scheme = Scheme("int4", group, sym, act)
         skip = data.get("modules_to_not_convert")
         skip = DEFAULT_SKIP if skip is None else skip
         if not isinstance(skip, (list, tuple)) or not all(isinstance(s, str) for s in skip):
@@ -129,9 +147,12 @@ class QuantConfig:
         return cls(scheme, _bool(data, "quantize_embedding", False, where), tuple(skip))
 
     def to_dict(self) -> dict:
-        return {"quant_method": QUANT_METHOD, "bits": self.scheme.bits, "group_size": self.scheme.group,
-                "sym": self.scheme.symmetric, "quantize_embedding": self.embedding,
-                "modules_to_not_convert": list(self.skip)}
+        out = {"quant_method": QUANT_METHOD, "bits": self.scheme.bits, "group_size": self.scheme.group,
+               "sym": self.scheme.symmetric, "quantize_embedding": self.embedding,
+               "modules_to_not_convert": list(self.skip)}
+        if self.scheme.act_bits:
+            out["act_bits"] = self.scheme.act_bits
+        return out
 
     def admits(self, role: str) -> bool:
         """Whether params of this role are quantized at all (embeddings only on request)."""

@@ -9,6 +9,10 @@ summation order and, for bf16/fp16 activations, where the one rounding of the ou
   torch_int8  torch._weight_int8pack_mm (bf16/fp16 activations; with fp32 ones it runs ~8x slower).
   torch_int4  torch._weight_int4pack_mm_for_cpu, on its own packed layout built at first use
               (bf16/fp16 activations, ~40x slower with fp32 ones; N a multiple of 16).
+With int8 activations (a scheme's act_bits) the product is x' @ w'.T, x' = schemes.quantize_activations(x):
+  native      the integer kernels of cpu_kernels.c (gs_q8a8_mm, gs_q4a8_mm), up to 64 rows;
+  dequant     x' and w' materialised in fp32, then the dense linear;
+torch's kernels are not offered (they take float activations).
 The first call of each (scheme, N, K, rows bucket, dtype) times the candidates on its own input
 (`runtime.measure.fastest`) and keeps the fastest for the process; `choices()` shows what was kept.
 """
@@ -19,7 +23,7 @@ import torch
 from runtime.ops.linear_layers import linear as dense_linear
 from runtime.measure import fastest
 from runtime.quant import native
-from runtime.quant.schemes import dequantize, unpack_int4
+from runtime.quant.schemes import dequantize, quantize_activations, unpack_int4
 
 NATIVE_MAX_ROWS = 64
 # Up to this many rows the dequant path is not offered where native is: it writes and reads back
@@ -57,14 +61,17 @@ def _bucket(rows: int) -> int:
 
 
 def _native(x, layer):
-    return native.matmul(x, layer.cached("native", lambda: native.Weights(layer.stored(), layer.scheme,
-                                                                           layer.out_features)))
+    weights = layer.cached("native", lambda: native.Weights(layer.stored(), layer.scheme, layer.out_features,
+                                                            int8_activations=bool(layer.scheme.act_bits)))
+    return native.matmul(x, weights)
 
 
 def _dequant(x, layer):
     stored = layer.stored()
     w = (native.dequantize(stored, layer.scheme, layer.in_features) if native.available()
          else dequantize(stored, layer.scheme))
+    if layer.scheme.act_bits:
+        return dense_linear(quantize_activations(x), w, None).to(x.dtype)
     return dense_linear(x, w.to(x.dtype), None)
 
 
@@ -102,7 +109,7 @@ def candidates(layer, dtype: torch.dtype, rows: int) -> list[str]:
         out.append("native")
     if rows > DEQUANT_MIN_ROWS or not out:
         out.append("dequant")
-    if dtype in (torch.bfloat16, torch.float16):
+    if dtype in (torch.bfloat16, torch.float16) and not layer.scheme.act_bits:
         if layer.scheme.kind == "int8":
             out.append("torch_int8")
         elif layer.out_features % 16 == 0:         # its packing's requirement

@@ -6,6 +6,10 @@ code elsewhere. Activations and accumulation are fp32; the caller converts bf16/
 Threads: OpenMP, as many as the caller passes (torch.get_num_threads()). Built with gcc, the library
 needs libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool for both.
 
+With int8 activations (schemes `w8a8`, `w4a8`; gs_*a8_mm below) each activation row is first quantized
+in blocks of 32 columns, as llama.cpp's q8_0 does, and the products are integer dot products (AVX-512
+VNNI, AVX-VNNI or AVX2's maddubs): one byte per weight read and no conversion of weights to float.
+
 Formats (runtime/quant/schemes.py defines them):
   int8: q int8 [N, K], scale fp32 [N]:            w = q * scale[n]
   int4: q uint8 [N, K/2] (byte j: k = 2j in the low nibble, k = 2j + 1 in the high one),
@@ -103,7 +107,7 @@ static inline float half_to_float(uint16_t h) {
 }
 #endif
 
-int gs_abi_version(void) { return 1; }
+int gs_abi_version(void) { return 2; }
 
 /* ---------------------------------------------------------------- int8, per output channel */
 /* A tile: R activation rows against NB weight rows. One FMA chain is latency-bound (4 cycles), so
@@ -239,4 +243,276 @@ void gs_q4_dequant(const uint8_t *q, const uint16_t *scale, const uint8_t *zero,
             }
         }
     }
+}
+
+/* ---------------------------------------------------------------- int8 activations */
+/* A row x[K] (K % 32 == 0) in blocks of 32: d[b] = amax / 127, xq = round-half-even(x / d[b]), clamped
+   to +-127, 0 where d[b] == 0 — bit for bit schemes.quantize_activations. For int4 weights each
+   block is stored as [its 16 even columns, its 16 odd ones] (the nibble order) and cs[b] = d[b] * sum(xq)
+   serves the zero point: sum (q - z) * xq = sum q * xq - z * sum xq. */
+#define QB 32
+static void a8_quantize(const float *x, int64_t M, int64_t K, int64_t ldx, int nibble_order, int8_t *xq,
+                        float *d, float *cs) {
+    const int64_t B = K / QB;
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t b = 0; b < B; b++) {
+            const float *src = x + m * ldx + b * QB;
+            float amax = 0.0f;
+            for (int i = 0; i < QB; i++) { float a = src[i] < 0 ? -src[i] : src[i]; amax = a > amax ? a : amax; }
+            const float db = amax / 127.0f;
+            int8_t *dst = xq + m * K + b * QB;
+            int sum = 0;
+            for (int i = 0; i < QB; i++) {
+                float r = db == 0.0f ? 0.0f : __builtin_rintf(src[i] / db);
+                r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+                const int at = nibble_order ? (i % 2) * 16 + i / 2 : i;
+                dst[at] = (int8_t)r;
+                sum += (int)r;
+            }
+            d[m * B + b] = db;
+            if (cs) cs[m * B + b] = db * (float)sum;
+        }
+    }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+/* 8 int32 lanes, each the sum of 4 products of unsigned bytes u and signed bytes s. */
+static inline __m256i dot_u8s8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+    /* pairs fit int16: |u| <= 127 (int8 path: |xq|) or <= 15 (int4 path), |s| <= 127 */
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+static inline float hsum8(__m256 s) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+INLINE void q8a8_tile(const int R, const int NB, const int8_t *xq, const float *dx, int64_t K, const int8_t *q,
+                      const float *scale, float *y, int64_t ldy) {
+    const int64_t B = K / QB;
+    __m256 acc[ROWS][4];
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) acc[m][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < B; b++) {
+        __m256i xs[ROWS], xa[ROWS];
+        __m256 dv[ROWS];
+        for (int m = 0; m < R; m++) {
+            xs[m] = _mm256_loadu_si256((const __m256i *)(xq + m * K + b * QB));
+            xa[m] = _mm256_abs_epi8(xs[m]);
+            dv[m] = _mm256_set1_ps(dx[m * B + b]);
+        }
+        for (int j = 0; j < NB; j++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(q + j * K + b * QB));
+            for (int m = 0; m < R; m++) {
+                /* |x| * (w with x's sign): unsigned times signed, as the instructions want */
+                const __m256i p = dot_u8s8(xa[m], _mm256_sign_epi8(w, xs[m]));
+                acc[m][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dv[m], acc[m][j]);
+            }
+        }
+    }
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) y[m * ldy + j] = hsum8(acc[m][j]) * scale[j];
+}
+
+INLINE void q4a8_tile(const int R, const int NB, const int8_t *xq, const float *dx, const float *cs, int64_t K,
+                      int64_t group, const uint8_t *q, const uint16_t *scale, const uint8_t *zero, float *y,
+                      int64_t ldy) {
+    const int64_t B = K / QB, G = K / group, per = group / QB;
+    __m256 acc[ROWS][4];
+    float corr[ROWS][4];
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) { acc[m][j] = _mm256_setzero_ps(); corr[m][j] = 0.0f; }
+    const __m128i mask = _mm_set1_epi8(15);
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t g = b / per;
+        __m256i xs[ROWS];
+        for (int m = 0; m < R; m++) xs[m] = _mm256_loadu_si256((const __m256i *)(xq + m * K + b * QB));
+        for (int j = 0; j < NB; j++) {
+            const __m128i packed = _mm_loadu_si128((const __m128i *)(q + j * (K / 2) + b * (QB / 2)));
+            const __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask));
+            const float s = half_to_float(scale[j * G + g]);
+            const float z = zero ? (float)zero[j * G + g] : 8.0f;
+            for (int m = 0; m < R; m++) {
+                const __m256i p = dot_u8s8(w, xs[m]);
+                acc[m][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s * dx[m * B + b]), acc[m][j]);
+                corr[m][j] += s * z * cs[m * B + b];
+            }
+        }
+    }
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) y[m * ldy + j] = hsum8(acc[m][j]) - corr[m][j];
+}
+#else
+/* Without AVX2: the same sums, one product at a time. */
+INLINE void q8a8_tile(const int R, const int NB, const int8_t *xq, const float *dx, int64_t K, const int8_t *q,
+                      const float *scale, float *y, int64_t ldy) {
+    const int64_t B = K / QB;
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < B; b++) {
+                int32_t p = 0;
+                for (int i = 0; i < QB; i++) p += (int32_t)xq[m * K + b * QB + i] * q[j * K + b * QB + i];
+                acc += (float)p * dx[m * B + b];
+            }
+            y[m * ldy + j] = acc * scale[j];
+        }
+}
+
+INLINE void q4a8_tile(const int R, const int NB, const int8_t *xq, const float *dx, const float *cs, int64_t K,
+                      int64_t group, const uint8_t *q, const uint16_t *scale, const uint8_t *zero, float *y,
+                      int64_t ldy) {
+    const int64_t B = K / QB, G = K / group, per = group / QB;
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < B; b++) {
+                const int64_t g = b / per;
+                const float s = half_to_float(scale[j * G + g]);
+                const float z = zero ? (float)zero[j * G + g] : 8.0f;
+                int32_t p = 0;
+                for (int i = 0; i < QB / 2; i++) {
+                    const uint8_t byte = q[j * (K / 2) + b * (QB / 2) + i];
+                    p += (int32_t)(byte & 15) * xq[m * K + b * QB + i] + (int32_t)(byte >> 4) * xq[m * K + b * QB + 16 + i];
+                }
+                acc += (float)p * s * dx[m * B + b] - s * z * cs[m * B + b];
+            }
+            y[m * ldy + j] = acc;
+        }
+}
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
+/* AVX-512: two blocks per 64-byte vector (lanes 0-7 the first block's sums, 8-15 the second's). */
+#define HAVE_A8_512 1
+static inline __m512 pair_ps(__m128 two) {   /* [two[0]] * 8 ++ [two[1]] * 8 */
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                 _mm512_castps128_ps512(two));
+}
+static inline __m128 load2(const float *p) { return _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)p)); }
+
+INLINE void q8a8_tile512(const int R, const int NB, const int8_t *xq, const float *dx, int64_t K, const int8_t *q,
+                         const float *scale, float *y, int64_t ldy) {
+    const int64_t B = K / QB;
+    __m512 acc[ROWS][4];
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) acc[m][j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < B; b += 2) {
+        __m512i xa[ROWS];
+        __mmask64 neg[ROWS];
+        __m512 dv[ROWS];
+        for (int m = 0; m < R; m++) {
+            const __m512i xs = _mm512_loadu_si512((const void *)(xq + m * K + b * QB));
+            xa[m] = _mm512_abs_epi8(xs);
+            neg[m] = _mm512_movepi8_mask(xs);
+            dv[m] = pair_ps(load2(dx + m * B + b));
+        }
+        for (int j = 0; j < NB; j++) {
+            const __m512i w = _mm512_loadu_si512((const void *)(q + j * K + b * QB));
+            for (int m = 0; m < R; m++) {
+                const __m512i ws = _mm512_mask_sub_epi8(w, neg[m], _mm512_setzero_si512(), w);
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xa[m], ws);
+                acc[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), dv[m], acc[m][j]);
+            }
+        }
+    }
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) y[m * ldy + j] = _mm512_reduce_add_ps(acc[m][j]) * scale[j];
+}
+
+INLINE void q4a8_tile512(const int R, const int NB, const int8_t *xq, const float *dx, const float *cs, int64_t K,
+                         int64_t group, const uint8_t *q, const uint16_t *scale, const uint8_t *zero, float *y,
+                         int64_t ldy) {
+    const int64_t B = K / QB, G = K / group, per = group / QB;
+    __m512 acc[ROWS][4], corr[ROWS][4];
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++) acc[m][j] = corr[m][j] = _mm512_setzero_ps();
+    const __m256i mask = _mm256_set1_epi8(15);
+    for (int64_t b = 0; b < B; b += 2) {
+        const int64_t g0 = b / per, g1 = (b + 1) / per;
+        __m512i xs[ROWS];
+        __m512 dv[ROWS], cv[ROWS];
+        for (int m = 0; m < R; m++) {
+            xs[m] = _mm512_loadu_si512((const void *)(xq + m * K + b * QB));
+            dv[m] = pair_ps(load2(dx + m * B + b));
+            cv[m] = pair_ps(load2(cs + m * B + b));
+        }
+        for (int j = 0; j < NB; j++) {
+            const __m256i packed = _mm256_loadu_si256((const __m256i *)(q + j * (K / 2) + b * (QB / 2)));
+            const __m256i lo = _mm256_and_si256(packed, mask), hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+            /* [lo b, lo b+1, hi b, hi b+1] -> [lo b, hi b, lo b+1, hi b+1]: each block's even then odd columns */
+            const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            const __m512i w = _mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(3, 1, 2, 0));
+            const __m512 sv = pair_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)scale[j * G + g0] | ((int)scale[j * G + g1] << 16))));
+            const __m512 zv = zero ? pair_ps(_mm_setr_ps((float)zero[j * G + g0], (float)zero[j * G + g1], 0.0f, 0.0f))
+                                   : _mm512_set1_ps(8.0f);
+            const __m512 sz = _mm512_mul_ps(sv, zv);
+            for (int m = 0; m < R; m++) {
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xs[m]);
+                acc[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(sv, dv[m]), acc[m][j]);
+                corr[m][j] = _mm512_fmadd_ps(sz, cv[m], corr[m][j]);
+            }
+        }
+    }
+    /* each block's correction sits in 8 lanes: the sum over lanes is 8 times it (exact: a power of 2) */
+    for (int m = 0; m < R; m++)
+        for (int j = 0; j < NB; j++)
+            y[m * ldy + j] = _mm512_reduce_add_ps(acc[m][j]) - _mm512_reduce_add_ps(corr[m][j]) * 0.125f;
+}
+#endif
+
+/* 0 on success, -1 when the work buffers could not be allocated. Needs K % 32 == 0. */
+int gs_q8a8_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *q, const float *scale,
+               int64_t N, float *y, int64_t ldy, int nt) {
+    int8_t *xq = malloc((size_t)(M * K));
+    float *dx = malloc(sizeof(float) * (size_t)(M * (K / QB)));
+    if (!xq || !dx) { free(xq); free(dx); return -1; }
+    a8_quantize(x, M, K, ldx, 0, xq, dx, NULL);
+#if HAVE_A8_512
+    const int wide = (K / QB) % 2 == 0;
+#define Q8A8(R, B, n) do { if (wide) q8a8_tile512(R, B, xq + m0 * K, dx + m0 * (K / QB), K, q + (n) * K, scale + (n), \
+                                                  y + m0 * ldy + (n), ldy); \
+                           else q8a8_tile(R, B, xq + m0 * K, dx + m0 * (K / QB), K, q + (n) * K, scale + (n), \
+                                          y + m0 * ldy + (n), ldy); } while (0)
+#else
+#define Q8A8(R, B, n) q8a8_tile(R, B, xq + m0 * K, dx + m0 * (K / QB), K, q + (n) * K, scale + (n), \
+                                y + m0 * ldy + (n), ldy)
+#endif
+    FOR_TILES(Q8A8)
+#undef Q8A8
+    free(xq); free(dx);
+    return 0;
+}
+
+/* 0 on success, -1 when the work buffers could not be allocated. Needs K % group == 0, group % 32 == 0. */
+int gs_q4a8_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *q, const uint16_t *scale,
+               const uint8_t *zero, int64_t group, int64_t N, float *y, int64_t ldy, int nt) {
+    const int64_t G = K / group, B = K / QB;
+    int8_t *xq = malloc((size_t)(M * K));
+    float *dx = malloc(sizeof(float) * (size_t)(M * B)), *cs = malloc(sizeof(float) * (size_t)(M * B));
+    if (!xq || !dx || !cs) { free(xq); free(dx); free(cs); return -1; }
+    a8_quantize(x, M, K, ldx, 1, xq, dx, cs);
+#if HAVE_A8_512
+    const int wide = B % 2 == 0;
+#define Q4A8(R, Bn, n) do { if (wide) q4a8_tile512(R, Bn, xq + m0 * K, dx + m0 * B, cs + m0 * B, K, group, \
+                                                   q + (n) * (K / 2), scale + (n) * G, zero ? zero + (n) * G : NULL, \
+                                                   y + m0 * ldy + (n), ldy); \
+                            else q4a8_tile(R, Bn, xq + m0 * K, dx + m0 * B, cs + m0 * B, K, group, q + (n) * (K / 2), \
+                                           scale + (n) * G, zero ? zero + (n) * G : NULL, y + m0 * ldy + (n), ldy); \
+                          } while (0)
+#else
+#define Q4A8(R, Bn, n) q4a8_tile(R, Bn, xq + m0 * K, dx + m0 * B, cs + m0 * B, K, group, q + (n) * (K / 2), \
+                                 scale + (n) * G, zero ? zero + (n) * G : NULL, y + m0 * ldy + (n), ldy)
+#endif
+    FOR_TILES(Q4A8)
+#undef Q4A8
+    free(xq); free(dx); free(cs);
+    return 0;
 }

@@ -10,7 +10,7 @@ from torch import nn
 
 from runtime.quant.cpu import matmul as cpu_matmul
 from runtime.quant.config import Scheme
-from runtime.quant.schemes import dequantize, quantize
+from runtime.quant.schemes import dequantize, quantize, quantize_activations
 
 
 class _Quantized(nn.Module):
@@ -86,7 +86,8 @@ class QuantLinear(_Quantized):
     def forward(self, x: torch.Tensor):
         if x.is_cuda:
             from runtime.quant.triton_kernels import matmul     # imports triton: only where it runs
-            y = matmul(x, self)
+            # int8 activations on CUDA: x' (in x's dtype) through the float kernel, not yet an integer one
+            y = matmul(quantize_activations(x).to(x.dtype) if self.scheme.act_bits else x, self)
         else:
             y = cpu_matmul(x, self)
         if self.bias is not None:

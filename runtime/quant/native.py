@@ -12,6 +12,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,8 +23,12 @@ import torch
 from runtime.cache import cache_root
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
-ABI_VERSION = 1
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+ABI_VERSION = 2
+# The instruction set the kernels are built for: this machine's by default. Another value (the
+# environment's GRAPHSPEC_NATIVE_MARCH, e.g. x86-64-v3 for AVX2 only, x86-64 for none) builds the
+# kernels' other code paths, which is how the tests prove them on a machine that would not pick them.
+MARCH_VARIABLE = "GRAPHSPEC_NATIVE_MARCH"
 
 
 class Unavailable(RuntimeError):
@@ -38,13 +43,24 @@ def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kwargs)
 
 
+def march() -> str:
+    value = os.environ.get(MARCH_VARIABLE, "native")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}", value):
+        raise Unavailable(f"{MARCH_VARIABLE}={value!r} is not a -march value (letters, digits, '-', '_', '.', '+')")
+    return value
+
+
+def _flags() -> list[str]:
+    return [f"-march={march()}", *FLAGS]
+
+
 def _build_key(cc: str) -> str:
-    target = _run([cc, "-march=native", "-dM", "-E", "-x", "c", os.devnull])
+    target = _run([cc, f"-march={march()}", "-dM", "-E", "-x", "c", os.devnull])
     version = _run([cc, "--version"])
     if target.returncode != 0:
-        raise Unavailable(f"{cc} -march=native failed: {target.stderr.strip()[-500:]}")
+        raise Unavailable(f"{cc} -march={march()} failed: {target.stderr.strip()[-500:]}")
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.stdout.encode(), target.stdout.encode()):
+    for part in (SOURCE.read_bytes(), " ".join(_flags()).encode(), version.stdout.encode(), target.stdout.encode()):
         h.update(hashlib.sha256(part).digest())
     return h.hexdigest()[:24]
 
@@ -54,7 +70,7 @@ def _build(cc: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        proc = _run([cc, *FLAGS, str(SOURCE), "-o", tmp])
+        proc = _run([cc, *_flags(), str(SOURCE), "-o", tmp])
         if proc.returncode != 0:
             raise Unavailable(f"building {SOURCE.name} with {cc} failed:\n{proc.stderr.strip()[-2000:]}")
         os.replace(tmp, target)    # atomic: a concurrent process sees no half-written library
@@ -80,6 +96,10 @@ def library() -> ctypes.CDLL:
     lib.gs_q8_mm.restype = ctypes.c_int
     lib.gs_q4_mm.argtypes = [p, i, i, i, p, p, p, i, i, p, i, ctypes.c_int]
     lib.gs_q4_mm.restype = ctypes.c_int
+    lib.gs_q8a8_mm.argtypes = [p, i, i, i, p, p, i, p, i, ctypes.c_int]
+    lib.gs_q8a8_mm.restype = ctypes.c_int
+    lib.gs_q4a8_mm.argtypes = [p, i, i, i, p, p, p, i, i, p, i, ctypes.c_int]
+    lib.gs_q4a8_mm.restype = ctypes.c_int
     lib.gs_q8_dequant.argtypes = [p, p, i, i, p, ctypes.c_int]
     lib.gs_q8_dequant.restype = None
     lib.gs_q4_dequant.argtypes = [p, p, p, i, i, i, p, ctypes.c_int]
@@ -102,34 +122,43 @@ def available() -> bool:
 
 
 class Weights:
-    """A quantized weight's kernel arguments, resolved once (the tensors must outlive it)."""
+    """A quantized weight's kernel arguments, resolved once (the tensors must outlive it). With
+    `int8_activations` the kernels quantize each activation row first (schemes.quantize_activations)."""
 
-    def __init__(self, stored: dict[str, torch.Tensor], scheme, out_features: int):
+    def __init__(self, stored: dict[str, torch.Tensor], scheme, out_features: int, int8_activations: bool = False):
         self.lib = library()
         self.out_features = out_features
         self.stored = stored                   # keeps the tensors alive
         zeros = stored.get("zeros")
         q, s = stored["qweight"].data_ptr(), stored["scales"].data_ptr()
         if scheme.kind == "int8":
-            self.kernel, self.weight_args = self.lib.gs_q8_mm, (q, s)
+            self.kernel, self.weight_args = self.lib.gs_q8a8_mm if int8_activations else self.lib.gs_q8_mm, (q, s)
         else:
-            self.kernel = self.lib.gs_q4_mm
+            self.kernel = self.lib.gs_q4a8_mm if int8_activations else self.lib.gs_q4_mm
             self.weight_args = (q, s, None if zeros is None else zeros.data_ptr(), scheme.group)
 
 
 def matmul(x: torch.Tensor, w: Weights) -> torch.Tensor:
     """x [..., K] (any float dtype) @ dequant(w).T -> [..., N] in x's dtype; fp32 arithmetic."""
+    n = w.out_features
+    if x.dtype == torch.float32 and x.is_contiguous() and x.shape[-1]:
+        # the decode step's case, with as few torch calls as can be: each costs a microsecond
+        k = x.shape[-1]
+        m = x.numel() // k
+        y = torch.empty(x.shape[:-1] + (n,))
+        if w.kernel(x.data_ptr(), m, k, k, *w.weight_args, n, y.data_ptr(), n, torch.get_num_threads()):
+            raise MemoryError(f"quantized kernel: no memory for a {m} x {k} work buffer")
+        return y
     x2 = x.reshape(-1, x.shape[-1])
     if x2.dtype != torch.float32:
         x2 = x2.float()
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m, k = x2.shape
-    n = w.out_features
     y = torch.empty(m, n, dtype=torch.float32)
     status = w.kernel(x2.data_ptr(), m, k, x2.stride(0), *w.weight_args, n, y.data_ptr(), n, torch.get_num_threads())
     if status:
-        raise MemoryError(f"int4 kernel: no memory for a {m} x {k} work buffer")
+        raise MemoryError(f"quantized kernel: no memory for a {m} x {k} work buffer")
     y = y.view(*x.shape[:-1], n)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 

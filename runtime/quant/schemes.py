@@ -30,6 +30,11 @@ stored numbers is exactly the function the quantizer rounded to.
   Packing: two values per byte along K, qweight uint8 [N, K / 2]; byte j of a row holds column 2j in
   its low nibble and column 2j + 1 in its high nibble (GPTQ's order within a byte).
 
+int8 activations (a scheme with act_bits 8: `w8a8`, `w4a8`): before the product each activation row is
+cut into blocks of 32 columns (config.ACT_BLOCK) and each block quantized as an int8 weight row is,
+d = amax / 127, xq = clamp(round(x / d), -127, 127); the product is then x' @ w'.T with x' = xq * d
+(`quantize_activations`), computed by the kernels as integer dot products scaled once per block.
+
 Dequantized weights w' are computed in fp32: (q - zero) is an exact small integer and one
 multiplication by the fp32 value of the scale rounds once.
 """
@@ -37,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from runtime.quant.config import Scheme
+from runtime.quant.config import ACT_BLOCK, Scheme
 
 FP16_MAX = 65504.0
 
@@ -106,3 +111,12 @@ def dequantize(stored: dict[str, torch.Tensor], scheme: Scheme, dtype: torch.dty
         zero = zero[..., None]
     w = (groups - zero) * stored["scales"].to(torch.float32)[..., None]
     return w.view(*lead, k).to(dtype)
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """x' = xq * d in fp32 (see the module docstring): what a scheme with int8 activations multiplies
+    by the weights. x [..., K] with K a multiple of ACT_BLOCK."""
+    k = x.shape[-1]
+    blocks = x.detach().to(torch.float32).reshape(-1, ACT_BLOCK)
+    stored = quantize(blocks, Scheme("int8"), "activations")
+    return dequantize(stored, Scheme("int8")).view(*x.shape[:-1], k)
