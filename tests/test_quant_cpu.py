@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from runtime.ops import FusedLinear, Linear
 from runtime.quant import QuantLinear, Scheme, dequantize, quantize, quantize_activations
-from runtime.quant import cpu, native
+from runtime import native
+from runtime.quant import cpu
 
 SCHEMES = [Scheme("int8"), Scheme("int4", 32, True), Scheme("int4", 64, False), Scheme("int4", 128, True)]
 # int8 activations: integer kernels, whose result is x' @ w'.T with x' = quantize_activations(x)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from runtime.ops import native_rows
+
 
 def _aligned(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """A weight of several dims viewed to scale x's `dims` (negative, from the end) and broadcast
@@ -19,6 +21,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 
     if dims is not None:
         weight = _aligned(weight, dims)
     if x.dtype == torch.float32 and not offset and weight.dim() == 1:
+        few = native_rows.rms_norm(x, weight, eps)
+        if few is not None:
+            return few
         # one aten op instead of seven, same arithmetic (rsqrt of the mean square, then the weight)
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     # Statistics in fp32 whatever the input dtype, as every reference implementation does.

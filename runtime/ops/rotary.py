@@ -9,6 +9,7 @@ import torch
 from runtime.value_checks import ROPE_ALIASES as ALIASES
 from runtime.value_checks import ROPE_TYPES
 from runtime.context import tracing
+from runtime.ops import native_rows
 
 
 def rope_type(scaling: dict | None) -> str:
@@ -106,6 +107,9 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: boo
         sin = sin[..., : rot // 2].repeat_interleave(2, -1)
         pairs = x.unflatten(-1, (-1, 2))
         return x * cos + torch.stack((-pairs[..., 1], pairs[..., 0]), -1).flatten(-2) * sin
+    few = native_rows.rope(x, cos[:, 0], sin[:, 0])
+    if few is not None:
+        return few
     # rotate_half(x) * sin == roll(x, rot/2) * (±sin): the same products, bit for bit (a sign flip is
     # exact), in five aten ops instead of nine, which counts in a decode step.
     signs = _signs(rot, sin.dtype, sin.device) if tracing() else _half_signs(rot, sin.dtype, sin.device)

@@ -1,6 +1,6 @@
 /* Weight-only quantized matrix products on CPU: y[m, n] = sum_k x[m, k] * dequant(w)[n, k].
 
-Built at first use by runtime/quant/native.py (cc -O3 -march=native -fopenmp) and called through
+Built at first use by runtime/native.py (cc -O3 -march=native -fopenmp) and called through
 ctypes. Written with GCC vector extensions, so one source becomes AVX-512 code here and AVX2/NEON
 code elsewhere. Activations and accumulation are fp32; the caller converts bf16/fp16 activations.
 Threads: OpenMP, as many as the caller passes (torch.get_num_threads()). Built with gcc, the library
@@ -107,7 +107,7 @@ static inline float half_to_float(uint16_t h) {
 }
 #endif
 
-int gs_abi_version(void) { return 2; }
+int gs_abi_version(void) { return 3; }   /* runtime/native.py ABI_VERSION */
 
 /* ---------------------------------------------------------------- int8, per output channel */
 /* A tile: R activation rows against NB weight rows. One FMA chain is latency-bound (4 cycles), so

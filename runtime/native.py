@@ -1,0 +1,125 @@
+"""The C kernels of runtime/csrc/ (quant.c: quantized matrix products; rows.c: the small row ops of a
+decode step), built into one library with the system C compiler at first use and loaded with ctypes.
+
+Built for this machine (`-march=native`), cached under the graphspec cache directory, keyed by the
+sources, the compiler's version and the compiler's own view of this CPU (its predefined macros for
+`-march=native`), so a cache shared between machines never hands one machine another's code.
+Without a C compiler (or OpenMP) the kernels are unavailable and `library()` says why; the callers
+then take torch's paths, which are slower but give the same numbers.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from runtime.cache import cache_root
+
+SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("quant.c", "rows.c"))
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+ABI_VERSION = 3
+# The instruction set the kernels are built for: this machine's by default. Another value (the
+# environment's GRAPHSPEC_NATIVE_MARCH, e.g. x86-64-v3 for AVX2 only, x86-64 for none) builds the
+# kernels' other code paths, which is how the tests prove them on a machine that would not pick them.
+MARCH_VARIABLE = "GRAPHSPEC_NATIVE_MARCH"
+
+_p, _i, _f, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+# name -> (argument types, result type)
+SIGNATURES = {
+    "gs_q8_mm": ([_p, _i, _i, _i, _p, _p, _i, _p, _i, _int], _int),
+    "gs_q4_mm": ([_p, _i, _i, _i, _p, _p, _p, _i, _i, _p, _i, _int], _int),
+    "gs_q8a8_mm": ([_p, _i, _i, _i, _p, _p, _i, _p, _i, _int], _int),
+    "gs_q4a8_mm": ([_p, _i, _i, _i, _p, _p, _p, _i, _i, _p, _i, _int], _int),
+    "gs_q8_dequant": ([_p, _p, _i, _i, _p, _int], None),
+    "gs_q4_dequant": ([_p, _p, _p, _i, _i, _i, _p, _int], None),
+    "gs_rms_norm": ([_p, _p, _i, _i, _p, _f, _p, _p], None),
+    "gs_rope": ([_p, _i, _i, _i, _i, _i, _i, _i, _p, _p, _i, _i, _p], None),
+}
+
+
+class Unavailable(RuntimeError):
+    """The native kernels cannot be built or loaded here (the message says why)."""
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def march() -> str:
+    value = os.environ.get(MARCH_VARIABLE, "native")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}", value):
+        raise Unavailable(f"{MARCH_VARIABLE}={value!r} is not a -march value (letters, digits, '-', '_', '.', '+')")
+    return value
+
+
+def _flags() -> list[str]:
+    return [f"-march={march()}", *FLAGS]
+
+
+def _build_key(cc: str) -> str:
+    target = _run([cc, f"-march={march()}", "-dM", "-E", "-x", "c", os.devnull])
+    version = _run([cc, "--version"])
+    if target.returncode != 0:
+        raise Unavailable(f"{cc} -march={march()} failed: {target.stderr.strip()[-500:]}")
+    h = hashlib.sha256()
+    for part in (*(s.read_bytes() for s in SOURCES), " ".join(_flags()).encode(), version.stdout.encode(),
+                 target.stdout.encode()):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:24]
+
+
+def _build(cc: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = _run([cc, *_flags(), *map(str, SOURCES), "-o", tmp])
+        if proc.returncode != 0:
+            raise Unavailable(f"building {', '.join(s.name for s in SOURCES)} with {cc} failed:\n"
+                              f"{proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)    # atomic: a concurrent process sees no half-written library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    """The loaded kernels (built if needed); raises Unavailable with the reason."""
+    cc = _compiler()
+    if cc is None:
+        raise Unavailable(f"no C compiler ({os.environ.get('CC', 'cc')}) on PATH to build the CPU kernels")
+    path = cache_root() / "native" / f"kernels_{_build_key(cc)}.so"
+    if not path.exists():
+        _build(cc, path)
+    lib = ctypes.CDLL(str(path))
+    if lib.gs_abi_version() != ABI_VERSION:
+        raise Unavailable(f"{path}: ABI version {lib.gs_abi_version()}, expected {ABI_VERSION}")
+    for name, (args, result) in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, result
+    return lib
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """Why the kernels cannot be used here, or None when they can (decided once per process)."""
+    try:
+        library()
+    except Unavailable as err:
+        return str(err)
+    return None
+
+
+def available() -> bool:
+    return unavailable_reason() is None
