@@ -157,7 +157,7 @@ def cold_compile_process() -> float:
 
 
 PRECISIONS = {"fp32": ("float32", None), "bf16": ("bfloat16", None), "int8": ("float32", "int8"),
-              "int4": ("float32", "int4")}
+              "int4": ("float32", "int4"), "w8a8": ("float32", "w8a8"), "w4a8": ("float32", "w4a8")}
 
 
 def peers_for(args, folder: Path, workdir: Path) -> dict:

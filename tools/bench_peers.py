@@ -10,16 +10,22 @@ tokenizer of placeholder tokens written beside the checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-LLAMA_CPP_TYPES = {"fp32": None, "bf16": "MOSTLY_BF16", "int8": "MOSTLY_Q8_0", "int4": "MOSTLY_Q4_0"}
-LLAMA_CPP_NAMES = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}
-CT2_TYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
+# graphspec's int8 / int4 keep activations in float; w8a8 / w4a8 quantize them to int8 in blocks of 32
+# as llama.cpp's q8_0 / q4_0 products do (and CTranslate2's int8): each peer runs beside both
+LLAMA_CPP_TYPES = {"fp32": None, "bf16": "MOSTLY_BF16", "int8": "MOSTLY_Q8_0", "int4": "MOSTLY_Q4_0",
+                   "w8a8": "MOSTLY_Q8_0", "w4a8": "MOSTLY_Q4_0"}
+LLAMA_CPP_NAMES = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0", "w8a8": "q8_0", "w4a8": "q4_0"}
+CT2_TYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8", "w8a8": "int8"}
 
 
 def installed(module: str) -> bool:
@@ -82,6 +88,24 @@ def write_gguf_f32(folder: Path, out: Path) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def output_to(log: Path):
+    """The process's own stdout and stderr (what C libraries print) appended to `log` meanwhile."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def gguf_files(folder: Path, workdir: Path, precisions) -> dict[str, Path]:
     """precision -> GGUF file: f32 written here, the others quantized from it by llama.cpp."""
     import llama_cpp
@@ -95,11 +119,14 @@ def gguf_files(folder: Path, workdir: Path, precisions) -> dict[str, Path]:
             out[p] = base
             continue
         path = workdir / f"model-{LLAMA_CPP_NAMES[p]}.gguf"
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{ftype}")
-        params.nthread = torch.get_num_threads()
-        if llama_cpp.llama_model_quantize(str(base).encode(), str(path).encode(), params) != 0:
-            raise RuntimeError(f"llama_model_quantize to {ftype} failed")
+        if not path.exists():
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{ftype}")
+            params.nthread = torch.get_num_threads()
+            with output_to(workdir / "llama.cpp.log"):      # a line per tensor
+                status = llama_cpp.llama_model_quantize(str(base).encode(), str(path).encode(), params)
+            if status != 0:
+                raise RuntimeError(f"llama_model_quantize to {ftype} failed (see {workdir / 'llama.cpp.log'})")
         out[p] = path
     return out
 
