@@ -26,7 +26,8 @@ class KVCache:
         if self.regimes.setdefault(name, value) != value:
             self.stale = True
 
-    def update(self, slot, k: torch.Tensor, v: torch.Tensor, past: int):
+    def buffers(self, slot, k: torch.Tensor, v: torch.Tensor, past: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k and v buffers of `slot` (made at the first step), checked to hold k's positions after `past`."""
         buffers = self.slots.get(slot)
         if buffers is None:
             shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
@@ -35,7 +36,11 @@ class KVCache:
         end = past + k.shape[2]
         if end > self.capacity:
             raise ValueError(f"KV cache holds {self.capacity} positions, this step needs {end}")
-        kb, vb = buffers
+        return buffers
+
+    def update(self, slot, k: torch.Tensor, v: torch.Tensor, past: int):
+        kb, vb = self.buffers(slot, k, v, past)
+        end = past + k.shape[2]
         kb[:, :, past:end] = k
         vb[:, :, past:end] = v
         return kb[:, :, :end], vb[:, :, :end]

@@ -1,5 +1,5 @@
-"""The C kernels of runtime/csrc/ (quant.c: quantized matrix products; rows.c: the small row ops of a
-decode step), built into one library with the system C compiler at first use and loaded with ctypes.
+"""The C kernels of runtime/csrc/ (matmul.c: matrix products for a few rows, float and quantized weights;
+rows.c: the small row ops of a decode step), built into one library with the system C compiler at first use and loaded with ctypes.
 
 Built for this machine (`-march=native`), cached under the graphspec cache directory, keyed by the
 sources, the compiler's version and the compiler's own view of this CPU (its predefined macros for
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from runtime.cache import cache_root
 
-SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("quant.c", "rows.c"))
+SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("matmul.c", "rows.c"))
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
-ABI_VERSION = 3
+ABI_VERSION = 4
 # The instruction set the kernels are built for: this machine's by default. Another value (the
 # environment's GRAPHSPEC_NATIVE_MARCH, e.g. x86-64-v3 for AVX2 only, x86-64 for none) builds the
 # kernels' other code paths, which is how the tests prove them on a machine that would not pick them.
@@ -32,6 +32,8 @@ MARCH_VARIABLE = "GRAPHSPEC_NATIVE_MARCH"
 _p, _i, _f, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 # name -> (argument types, result type)
 SIGNATURES = {
+    "gs_f32_mm": ([_p, _i, _i, _i, _p, _i, _p, _i, _int], _int),
+    "gs_bf16_mm": ([_p, _i, _i, _i, _p, _i, _p, _i, _int], _int),
     "gs_q8_mm": ([_p, _i, _i, _i, _p, _p, _i, _p, _i, _int], _int),
     "gs_q4_mm": ([_p, _i, _i, _i, _p, _p, _p, _i, _i, _p, _i, _int], _int),
     "gs_q8a8_mm": ([_p, _i, _i, _i, _p, _p, _i, _p, _i, _int], _int),
@@ -40,6 +42,8 @@ SIGNATURES = {
     "gs_q4_dequant": ([_p, _p, _p, _i, _i, _i, _p, _int], None),
     "gs_rms_norm": ([_p, _p, _i, _i, _p, _f, _p, _p], None),
     "gs_rope": ([_p, _i, _i, _i, _i, _i, _i, _i, _p, _p, _i, _i, _p], None),
+    "gs_attend_step": ([_p, _i, _i, _p, _i, _i, _p, _i, _i, _p, _p, _i, _i, _i, _i, _i, _i, _p, _i, _f, _p, _p, _int],
+                       None),
 }
 
 

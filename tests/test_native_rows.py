@@ -72,3 +72,78 @@ def test_cases_the_c_paths_do_not_take_fall_back_to_torch_with_the_same_numbers(
     out.sum().backward()
     assert q.grad is not None
     torch.testing.assert_close(out, rotate_half_reference(q.detach(), cos, sin), rtol=0, atol=0)
+
+
+def test_the_c_kernels_build_wherever_there_is_a_c_compiler():
+    # a source that fails to compile would silently leave every caller on its slow path
+    if native._compiler() is None:
+        pytest.skip("no C compiler on PATH")
+    assert native.unavailable_reason() is None
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("n, k", [(37, 100), (64, 768)])
+def test_c_linear_equals_f_linear(dtype, rows, n, k):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(1, rows, k, generator=g).to(dtype)
+    w = torch.randn(n, k, generator=g).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype)
+    got = native_rows.linear(x, w, b, dtypes=(dtype,))
+    assert got is not None and got.dtype == dtype and got.shape == (1, rows, n)
+    # fp32 accumulation of exact products, the bias added in fp32, one rounding to the dtype
+    want = (F.linear(x.double(), w.double()) + b.double()).to(dtype)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    else:
+        ulp = want.float().abs() * 2 ** -7
+        assert bool(((got.float() - want.float()).abs() <= ulp + 1e-6).all())
+
+
+def attention_reference(q, kc, vc, length, mask, scale):
+    k, v = kc[:, :, :length], vc[:, :, :length]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+@needs_native
+@pytest.mark.parametrize("b, h, hkv, d, past", [(1, 12, 4, 64, 40), (2, 4, 4, 16, 0), (3, 6, 2, 8, 300)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_step_writes_the_cache_and_equals_sdpa_over_it(b, h, hkv, d, past, masked):
+    g = torch.Generator().manual_seed(past)
+    cap = past + 5
+    kc, vc = torch.randn(b, hkv, cap, d, generator=g), torch.randn(b, hkv, cap, d, generator=g)
+    q = torch.randn(b, 1, h, d, generator=g).transpose(1, 2)           # as the model's views are
+    k = torch.randn(b, 1, hkv, d, generator=g).transpose(1, 2)
+    v = torch.randn(b, 1, hkv, d, generator=g).transpose(1, 2)
+    mask = None
+    if masked:
+        padding = torch.ones(b, cap, dtype=torch.bool)
+        padding[0, : past // 2] = False                                # a left-padded row
+        mask = padding[:, None, None, : past + 1]
+    before_k, before_v = kc.clone(), vc.clone()
+    got = native_rows.attention_step(q, k, v, (kc, vc), past, mask, d ** -0.5)
+    assert got is not None and got.shape == (b, h, 1, d)
+    assert torch.equal(kc[:, :, past], k[:, :, 0]) and torch.equal(vc[:, :, past], v[:, :, 0])
+    others = [i for i in range(cap) if i != past]
+    assert torch.equal(kc[:, :, others], before_k[:, :, others]) and torch.equal(vc[:, :, others], before_v[:, :, others])
+    torch.testing.assert_close(got, attention_reference(q, kc, vc, past + 1, mask, d ** -0.5), rtol=1e-5, atol=2e-6)
+
+
+@needs_native
+def test_attention_step_with_every_key_hidden_gives_zeros_not_nan():
+    kc, vc = torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8)
+    q, k, v = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    mask = torch.zeros(1, 1, 1, 3, dtype=torch.bool)
+    got = native_rows.attention_step(q, k, v, (kc, vc), 2, mask, 0.3)
+    assert torch.equal(got, torch.zeros(1, 1, 1, 8))
+
+
+def test_attention_step_leaves_other_dtypes_and_masks_to_torch():
+    kc = torch.randn(1, 2, 4, 8).bfloat16()
+    q, k = torch.randn(1, 2, 1, 8).bfloat16(), torch.randn(1, 2, 1, 8).bfloat16()
+    assert native_rows.attention_step(q, k, k, (kc, kc.clone()), 1, None, 0.3) is None
+    kc = torch.randn(1, 2, 4, 8)
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8)
+    float_mask = torch.zeros(1, 1, 1, 2)
+    assert native_rows.attention_step(q, k, k, (kc, kc.clone()), 1, float_mask, 0.3) is None

@@ -1,8 +1,9 @@
 /* The small row operations of a decode step on CPU: one call where torch runs several aten ops, each
    costing more to dispatch than to compute on a few rows. fp32; called through ctypes by
    runtime/ops/native_rows.py, which hands over only contiguous rows (the strides below say which
-   dimensions may be strided). Built with quant.c into one library by runtime/native.py. */
+   dimensions may be strided). Built with matmul.c into one library by runtime/native.py. */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* out[r] = s[r] * (1 / sqrt(mean(s[r]^2) + eps)) * w with s = x (+ h): torch's rms_norm, the sum of
@@ -51,4 +52,77 @@ void gs_rope(const float *x, int64_t B, int64_t H, int64_t S, int64_t D, int64_t
                 }
                 for (int64_t i = R; i < D; i++) o[i] = xr[i];
             }
+}
+
+/* exp(x) for the scores of a softmax less their maximum (x <= 0): Cephes' expf, within 2 ulp, written
+   so the loops calling it vectorise (no libm call). Below -87 it returns exp(-87) ~ 1.6e-38, which no
+   sum of probabilities near 1 can tell from 0. */
+static inline float softmax_exp(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float n = __builtin_rintf(x * 1.44269504088896341f);
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } two = { .i = ((int32_t)n + 127) << 23 };
+    return p * two.f;
+}
+
+/* One decode step of attention with its KV cache: the new key and value (one position per row) are
+   written at position `past` of the caches, then each query head attends to the L = past + 1 cached
+   positions of its key-value head (grouped-query: H / Hkv query heads share one).
+     q [B, H, 1, D] at strides (qsb, qsh), unit along D; k, v [B, Hkv, 1, D] likewise;
+     kc, vc [B, Hkv, cap, D] contiguous; mask: NULL, or bytes [B, L] (1: a key the query may see) at
+     batch stride msb (0: one row for all); out [B, 1, H, D] contiguous.
+   Scores q.k * scale, softmax over the visible keys (all hidden: the output row is 0), then the
+   probability-weighted sum of values. */
+void gs_attend_step(const float *q, int64_t qsb, int64_t qsh, const float *k, int64_t ksb, int64_t ksh,
+                    const float *v, int64_t vsb, int64_t vsh, float *kc, float *vc, int64_t cap, int64_t past,
+                    int64_t B, int64_t H, int64_t Hkv, int64_t D, const uint8_t *mask, int64_t msb, float scale,
+                    float *out, float *scores, int nt) {
+    const int64_t L = past + 1, group = H / Hkv;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t g = 0; g < Hkv; g++) {
+            float *kd = kc + ((b * Hkv + g) * cap + past) * D, *vd = vc + ((b * Hkv + g) * cap + past) * D;
+            const float *ks = k + b * ksb + g * ksh, *vs = v + b * vsb + g * vsh;
+            for (int64_t d = 0; d < D; d++) { kd[d] = ks[d]; vd[d] = vs[d]; }
+        }
+    #pragma omp parallel for schedule(static) num_threads(nt) if (B * H * L * D > (1 << 16))
+    for (int64_t bh = 0; bh < B * H; bh++) {
+        const int64_t b = bh / H, h = bh % H, g = h / group;
+        const float *qv = q + b * qsb + h * qsh;
+        const float *kb = kc + (b * Hkv + g) * cap * D, *vb = vc + (b * Hkv + g) * cap * D;
+        const uint8_t *mrow = mask ? mask + b * msb : NULL;
+        float *s = scores + bh * L, top = -INFINITY;
+        for (int64_t j = 0; j < L; j++) {
+            float dot = 0.0f;
+            #pragma omp simd reduction(+:dot)
+            for (int64_t d = 0; d < D; d++) dot += qv[d] * kb[j * D + d];
+            s[j] = dot * scale;
+            if ((!mrow || mrow[j]) && s[j] > top) top = s[j];
+        }
+        float *o = out + (b * H + h) * D;
+        for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
+        if (top == -INFINITY) continue;
+        float sum = 0.0f;
+        #pragma omp simd reduction(+:sum)
+        for (int64_t j = 0; j < L; j++) {
+            const float p = (!mrow || mrow[j]) ? softmax_exp(s[j] - top) : 0.0f;
+            s[j] = p;
+            sum += p;
+        }
+        for (int64_t j = 0; j < L; j++) {
+            const float p = s[j];
+            if (p == 0.0f) continue;
+            #pragma omp simd
+            for (int64_t d = 0; d < D; d++) o[d] += p * vb[j * D + d];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t d = 0; d < D; d++) o[d] *= inv;
+    }
 }

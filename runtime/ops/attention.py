@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from runtime.ops import native_rows
+
 
 def attention(q, k, v, ctx, slot, *, seq: str | None = None, causal: bool = True, scale: float | None = None,
               window: int | None = None, softcap: float | None = None, bias: torch.Tensor | None = None,
@@ -17,13 +19,21 @@ def attention(q, k, v, ctx, slot, *, seq: str | None = None, causal: bool = True
     trains (ctx.training), as the references' sdpa and eager paths do.
     """
     state = ctx.seq(seq)
+    p = dropout if dropout and ctx.training else 0.0
+    if (state.cache is not None and q.shape[-2] == 1 and k.shape[-2] == 1 and not softcap and bias is None
+            and not p and not ctx.record_attentions):
+        # a decode step: the cache write and the attention as one C call, where it takes the case
+        mask = ctx.mask(seq, 1, state.past + 1, causal, window)
+        step = native_rows.attention_step(q, k, v, state.cache.buffers(slot, k, v, state.past), state.past, mask,
+                                          q.shape[-1] ** -0.5 if scale is None else scale)
+        if step is not None:
+            return step
     if state.cache is not None:
         k, v = state.cache.update(slot, k, v, state.past)
     mask = ctx.mask(seq, q.shape[-2], k.shape[-2], causal, window)
     if isinstance(mask, torch.Tensor) and mask.device != q.device:
         mask = mask.to(q.device)     # layers placed on another device than the inputs (device_map)
     gqa = k.shape[1] != q.shape[1]
-    p = dropout if dropout and ctx.training else 0.0
     if softcap or bias is not None or ctx.record_attentions:
         return _eager_attention(q, k, v, mask, scale, softcap, bias, p, ctx, seq)
     if isinstance(mask, str):  # "causal": square, unpadded, the kernel masks without a tensor

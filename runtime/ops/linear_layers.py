@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.context import tracing
+from runtime.ops import native_rows
 from runtime.measure import reduced_precision_gemm_is_slow
 
 
@@ -19,6 +20,7 @@ SPLIT_ROWS = 64
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """F.linear, routed around slow CPU paths (same result up to fp32 summation order).
 
+    - fp32 or bf16, up to 4 rows: the C matrix-vector kernel (native_rows.linear), when it is built.
     - fp32, a few rows: the output columns split into one batched GEMM entry per thread.
     - several rows of bf16/fp16 where this CPU's GEMM in that dtype measured slower than fp32
       (`runtime.measure`; no AVX512-BF16/AMX): an fp32 GEMM over the upcast operands, rounded once
@@ -27,6 +29,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     """
     if x.device.type != "cpu" or tracing():    # a traced graph leaves GEMM choices to its compiler
         return F.linear(x, weight, bias)
+    few = native_rows.linear(x, weight, bias)
+    if few is not None:
+        return few
     if x.dtype == torch.float32:
         return _split_linear(x, weight, bias)
     several_rows = x.numel() != x.shape[-1]

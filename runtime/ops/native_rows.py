@@ -1,5 +1,7 @@
-"""The C paths (runtime/csrc/rows.c) of rms_norm and rope for the few rows of a decode step, where
-torch's dispatch of five to nine aten ops costs more than their arithmetic. Each function returns
+"""The C paths of the few rows of a decode step: rms_norm and rope (runtime/csrc/rows.c), where torch's
+dispatch of five to nine aten ops costs more than their arithmetic, and the linear of fp32 or bf16
+weights (runtime/csrc/matmul.c), a matrix-vector product that streams the weights at the memory's
+speed on every thread (MKL's runs on one thread). Each function returns
 None when its case is not one the C code takes (other dtypes, strides, autograd, tracing, many rows,
 no C compiler); the caller then runs its torch code, which computes the same numbers."""
 from __future__ import annotations
@@ -11,14 +13,42 @@ from runtime.native import available, library
 
 # Beyond this many elements the aten ops' own cost dominates their dispatch (and they use every thread).
 MAX_ELEMENTS = 1 << 16
+# The C linear reads the weights once per 4 rows; beyond that a GEMM reuses them better.
+LINEAR_ROWS = 4
+# Where it is taken: bf16, whose torch matrix-vector product converts slowly (a decode step of
+# tools.bench's model: 29 against 33 ms). For fp32 torch's threaded product (linear_layers) streams
+# as fast (31 against 30 ms), so the C one stays available to callers but is not the default.
+LINEAR_DTYPES = (torch.bfloat16,)
 
 
-def _takes(*tensors: torch.Tensor) -> bool:
+def _takes(*tensors: torch.Tensor, dtypes=(torch.float32,)) -> bool:
     if tracing() or not available():
         return False
     grad = torch.is_grad_enabled()
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" and not (grad and t.requires_grad)
-               for t in tensors)
+    return all(t.dtype in dtypes and t.device.type == "cpu" and not (grad and t.requires_grad) for t in tensors)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           dtypes: tuple[torch.dtype, ...] = LINEAR_DTYPES) -> torch.Tensor | None:
+    """F.linear for up to LINEAR_ROWS rows of `dtypes` (fp32; bf16: fp32 accumulation, bias added in
+    fp32, one rounding at the end, as torch's bf16 linear)."""
+    k = x.shape[-1]
+    if k == 0 or x.numel() > LINEAR_ROWS * k or weight.dtype != x.dtype or not weight.is_contiguous():
+        return None
+    operands = (x, weight) if bias is None else (x, weight, bias)
+    if not _takes(*operands, dtypes=dtypes):
+        return None
+    n = weight.shape[0]
+    rows = x.numel() // k
+    x2 = x.reshape(rows, k)
+    if x2.dtype != torch.float32 or x2.stride(-1) != 1:
+        x2 = x2.float().contiguous()
+    y = torch.empty(x.shape[:-1] + (n,))
+    kernel = library().gs_f32_mm if weight.dtype == torch.float32 else library().gs_bf16_mm
+    kernel(x2.data_ptr(), rows, k, x2.stride(0), weight.data_ptr(), n, y.data_ptr(), n, torch.get_num_threads())
+    if bias is not None:
+        y += bias
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
@@ -47,3 +77,31 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor 
     library().gs_rope(x.data_ptr(), b, h, s, d, x.stride(0), x.stride(1), x.stride(2), cos.data_ptr(), sin.data_ptr(),
                       r, 0 if cos.shape[0] == 1 else s * r, out.data_ptr())
     return out
+
+
+def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
+                   past: int, mask, scale: float) -> torch.Tensor | None:
+    """A decode step of attention.attention with its KV cache: k and v (one position) written at `past`
+    of the cache buffers, then q [B, H, 1, D] attends to the past + 1 cached positions under `mask`
+    (None, or bool [B or 1, 1, 1, past + 1]). Returns [B, H, 1, D] (a view of [B, 1, H, D])."""
+    kc, vc = cache
+    if not _takes(q, k, v, kc, vc) or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        return None
+    b, h, _, d = q.shape
+    hkv, length = k.shape[1], past + 1
+    if (h % hkv or k.shape != (b, hkv, 1, d) or v.shape != k.shape or kc.shape != (b, hkv, kc.shape[2], d)
+            or vc.shape != kc.shape or not kc.is_contiguous() or not vc.is_contiguous()):
+        return None
+    mask_ptr, mask_stride = None, 0
+    if mask is not None:
+        if (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 4
+                or mask.shape[1:] != (1, 1, length) or mask.shape[0] not in (1, b) or mask.stride(-1) != 1):
+            return None
+        mask_ptr, mask_stride = mask.data_ptr(), (mask.stride(0) if mask.shape[0] > 1 else 0)
+    out = torch.empty(b, 1, h, d)
+    scores = torch.empty(b * h * length)
+    library().gs_attend_step(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
+                             v.data_ptr(), v.stride(0), v.stride(1), kc.data_ptr(), vc.data_ptr(), kc.shape[2], past,
+                             b, h, hkv, d, mask_ptr, mask_stride, scale, out.data_ptr(), scores.data_ptr(),
+                             torch.get_num_threads())
+    return out.transpose(1, 2)

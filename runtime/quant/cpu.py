@@ -2,7 +2,7 @@
 
 Paths (all compute x @ w'.T with w' the dequantized weight of schemes.py; they differ only in
 summation order and, for bf16/fp16 activations, where the one rounding of the output happens):
-  native      our C kernels (runtime/csrc/quant.c): weights read once per 4 activation rows, fp32 arithmetic.
+  native      our C kernels (runtime/csrc/matmul.c): weights read once per 4 activation rows, fp32 arithmetic.
               A matrix-vector design, so offered up to 64 rows only.
   dequant     w' materialised in the activation dtype, then the dense linear (runtime/ops/linear_layers.py:
               MKL, split across threads for few rows, fp32 GEMM for bf16 where that measured faster).
@@ -10,7 +10,7 @@ summation order and, for bf16/fp16 activations, where the one rounding of the ou
   torch_int4  torch._weight_int4pack_mm_for_cpu, on its own packed layout built at first use
               (bf16/fp16 activations, ~40x slower with fp32 ones; N a multiple of 16).
 With int8 activations (a scheme's act_bits) the product is x' @ w'.T, x' = schemes.quantize_activations(x):
-  native      the integer kernels of runtime/csrc/quant.c (gs_q8a8_mm, gs_q4a8_mm), up to 64 rows;
+  native      the integer kernels of runtime/csrc/matmul.c (gs_q8a8_mm, gs_q4a8_mm), up to 64 rows;
   dequant     x' and w' materialised in fp32, then the dense linear;
 torch's kernels are not offered (they take float activations).
 The first call of each (scheme, N, K, rows bucket, dtype) times the candidates on its own input

@@ -1,4 +1,4 @@
-"""Quantized matrix products by the C kernels of runtime/csrc/quant.c (built by runtime/native.py)."""
+"""Quantized matrix products by the C kernels of runtime/csrc/matmul.c (built by runtime/native.py)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,6 @@
-/* Weight-only quantized matrix products on CPU: y[m, n] = sum_k x[m, k] * dequant(w)[n, k].
+/* Matrix products for a few activation rows on CPU, y[m, n] = sum_k x[m, k] * w[n, k], streaming the
+weights once per 4 rows: float weights (fp32, bf16: gs_f32_mm, gs_bf16_mm) and weight-only quantized
+ones, where w = dequant(q).
 
 Built at first use by runtime/native.py (cc -O3 -march=native -fopenmp) and called through
 ctypes. Written with GCC vector extensions, so one source becomes AVX-512 code here and AVX2/NEON
@@ -29,6 +31,8 @@ static inline V v_load(const float *p) { return _mm512_loadu_ps(p); }
 static inline V v_fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 static inline float v_sum(V a) { return _mm512_reduce_add_ps(a); }
 static inline V v_q8(const int8_t *p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))); }
+/* bf16 is the upper half of an fp32: widen and shift */
+static inline V v_bf16(const uint16_t *p) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16)); }
 /* int4: the group's 16 dequantised values (q - zero) * scale as a table; a nibble is an index. */
 typedef __m512 Q4;
 static inline Q4 q4_group(float s, float z) {
@@ -57,6 +61,10 @@ static inline V v_q8(const int8_t *p) {
     __m128i b = _mm_loadu_si128((const __m128i *)p);
     return (V){_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
 }
+static inline __m256 bf16x8(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+static inline V v_bf16(const uint16_t *p) {
+    return (V){bf16x8(_mm_loadu_si128((const __m128i *)p)), bf16x8(_mm_loadu_si128((const __m128i *)(p + 8)))};
+}
 typedef struct { __m256 s, z; } Q4;
 static inline Q4 q4_group(float s, float z) { return (Q4){_mm256_set1_ps(s), _mm256_set1_ps(z)}; }
 static inline __m256 q4_deq(Q4 t, __m128i q) { return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), t.z), t.s); }
@@ -73,6 +81,11 @@ static inline V v_load(const float *p) { V r; memcpy(r.v, p, sizeof r.v); return
 static inline V v_fma(V x, V y, V c) { for (int i = 0; i < 16; i++) c.v[i] += x.v[i] * y.v[i]; return c; }
 static inline float v_sum(V x) { float s = 0.0f; for (int i = 0; i < 16; i++) s += x.v[i]; return s; }
 static inline V v_q8(const int8_t *p) { V r; for (int i = 0; i < 16; i++) r.v[i] = (float)p[i]; return r; }
+static inline V v_bf16(const uint16_t *p) {
+    V r;
+    for (int i = 0; i < 16; i++) { uint32_t b = (uint32_t)p[i] << 16; memcpy(&r.v[i], &b, sizeof b); }
+    return r;
+}
 typedef struct { float s, z; } Q4;
 static inline Q4 q4_group(float s, float z) { return (Q4){s, z}; }
 static inline void v_q4(Q4 t, const uint8_t *p, V *lo, V *hi) {
@@ -107,7 +120,7 @@ static inline float half_to_float(uint16_t h) {
 }
 #endif
 
-int gs_abi_version(void) { return 3; }   /* runtime/native.py ABI_VERSION */
+int gs_abi_version(void) { return 4; }   /* runtime/native.py ABI_VERSION */
 
 /* ---------------------------------------------------------------- int8, per output channel */
 /* A tile: R activation rows against NB weight rows. One FMA chain is latency-bound (4 cycles), so
@@ -174,6 +187,49 @@ void gs_q8_dequant(const int8_t *q, const float *scale, int64_t N, int64_t K, fl
         const float s = scale[n];
         for (int64_t k = 0; k < K; k++) out[n * K + k] = (float)q[n * K + k] * s;
     }
+}
+
+/* ---------------------------------------------------------------- float weights: fp32, bf16 */
+static inline float bf16_to_float(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, sizeof f); return f; }
+
+#define FLOAT_TILE(NAME, T, LOAD, SCALAR) \
+INLINE void NAME(const int R, const int NB, const float *x, int64_t K, int64_t ldx, const T *w, float *y, int64_t ldy) { \
+    V acc[ROWS][4]; \
+    for (int m = 0; m < R; m++) \
+        for (int j = 0; j < NB; j++) acc[m][j] = v_zero(); \
+    int64_t k = 0; \
+    for (; k + 16 <= K; k += 16) { \
+        for (int j = 0; j < NB; j++) { \
+            V wv = LOAD(w + j * K + k); \
+            for (int m = 0; m < R; m++) acc[m][j] = v_fma(wv, v_load(x + m * ldx + k), acc[m][j]); \
+        } \
+    } \
+    for (int m = 0; m < R; m++) { \
+        for (int j = 0; j < NB; j++) { \
+            float s = v_sum(acc[m][j]); \
+            for (int64_t t = k; t < K; t++) s += SCALAR(w[j * K + t]) * x[m * ldx + t]; \
+            y[m * ldy + j] = s; \
+        } \
+    } \
+}
+#define F32_SCALAR(v) (v)
+FLOAT_TILE(f32_tile, float, v_load, F32_SCALAR)
+FLOAT_TILE(bf16_tile, uint16_t, v_bf16, bf16_to_float)
+
+int gs_f32_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const float *w, int64_t N, float *y, int64_t ldy,
+              int nt) {
+#define F32(R, B, n) f32_tile(R, B, x + m0 * ldx, K, ldx, w + (n) * K, y + m0 * ldy + (n), ldy)
+    FOR_TILES(F32)
+#undef F32
+    return 0;
+}
+
+int gs_bf16_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint16_t *w, int64_t N, float *y,
+               int64_t ldy, int nt) {
+#define BF16(R, B, n) bf16_tile(R, B, x + m0 * ldx, K, ldx, w + (n) * K, y + m0 * ldy + (n), ldy)
+    FOR_TILES(BF16)
+#undef BF16
+    return 0;
 }
 
 /* ---------------------------------------------------------------- int4, group-wise */
