@@ -61,8 +61,9 @@ def test_rope_c_path_takes_one_table_for_every_row():
 
 
 def test_cases_the_c_paths_do_not_take_fall_back_to_torch_with_the_same_numbers():
-    x = torch.randn(2, 3, 64).bfloat16()
-    assert native_rows.rms_norm(x, torch.ones(64).bfloat16(), 1e-6) is None
+    x = torch.randn(2, 3, 64).half()
+    assert native_rows.rms_norm(x, torch.ones(64).half(), 1e-6) is None
+    assert native_rows.rms_norm(x.float(), torch.ones(64).bfloat16(), 1e-6) is None      # mixed dtypes
     big = torch.randn(native_rows.MAX_ELEMENTS // 64 + 1, 64)
     assert native_rows.rms_norm(big, torch.ones(64), 1e-6) is None
     q = torch.randn(1, 2, 3, 16, requires_grad=True)
@@ -140,10 +141,46 @@ def test_attention_step_with_every_key_hidden_gives_zeros_not_nan():
 
 
 def test_attention_step_leaves_other_dtypes_and_masks_to_torch():
-    kc = torch.randn(1, 2, 4, 8).bfloat16()
-    q, k = torch.randn(1, 2, 1, 8).bfloat16(), torch.randn(1, 2, 1, 8).bfloat16()
+    kc = torch.randn(1, 2, 4, 8).half()
+    q, k = torch.randn(1, 2, 1, 8).half(), torch.randn(1, 2, 1, 8).half()
     assert native_rows.attention_step(q, k, k, (kc, kc.clone()), 1, None, 0.3) is None
     kc = torch.randn(1, 2, 4, 8)
     q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8)
     float_mask = torch.zeros(1, 1, 1, 2)
     assert native_rows.attention_step(q, k, k, (kc, kc.clone()), 1, float_mask, 0.3) is None
+
+
+@needs_native
+def test_bf16_rms_norm_rounds_the_normalised_row_then_scales_like_the_torch_code():
+    x = (torch.randn(3, 768) * 2).bfloat16()
+    w = (1 + 0.1 * torch.randn(768)).bfloat16()
+    got = native_rows.rms_norm(x, w, 1e-6)
+    h = x.float()
+    want = w * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).bfloat16()
+    assert got.dtype == torch.bfloat16
+    # the sum of squares in another order may move a normalised value across a rounding boundary
+    mismatch = (got != want).float().mean().item()
+    assert mismatch < 0.01
+    torch.testing.assert_close(got.float(), want.float(), rtol=2 ** -7, atol=0)
+
+
+@needs_native
+def test_bf16_rope_rounds_each_product_and_sum_like_torch_to_the_bit():
+    x = torch.randn(2, 4, 3, 64).transpose(1, 2).bfloat16()       # [B, H=3, S=4, D]
+    cos, sin = tables(2, 4, 64)
+    cos, sin = cos.bfloat16(), sin.bfloat16()
+    got = native_rows.rope(x, cos, sin)
+    assert got is not None and torch.equal(got, rotate_half_reference(x, cos, sin))
+
+
+@needs_native
+def test_bf16_attention_step_equals_sdpa_in_bf16():
+    g = torch.Generator().manual_seed(0)
+    kc, vc = torch.randn(2, 4, 50, 64, generator=g).bfloat16(), torch.randn(2, 4, 50, 64, generator=g).bfloat16()
+    q = torch.randn(2, 12, 1, 64, generator=g).bfloat16()
+    k, v = torch.randn(2, 4, 1, 64, generator=g).bfloat16(), torch.randn(2, 4, 1, 64, generator=g).bfloat16()
+    got = native_rows.attention_step(q, k, v, (kc, vc), 40, None, 0.125)
+    assert got is not None and got.dtype == torch.bfloat16
+    assert torch.equal(kc[:, :, 40], k[:, :, 0])
+    want = attention_reference(q.float(), kc.float(), vc.float(), 41, None, 0.125)
+    torch.testing.assert_close(got.float(), want, rtol=2 ** -7, atol=1e-3)

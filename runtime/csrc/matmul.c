@@ -120,7 +120,7 @@ static inline float half_to_float(uint16_t h) {
 }
 #endif
 
-int gs_abi_version(void) { return 4; }   /* runtime/native.py ABI_VERSION */
+int gs_abi_version(void) { return 5; }   /* runtime/native.py ABI_VERSION */
 
 /* ---------------------------------------------------------------- int8, per output channel */
 /* A tile: R activation rows against NB weight rows. One FMA chain is latency-bound (4 cycles), so
@@ -224,11 +224,35 @@ int gs_f32_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const float *w,
     return 0;
 }
 
-int gs_bf16_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint16_t *w, int64_t N, float *y,
-               int64_t ldy, int nt) {
+static int bf16_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint16_t *w, int64_t N, float *y,
+                   int64_t ldy, int nt) {
 #define BF16(R, B, n) bf16_tile(R, B, x + m0 * ldx, K, ldx, w + (n) * K, y + m0 * ldy + (n), ldy)
     FOR_TILES(BF16)
 #undef BF16
+    return 0;
+}
+
+static inline uint16_t float_to_bf16(float f) {   /* torch's round to nearest even; a NaN stays a quiet NaN */
+    uint32_t u; memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* torch's bf16 linear for a few rows, bf16 in and out: x widened, products accumulated in fp32, the
+   bias (NULL: none) added in fp32, one rounding. x rows ldx apart, y contiguous [M, N].
+   0 on success, -1 when the work buffers could not be allocated. */
+int gs_bf16_linear(const uint16_t *x, int64_t M, int64_t K, int64_t ldx, const uint16_t *w, const uint16_t *bias,
+                   int64_t N, uint16_t *y, int nt) {
+    float *xf = malloc(sizeof(float) * (size_t)(M * K)), *yf = malloc(sizeof(float) * (size_t)(M * N));
+    if (!xf || !yf) { free(xf); free(yf); return -1; }
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < K; k++) xf[m * K + k] = bf16_to_float(x[m * ldx + k]);
+    bf16_mm(xf, M, K, K, w, N, yf, N, nt);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++)
+            y[m * N + n] = float_to_bf16(yf[m * N + n] + (bias ? bf16_to_float(bias[n]) : 0.0f));
+    free(xf); free(yf);
     return 0;
 }
 

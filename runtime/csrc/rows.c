@@ -1,58 +1,74 @@
 /* The small row operations of a decode step on CPU: one call where torch runs several aten ops, each
-   costing more to dispatch than to compute on a few rows. fp32; called through ctypes by
+   costing more to dispatch than to compute on a few rows. fp32 and bf16 (each function twice, _f32
+   and _bf16: loads widen to fp32, arithmetic is fp32, and where torch rounds an intermediate result
+   to bf16 so do these, round to nearest even); called through ctypes by
    runtime/ops/native_rows.py, which hands over only contiguous rows (the strides below say which
    dimensions may be strided). Built with matmul.c into one library by runtime/native.py. */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
-/* out[r] = s[r] * (1 / sqrt(mean(s[r]^2) + eps)) * w with s = x (+ h): torch's rms_norm, the sum of
-   squares in another order. With h, the sum s is written to `sum` too (a residual add before it). */
-void gs_rms_norm(const float *x, const float *h, int64_t rows, int64_t dim, const float *w, float eps, float *sum,
-                 float *out) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * dim;
-        float *sr = h ? sum + r * dim : (float *)xr;
-        if (h) {
-            const float *hr = h + r * dim;
-            for (int64_t i = 0; i < dim; i++) sr[i] = xr[i] + hr[i];
-        }
-        float ss = 0.0f;
-        #pragma omp simd reduction(+:ss)
-        for (int64_t i = 0; i < dim; i++) ss += sr[i] * sr[i];
-        const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
-        float *or = out + r * dim;
-        for (int64_t i = 0; i < dim; i++) or[i] = (sr[i] * inv) * w[i];
-    }
+typedef uint16_t bf16;
+static inline float ld_f32(const float *p, int64_t i) { return p[i]; }
+static inline float ld_bf16(const bf16 *p, int64_t i) {
+    uint32_t u = (uint32_t)p[i] << 16; float f; memcpy(&f, &u, sizeof f); return f;
 }
+static inline bf16 to_bf16(float f) {   /* torch's round to nearest even; a NaN stays a quiet NaN */
+    uint32_t u; memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16)(u >> 16);
+}
+static inline void st_f32(float *p, int64_t i, float v) { p[i] = v; }
+static inline void st_bf16(bf16 *p, int64_t i, float v) { p[i] = to_bf16(v); }
+static inline float rnd_f32(float v) { return v; }
+static inline float rnd_bf16(float v) { bf16 b = to_bf16(v); return ld_bf16(&b, 0); }
+
+/* out[r] = rnd(x[r] * (1 / sqrt(mean(x[r]^2) + eps))) * w: torch's rms_norm (fp32: F.rms_norm; bf16:
+   runtime/ops/norms.py, statistics in fp32, the normalised row rounded, then times the weight), the
+   sum of squares in another order. */
+#define RMS_NORM(NAME, T, LD, ST, RND) \
+void NAME(const T *x, int64_t rows, int64_t dim, const T *w, float eps, T *out) { \
+    for (int64_t r = 0; r < rows; r++) { \
+        const T *xr = x + r * dim; \
+        float ss = 0.0f; \
+        _Pragma("omp simd reduction(+:ss)") \
+        for (int64_t i = 0; i < dim; i++) ss += LD(xr, i) * LD(xr, i); \
+        const float inv = 1.0f / sqrtf(ss / (float)dim + eps); \
+        T *o = out + r * dim; \
+        for (int64_t i = 0; i < dim; i++) ST(o, i, LD(w, i) * RND(LD(xr, i) * inv)); \
+    } \
+}
+RMS_NORM(gs_rms_norm_f32, float, ld_f32, st_f32, rnd_f32)
+RMS_NORM(gs_rms_norm_bf16, bf16, ld_bf16, st_bf16, rnd_bf16)
 
 /* Rotary embedding, half layout, as runtime/ops/rotary.py computes it: for i < R/2
        out[i] = x[i] * cos[i] + x[i + R/2] * -sin[i],   out[i + R/2] = x[i + R/2] * cos[i + R/2] + x[i] * sin[i + R/2]
    and out[i] = x[i] for i >= R (partial rotary). x [B, H, S, D] at element strides (sb, sh, ss), unit
    along D; cos, sin [B, S, R] contiguous, batch stride csb (0: one table for every row); out [B, H, S, D]
-   contiguous. Products and sums rounded one at a time (no fused multiply-add), so the result is torch's
-   to the bit. */
-__attribute__((optimize("fp-contract=off")))
-void gs_rope(const float *x, int64_t B, int64_t H, int64_t S, int64_t D, int64_t sb, int64_t sh, int64_t ss,
-             const float *cos, const float *sin, int64_t R, int64_t csb, float *out) {
-    const int64_t half = R / 2;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t hh = 0; hh < H; hh++)
-            for (int64_t s = 0; s < S; s++) {
-                const float *xr = x + b * sb + hh * sh + s * ss;
-                const float *c = cos + b * csb + s * R, *sn = sin + b * csb + s * R;
-                float *o = out + ((b * H + hh) * S + s) * D;
-                for (int64_t i = 0; i < half; i++) {
-                    const float a = xr[i] * c[i], m = xr[i + half] * -sn[i];
-                    o[i] = a + m;
-                }
-                for (int64_t i = half; i < R; i++) {
-                    const float a = xr[i] * c[i], m = xr[i - half] * sn[i];
-                    o[i] = a + m;
-                }
-                for (int64_t i = R; i < D; i++) o[i] = xr[i];
-            }
+   contiguous. Each product and the sum rounded as torch rounds them (no fused multiply-add), so the
+   result is torch's to the bit. */
+#define ROPE(NAME, T, LD, ST, RND) \
+__attribute__((optimize("fp-contract=off"))) \
+void NAME(const T *x, int64_t B, int64_t H, int64_t S, int64_t D, int64_t sb, int64_t sh, int64_t ss, \
+          const T *cos, const T *sin, int64_t R, int64_t csb, T *out) { \
+    const int64_t half = R / 2; \
+    for (int64_t b = 0; b < B; b++) \
+        for (int64_t hh = 0; hh < H; hh++) \
+            for (int64_t s = 0; s < S; s++) { \
+                const T *xr = x + b * sb + hh * sh + s * ss; \
+                const T *c = cos + b * csb + s * R, *sn = sin + b * csb + s * R; \
+                T *o = out + ((b * H + hh) * S + s) * D; \
+                for (int64_t i = 0; i < half; i++) \
+                    ST(o, i, RND(LD(xr, i) * LD(c, i)) + RND(LD(xr, i + half) * -LD(sn, i))); \
+                for (int64_t i = half; i < R; i++) \
+                    ST(o, i, RND(LD(xr, i) * LD(c, i)) + RND(LD(xr, i - half) * LD(sn, i))); \
+                for (int64_t i = R; i < D; i++) o[i] = xr[i]; \
+            } \
 }
+ROPE(gs_rope_f32, float, ld_f32, st_f32, rnd_f32)
+ROPE(gs_rope_bf16, bf16, ld_bf16, st_bf16, rnd_bf16)
 
 /* exp(x) for the scores of a softmax less their maximum (x <= 0): Cephes' expf, within 2 ulp, written
    so the loops calling it vectorise (no libm call). Below -87 it returns exp(-87) ~ 1.6e-38, which no
@@ -80,49 +96,53 @@ static inline float softmax_exp(float x) {
      kc, vc [B, Hkv, cap, D] contiguous; mask: NULL, or bytes [B, L] (1: a key the query may see) at
      batch stride msb (0: one row for all); out [B, 1, H, D] contiguous.
    Scores q.k * scale, softmax over the visible keys (all hidden: the output row is 0), then the
-   probability-weighted sum of values. */
-void gs_attend_step(const float *q, int64_t qsb, int64_t qsh, const float *k, int64_t ksb, int64_t ksh,
-                    const float *v, int64_t vsb, int64_t vsh, float *kc, float *vc, int64_t cap, int64_t past,
-                    int64_t B, int64_t H, int64_t Hkv, int64_t D, const uint8_t *mask, int64_t msb, float scale,
-                    float *out, float *scores, int nt) {
-    const int64_t L = past + 1, group = H / Hkv;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t g = 0; g < Hkv; g++) {
-            float *kd = kc + ((b * Hkv + g) * cap + past) * D, *vd = vc + ((b * Hkv + g) * cap + past) * D;
-            const float *ks = k + b * ksb + g * ksh, *vs = v + b * vsb + g * vsh;
-            for (int64_t d = 0; d < D; d++) { kd[d] = ks[d]; vd[d] = vs[d]; }
-        }
-    #pragma omp parallel for schedule(static) num_threads(nt) if (B * H * L * D > (1 << 16))
-    for (int64_t bh = 0; bh < B * H; bh++) {
-        const int64_t b = bh / H, h = bh % H, g = h / group;
-        const float *qv = q + b * qsb + h * qsh;
-        const float *kb = kc + (b * Hkv + g) * cap * D, *vb = vc + (b * Hkv + g) * cap * D;
-        const uint8_t *mrow = mask ? mask + b * msb : NULL;
-        float *s = scores + bh * L, top = -INFINITY;
-        for (int64_t j = 0; j < L; j++) {
-            float dot = 0.0f;
-            #pragma omp simd reduction(+:dot)
-            for (int64_t d = 0; d < D; d++) dot += qv[d] * kb[j * D + d];
-            s[j] = dot * scale;
-            if ((!mrow || mrow[j]) && s[j] > top) top = s[j];
-        }
-        float *o = out + (b * H + h) * D;
-        for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
-        if (top == -INFINITY) continue;
-        float sum = 0.0f;
-        #pragma omp simd reduction(+:sum)
-        for (int64_t j = 0; j < L; j++) {
-            const float p = (!mrow || mrow[j]) ? softmax_exp(s[j] - top) : 0.0f;
-            s[j] = p;
-            sum += p;
-        }
-        for (int64_t j = 0; j < L; j++) {
-            const float p = s[j];
-            if (p == 0.0f) continue;
-            #pragma omp simd
-            for (int64_t d = 0; d < D; d++) o[d] += p * vb[j * D + d];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t d = 0; d < D; d++) o[d] *= inv;
-    }
+   probability-weighted sum of values, in fp32; bf16 tensors are widened as read, the output rounded. */
+#define ATTEND_STEP(NAME, T, LD, ST) \
+void NAME(const T *q, int64_t qsb, int64_t qsh, const T *k, int64_t ksb, int64_t ksh, \
+          const T *v, int64_t vsb, int64_t vsh, T *kc, T *vc, int64_t cap, int64_t past, \
+          int64_t B, int64_t H, int64_t Hkv, int64_t D, const uint8_t *mask, int64_t msb, float scale, \
+          T *out, float *scores, int nt) { \
+    const int64_t L = past + 1, group = H / Hkv; \
+    for (int64_t b = 0; b < B; b++) \
+        for (int64_t g = 0; g < Hkv; g++) { \
+            T *kd = kc + ((b * Hkv + g) * cap + past) * D, *vd = vc + ((b * Hkv + g) * cap + past) * D; \
+            const T *ks = k + b * ksb + g * ksh, *vs = v + b * vsb + g * vsh; \
+            for (int64_t d = 0; d < D; d++) { kd[d] = ks[d]; vd[d] = vs[d]; } \
+        } \
+    _Pragma("omp parallel for schedule(static) num_threads(nt) if (B * H * L * D > (1 << 16))") \
+    for (int64_t bh = 0; bh < B * H; bh++) { \
+        const int64_t b = bh / H, h = bh % H, g = h / group; \
+        const T *qv = q + b * qsb + h * qsh; \
+        const T *kb = kc + (b * Hkv + g) * cap * D, *vb = vc + (b * Hkv + g) * cap * D; \
+        const uint8_t *mrow = mask ? mask + b * msb : NULL; \
+        float *s = scores + bh * (L + D), top = -INFINITY; \
+        for (int64_t j = 0; j < L; j++) { \
+            float dot = 0.0f; \
+            _Pragma("omp simd reduction(+:dot)") \
+            for (int64_t d = 0; d < D; d++) dot += LD(qv, d) * LD(kb, j * D + d); \
+            s[j] = dot * scale; \
+            if ((!mrow || mrow[j]) && s[j] > top) top = s[j]; \
+        } \
+        T *o = out + (b * H + h) * D; \
+        float *acc = s + L;     /* D floats after this head's scores */ \
+        for (int64_t d = 0; d < D; d++) acc[d] = 0.0f; \
+        if (top == -INFINITY) { for (int64_t d = 0; d < D; d++) ST(o, d, 0.0f); continue; } \
+        float sum = 0.0f; \
+        _Pragma("omp simd reduction(+:sum)") \
+        for (int64_t j = 0; j < L; j++) { \
+            const float p = (!mrow || mrow[j]) ? softmax_exp(s[j] - top) : 0.0f; \
+            s[j] = p; \
+            sum += p; \
+        } \
+        for (int64_t j = 0; j < L; j++) { \
+            const float p = s[j]; \
+            if (p == 0.0f) continue; \
+            _Pragma("omp simd") \
+            for (int64_t d = 0; d < D; d++) acc[d] += p * LD(vb, j * D + d); \
+        } \
+        const float inv = 1.0f / sum; \
+        for (int64_t d = 0; d < D; d++) ST(o, d, acc[d] * inv); \
+    } \
 }
+ATTEND_STEP(gs_attend_step_f32, float, ld_f32, st_f32)
+ATTEND_STEP(gs_attend_step_bf16, bf16, ld_bf16, st_bf16)

@@ -17,15 +17,26 @@ MAX_ELEMENTS = 1 << 16
 LINEAR_ROWS = 4
 # Where it is taken: bf16, whose torch matrix-vector product converts slowly (a decode step of
 # tools.bench's model: 29 against 33 ms). For fp32 torch's threaded product (linear_layers) streams
-# as fast (31 against 30 ms), so the C one stays available to callers but is not the default.
+# as fast (31 against 30 ms), so the C one is not the default there.
 LINEAR_DTYPES = (torch.bfloat16,)
 
 
-def _takes(*tensors: torch.Tensor, dtypes=(torch.float32,)) -> bool:
+FLOATS = (torch.float32, torch.bfloat16)
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
+def _takes(*tensors: torch.Tensor, dtypes=FLOATS) -> bool:
+    """All on the CPU, of one dtype the kernels have, none needing autograd, and not traced."""
     if tracing() or not available():
         return False
     grad = torch.is_grad_enabled()
-    return all(t.dtype in dtypes and t.device.type == "cpu" and not (grad and t.requires_grad) for t in tensors)
+    dtype = tensors[0].dtype
+    return dtype in dtypes and all(t.dtype == dtype and t.device.type == "cpu" and not (grad and t.requires_grad)
+                                   for t in tensors)
+
+
+def _kernel(name: str, dtype: torch.dtype):
+    return getattr(library(), f"gs_{name}_{_SUFFIX[dtype]}")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -33,33 +44,39 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """F.linear for up to LINEAR_ROWS rows of `dtypes` (fp32; bf16: fp32 accumulation, bias added in
     fp32, one rounding at the end, as torch's bf16 linear)."""
     k = x.shape[-1]
-    if k == 0 or x.numel() > LINEAR_ROWS * k or weight.dtype != x.dtype or not weight.is_contiguous():
+    if k == 0 or x.numel() > LINEAR_ROWS * k or not weight.is_contiguous() or x.stride(-1) != 1:
         return None
     operands = (x, weight) if bias is None else (x, weight, bias)
-    if not _takes(*operands, dtypes=dtypes):
+    if not _takes(*operands, dtypes=dtypes) or (bias is not None and not bias.is_contiguous()):
         return None
     n = weight.shape[0]
     rows = x.numel() // k
     x2 = x.reshape(rows, k)
-    if x2.dtype != torch.float32 or x2.stride(-1) != 1:
-        x2 = x2.float().contiguous()
-    y = torch.empty(x.shape[:-1] + (n,))
-    kernel = library().gs_f32_mm if weight.dtype == torch.float32 else library().gs_bf16_mm
-    kernel(x2.data_ptr(), rows, k, x2.stride(0), weight.data_ptr(), n, y.data_ptr(), n, torch.get_num_threads())
-    if bias is not None:
-        y += bias
-    return y if x.dtype == torch.float32 else y.to(x.dtype)
+    y = torch.empty(x.shape[:-1] + (n,), dtype=x.dtype)
+    threads = torch.get_num_threads()
+    if x.dtype == torch.bfloat16:
+        status = library().gs_bf16_linear(x2.data_ptr(), rows, k, x2.stride(0), weight.data_ptr(),
+                                          None if bias is None else bias.data_ptr(), n, y.data_ptr(), threads)
+    else:
+        status = library().gs_f32_mm(x2.data_ptr(), rows, k, x2.stride(0), weight.data_ptr(), n, y.data_ptr(), n,
+                                     threads)
+        if bias is not None:
+            y += bias
+    if status:
+        raise MemoryError(f"linear: no memory for a {rows} x {k} work buffer")
+    return y
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
-    """x * rsqrt(mean(x^2, -1) + eps) * weight, weight [x.shape[-1]]."""
+    """norms.rms_norm without an offset: x * rsqrt(mean(x^2, -1) + eps), rounded to x's dtype, times
+    weight [x.shape[-1]]."""
     if x.numel() > MAX_ELEMENTS or not x.is_contiguous() or not weight.is_contiguous() or not _takes(x, weight):
         return None
     dim = x.shape[-1]
     if dim == 0 or weight.shape != (dim,):
         return None
     out = torch.empty_like(x)
-    library().gs_rms_norm(x.data_ptr(), None, x.numel() // dim, dim, weight.data_ptr(), eps, None, out.data_ptr())
+    _kernel("rms_norm", x.dtype)(x.data_ptr(), x.numel() // dim, dim, weight.data_ptr(), eps, out.data_ptr())
     return out
 
 
@@ -73,9 +90,9 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor 
     if (cos.dim() != 3 or cos.shape != sin.shape or cos.shape[1] != s or cos.shape[0] not in (1, b) or r % 2
             or r > d or not cos.is_contiguous() or not sin.is_contiguous()):
         return None
-    out = torch.empty(b, h, s, d)
-    library().gs_rope(x.data_ptr(), b, h, s, d, x.stride(0), x.stride(1), x.stride(2), cos.data_ptr(), sin.data_ptr(),
-                      r, 0 if cos.shape[0] == 1 else s * r, out.data_ptr())
+    out = torch.empty(b, h, s, d, dtype=x.dtype)
+    _kernel("rope", x.dtype)(x.data_ptr(), b, h, s, d, x.stride(0), x.stride(1), x.stride(2), cos.data_ptr(),
+                             sin.data_ptr(), r, 0 if cos.shape[0] == 1 else s * r, out.data_ptr())
     return out
 
 
@@ -98,9 +115,9 @@ def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: tup
                 or mask.shape[1:] != (1, 1, length) or mask.shape[0] not in (1, b) or mask.stride(-1) != 1):
             return None
         mask_ptr, mask_stride = mask.data_ptr(), (mask.stride(0) if mask.shape[0] > 1 else 0)
-    out = torch.empty(b, 1, h, d)
-    scores = torch.empty(b * h * length)
-    library().gs_attend_step(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
+    out = torch.empty(b, 1, h, d, dtype=q.dtype)
+    scores = torch.empty(b * h * (length + d))          # per head: its scores, then its fp32 output
+    _kernel("attend_step", q.dtype)(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
                              v.data_ptr(), v.stride(0), v.stride(1), kc.data_ptr(), vc.data_ptr(), kc.shape[2], past,
                              b, h, hkv, d, mask_ptr, mask_stride, scale, out.data_ptr(), scores.data_ptr(),
                              torch.get_num_threads())

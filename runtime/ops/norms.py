@@ -20,10 +20,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 
              dims: tuple[int, ...] | None = None) -> torch.Tensor:
     if dims is not None:
         weight = _aligned(weight, dims)
-    if x.dtype == torch.float32 and not offset and weight.dim() == 1:
+    if not offset and weight.dim() == 1:
         few = native_rows.rms_norm(x, weight, eps)
         if few is not None:
             return few
+    if x.dtype == torch.float32 and not offset and weight.dim() == 1:
         # one aten op instead of seven, same arithmetic (rsqrt of the mean square, then the weight)
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     # Statistics in fp32 whatever the input dtype, as every reference implementation does.
