@@ -120,7 +120,7 @@ static inline float half_to_float(uint16_t h) {
 }
 #endif
 
-int gs_abi_version(void) { return 5; }   /* runtime/native.py ABI_VERSION */
+int gs_abi_version(void) { return 6; }   /* runtime/native.py ABI_VERSION */
 
 /* ---------------------------------------------------------------- int8, per output channel */
 /* A tile: R activation rows against NB weight rows. One FMA chain is latency-bound (4 cycles), so
@@ -595,4 +595,202 @@ int gs_q4a8_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t 
 #undef Q4A8
     free(xq); free(dx); free(cs);
     return 0;
+}
+
+/* ---------------------------------------------------------------- int4 x int8, 16 rows interleaved */
+/* With AVX-512 VNNI a second layout of an int4 weight, built once (gs_q4_repack16), lets one
+   instruction compute 4 products for each of 16 output rows: the activation's 4 bytes are broadcast,
+   each 32-bit lane holds 4 weights of its row. Per 16-row tile and 32-column block, 256 bytes: four
+   64-byte vectors P0..P3 whose lane r, byte c holds in its low nibble the weight of row r, column
+   4p + c, and in its high nibble that of column 16 + 4p + c. Scales (and zero points) per tile and
+   group: 16 values, one per row. Rows past N (the last tile) have weights and scales 0. */
+/* Whether this build has the interleaved kernels (int4 here, int8 below). */
+int gs_a8_interleaved(void) {
+#if HAVE_A8_512
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void gs_q4_repack16(const uint8_t *q, const uint16_t *scale, const uint8_t *zero, int64_t N, int64_t K,
+                    int64_t group, uint8_t *pq, uint16_t *pscale, uint8_t *pzero) {
+    const int64_t T = (N + 15) / 16, B = K / QB, G = K / group;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t r = 0; r < 16; r++) {
+            const int64_t row = t * 16 + r;
+            for (int64_t g = 0; g < G; g++) {
+                pscale[(t * G + g) * 16 + r] = row < N ? scale[row * G + g] : 0;
+                if (zero) pzero[(t * G + g) * 16 + r] = row < N ? zero[row * G + g] : 8;
+            }
+            for (int64_t b = 0; b < B; b++)
+                for (int p = 0; p < 4; p++)
+                    for (int c = 0; c < 4; c++) {
+                        uint8_t byte = 0;
+                        if (row < N) {
+                            const int64_t lo = b * QB + 4 * p + c, hi = lo + 16;
+                            const uint8_t *qr = q + row * (K / 2);
+                            byte = (uint8_t)(((qr[lo / 2] >> ((lo & 1) * 4)) & 15) | (((qr[hi / 2] >> ((hi & 1) * 4)) & 15) << 4));
+                        }
+                        pq[((t * B + b) * 4 + p) * 64 + r * 4 + c] = byte;
+                    }
+        }
+}
+
+#if HAVE_A8_512
+/* The 32-column block's sums for 16 interleaved rows: w[c] holds 4 unsigned weights of each row for
+   columns 4c .. 4c + 3, which meet the same 4 activation bytes, broadcast. */
+static inline __m512i block_dot16(const __m512i w[8], const int8_t *xb) {
+    __m512i dot = _mm512_setzero_si512();
+    for (int c = 0; c < 8; c++) {
+        int32_t four;
+        memcpy(&four, xb + 4 * c, sizeof four);
+        dot = _mm512_dpbusd_epi32(dot, w[c], _mm512_set1_epi32(four));
+    }
+    return dot;
+}
+
+INLINE void q4a8_i16_tile(const int R, const int8_t *xq, const float *dx, const float *cs, int64_t K, int64_t group,
+                          const uint8_t *pq, const uint16_t *pscale, const uint8_t *pzero, float *y, int64_t ldy,
+                          int64_t valid) {
+    const int64_t B = K / QB, per = group / QB;
+    __m512 acc[ROWS], corr[ROWS];
+    for (int m = 0; m < R; m++) acc[m] = corr[m] = _mm512_setzero_ps();
+    const __m512i mask = _mm512_set1_epi8(15);
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t g = b / per;
+        const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pscale + g * 16)));
+        const __m512 zv = pzero ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pzero + g * 16))))
+                                : _mm512_set1_ps(8.0f);
+        const __m512 sz = _mm512_mul_ps(sv, zv);
+        __m512i w[8];
+        for (int p = 0; p < 4; p++) {
+            const __m512i packed = _mm512_loadu_si512((const void *)(pq + (b * 4 + p) * 64));
+            w[p] = _mm512_and_si512(packed, mask);
+            w[p + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
+        }
+        for (int m = 0; m < R; m++) {
+            const __m512i dot = block_dot16(w, xq + m * K + b * QB);
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(sv, _mm512_set1_ps(dx[m * B + b])), acc[m]);
+            corr[m] = _mm512_fmadd_ps(sz, _mm512_set1_ps(cs[m * B + b]), corr[m]);
+        }
+    }
+    const __mmask16 keep = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+    for (int m = 0; m < R; m++) _mm512_mask_storeu_ps(y + m * ldy, keep, _mm512_sub_ps(acc[m], corr[m]));
+}
+#endif
+
+/* The product on the layout of gs_q4_repack16: the same numbers as gs_q4a8_mm, the sums in another
+   order. 0 on success, -1 without memory for the work buffers, -2 where this build lacks the kernel. */
+int gs_q4a8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *pq, const uint16_t *pscale,
+                 const uint8_t *pzero, int64_t group, int64_t N, float *y, int64_t ldy, int nt) {
+#if HAVE_A8_512
+    const int64_t B = K / QB, G = K / group, T = (N + 15) / 16;
+    int8_t *xq = malloc((size_t)(M * K));
+    float *dx = malloc(sizeof(float) * (size_t)(M * B)), *cs = malloc(sizeof(float) * (size_t)(M * B));
+    if (!xq || !dx || !cs) { free(xq); free(dx); free(cs); return -1; }
+    a8_quantize(x, M, K, ldx, 0, xq, dx, cs);
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t t = 0; t < T; t++) {
+        const uint8_t *tq = pq + t * B * 256;
+        const uint16_t *ts = pscale + t * G * 16;
+        const uint8_t *tz = pzero ? pzero + t * G * 16 : NULL;
+        const int64_t valid = N - t * 16;
+        for (int64_t m0 = 0; m0 < M; m0 += ROWS) {
+            const int64_t rows = M - m0 < ROWS ? M - m0 : ROWS;
+            float *yt = y + m0 * ldy + t * 16;
+            const int8_t *xt = xq + m0 * K;
+            switch (rows) {
+            case 4: q4a8_i16_tile(4, xt, dx + m0 * B, cs + m0 * B, K, group, tq, ts, tz, yt, ldy, valid); break;
+            case 3: q4a8_i16_tile(3, xt, dx + m0 * B, cs + m0 * B, K, group, tq, ts, tz, yt, ldy, valid); break;
+            case 2: q4a8_i16_tile(2, xt, dx + m0 * B, cs + m0 * B, K, group, tq, ts, tz, yt, ldy, valid); break;
+            default: q4a8_i16_tile(1, xt, dx + m0 * B, cs + m0 * B, K, group, tq, ts, tz, yt, ldy, valid); break;
+            }
+        }
+    }
+    free(xq); free(dx); free(cs);
+    return 0;
+#else
+    (void)x; (void)M; (void)K; (void)ldx; (void)pq; (void)pscale; (void)pzero; (void)group; (void)N; (void)y;
+    (void)ldy; (void)nt;
+    return -2;
+#endif
+}
+
+/* ---------------------------------------------------------------- int8 x int8, 16 rows interleaved */
+/* The same interleaving for int8 weights (gs_q8_repack16): per 16-row tile and 32-column block,
+   eight 64-byte vectors; lane r of vector c holds w[r][4c .. 4c + 3] + 128 as unsigned bytes, so
+   sum (w + 128) x = sum w x + 128 sum x, and the second sum is the activation's own. */
+void gs_q8_repack16(const int8_t *q, int64_t N, int64_t K, uint8_t *pq) {
+    const int64_t T = (N + 15) / 16, B = K / QB;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t r = 0; r < 16; r++) {
+            const int64_t row = t * 16 + r;
+            for (int64_t b = 0; b < B; b++)
+                for (int c = 0; c < 8; c++)
+                    for (int i = 0; i < 4; i++)
+                        pq[((t * B + b) * 8 + c) * 64 + r * 4 + i] =
+                            row < N ? (uint8_t)(q[row * K + b * QB + 4 * c + i] + 128) : 128;
+        }
+}
+
+#if HAVE_A8_512
+INLINE void q8a8_i16_tile(const int R, const int8_t *xq, const float *dx, const float *shift, int64_t K,
+                          const uint8_t *pq, const float *scale, float *y, int64_t ldy, int64_t valid) {
+    const int64_t B = K / QB;
+    __m512 acc[ROWS];
+    for (int m = 0; m < R; m++) acc[m] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < B; b++) {
+        __m512i w[8];
+        for (int c = 0; c < 8; c++) w[c] = _mm512_loadu_si512((const void *)(pq + (b * 8 + c) * 64));
+        for (int m = 0; m < R; m++) {
+            const __m512i dot = block_dot16(w, xq + m * K + b * QB);
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(dx[m * B + b]), acc[m]);
+        }
+    }
+    const __mmask16 keep = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+    const __m512 sv = _mm512_maskz_loadu_ps(keep, scale);
+    for (int m = 0; m < R; m++)
+        _mm512_mask_storeu_ps(y + m * ldy, keep, _mm512_mul_ps(_mm512_sub_ps(acc[m], _mm512_set1_ps(shift[m])), sv));
+}
+#endif
+
+/* The product on the layout of gs_q8_repack16: the same numbers as gs_q8a8_mm, the sums in another
+   order. 0 on success, -1 without memory for the work buffers, -2 where this build lacks the kernel. */
+int gs_q8a8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *pq, const float *scale,
+                 int64_t N, float *y, int64_t ldy, int nt) {
+#if HAVE_A8_512
+    const int64_t B = K / QB, T = (N + 15) / 16;
+    int8_t *xq = malloc((size_t)(M * K));
+    float *dx = malloc(sizeof(float) * (size_t)(M * B)), *cs = malloc(sizeof(float) * (size_t)(M * B));
+    float *shift = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
+    if (!xq || !dx || !cs || !shift) { free(xq); free(dx); free(cs); free(shift); return -1; }
+    a8_quantize(x, M, K, ldx, 0, xq, dx, cs);
+    for (int64_t m = 0; m < M; m++) {          /* 128 * sum over blocks of d[b] * sum(xq in b) */
+        float s = 0.0f;
+        for (int64_t b = 0; b < B; b++) s += cs[m * B + b];
+        shift[m] = 128.0f * s;
+    }
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t t = 0; t < T; t++) {
+        const uint8_t *tq = pq + t * B * 512;
+        const int64_t valid = N - t * 16;
+        for (int64_t m0 = 0; m0 < M; m0 += ROWS) {
+            const int64_t rows = M - m0 < ROWS ? M - m0 : ROWS;
+            float *yt = y + m0 * ldy + t * 16;
+            const int8_t *xt = xq + m0 * K;
+            switch (rows) {
+            case 4: q8a8_i16_tile(4, xt, dx + m0 * B, shift + m0, K, tq, scale + t * 16, yt, ldy, valid); break;
+            case 3: q8a8_i16_tile(3, xt, dx + m0 * B, shift + m0, K, tq, scale + t * 16, yt, ldy, valid); break;
+            case 2: q8a8_i16_tile(2, xt, dx + m0 * B, shift + m0, K, tq, scale + t * 16, yt, ldy, valid); break;
+            default: q8a8_i16_tile(1, xt, dx + m0 * B, shift + m0, K, tq, scale + t * 16, yt, ldy, valid); break;
+            }
+        }
+    }
+    free(xq); free(dx); free(cs); free(shift);
+    return 0;
+#else
+    (void)x; (void)M; (void)K; (void)ldx; (void)pq; (void)scale; (void)N; (void)y; (void)ldy; (void)nt;
+    return -2;
+#endif
 }
