@@ -10,7 +10,8 @@ summation order and, for bf16/fp16 activations, where the one rounding of the ou
   torch_int4  torch._weight_int4pack_mm_for_cpu, on its own packed layout built at first use
               (bf16/fp16 activations, ~40x slower with fp32 ones; N a multiple of 16).
 With int8 activations (a scheme's act_bits) the product is x' @ w'.T, x' = schemes.quantize_activations(x):
-  native      the integer kernels of runtime/csrc/matmul.c (gs_q8a8_mm, gs_q4a8_mm), up to 64 rows;
+  native      the integer kernels of runtime/csrc/matmul.c (gs_q8a8_mm, gs_q4a8_mm), up to 64 rows; on
+              the 16-row interleaved layout (AVX-512 VNNI) at any number of rows, 1.4-2x dequant at 512;
   dequant     x' and w' materialised in fp32, then the dense linear;
 torch's kernels are not offered (they take float activations).
 The first call of each (scheme, N, K, rows bucket, dtype) times the candidates on its own input
@@ -105,7 +106,7 @@ PATHS = {"native": _native, "dequant": _dequant, "torch_int8": _torch_int8, "tor
 
 def candidates(layer, dtype: torch.dtype, rows: int) -> list[str]:
     out = []
-    if rows <= NATIVE_MAX_ROWS and native.available():
+    if native.available() and (rows <= NATIVE_MAX_ROWS or (layer.scheme.act_bits and native.interleaved())):
         out.append("native")
     if rows > DEQUANT_MIN_ROWS or not out:
         out.append("dequant")

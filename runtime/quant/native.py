@@ -6,6 +6,12 @@ import torch
 from runtime.native import available, library
 
 
+def interleaved() -> bool:
+    """Whether the int8-activation products run on the 16-row interleaved layout here (AVX-512 VNNI):
+    integer kernels that beat dequantize-then-GEMM at any number of rows."""
+    return available() and bool(library().gs_a8_interleaved())
+
+
 class Weights:
     """A quantized weight's kernel arguments, resolved once (the tensors must outlive it). With
     `int8_activations` the kernels quantize each activation row first (schemes.quantize_activations)."""
@@ -16,7 +22,7 @@ class Weights:
         self.stored = stored                   # keeps the tensors alive
         zeros = stored.get("zeros")
         q, s = stored["qweight"].data_ptr(), stored["scales"].data_ptr()
-        if scheme.kind == "int8" and int8_activations and self.lib.gs_a8_interleaved():
+        if scheme.kind == "int8" and int8_activations and interleaved():
             # AVX-512 VNNI: a second copy of the weight in the kernel's own layout (16 rows interleaved)
             n, k = stored["qweight"].shape
             self.layout = (torch.empty(((n + 15) // 16) * 16 * k, dtype=torch.uint8),)
@@ -24,7 +30,7 @@ class Weights:
             self.kernel, self.weight_args = self.lib.gs_q8a8_mm16, (self.layout[0].data_ptr(), s)
         elif scheme.kind == "int8":
             self.kernel, self.weight_args = self.lib.gs_q8a8_mm if int8_activations else self.lib.gs_q8_mm, (q, s)
-        elif int8_activations and self.lib.gs_a8_interleaved():
+        elif int8_activations and interleaved():
             # AVX-512 VNNI: a second copy of the weight in the kernel's own layout (16 rows interleaved)
             n, k = out_features, stored["qweight"].shape[1] * 2
             tiles, groups = (n + 15) // 16, k // scheme.group
@@ -47,8 +53,7 @@ def matmul(x: torch.Tensor, w: Weights) -> torch.Tensor:
         k = x.shape[-1]
         m = x.numel() // k
         y = torch.empty(x.shape[:-1] + (n,))
-        if w.kernel(x.data_ptr(), m, k, k, *w.weight_args, n, y.data_ptr(), n, torch.get_num_threads()):
-            raise MemoryError(f"quantized kernel: no memory for a {m} x {k} work buffer")
+        _check(w.kernel(x.data_ptr(), m, k, k, *w.weight_args, n, y.data_ptr(), n, torch.get_num_threads()), m, k)
         return y
     x2 = x.reshape(-1, x.shape[-1])
     if x2.dtype != torch.float32:
@@ -57,11 +62,18 @@ def matmul(x: torch.Tensor, w: Weights) -> torch.Tensor:
         x2 = x2.contiguous()
     m, k = x2.shape
     y = torch.empty(m, n, dtype=torch.float32)
-    status = w.kernel(x2.data_ptr(), m, k, x2.stride(0), *w.weight_args, n, y.data_ptr(), n, torch.get_num_threads())
-    if status:
-        raise MemoryError(f"quantized kernel: no memory for a {m} x {k} work buffer")
+    _check(w.kernel(x2.data_ptr(), m, k, x2.stride(0), *w.weight_args, n, y.data_ptr(), n, torch.get_num_threads()),
+           m, k)
     y = y.view(*x.shape[:-1], n)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+def _check(status: int, m: int, k: int) -> None:
+    if status == -1:
+        raise MemoryError(f"quantized kernel: no memory for a {m} x {k} work buffer")
+    if status:
+        raise RuntimeError(f"quantized kernel: not in this build of the kernels (status {status}); "
+                           "the layer was prepared for another one")
 
 
 def dequantize(stored: dict[str, torch.Tensor], scheme, in_features: int) -> torch.Tensor:
