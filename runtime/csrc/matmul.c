@@ -97,6 +97,9 @@ static inline void v_q4(Q4 t, const uint8_t *p, V *lo, V *hi) {
 #endif
 
 #define INLINE static inline __attribute__((always_inline))
+/* Weight reads are prefetched this far ahead: with the conversions' work per byte the hardware alone
+   keeps too few reads in flight to stream at the memory's speed (bf16: 12 -> 17 GB/s from memory). */
+#define PREFETCH_BYTES 1024
 #define ROWS 4   /* activation rows per pass over a weight row (the weight row stays in L1) */
 
 #if defined(__F16C__)
@@ -135,6 +138,7 @@ INLINE void q8_tile(const int R, const int NB, const float *x, int64_t K, int64_
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
         for (int j = 0; j < NB; j++) {
+            __builtin_prefetch(q + j * K + k + PREFETCH_BYTES);
             V w = v_q8(q + j * K + k);
             for (int m = 0; m < R; m++) acc[m][j] = v_fma(w, v_load(x + m * ldx + k), acc[m][j]);
         }
@@ -190,6 +194,7 @@ void gs_q8_dequant(const int8_t *q, const float *scale, int64_t N, int64_t K, fl
 }
 
 /* ---------------------------------------------------------------- float weights: fp32, bf16 */
+
 static inline float bf16_to_float(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, sizeof f); return f; }
 
 #define FLOAT_TILE(NAME, T, LOAD, SCALAR) \
@@ -200,6 +205,7 @@ INLINE void NAME(const int R, const int NB, const float *x, int64_t K, int64_t l
     int64_t k = 0; \
     for (; k + 16 <= K; k += 16) { \
         for (int j = 0; j < NB; j++) { \
+            __builtin_prefetch((const char *)(w + j * K + k) + PREFETCH_BYTES); \
             V wv = LOAD(w + j * K + k); \
             for (int m = 0; m < R; m++) acc[m][j] = v_fma(wv, v_load(x + m * ldx + k), acc[m][j]); \
         } \
@@ -281,6 +287,7 @@ INLINE void q4_tile(const int R, const int NB, const float *xr, int64_t K, int64
         for (int64_t c = g * group; c < (g + 1) * group; c += 32) {
             for (int j = 0; j < NB; j++) {
                 V lo, hi;
+                __builtin_prefetch(q + j * (K / 2) + c / 2 + PREFETCH_BYTES);
                 v_q4(t[j], q + j * (K / 2) + c / 2, &lo, &hi);
                 for (int m = 0; m < R; m++) {
                     acc[m][j][0] = v_fma(lo, v_load(xr + m * K + c), acc[m][j][0]);
@@ -665,6 +672,7 @@ INLINE void q4a8_i16_tile(const int R, const int8_t *xq, const float *dx, const 
         const __m512 sz = _mm512_mul_ps(sv, zv);
         __m512i w[8];
         for (int p = 0; p < 4; p++) {
+            __builtin_prefetch(pq + (b * 4 + p) * 64 + PREFETCH_BYTES);
             const __m512i packed = _mm512_loadu_si512((const void *)(pq + (b * 4 + p) * 64));
             w[p] = _mm512_and_si512(packed, mask);
             w[p + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
@@ -742,7 +750,10 @@ INLINE void q8a8_i16_tile(const int R, const int8_t *xq, const float *dx, const 
     for (int m = 0; m < R; m++) acc[m] = _mm512_setzero_ps();
     for (int64_t b = 0; b < B; b++) {
         __m512i w[8];
-        for (int c = 0; c < 8; c++) w[c] = _mm512_loadu_si512((const void *)(pq + (b * 8 + c) * 64));
+        for (int c = 0; c < 8; c++) {
+            __builtin_prefetch(pq + (b * 8 + c) * 64 + PREFETCH_BYTES);
+            w[c] = _mm512_loadu_si512((const void *)(pq + (b * 8 + c) * 64));
+        }
         for (int m = 0; m < R; m++) {
             const __m512i dot = block_dot16(w, xq + m * K + b * QB);
             acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(dx[m * B + b]), acc[m]);
