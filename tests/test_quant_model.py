@@ -71,6 +71,8 @@ def agreement(got, want):
     ({"bits": 4, "group_size": 32, "sym": False, "modules_to_not_convert": ["lm_head", "layers.0.*"]},
      0.985, 0.55),                                                  # measured 0.9875, 0.67
     ({"bits": 4, "modules_to_not_convert": []}, 0.955, 0.35),       # the LM head too: measured 0.963, 0.44
+    ("w8a8", 0.999, 0.95),                                          # int8 activations too
+    ({"bits": 4, "act_bits": 8, "lm_head_bits": 8, "modules_to_not_convert": []}, 0.96, 0.35),
 ])
 def test_quantized_logits_agree_with_fp32_on_a_transformers_initialised_llama(checkpoint, fp32_logits, scheme,
                                                                                min_cos, min_top1):
@@ -106,6 +108,16 @@ def test_every_linear_is_quantized_the_lm_head_when_not_skipped_and_the_embeddin
     assert isinstance(kept.net.embed, QuantEmbedding) and not isinstance(kept.net.lm_head, QuantLinear)
 
 
+def test_the_lm_head_takes_its_own_bits_and_a_tie_then_keeps_two_tables(tied_checkpoint):
+    model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 4, "lm_head_bits": 8, "act_bits": 8,
+                                                                      "quantize_embedding": True,
+                                                                      "modules_to_not_convert": []})
+    assert model.net.lm_head.scheme.name == "int8-a8"
+    assert model.net.embed.scheme.name == "int4-g32-sym-a8"
+    assert model.net.layers[0].mlp.down_proj.scheme.name == "int4-g32-sym-a8"
+    assert model.net.lm_head.qweight.dtype == torch.int8 and model.net.embed.qweight.dtype == torch.uint8
+
+
 def test_a_tied_embedding_and_lm_head_share_one_quantized_table(tied_checkpoint):
     model = quantize_model(runtime.from_pretrained(tied_checkpoint), {"bits": 8, "quantize_embedding": True,
                                                                       "modules_to_not_convert": []})
@@ -132,7 +144,8 @@ def artifact():
 
 
 @pytest.mark.parametrize("scheme", ["int8", {"bits": 4, "group_size": 64, "sym": False, "quantize_embedding": True,
-                                              "modules_to_not_convert": []}])
+                                              "modules_to_not_convert": []},
+                                    {"bits": 4, "act_bits": 8, "lm_head_bits": 8, "modules_to_not_convert": []}])
 def test_a_saved_quantized_model_reloads_with_the_same_logits_without_quantizing(tied_checkpoint, artifact, tmp_path,
                                                                                   monkeypatch, scheme):
     model = quantize_model(runtime.from_pretrained(tied_checkpoint), scheme)

@@ -134,6 +134,7 @@ def test_the_output_embedding_stays_in_float_unless_the_skip_list_is_emptied():
     ({"bits": 4, "quantize_embedding": "yes"}, "'quantize_embedding' must be true or false"),
     ({"bits": 4, "modules_to_not_convert": "lm_head"}, "'modules_to_not_convert' must be a list"),
     ({"bits": 4, "act_bits": 4}, "'act_bits' must be 8 or null"),
+    ({"bits": 4, "lm_head_bits": 6}, "'lm_head_bits' must be 8, 4 or null"),
     ({"bits": 8, "act_bits": True}, "'act_bits' must be 8 or null"),
 ])
 def test_a_bad_quantization_config_names_the_key(data, message):
@@ -170,3 +171,12 @@ def test_activations_are_quantized_per_block_of_32_like_an_int8_weight_row():
 def test_a_width_that_is_no_multiple_of_the_activation_block_is_refused_with_the_way_out():
     with pytest.raises(ValueError, match="layers.0.up: 80 input features are not a multiple of 32.*act_bits null"):
         quantize(weight(k=80), Scheme("int8", act_bits=8), "layers.0.up")
+
+
+def test_the_lm_head_may_keep_more_bits_than_the_other_linears():
+    config = QuantConfig.parse({"bits": 4, "act_bits": 8, "lm_head_bits": 8, "modules_to_not_convert": []})
+    assert config.scheme_for("lm_head") == Scheme("int8", act_bits=8)
+    assert config.scheme_for("linear") == config.scheme_for("embedding") == Scheme("int4", 32, True, 8)
+    assert QuantConfig.from_dict(config.to_dict()) == config and config.to_dict()["lm_head_bits"] == 8
+    # the scheme's own bits say nothing more: the same config as leaving the key out
+    assert QuantConfig.parse({"bits": 4, "lm_head_bits": 4}) == QuantConfig.parse({"bits": 4})

@@ -90,4 +90,4 @@ def quant_note(param: Param, ir: ModelIR) -> str | None:
     """The note model.py prints beside a quantized param's construction."""
     if param.quant is None or ir.quantization is None:
         return None
-    return f"quantized {QuantConfig.from_dict(ir.quantization).scheme.name} ({param.quant})"
+    return f"quantized {QuantConfig.from_dict(ir.quantization).scheme_for(param.quant).name} ({param.quant})"

@@ -12,7 +12,9 @@ The dict form is what `to_dict()` writes (and a saved quantized checkpoint carri
 `modules_to_not_convert` holds fnmatch patterns of module paths (`layers.*.attn.qkv_proj`,
 `layers.0.*`) or a role: `lm_head` names the model's output embedding (a linear whose outputs are
 the rows of the token embedding, tied or not) whatever its path. Left out, it is `["lm_head"]`, as in
-Transformers' quantizers, which keep the output embedding in float; `[]` quantizes it too.
+Transformers' quantizers, which keep the output embedding in float; `[]` quantizes it too, in the
+scheme's bits or in `lm_head_bits` (8 for a 4-bit model: llama.cpp's q4_0 files keep their output
+matrix at 6 bits, and the LM head's error is what the logits show first).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field
 
 INT4_GROUPS = (32, 64, 128)
 QUANT_METHOD = "graphspec"
-KEYS = ("quant_method", "bits", "group_size", "sym", "act_bits", "quantize_embedding", "modules_to_not_convert")
+KEYS = ("quant_method", "bits", "group_size", "sym", "act_bits", "lm_head_bits", "quantize_embedding",
+        "modules_to_not_convert")
 # Activations quantized on the fly are cut into blocks of this many columns, one scale each (q8_0's)
 ACT_BLOCK = 32
 # What a quantizable param is to the network (the compiler's quantize pass decides it from op capabilities)
@@ -97,6 +100,16 @@ class QuantConfig:
     scheme: Scheme
     embedding: bool = False               # the input embedding: a lookup, so memory rather than speed
     skip: tuple[str, ...] = field(default=DEFAULT_SKIP)   # module path patterns or roles left in float
+    head_bits: int | None = None          # the LM head's bits when it is quantized (None: the scheme's)
+
+    def scheme_for(self, role: str) -> Scheme:
+        """The format params of `role` are stored in: the scheme's, or the LM head's own bits (int8 per
+        channel; int4 in the scheme's groups, or 32), its activations as the scheme's."""
+        if role != "lm_head" or self.head_bits in (None, self.scheme.bits):
+            return self.scheme
+        if self.head_bits == 8:
+            return Scheme("int8", act_bits=self.scheme.act_bits)
+        return Scheme("int4", self.scheme.group or 32, self.scheme.symmetric, self.scheme.act_bits)
 
     @classmethod
     def parse(cls, value) -> "QuantConfig":
@@ -140,11 +153,15 @@ class QuantConfig:
             if group not in INT4_GROUPS or isinstance(group, bool):
                 raise ValueError(f"{where}: 'group_size' must be one of {INT4_GROUPS} for 4 bits, got {group!r}")
             scheme = Scheme("int4", group, sym, act)
+        head = data.get("lm_head_bits")
+        if head not in (None, 8, 4) or isinstance(head, bool):
+            raise ValueError(f"{where}: 'lm_head_bits' must be 8, 4 or null (the scheme's bits), got {head!r}")
         skip = data.get("modules_to_not_convert")
         skip = DEFAULT_SKIP if skip is None else skip
         if not isinstance(skip, (list, tuple)) or not all(isinstance(s, str) for s in skip):
             raise ValueError(f"{where}: 'modules_to_not_convert' must be a list of module path patterns, got {skip!r}")
-        return cls(scheme, _bool(data, "quantize_embedding", False, where), tuple(skip))
+        return cls(scheme, _bool(data, "quantize_embedding", False, where), tuple(skip),
+                   None if head == scheme.bits else head)
 
     def to_dict(self) -> dict:
         out = {"quant_method": QUANT_METHOD, "bits": self.scheme.bits, "group_size": self.scheme.group,
@@ -152,6 +169,8 @@ class QuantConfig:
                "modules_to_not_convert": list(self.skip)}
         if self.scheme.act_bits:
             out["act_bits"] = self.scheme.act_bits
+        if self.head_bits:
+            out["lm_head_bits"] = self.head_bits
         return out
 
     def admits(self, role: str) -> bool:

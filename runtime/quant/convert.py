@@ -75,16 +75,17 @@ def quantize_model(model, config=None) -> "object":
         config = compiled.config
     config = QuantConfig.parse(config)
     net = model.net
-    done: dict[int, dict] = {}       # id(float weight) -> its quantized tensors
+    done: dict[tuple, dict] = {}     # (id(float weight), scheme) -> its quantized tensors
     chosen = plan(net, config, None if compiled is None else compiled.params)
     for path, kind in chosen.items():
         module = net.get_submodule(path)
-        shared = done.get(id(module.weight))
+        scheme = config.scheme_for(kind)
+        shared = done.get((id(module.weight), scheme))
         if kind == "embedding":
-            new = QuantEmbedding.from_float(module, config.scheme, path, stored=shared)
+            new = QuantEmbedding.from_float(module, scheme, path, stored=shared)
         else:
-            new = QuantLinear.from_float(module, config.scheme, path, stored=shared)
-        done.setdefault(id(module.weight), new.stored())
+            new = QuantLinear.from_float(module, scheme, path, stored=shared)
+        done.setdefault((id(module.weight), scheme), new.stored())
         parent, _, name = path.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, name, new)
     model.quantization = config

@@ -131,9 +131,9 @@ def _swap_shells(net: nn.Module, modules: dict, qconfig: QuantConfig, dtype: tor
             raise CheckpointError(f"{where}: metadata 'modules' names '{path}', which the network does not have") from None
         w = getattr(old, "weight", None)
         if kind == "embedding" and isinstance(old, nn.Embedding):
-            new = QuantEmbedding(w.shape[0], w.shape[1], qconfig.scheme, dtype=dtype, device="meta")
+            new = QuantEmbedding(w.shape[0], w.shape[1], qconfig.scheme_for(kind), dtype=dtype, device="meta")
         elif kind in ("linear", "lm_head") and w is not None and w.dim() == 2 and not isinstance(old, nn.Embedding):
-            new = QuantLinear(w.shape[1], w.shape[0], qconfig.scheme, bias=getattr(old, "bias", None) is not None,
+            new = QuantLinear(w.shape[1], w.shape[0], qconfig.scheme_for(kind), bias=getattr(old, "bias", None) is not None,
                               parts=getattr(old, "parts", None), dtype=dtype, device="meta")
         else:
             raise CheckpointError(f"{where}: module '{path}' is a {type(old).__name__}, which cannot hold a "
@@ -170,4 +170,10 @@ def _assign(net: nn.Module, file: SafetensorsFile, tied: dict, dtype: torch.dtyp
             loaded[s] = file.get(s).to(device)
         owner, _, leaf = n.rpartition(".")
         module = net.get_submodule(owner) if owner else net
-        setattr(module, leaf, nn.Parameter(loaded[s], requires_grad=False) if n in params else loaded[s])
+        if n in params:
+            # trainable as in the network built for it (a norm's weight), as from_pretrained leaves it;
+            # a quantized linear's bias is not
+            value = nn.Parameter(loaded[s], requires_grad=getattr(module, leaf).requires_grad)
+        else:
+            value = loaded[s]
+        setattr(module, leaf, value)
