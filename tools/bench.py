@@ -323,9 +323,9 @@ def run(args) -> None:
             ours = runtime.load(artifact, folder, dtype=dtype)
         else:
             # the quantize pass marks the linears, the loader quantizes them; the LM head too, as
-            # llama.cpp's q8_0 / q4_0 files store theirs quantized (q6_K for q4_0)
+            # llama.cpp's q8_0 / q4_0 files store theirs quantized (q6_K for q4_0: here int8)
             start = time.perf_counter()
-            config = {**QuantConfig.parse(scheme).to_dict(), "modules_to_not_convert": []}
+            config = {**QuantConfig.parse(scheme).to_dict(), "modules_to_not_convert": [], "lm_head_bits": 8}
             ours = runtime.load(compile_spec(SPEC, options={"quant": config}).directory, folder, dtype=dtype)
             res["quantize_s"] = time.perf_counter() - start
         engines = {"graphspec": ours}
