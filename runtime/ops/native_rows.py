@@ -26,13 +26,16 @@ _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
 def _takes(*tensors: torch.Tensor, dtypes=FLOATS) -> bool:
-    """All on the CPU, of one dtype the kernels have, none needing autograd, and not traced."""
-    if tracing() or not available():
+    """All on the CPU, of one dtype the kernels have, none needing autograd, and not traced.
+    (Asked several times per layer and decode step: plain loops, the cheapest checks first.)"""
+    dtype = tensors[0].dtype
+    if dtype not in dtypes or tracing() or not available():
         return False
     grad = torch.is_grad_enabled()
-    dtype = tensors[0].dtype
-    return dtype in dtypes and all(t.dtype == dtype and t.device.type == "cpu" and not (grad and t.requires_grad)
-                                   for t in tensors)
+    for t in tensors:
+        if t.dtype != dtype or not t.is_cpu or (grad and t.requires_grad):
+            return False
+    return True
 
 
 def _kernel(name: str, dtype: torch.dtype):

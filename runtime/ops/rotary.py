@@ -98,6 +98,10 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: boo
     """Rotate x [B, H, S, D] by the table [B, S, R], R <= D (partial rotary leaves the rest as is).
     Half layout: dim i turns with dim i + R/2; interleaved: dims 2i and 2i + 1 turn together, by the
     table's i-th frequency (its first half, each entry used twice)."""
+    if not interleaved:
+        few = native_rows.rope(x, cos, sin)      # partial rotary included
+        if few is not None:
+            return few
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     rot = cos.shape[-1]
     if rot < x.shape[-1]:
@@ -107,9 +111,6 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: boo
         sin = sin[..., : rot // 2].repeat_interleave(2, -1)
         pairs = x.unflatten(-1, (-1, 2))
         return x * cos + torch.stack((-pairs[..., 1], pairs[..., 0]), -1).flatten(-2) * sin
-    few = native_rows.rope(x, cos[:, 0], sin[:, 0])
-    if few is not None:
-        return few
     # rotate_half(x) * sin == roll(x, rot/2) * (±sin): the same products, bit for bit (a sign flip is
     # exact), in five aten ops instead of nine, which counts in a decode step.
     signs = _signs(rot, sin.dtype, sin.device) if tracing() else _half_signs(rot, sin.dtype, sin.device)
