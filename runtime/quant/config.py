@@ -13,7 +13,7 @@ The dict form is what `to_dict()` writes (and a saved quantized checkpoint carri
 `layers.0.*`) or a role: `lm_head` names the model's output embedding (a linear whose outputs are
 the rows of the token embedding, tied or not) whatever its path. Left out, it is `["lm_head"]`, as in
 Transformers' quantizers, which keep the output embedding in float; `[]` quantizes it too, in the
-scheme's bits or in `lm_head_bits` (8 for a 4-bit model: llama.cpp's q4_0 files keep their output
+scheme's bits or in `lm_head_bits` (8 for a 4-bit model: ggml's q4_0 files keep their output
 matrix at 6 bits, and the LM head's error is what the logits show first).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Scheme:
     group: int | None = None    # int4: columns per group
     symmetric: bool = True
     # 8: each activation row is quantized to int8 in blocks of ACT_BLOCK columns before the product
-    # (schemes.quantize_activations), as llama.cpp computes its q8_0 / q4_0 products: integer dot
+    # (schemes.quantize_activations), as ggml computes its q8_0 / q4_0 products: integer dot
     # products, a little less accurate. None: weight-only, activations stay float.
     act_bits: int | None = None
 
