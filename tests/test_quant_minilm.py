@@ -35,6 +35,7 @@ def fp32(inputs):
 @pytest.mark.parametrize("scheme, min_cos", [
     ("int8", 0.999),                                        # measured 0.99952
     ({"bits": 8, "quantize_embedding": True}, 0.999),
+    ("w8a8", 0.999),                                        # int8 activations too: measured 0.99926
     ("int4", 0.94),                                         # measured 0.950
     ({"bits": 4, "group_size": 32, "sym": False}, 0.96),    # measured 0.969
     ({"bits": 4, "group_size": 32, "sym": False, "modules_to_not_convert": ["layers.*.attn.query_key_value"]},
