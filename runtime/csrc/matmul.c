@@ -476,83 +476,10 @@ INLINE void q4a8_tile(const int R, const int NB, const int8_t *xq, const float *
 }
 #endif
 
+/* AVX-512 VNNI: the int8-activation products run on the interleaved layouts below (gs_*_repack16),
+   the kernels above serve the other instruction sets. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
-/* AVX-512: two blocks per 64-byte vector (lanes 0-7 the first block's sums, 8-15 the second's). */
 #define HAVE_A8_512 1
-static inline __m512 pair_ps(__m128 two) {   /* [two[0]] * 8 ++ [two[1]] * 8 */
-    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
-                                 _mm512_castps128_ps512(two));
-}
-static inline __m128 load2(const float *p) { return _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)p)); }
-
-INLINE void q8a8_tile512(const int R, const int NB, const int8_t *xq, const float *dx, int64_t K, const int8_t *q,
-                         const float *scale, float *y, int64_t ldy) {
-    const int64_t B = K / QB;
-    __m512 acc[ROWS][4];
-    for (int m = 0; m < R; m++)
-        for (int j = 0; j < NB; j++) acc[m][j] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < B; b += 2) {
-        __m512i xa[ROWS];
-        __mmask64 neg[ROWS];
-        __m512 dv[ROWS];
-        for (int m = 0; m < R; m++) {
-            const __m512i xs = _mm512_loadu_si512((const void *)(xq + m * K + b * QB));
-            xa[m] = _mm512_abs_epi8(xs);
-            neg[m] = _mm512_movepi8_mask(xs);
-            dv[m] = pair_ps(load2(dx + m * B + b));
-        }
-        for (int j = 0; j < NB; j++) {
-            const __m512i w = _mm512_loadu_si512((const void *)(q + j * K + b * QB));
-            for (int m = 0; m < R; m++) {
-                const __m512i ws = _mm512_mask_sub_epi8(w, neg[m], _mm512_setzero_si512(), w);
-                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xa[m], ws);
-                acc[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), dv[m], acc[m][j]);
-            }
-        }
-    }
-    for (int m = 0; m < R; m++)
-        for (int j = 0; j < NB; j++) y[m * ldy + j] = _mm512_reduce_add_ps(acc[m][j]) * scale[j];
-}
-
-INLINE void q4a8_tile512(const int R, const int NB, const int8_t *xq, const float *dx, const float *cs, int64_t K,
-                         int64_t group, const uint8_t *q, const uint16_t *scale, const uint8_t *zero, float *y,
-                         int64_t ldy) {
-    const int64_t B = K / QB, G = K / group, per = group / QB;
-    __m512 acc[ROWS][4], corr[ROWS][4];
-    for (int m = 0; m < R; m++)
-        for (int j = 0; j < NB; j++) acc[m][j] = corr[m][j] = _mm512_setzero_ps();
-    const __m256i mask = _mm256_set1_epi8(15);
-    for (int64_t b = 0; b < B; b += 2) {
-        const int64_t g0 = b / per, g1 = (b + 1) / per;
-        __m512i xs[ROWS];
-        __m512 dv[ROWS], cv[ROWS];
-        for (int m = 0; m < R; m++) {
-            xs[m] = _mm512_loadu_si512((const void *)(xq + m * K + b * QB));
-            dv[m] = pair_ps(load2(dx + m * B + b));
-            cv[m] = pair_ps(load2(cs + m * B + b));
-        }
-        for (int j = 0; j < NB; j++) {
-            const __m256i packed = _mm256_loadu_si256((const __m256i *)(q + j * (K / 2) + b * (QB / 2)));
-            const __m256i lo = _mm256_and_si256(packed, mask), hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
-            /* [lo b, lo b+1, hi b, hi b+1] -> [lo b, hi b, lo b+1, hi b+1]: each block's even then odd columns */
-            const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            const __m512i w = _mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(3, 1, 2, 0));
-            const __m512 sv = pair_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)scale[j * G + g0] | ((int)scale[j * G + g1] << 16))));
-            const __m512 zv = zero ? pair_ps(_mm_setr_ps((float)zero[j * G + g0], (float)zero[j * G + g1], 0.0f, 0.0f))
-                                   : _mm512_set1_ps(8.0f);
-            const __m512 sz = _mm512_mul_ps(sv, zv);
-            for (int m = 0; m < R; m++) {
-                const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xs[m]);
-                acc[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(sv, dv[m]), acc[m][j]);
-                corr[m][j] = _mm512_fmadd_ps(sz, cv[m], corr[m][j]);
-            }
-        }
-    }
-    /* each block's correction sits in 8 lanes: the sum over lanes is 8 times it (exact: a power of 2) */
-    for (int m = 0; m < R; m++)
-        for (int j = 0; j < NB; j++)
-            y[m * ldy + j] = _mm512_reduce_add_ps(acc[m][j]) - _mm512_reduce_add_ps(corr[m][j]) * 0.125f;
-}
 #endif
 
 /* 0 on success, -1 when the work buffers could not be allocated. Needs K % 32 == 0. */
@@ -562,16 +489,8 @@ int gs_q8a8_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *
     float *dx = malloc(sizeof(float) * (size_t)(M * (K / QB)));
     if (!xq || !dx) { free(xq); free(dx); return -1; }
     a8_quantize(x, M, K, ldx, 0, xq, dx, NULL);
-#if HAVE_A8_512
-    const int wide = (K / QB) % 2 == 0;
-#define Q8A8(R, B, n) do { if (wide) q8a8_tile512(R, B, xq + m0 * K, dx + m0 * (K / QB), K, q + (n) * K, scale + (n), \
-                                                  y + m0 * ldy + (n), ldy); \
-                           else q8a8_tile(R, B, xq + m0 * K, dx + m0 * (K / QB), K, q + (n) * K, scale + (n), \
-                                          y + m0 * ldy + (n), ldy); } while (0)
-#else
 #define Q8A8(R, B, n) q8a8_tile(R, B, xq + m0 * K, dx + m0 * (K / QB), K, q + (n) * K, scale + (n), \
                                 y + m0 * ldy + (n), ldy)
-#endif
     FOR_TILES(Q8A8)
 #undef Q8A8
     free(xq); free(dx);
@@ -586,18 +505,8 @@ int gs_q4a8_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t 
     float *dx = malloc(sizeof(float) * (size_t)(M * B)), *cs = malloc(sizeof(float) * (size_t)(M * B));
     if (!xq || !dx || !cs) { free(xq); free(dx); free(cs); return -1; }
     a8_quantize(x, M, K, ldx, 1, xq, dx, cs);
-#if HAVE_A8_512
-    const int wide = B % 2 == 0;
-#define Q4A8(R, Bn, n) do { if (wide) q4a8_tile512(R, Bn, xq + m0 * K, dx + m0 * B, cs + m0 * B, K, group, \
-                                                   q + (n) * (K / 2), scale + (n) * G, zero ? zero + (n) * G : NULL, \
-                                                   y + m0 * ldy + (n), ldy); \
-                            else q4a8_tile(R, Bn, xq + m0 * K, dx + m0 * B, cs + m0 * B, K, group, q + (n) * (K / 2), \
-                                           scale + (n) * G, zero ? zero + (n) * G : NULL, y + m0 * ldy + (n), ldy); \
-                          } while (0)
-#else
 #define Q4A8(R, Bn, n) q4a8_tile(R, Bn, xq + m0 * K, dx + m0 * B, cs + m0 * B, K, group, q + (n) * (K / 2), \
                                  scale + (n) * G, zero ? zero + (n) * G : NULL, y + m0 * ldy + (n), ldy)
-#endif
     FOR_TILES(Q4A8)
 #undef Q4A8
     free(xq); free(dx); free(cs);
