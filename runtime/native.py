@@ -22,6 +22,7 @@ from pathlib import Path
 from runtime.cache import cache_root
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("matmul.c", "rows.c"))
+HEADERS = tuple(Path(__file__).with_name("csrc") / name for name in ("bf16.h",))
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 ABI_VERSION = 6
 # The instruction set the kernels are built for: this machine's by default. Another value (the
@@ -85,7 +86,7 @@ def _build_key(cc: str) -> str:
     if target.returncode != 0:
         raise Unavailable(f"{cc} -march={march()} failed: {target.stderr.strip()[-500:]}")
     h = hashlib.sha256()
-    for part in (*(s.read_bytes() for s in SOURCES), " ".join(_flags()).encode(), version.stdout.encode(),
+    for part in (*(s.read_bytes() for s in SOURCES + HEADERS), " ".join(_flags()).encode(), version.stdout.encode(),
                  target.stdout.encode()):
         h.update(hashlib.sha256(part).digest())
     return h.hexdigest()[:24]

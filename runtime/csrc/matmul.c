@@ -21,6 +21,8 @@ Formats (runtime/quant/schemes.py defines them):
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "bf16.h"
 /* A vector of 16 fp32 lanes: one zmm (AVX-512), two ymm (AVX2), or plain lanes the compiler may
    vectorise. The kernels below only use these operations. */
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -83,7 +85,7 @@ static inline float v_sum(V x) { float s = 0.0f; for (int i = 0; i < 16; i++) s 
 static inline V v_q8(const int8_t *p) { V r; for (int i = 0; i < 16; i++) r.v[i] = (float)p[i]; return r; }
 static inline V v_bf16(const uint16_t *p) {
     V r;
-    for (int i = 0; i < 16; i++) { uint32_t b = (uint32_t)p[i] << 16; memcpy(&r.v[i], &b, sizeof b); }
+    for (int i = 0; i < 16; i++) r.v[i] = bf16_to_float(p[i]);
     return r;
 }
 typedef struct { float s, z; } Q4;
@@ -195,7 +197,6 @@ void gs_q8_dequant(const int8_t *q, const float *scale, int64_t N, int64_t K, fl
 
 /* ---------------------------------------------------------------- float weights: fp32, bf16 */
 
-static inline float bf16_to_float(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, sizeof f); return f; }
 
 #define FLOAT_TILE(NAME, T, LOAD, SCALAR) \
 INLINE void NAME(const int R, const int NB, const float *x, int64_t K, int64_t ldx, const T *w, float *y, int64_t ldy) { \
@@ -236,13 +237,6 @@ static int bf16_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint
     FOR_TILES(BF16)
 #undef BF16
     return 0;
-}
-
-static inline uint16_t float_to_bf16(float f) {   /* torch's round to nearest even; a NaN stays a quiet NaN */
-    uint32_t u; memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
 }
 
 /* torch's bf16 linear for a few rows, bf16 in and out: x widened, products accumulated in fp32, the

@@ -9,21 +9,15 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16.h"
+
 typedef uint16_t bf16;
 static inline float ld_f32(const float *p, int64_t i) { return p[i]; }
-static inline float ld_bf16(const bf16 *p, int64_t i) {
-    uint32_t u = (uint32_t)p[i] << 16; float f; memcpy(&f, &u, sizeof f); return f;
-}
-static inline bf16 to_bf16(float f) {   /* torch's round to nearest even; a NaN stays a quiet NaN */
-    uint32_t u; memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (bf16)(u >> 16);
-}
+static inline float ld_bf16(const bf16 *p, int64_t i) { return bf16_to_float(p[i]); }
 static inline void st_f32(float *p, int64_t i, float v) { p[i] = v; }
-static inline void st_bf16(bf16 *p, int64_t i, float v) { p[i] = to_bf16(v); }
+static inline void st_bf16(bf16 *p, int64_t i, float v) { p[i] = float_to_bf16(v); }
 static inline float rnd_f32(float v) { return v; }
-static inline float rnd_bf16(float v) { bf16 b = to_bf16(v); return ld_bf16(&b, 0); }
+static inline float rnd_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
 
 /* out[r] = rnd(x[r] * (1 / sqrt(mean(x[r]^2) + eps))) * w: torch's rms_norm (fp32: F.rms_norm; bf16:
    runtime/ops/norms.py, statistics in fp32, the normalised row rounded, then times the weight), the
