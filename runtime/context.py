@@ -48,12 +48,14 @@ class KVCache:
 
 class SequenceState:
     """One model-level sequence: `padding` bool [B, past + length] (True = a real token) or None when
-    nothing is padded; `past` positions already in `cache` (0 and None without a cache)."""
+    nothing is padded; `past` positions already in `cache` (0 and None without a cache); `last_real`:
+    the caller knows the last position is a real token in every row (a generated one)."""
 
-    __slots__ = ("padding", "past", "cache")
+    __slots__ = ("padding", "past", "cache", "last_real")
 
-    def __init__(self, padding: torch.Tensor | None = None, past: int = 0, cache: KVCache | None = None):
-        self.padding, self.past, self.cache = padding, past, cache
+    def __init__(self, padding: torch.Tensor | None = None, past: int = 0, cache: KVCache | None = None,
+                 last_real: bool = False):
+        self.padding, self.past, self.cache, self.last_real = padding, past, cache, last_real
 
 
 EMPTY = SequenceState()
@@ -126,21 +128,23 @@ class ForwardContext:
         """For keys along `seq`: None (attend everywhere), "causal" (the kernel's own causal mask), or a
         bool tensor [B or 1, 1, q_len, kv_len] with True where a query may attend."""
         if tracing():    # symbolic sizes do not hash; the traced graph holds each mask's ops anyway
-            return _build(self.seq(seq).padding, self.device, q_len, kv_len, bool(causal), window)
+            return _build(self.seq(seq), self.device, q_len, kv_len, bool(causal), window)
         key = (seq, q_len, kv_len, bool(causal), window)
         if key not in self._masks:
-            self._masks[key] = _build(self.seq(seq).padding, self.device, q_len, kv_len, bool(causal), window)
+            self._masks[key] = _build(self.seq(seq), self.device, q_len, kv_len, bool(causal), window)
         return self._masks[key]
 
 
-def _build(padding, device, q_len, kv_len, causal, window):
+def _build(state: SequenceState, device, q_len, kv_len, causal, window):
+    padding = state.padding
     windowed = window is not None and kv_len > window
     if padding is None and not windowed:
         if not causal or q_len == 1:
             return None
         if q_len == kv_len:
             return "causal"
-    if q_len == 1 and causal and not windowed and not tracing() and bool(padding[:, kv_len - 1].all()):
+    if q_len == 1 and causal and not windowed and not tracing() and (
+            (state.last_real and kv_len == padding.shape[1]) or bool(padding[:, kv_len - 1].all())):
         # A decode step: the one query is the newest token and real, so causality holds for every
         # key and the mask is the padding row itself, a view rather than new tensors per step.
         return padding[:, None, None, :kv_len]

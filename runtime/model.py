@@ -134,6 +134,9 @@ class CompiledModel(TransformersAPI, nn.Module):
         self.loss_spec = interface.heads[head].loss if head is not None else interface.loss
         self.id2label: dict[int, str] | None = None
         self.group = None          # tensor parallelism: the process group of its collectives (runtime/parallel)
+        # the last generation's decode-step recording (runtime/step_capture.py): how many steps it replayed,
+        # or why it did not
+        self.step_capture = None
         self._trunk = None             # base_model of a head model: the trunk's forward on the same modules
         self.forward = _with_signature(self)
         self._inputs = {i.name: i for i in self.contract.inputs}
@@ -345,7 +348,9 @@ class CompiledModel(TransformersAPI, nn.Module):
         return out
 
     def _run(self, feeds: dict, states: dict[str, SequenceState], keep: int, record: tuple = (),
-             embeds: dict | None = None) -> ModelOutput:
+             embeds: dict | None = None, step=None) -> ModelOutput:
+        """One forward. `step(net, inputs, ctx)`, when given, runs the network instead of calling it
+        (a generation's decode steps: runtime/step_capture.py)."""
         feeds = dict(feeds)
         lengths = self._lengths(feeds)
         for seq in lengths:
@@ -355,8 +360,9 @@ class CompiledModel(TransformersAPI, nn.Module):
         # `model.train()` reaches the network (dropout then drops)
         ctx = ForwardContext(self.dtype, self.device, states, keep_positions=keep, training=self.training,
                              group=self.group, record=record)
+        net, inputs = self._trunk or self.net, [feeds[i.name] for i in self.contract.inputs]
         with self._embeds_in_place(feeds, embeds):
-            out = ModelOutput((self._trunk or self.net)(*(feeds[i.name] for i in self.contract.inputs), ctx))
+            out = ModelOutput(net(*inputs, ctx) if step is None else step(net, inputs, ctx))
         out.update(ctx.records())
         return out
 

@@ -13,6 +13,8 @@ from torch import nn
 
 
 class TransformersAPI:
+    network_compiled = False       # model.compile() ran
+
     # -- counting --------------------------------------------------------------------------------
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Elements of the unique params (a tied weight once), as Transformers counts: trainable only
@@ -105,8 +107,9 @@ class TransformersAPI:
     # -- torch.compile --------------------------------------------------------------------------------
     def compile(self, *args, **kwargs) -> None:
         """torch.compile the network in place, so forward and every generate step (which call the
-        network, not this wrapper) run the compiled code."""
+        network, not this wrapper) run the compiled code (and are not recorded: step_capture.py)."""
         self.net.compile(*args, **kwargs)
+        self.network_compiled = True
 
 
 def _checkpointed(run, kwargs: dict, *args):

@@ -17,7 +17,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
+
+import torch
 
 from runtime.cache import cache_root
 
@@ -137,3 +140,30 @@ def unavailable_reason() -> str | None:
 
 def available() -> bool:
     return unavailable_reason() is None
+
+
+class Position(int):
+    """An argument of a kernel call that is a position of the generated sequence (the KV cache's
+    filled length): a recorded decode step (runtime/step_capture.py) advances it with the sequence
+    when it replays the call, where every other integer argument is replayed as recorded."""
+
+
+# This thread's recording of a decode step in progress (runtime/step_capture.py), if any.
+_RECORDING = threading.local()
+
+
+def recorder():
+    return getattr(_RECORDING, "recorder", None)
+
+
+def set_recorder(value) -> None:
+    _RECORDING.recorder = value
+
+
+def call(kernel, *args):
+    """kernel(*args) with each tensor passed as its data pointer. Kernels of the decode step are
+    called through here, so that a recording sees which tensors each call reads and writes."""
+    current = getattr(_RECORDING, "recorder", None)
+    if current is not None:
+        current.native(kernel, args)
+    return kernel(*[a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args])

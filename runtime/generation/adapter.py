@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from runtime import step_capture
 from runtime.context import KVCache, SequenceState
 from runtime.errors import GenerationError
 from runtime.expr import ExprError
@@ -94,6 +95,7 @@ class CompiledDecoder:
         self.tokens_so_far = self.padding = None
         self.past = 0
         self.group = 1          # rows per input row after fork: they share the static outputs
+        self.capture: step_capture.StepCapture | None = None
 
     def check_room(self, rows: int, max_length: int) -> None:
         """Refuse, before allocating, a generation of `rows` rows of `max_length` tokens that runs past a
@@ -122,9 +124,13 @@ class CompiledDecoder:
         batch, length = rows.shape
         self.check_room(batch, max_length)
         self.capacity = max_length
+        self.prompt_length = length
         self.tokens_so_far = torch.empty(batch, max_length, dtype=torch.long, device=self.device)
         self.cache = KVCache(max_length)
         self.past = 0
+        self.capture = None
+        if self._capturable():
+            self.capture = self.model.step_capture = step_capture.StepCapture()
         if self.is_encoder_decoder:
             self.static = _StaticOutputs(self.model.net, self.model.contract.static)
             if mask is not None:
@@ -135,14 +141,28 @@ class CompiledDecoder:
             self.padding[:, :length] = mask.bool()
         return self._append(rows)
 
+    def _capturable(self) -> bool:
+        """Whether decode steps may be recorded and replayed (step_capture.py): on the CPU, without
+        autograd, training, a process group or torch.compile — what a recording would freeze or
+        cannot see."""
+        model = self.model
+        return (step_capture.enabled() and self.device.type == "cpu" and not torch.is_grad_enabled()
+                and not model.training and model.group is None and not model.network_compiled)
+
     def step(self, tokens):
         return self._append(tokens[:, None])
 
     def _run(self, ids, past: int):
         end = past + ids.shape[1]
         states = {seq: SequenceState(p) for seq, p in self.others.items()}
-        states[self.g.seq] = SequenceState(None if self.padding is None else self.padding[:, :end], past, self.cache)
-        out = self.model._run({**self.feeds, self.g.tokens: ids}, states, keep=1)
+        # past the prompt every position is a generated token, real in every row
+        states[self.g.seq] = SequenceState(None if self.padding is None else self.padding[:, :end], past, self.cache,
+                                           last_real=past >= self.prompt_length)
+        step = None
+        if self.capture is not None and ids.shape[1] == 1 and past:
+            def step(net, inputs, ctx):
+                return self.capture.run(net, inputs, ctx, past, self.capacity)
+        out = self.model._run({**self.feeds, self.g.tokens: ids}, states, keep=1, step=step)
         return out[self.g.logits][:, -1]
 
     def _append(self, ids):
@@ -150,6 +170,7 @@ class CompiledDecoder:
         self.tokens_so_far[:, self.past:end] = ids
         logits = self._run(ids, self.past)
         if self.cache.stale:
+            self._uncapture("the KV cache was recomputed")
             # The cached keys no longer fit this step (LongRoPE switched factors): like Transformers,
             # run the whole sequence so far again into a fresh cache.
             self.cache = KVCache(self.capacity)
@@ -175,6 +196,7 @@ class CompiledDecoder:
         same = torch.arange(rows, device=beam_idx.device)
         if torch.equal(beam_idx, same):
             return
+        self._uncapture("beams were reordered")
         past = self.past
         for k, v in self.cache.slots.values():
             k[:, :, :past] = k[:, :, :past].index_select(0, beam_idx)
@@ -187,6 +209,7 @@ class CompiledDecoder:
 
     def fork(self, n: int):
         self.check_room(self.tokens_so_far.shape[0] * n, self.capacity)
+        self._uncapture("rows were forked")
         past = self.past
         for slot, (k, v) in list(self.cache.slots.items()):
             wide_k = k.new_empty((k.shape[0] * n, *k.shape[1:]))
@@ -198,10 +221,17 @@ class CompiledDecoder:
         self._per_source(lambda t: t.repeat_interleave(n, dim=0))
         self.group *= n
 
+    def _uncapture(self, why: str) -> None:
+        """The buffers a recorded step points to are replaced (the cache, the rows): the rest of the
+        generation runs eagerly (beam search replaces them at every step)."""
+        if self.capture is not None and self.capture.refused is None:
+            self.capture.refuse(why)
+
     def close(self):
         if self.static is not None:
             self.static.remove()
         self.cache = self.static = None
+        self.capture = None
 
 
 def _as_mask(padding):

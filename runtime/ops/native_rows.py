@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from runtime.context import tracing
-from runtime.native import available, library
+from runtime.native import Position, available, call, library
 
 # Beyond this many elements the aten ops' own cost dominates their dispatch (and they use every thread).
 MAX_ELEMENTS = 1 << 16
@@ -59,11 +59,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     y = torch.empty(x.shape[:-1] + (n,), dtype=x.dtype)
     threads = torch.get_num_threads()
     if x.dtype == torch.bfloat16:
-        status = library().gs_bf16_linear(x2.data_ptr(), rows, k, x2.stride(0), weight.data_ptr(),
-                                          None if bias is None else bias.data_ptr(), n, y.data_ptr(), threads)
+        status = call(library().gs_bf16_linear, x2, rows, k, x2.stride(0), weight, bias, n, y, threads)
     else:
-        status = library().gs_f32_mm(x2.data_ptr(), rows, k, x2.stride(0), weight.data_ptr(), n, y.data_ptr(), n,
-                                     threads)
+        status = call(library().gs_f32_mm, x2, rows, k, x2.stride(0), weight, n, y, n, threads)
         if bias is not None:
             y += bias
     if status:
@@ -80,7 +78,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
     if dim == 0 or weight.shape != (dim,):
         return None
     out = torch.empty_like(x)
-    _kernel("rms_norm", x.dtype)(x.data_ptr(), x.numel() // dim, dim, weight.data_ptr(), eps, out.data_ptr())
+    call(_kernel("rms_norm", x.dtype), x, x.numel() // dim, dim, weight, eps, out)
     return out
 
 
@@ -95,8 +93,8 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor 
             or r > d or not cos.is_contiguous() or not sin.is_contiguous()):
         return None
     out = torch.empty(b, h, s, d, dtype=x.dtype)
-    _kernel("rope", x.dtype)(x.data_ptr(), b, h, s, d, x.stride(0), x.stride(1), x.stride(2), cos.data_ptr(),
-                             sin.data_ptr(), r, 0 if cos.shape[0] == 1 else s * r, out.data_ptr())
+    call(_kernel("rope", x.dtype), x, b, h, s, d, x.stride(0), x.stride(1), x.stride(2), cos, sin, r,
+         0 if cos.shape[0] == 1 else s * r, out)
     return out
 
 
@@ -113,16 +111,17 @@ def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: tup
     if (h % hkv or k.shape != (b, hkv, 1, d) or v.shape != k.shape or kc.shape != (b, hkv, kc.shape[2], d)
             or vc.shape != kc.shape or not kc.is_contiguous() or not vc.is_contiguous()):
         return None
-    mask_ptr, mask_stride = None, 0
+    mask_stride = 0
     if mask is not None:
         if (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 4
                 or mask.shape[1:] != (1, 1, length) or mask.shape[0] not in (1, b) or mask.stride(-1) != 1):
             return None
-        mask_ptr, mask_stride = mask.data_ptr(), (mask.stride(0) if mask.shape[0] > 1 else 0)
+        mask_stride = mask.stride(0) if mask.shape[0] > 1 else 0
     out = torch.empty(b, 1, h, d, dtype=q.dtype)
-    scores = torch.empty(b * h * (length + d))          # per head: its scores, then its fp32 output
-    _kernel("attend_step", q.dtype)(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), k.stride(0), k.stride(1),
-                             v.data_ptr(), v.stride(0), v.stride(1), kc.data_ptr(), vc.data_ptr(), kc.shape[2], past,
-                             b, h, hkv, d, mask_ptr, mask_stride, scale, out.data_ptr(), scores.data_ptr(),
-                             torch.get_num_threads())
+    # per head: its scores, then its fp32 output; sized for the whole cache, so that every step of a
+    # generation allocates the same (a recorded step replays into it at later positions)
+    scores = torch.empty(b * h * (kc.shape[2] + d))
+    call(_kernel("attend_step", q.dtype), q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0),
+         v.stride(1), kc, vc, kc.shape[2], Position(past), b, h, hkv, d, mask, mask_stride, scale, out, scores,
+         torch.get_num_threads())
     return out.transpose(1, 2)

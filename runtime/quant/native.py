@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from runtime.native import available, library
+from runtime.native import available, call, library
 
 
 def interleaved() -> bool:
@@ -53,7 +53,7 @@ def matmul(x: torch.Tensor, w: Weights) -> torch.Tensor:
         k = x.shape[-1]
         m = x.numel() // k
         y = torch.empty(x.shape[:-1] + (n,))
-        _check(w.kernel(x.data_ptr(), m, k, k, *w.weight_args, n, y.data_ptr(), n, torch.get_num_threads()), m, k)
+        _check(call(w.kernel, x, m, k, k, *w.weight_args, n, y, n, torch.get_num_threads()), m, k)
         return y
     x2 = x.reshape(-1, x.shape[-1])
     if x2.dtype != torch.float32:
@@ -62,8 +62,7 @@ def matmul(x: torch.Tensor, w: Weights) -> torch.Tensor:
         x2 = x2.contiguous()
     m, k = x2.shape
     y = torch.empty(m, n, dtype=torch.float32)
-    _check(w.kernel(x2.data_ptr(), m, k, x2.stride(0), *w.weight_args, n, y.data_ptr(), n, torch.get_num_threads()),
-           m, k)
+    _check(call(w.kernel, x2, m, k, x2.stride(0), *w.weight_args, n, y, n, torch.get_num_threads()), m, k)
     y = y.view(*x.shape[:-1], n)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 

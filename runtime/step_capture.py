@@ -1,0 +1,285 @@
+"""A decode step recorded once and replayed: the CPU's counterpart of a CUDA graph.
+
+A decode step of a small model spends more time in Python — module calls, argument checks, the
+dispatch of ~15 ops a layer — than in arithmetic. Recording one step lists what it computed: every
+aten op (through a TorchDispatchMode) and every C kernel call (runtime.native.call), with the tensors
+each read and wrote. Replaying runs that list again on the same buffers: the C kernels and the aten
+ops with an `out=` form, nothing else — no module, no view, no allocation, no check.
+
+A recording is only a proof of what one step did, so two consecutive steps are recorded and compared
+entry by entry: the same ops and kernels, each tensor the same buffer (a parameter, the KV cache,
+the padding row), the same input or the same scratch made in the step, at the same offset, shape and
+strides; every other argument equal, except the kernel arguments marked `runtime.native.Position`,
+which must have moved with the sequence. Anything that varies otherwise with the position (a mask
+sliced to the keys so far, a cache written by an indexed copy) makes the two differ, and the
+generation then stays eager. So does a step that reads a tensor's value into Python (its decisions
+would be frozen), draws random numbers, runs off the CPU or runs a collective. The replay computes
+what the eager step computes, with the same kernels on the same values: the same numbers, bit for bit.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from runtime import native
+
+# GRAPHSPEC_STEP_CAPTURE=0 keeps every decode step eager (for comparisons).
+ENV = "GRAPHSPEC_STEP_CAPTURE"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+# aten's allocations without values (torch carries no tag for them)
+_UNINITIALISED = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.empty_strided,
+                  torch.ops.aten.new_empty, torch.ops.aten.new_empty_strided}
+
+
+class Refused(Exception):
+    """The step cannot be replayed; the message says why."""
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _tensors(value) -> list:
+    """The tensors in an op's arguments or results (nested lists, tuples and dicts)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _count(value) -> int:
+    """How many values an op's result holds."""
+    if isinstance(value, (list, tuple)):
+        return sum(map(_count, value))
+    return 1
+
+
+class Recording:
+    """What one step did, with every tensor it touched kept alive (so no buffer is reused)."""
+
+    def __init__(self, inputs: list, past: int):
+        self.inputs, self.past = inputs, past
+        self.entries: list[tuple] = []          # (kind, fn, args, kwargs, out)
+        self.scratch: dict[int, int] = {}       # storage made in the step -> its order
+        self.outputs = None
+        self.refused: str | None = None
+        self.rng: torch.Tensor | None = None     # the CPU generator's state before the op running now
+
+    def aten(self, func, args, kwargs, out) -> None:
+        leaves = _tensors(out)
+        if len(leaves) != _count(out):
+            raise Refused(f"{func} hands a value to Python, which may decide on it")
+        if torch.Tag.nondeterministic_seeded in func.tags and self.rng is not None:
+            # such an op may draw (sdpa with dropout) or not (dropout_p 0): what it did tells
+            if not torch.equal(self.rng, torch.random.get_rng_state()):
+                raise Refused(f"{func} draws random numbers")
+        if any(isinstance(v, torch.Generator) for v in (*args, *kwargs.values())):
+            raise Refused(f"{func} draws random numbers")
+        tensors = _tensors(args) + _tensors(kwargs)
+        if any(t.device.type != "cpu" for t in tensors + leaves):
+            raise Refused(f"{func} runs off the CPU")
+        mutates = func._schema.is_mutable
+        read = {_storage(t) for t in tensors}
+        aliased = [_storage(t) in read for t in leaves]
+        if mutates:
+            kind = "mutate"
+        elif all(aliased):
+            kind = "view"
+        elif any(aliased):
+            raise Refused(f"{func} returns both views and new tensors")
+        elif func.overloadpacket in _UNINITIALISED:
+            kind = "alloc"                      # no values to recompute
+        else:
+            kind = "compute"
+        if kind in ("alloc", "compute"):
+            for t in leaves:
+                self.scratch.setdefault(_storage(t), len(self.scratch))
+        self.entries.append((kind, func, args, kwargs, out))
+
+    def native(self, kernel, args) -> None:
+        if self.refused is None:
+            self.entries.append(("native", kernel, args, {}, None))
+
+    def signature(self) -> list:
+        """The entries with each tensor named by its role, not its address: equal for two steps that
+        did the same work on the same buffers."""
+        inputs = {_storage(t): i for i, t in enumerate(self.inputs)}
+
+        def name(value, full: bool):
+            if isinstance(value, torch.Tensor):
+                base = _storage(value)
+                if base == 0:
+                    return ("empty", tuple(value.shape), value.dtype)
+                role = (("scratch", self.scratch[base]) if base in self.scratch else
+                        ("input", inputs[base]) if base in inputs else ("state", base))
+                if full:
+                    return (role, tuple(value.shape), value.stride(), value.storage_offset(), value.dtype)
+                return (role, value.data_ptr() - base)
+            if isinstance(value, native.Position):
+                return ("position", int(value) - self.past)
+            if isinstance(value, (list, tuple)):
+                return tuple(name(v, full) for v in value)
+            if isinstance(value, dict):
+                return tuple((k, name(v, full)) for k, v in value.items())
+            return (type(value).__name__, value)
+
+        # views are left out: what they see (offset, shape, strides) is in the calls that read them
+        return [(kind, fn, name(args, kind != "native"), name(kwargs, True),
+                 name(out, True) if out is not None else None)
+                for kind, fn, args, kwargs, out in self.entries if kind != "view"] + [
+            ("outputs", name(pytree.tree_leaves(self.outputs), True))]
+
+
+class _Dispatch(TorchDispatchMode):
+    def __init__(self, recording: Recording):
+        super().__init__()
+        self.recording = recording
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        seeded = torch.Tag.nondeterministic_seeded in func.tags
+        self.recording.rng = torch.random.get_rng_state() if seeded else None
+        out = func(*args, **kwargs)
+        if self.recording.refused is None:
+            try:
+                self.recording.aten(func, args, kwargs, out)
+            except Refused as err:
+                self.recording.refused = str(err)     # the step runs on, unrecorded
+        return out
+
+
+def record(net, inputs: list, ctx, past: int):
+    """Run net(*inputs, ctx) eagerly while recording it: (its outputs, the Recording or the reason it
+    cannot be replayed)."""
+    inputs = [t.clone() if isinstance(t, torch.Tensor) else t for t in inputs]   # the tape's own buffers
+    recording = Recording([t for t in inputs if isinstance(t, torch.Tensor)], past)
+    outer = native.recorder()
+    native.set_recorder(recording)
+    try:
+        with _Dispatch(recording):
+            out = net(*inputs, ctx)
+    finally:
+        native.set_recorder(outer)
+    if recording.refused is not None:
+        return out, recording.refused
+    recording.outputs = out
+    # the caller gets copies: a replay writes the recorded outputs again
+    return pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, out), recording
+
+
+class Tape:
+    """A recording turned into calls; `replay` runs them for the step at position `past`."""
+
+    def __init__(self, recording: Recording):
+        self.inputs, self.past, self.outputs = recording.inputs, recording.past, recording.outputs
+        self.keep = recording.entries           # every tensor the calls point to stays alive
+        self.calls = [c for c in map(_replay_call, recording.entries) if c is not None]
+
+    def replay(self, inputs: list, past: int):
+        """The step's outputs (copies), or None when these inputs do not fit the recorded buffers."""
+        tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+        if len(tensors) != len(self.inputs) or any(
+                t.shape != mine.shape or t.dtype != mine.dtype for t, mine in zip(tensors, self.inputs)):
+            return None
+        for mine, t in zip(self.inputs, tensors):
+            mine.copy_(t)
+        delta = past - self.past
+        for fn in self.calls:
+            fn(delta)
+        return pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, self.outputs)
+
+
+def _replay_call(entry):
+    kind, fn, args, kwargs, out = entry
+    if kind in ("view", "alloc"):
+        return None            # the recorded views and buffers are the ones the other calls use
+    if kind == "native":
+        values = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
+        moving = [(i, int(a)) for i, a in enumerate(args) if isinstance(a, native.Position)]
+        values = [int(v) if isinstance(v, native.Position) else v for v in values]
+        return _native_call(fn, values, moving)
+    if kind == "mutate":
+        return lambda delta: fn(*args, **kwargs)
+    target = getattr(fn.overloadpacket, "out", None)
+    if isinstance(out, torch.Tensor) and target is not None:
+        try:
+            target(*args, **kwargs, out=out)
+            return lambda delta: target(*args, **kwargs, out=out)
+        except (RuntimeError, TypeError):
+            pass               # no out= form with these arguments: compute, then copy
+    outs = pytree.tree_leaves(out)
+
+    def compute(delta):
+        for mine, new in zip(outs, pytree.tree_leaves(fn(*args, **kwargs))):
+            mine.copy_(new)
+    return compute
+
+
+def _native_call(kernel, values: list, moving: list):
+    name = getattr(kernel, "__name__", "kernel")
+
+    def run(delta):
+        if moving:
+            now = list(values)
+            for i, recorded in moving:
+                now[i] = recorded + delta
+        else:
+            now = values
+        status = kernel(*now)
+        if status:
+            raise RuntimeError(f"{name} failed (status {status}) replaying a recorded decode step")
+    return run
+
+
+class StepCapture:
+    """One generation's decode steps, recorded until two consecutive recordings match, then replayed.
+    (The first steps may differ: a kernel's first call measures its candidate paths, caches fill.)
+    `replayed` counts replayed steps; `refused` says why the steps stayed eager, if they did."""
+
+    RECORDINGS = 4             # at most this many steps recorded before giving up
+
+    def __init__(self):
+        self.tape: Tape | None = None
+        self.previous: tuple | None = None      # (recording, its signature)
+        self.recorded = 0
+        self.replayed = 0
+        self.refused: str | None = None
+
+    def run(self, net, inputs: list, ctx, past: int, capacity: int):
+        if self.tape is not None:
+            if past < capacity:
+                out = self.tape.replay(inputs, past)
+                if out is not None:
+                    self.replayed += 1
+                    return out
+            self.refuse("a step did not fit the recorded buffers")
+        if self.refused is not None:
+            return net(*inputs, ctx)
+        out, recording = record(net, inputs, ctx, past)
+        self.recorded += 1
+        if isinstance(recording, str):
+            self.refuse(recording)
+            return out
+        signature = recording.signature()
+        if self.previous is not None and self.previous[1] == signature:
+            self.previous, self.tape = None, Tape(recording)
+        elif self.recorded >= self.RECORDINGS:
+            self.refuse(f"{self.recorded} consecutive steps did not do the same work on the same buffers")
+        else:
+            self.previous = (recording, signature)
+        return out
+
+    def refuse(self, reason: str) -> None:
+        self.tape = self.previous = None
+        self.refused = reason

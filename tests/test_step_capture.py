@@ -1,0 +1,138 @@
+"""Recorded decode steps (runtime/step_capture.py): a replayed generation gives the eager one's scores
+bit for bit, and a step that depends on its position other than through the marked kernel arguments,
+reads values into Python or draws random numbers stays eager."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runtime import native, step_capture
+from runtime.quant import quantize_model
+from tests.generation_models import make, prompt
+
+pytest.importorskip("transformers")
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return {family: make(family, tmp_path_factory.mktemp(family))[1] for family in ("llama", "gpt2", "t5")}
+
+
+def generate_both(monkeypatch, model, ids, **kwargs):
+    """(eager, captured) generate outputs with scores, and the captured run's StepCapture."""
+    out = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv(step_capture.ENV, mode)
+        model.step_capture = None
+        torch.manual_seed(0)
+        out[mode] = model.generate(ids, max_new_tokens=NEW_TOKENS, eos_token_id=None, output_scores=True,
+                                   return_dict_in_generate=True, **kwargs)
+    return out["0"], out["1"], model.step_capture
+
+
+def assert_same(eager, captured):
+    assert torch.equal(eager.sequences, captured.sequences)
+    assert len(eager.scores) == len(captured.scores) == NEW_TOKENS
+    for a, b in zip(eager.scores, captured.scores):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("pad", [0, 2])
+def test_replayed_decode_steps_give_the_eager_scores_bit_for_bit(monkeypatch, models, family, pad):
+    ids, mask = prompt(97, pad=pad)
+    eager, captured, capture = generate_both(monkeypatch, models[family], ids, attention_mask=mask)
+    assert capture.refused is None and capture.replayed >= NEW_TOKENS - 4
+    assert_same(eager, captured)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "w4a8"])
+def test_quantized_decode_steps_replay_bit_for_bit(monkeypatch, tmp_path, scheme):
+    _, model = make("llama", tmp_path)
+    model = quantize_model(model, {"bits": 4, "act_bits": 8, "modules_to_not_convert": []} if scheme == "w4a8" else scheme)
+    ids, mask = prompt(97, pad=1)
+    eager, captured, capture = generate_both(monkeypatch, model, ids, attention_mask=mask)
+    assert capture.refused is None and capture.replayed > 0
+    assert_same(eager, captured)
+
+
+def test_bf16_decode_steps_replay_bit_for_bit(monkeypatch, tmp_path):
+    import runtime
+    make("llama", tmp_path)
+    model = runtime.from_pretrained(tmp_path, dtype="bfloat16")
+    eager, captured, capture = generate_both(monkeypatch, model, prompt(97)[0])
+    assert capture.refused is None and capture.replayed > 0
+    assert_same(eager, captured)
+
+
+def test_sampling_under_a_seed_is_the_same_replayed(monkeypatch, models):
+    eager, captured, capture = generate_both(monkeypatch, models["llama"], prompt(97)[0], do_sample=True, top_k=0)
+    assert capture.replayed > 0
+    assert_same(eager, captured)
+
+
+def test_a_step_whose_work_moves_with_the_position_stays_eager(monkeypatch, models):
+    # T5's decoder adds a relative position bias as wide as the keys so far: no two steps alike
+    eager, captured, capture = generate_both(monkeypatch, models["t5"], prompt(99)[0])
+    assert capture.replayed == 0 and "did not do the same work" in capture.refused
+    assert_same(eager, captured)
+
+
+def test_beam_search_stays_eager_once_beams_are_reordered(monkeypatch, models):
+    eager, captured, capture = generate_both(monkeypatch, models["llama"], prompt(97)[0], num_beams=3)
+    assert capture.refused is not None
+    assert torch.equal(eager.sequences, captured.sequences)
+
+
+class Cached(torch.nn.Module):
+    """A decode step over a cache buffer: written at `past` by an indexed copy (`by_index`), or by a C
+    kernel told the position (a Position argument), then summed."""
+
+    def __init__(self, by_index: bool):
+        super().__init__()
+        self.by_index = by_index
+        self.cache = torch.zeros(1, 16)
+
+    def forward(self, x, past):
+        y = x * 2 + 1
+        if self.by_index:
+            self.cache[:, past] = y[:, 0]
+        else:
+            # stand-in for a kernel that writes at the position: the native call records it as such
+            native.call(self.write, self.cache, native.Position(past), y)
+        return {"out": self.cache.cumsum(-1)}
+
+    def write(self, cache_ptr, past, y_ptr):
+        self.cache[:, past] = torch.tensor(self.y_value)
+
+
+def run_steps(net, steps: int, capacity: int = 16):
+    capture, outs = step_capture.StepCapture(), []
+    for past in range(1, steps + 1):
+        x = torch.full((1, 1), float(past))
+        net.y_value = [2.0 * past + 1]
+        outs.append(capture.run(net, [x], past, past, capacity)["out"])
+    return capture, outs
+
+
+def test_a_position_baked_into_an_indexed_write_is_not_replayed():
+    capture, outs = run_steps(Cached(by_index=True), 8)
+    assert capture.replayed == 0 and capture.refused is not None
+    assert torch.equal(outs[-1], torch.tensor([[0.0] + [float(2 * p + 1) for p in range(1, 9)] + [0.0] * 7]).cumsum(-1))
+
+
+def test_a_marked_position_moves_with_each_replayed_step():
+    net = Cached(by_index=False)
+    calls = []
+    net.write = lambda cache_ptr, past, y_ptr: calls.append(past)
+    capture, _ = run_steps(net, 8)
+    assert capture.refused is None and capture.replayed == 6
+    assert calls == list(range(1, 9))
+
+
+def test_a_step_past_the_recorded_capacity_runs_eagerly():
+    net = Cached(by_index=False)
+    net.write = lambda *args: None
+    capture, _ = run_steps(net, 8, capacity=5)
+    assert capture.replayed == 2 and "did not fit" in capture.refused
