@@ -142,20 +142,25 @@ class Recording:
 
 
 class _Dispatch(TorchDispatchMode):
-    def __init__(self, recording: Recording):
-        super().__init__()
-        self.recording = recording
+    """Hands every aten op to this thread's recording (runtime.native.recorder())."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch otherwise wraps __torch_dispatch__ in a torch.compile guard whose first call imports
+        # the compiler (~2.5 s); a recording never runs under torch.compile (adapter._capturable)
+        return False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        recording = native.recorder()
         seeded = torch.Tag.nondeterministic_seeded in func.tags
-        self.recording.rng = torch.random.get_rng_state() if seeded else None
+        recording.rng = torch.random.get_rng_state() if seeded else None
         out = func(*args, **kwargs)
-        if self.recording.refused is None:
+        if recording.refused is None:
             try:
-                self.recording.aten(func, args, kwargs, out)
+                recording.aten(func, args, kwargs, out)
             except Refused as err:
-                self.recording.refused = str(err)     # the step runs on, unrecorded
+                recording.refused = str(err)     # the step runs on, unrecorded
         return out
 
 
@@ -167,7 +172,7 @@ def record(net, inputs: list, ctx, past: int):
     outer = native.recorder()
     native.set_recorder(recording)
     try:
-        with _Dispatch(recording):
+        with _Dispatch():
             out = net(*inputs, ctx)
     finally:
         native.set_recorder(outer)
