@@ -75,13 +75,14 @@ def test_int8_activation_kernels_equal_the_reference_on_quantized_activations(sc
         torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=3e-5, msg=name)
 
 
-@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])        # AVX2 without VNNI; no vector extensions
-def test_the_int8_activation_kernels_other_code_paths_equal_the_reference(march, monkeypatch, no_native_cache, path):
+# AVX-512 without VNNI (no interleaved layouts: the table-driven int4 kernels); AVX2; no vector extensions
+@pytest.mark.parametrize("march", ["skylake-avx512", "x86-64-v3", "x86-64"])
+def test_the_kernels_other_code_paths_equal_the_reference(march, monkeypatch, no_native_cache, path):
     monkeypatch.setenv(native.MARCH_VARIABLE, march)
     if not native.available():
         pytest.skip(native.unavailable_reason())
     path("native")
-    for scheme in A8_SCHEMES:
+    for scheme in SCHEMES + A8_SCHEMES:
         for rows in (1, 4, 5):
             q = layer(scheme, n=11, k=128)
             x = torch.randn(rows, 128)

@@ -125,7 +125,7 @@ static inline float half_to_float(uint16_t h) {
 }
 #endif
 
-int gs_abi_version(void) { return 6; }   /* runtime/native.py ABI_VERSION */
+int gs_abi_version(void) { return 7; }   /* runtime/native.py ABI_VERSION */
 
 /* ---------------------------------------------------------------- int8, per output channel */
 /* A tile: R activation rows against NB weight rows. One FMA chain is latency-bound (4 cycles), so
@@ -508,6 +508,19 @@ int gs_q4a8_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t 
 }
 
 /* ---------------------------------------------------------------- int4 x int8, 16 rows interleaved */
+/* The loop the interleaved products share: 16-row weight tiles across the threads, ROWS activation
+   rows at a time, each block dispatched to a tile of constant row count. TILE(R) reads t (the tile),
+   m0 (the first row) and valid (the tile's rows below N). */
+#define FOR_TILES16(TILE) \
+    _Pragma("omp parallel for schedule(static) num_threads(nt)") \
+    for (int64_t t = 0; t < (N + 15) / 16; t++) { \
+        const int64_t valid = N - t * 16; \
+        for (int64_t m0 = 0; m0 < M; m0 += ROWS) { \
+            switch (M - m0 < ROWS ? M - m0 : ROWS) { \
+            case 4: TILE(4); break; case 3: TILE(3); break; case 2: TILE(2); break; default: TILE(1); break; } \
+        } \
+    }
+
 /* With AVX-512 VNNI a second layout of an int4 weight, built once (gs_q4_repack16), lets one
    instruction compute 4 products for each of 16 output rows: the activation's 4 bytes are broadcast,
    each 32-bit lane holds 4 weights of its row. Per 16-row tile and 32-column block, 256 bytes: four
@@ -548,6 +561,12 @@ void gs_q4_repack16(const uint8_t *q, const uint16_t *scale, const uint8_t *zero
 }
 
 #if HAVE_A8_512
+/* A group's 16 scales (fp16) and zero points (8 where the scheme is symmetric) of an interleaved tile. */
+static inline __m512 scales16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline __m512 zeros16(const uint8_t *p) {
+    return p ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p))) : _mm512_set1_ps(8.0f);
+}
+
 /* The 32-column block's sums for 16 interleaved rows: w[c] holds 4 unsigned weights of each row for
    columns 4c .. 4c + 3, which meet the same 4 activation bytes, broadcast. */
 static inline __m512i block_dot16(const __m512i w[8], const int8_t *xb) {
@@ -569,9 +588,8 @@ INLINE void q4a8_i16_tile(const int R, const int8_t *xq, const float *dx, const 
     const __m512i mask = _mm512_set1_epi8(15);
     for (int64_t b = 0; b < B; b++) {
         const int64_t g = b / per;
-        const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pscale + g * 16)));
-        const __m512 zv = pzero ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pzero + g * 16))))
-                                : _mm512_set1_ps(8.0f);
+        const __m512 sv = scales16(pscale + g * 16);
+        const __m512 zv = zeros16(pzero ? pzero + g * 16 : NULL);
         const __m512 sz = _mm512_mul_ps(sv, zv);
         __m512i w[8];
         for (int p = 0; p < 4; p++) {
@@ -596,30 +614,90 @@ INLINE void q4a8_i16_tile(const int R, const int8_t *xq, const float *dx, const 
 int gs_q4a8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *pq, const uint16_t *pscale,
                  const uint8_t *pzero, int64_t group, int64_t N, float *y, int64_t ldy, int nt) {
 #if HAVE_A8_512
-    const int64_t B = K / QB, G = K / group, T = (N + 15) / 16;
+    const int64_t B = K / QB, G = K / group;
     int8_t *xq = malloc((size_t)(M * K));
     float *dx = malloc(sizeof(float) * (size_t)(M * B)), *cs = malloc(sizeof(float) * (size_t)(M * B));
     if (!xq || !dx || !cs) { free(xq); free(dx); free(cs); return -1; }
     a8_quantize(x, M, K, ldx, 0, xq, dx, cs);
-    #pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t t = 0; t < T; t++) {
-        const uint8_t *tq = pq + t * B * 256;
-        const uint16_t *ts = pscale + t * G * 16;
-        const uint8_t *tz = pzero ? pzero + t * G * 16 : NULL;
-        const int64_t valid = N - t * 16;
-        for (int64_t m0 = 0; m0 < M; m0 += ROWS) {
-            const int64_t rows = M - m0 < ROWS ? M - m0 : ROWS;
-            float *yt = y + m0 * ldy + t * 16;
-            const int8_t *xt = xq + m0 * K;
-            switch (rows) {
-            case 4: q4a8_i16_tile(4, xt, dx + m0 * B, cs + m0 * B, K, group, tq, ts, tz, yt, ldy, valid); break;
-            case 3: q4a8_i16_tile(3, xt, dx + m0 * B, cs + m0 * B, K, group, tq, ts, tz, yt, ldy, valid); break;
-            case 2: q4a8_i16_tile(2, xt, dx + m0 * B, cs + m0 * B, K, group, tq, ts, tz, yt, ldy, valid); break;
-            default: q4a8_i16_tile(1, xt, dx + m0 * B, cs + m0 * B, K, group, tq, ts, tz, yt, ldy, valid); break;
+#define Q4A8_16(R) q4a8_i16_tile(R, xq + m0 * K, dx + m0 * B, cs + m0 * B, K, group, pq + t * B * 256, \
+                                 pscale + t * G * 16, pzero ? pzero + t * G * 16 : NULL, y + m0 * ldy + t * 16, \
+                                 ldy, valid)
+    FOR_TILES16(Q4A8_16)
+#undef Q4A8_16
+    free(xq); free(dx); free(cs);
+    return 0;
+#else
+    (void)x; (void)M; (void)K; (void)ldx; (void)pq; (void)pscale; (void)pzero; (void)group; (void)N; (void)y;
+    (void)ldy; (void)nt;
+    return -2;
+#endif
+}
+
+/* ---------------------------------------------------------------- int4 x fp32, 16 rows interleaved */
+/* Weight-only int4 on the layout of gs_q4_repack16: each 32-bit lane's 8 nibbles are 8 columns of its
+   row, so one shift, mask and conversion give a column's weights for 16 rows as floats, which meet
+   that column's activation, broadcast. Per group, sum q x is taken first and scaled after:
+   sum (q - z) s x = s (sum q x) - s z (sum x), the activation's group sums computed once per call.
+   (The kernels above dequantise through a per-row table, one permute per 16 weights: here the 16
+   rows of a vector need no table, and the extraction is shared by every activation row.) */
+#if HAVE_A8_512
+INLINE void q4f_i16_tile(const int R, const float *x, int64_t ldx, const float *xs, int64_t K, int64_t group,
+                         const uint8_t *pq, const uint16_t *pscale, const uint8_t *pzero, float *y, int64_t ldy,
+                         int64_t valid) {
+    const int64_t G = K / group, per = group / QB;
+    __m512 acc[ROWS], corr[ROWS];
+    for (int m = 0; m < R; m++) acc[m] = corr[m] = _mm512_setzero_ps();
+    const __m512i nibble = _mm512_set1_epi32(15);
+    for (int64_t g = 0; g < G; g++) {
+        __m512 part[ROWS][2];   /* two chains per row: the FMAs' latency */
+        for (int m = 0; m < R; m++) part[m][0] = part[m][1] = _mm512_setzero_ps();
+        for (int64_t b = g * per; b < (g + 1) * per; b++) {
+            for (int p = 0; p < 4; p++) {
+                __builtin_prefetch(pq + (b * 4 + p) * 64 + PREFETCH_BYTES);
+                const __m512i packed = _mm512_loadu_si512((const void *)(pq + (b * 4 + p) * 64));
+                _Pragma("GCC unroll 8")
+                for (int j = 0; j < 8; j++) {
+                    /* nibble j of a lane: byte j / 2, low (column 4p + j/2) or high (16 + 4p + j/2) */
+                    __m512i v = j ? _mm512_srli_epi32(packed, 4 * j) : packed;
+                    if (j < 7) v = _mm512_and_si512(v, nibble);
+                    const __m512 w = _mm512_cvtepi32_ps(v);
+                    const int64_t col = b * QB + ((j & 1) ? 16 : 0) + 4 * p + (j >> 1);
+                    for (int m = 0; m < R; m++)
+                        part[m][j & 1] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * ldx + col]), part[m][j & 1]);
+                }
             }
         }
+        const __m512 sv = scales16(pscale + g * 16), sz = _mm512_mul_ps(sv, zeros16(pzero ? pzero + g * 16 : NULL));
+        for (int m = 0; m < R; m++) {
+            acc[m] = _mm512_fmadd_ps(_mm512_add_ps(part[m][0], part[m][1]), sv, acc[m]);
+            corr[m] = _mm512_fmadd_ps(sz, _mm512_set1_ps(xs[m * G + g]), corr[m]);
+        }
     }
-    free(xq); free(dx); free(cs);
+    const __mmask16 keep = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+    for (int m = 0; m < R; m++) _mm512_mask_storeu_ps(y + m * ldy, keep, _mm512_sub_ps(acc[m], corr[m]));
+}
+#endif
+
+/* x @ dequant(w).T on the layout of gs_q4_repack16, fp32 activations (no quantization). 0 on success,
+   -1 without memory for the group sums, -2 where this build lacks the kernel. */
+int gs_q4_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *pq, const uint16_t *pscale,
+               const uint8_t *pzero, int64_t group, int64_t N, float *y, int64_t ldy, int nt) {
+#if HAVE_A8_512
+    const int64_t B = K / QB, G = K / group;
+    float *xs = malloc(sizeof(float) * (size_t)(M * G));
+    if (!xs) return -1;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < G; g++) {
+            float sum = 0.0f;
+            for (int64_t k = g * group; k < (g + 1) * group; k++) sum += x[m * ldx + k];
+            xs[m * G + g] = sum;
+        }
+#define Q4F_16(R) q4f_i16_tile(R, x + m0 * ldx, ldx, xs + m0 * G, K, group, pq + t * B * 256, \
+                               pscale + t * G * 16, pzero ? pzero + t * G * 16 : NULL, y + m0 * ldy + t * 16, \
+                               ldy, valid)
+    FOR_TILES16(Q4F_16)
+#undef Q4F_16
+    free(xs);
     return 0;
 #else
     (void)x; (void)M; (void)K; (void)ldx; (void)pq; (void)pscale; (void)pzero; (void)group; (void)N; (void)y;
@@ -674,7 +752,7 @@ INLINE void q8a8_i16_tile(const int R, const int8_t *xq, const float *dx, const 
 int gs_q8a8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *pq, const float *scale,
                  int64_t N, float *y, int64_t ldy, int nt) {
 #if HAVE_A8_512
-    const int64_t B = K / QB, T = (N + 15) / 16;
+    const int64_t B = K / QB;
     int8_t *xq = malloc((size_t)(M * K));
     float *dx = malloc(sizeof(float) * (size_t)(M * B)), *cs = malloc(sizeof(float) * (size_t)(M * B));
     float *shift = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
@@ -685,22 +763,10 @@ int gs_q8a8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_
         for (int64_t b = 0; b < B; b++) s += cs[m * B + b];
         shift[m] = 128.0f * s;
     }
-    #pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t t = 0; t < T; t++) {
-        const uint8_t *tq = pq + t * B * 512;
-        const int64_t valid = N - t * 16;
-        for (int64_t m0 = 0; m0 < M; m0 += ROWS) {
-            const int64_t rows = M - m0 < ROWS ? M - m0 : ROWS;
-            float *yt = y + m0 * ldy + t * 16;
-            const int8_t *xt = xq + m0 * K;
-            switch (rows) {
-            case 4: q8a8_i16_tile(4, xt, dx + m0 * B, shift + m0, K, tq, scale + t * 16, yt, ldy, valid); break;
-            case 3: q8a8_i16_tile(3, xt, dx + m0 * B, shift + m0, K, tq, scale + t * 16, yt, ldy, valid); break;
-            case 2: q8a8_i16_tile(2, xt, dx + m0 * B, shift + m0, K, tq, scale + t * 16, yt, ldy, valid); break;
-            default: q8a8_i16_tile(1, xt, dx + m0 * B, shift + m0, K, tq, scale + t * 16, yt, ldy, valid); break;
-            }
-        }
-    }
+#define Q8A8_16(R) q8a8_i16_tile(R, xq + m0 * K, dx + m0 * B, shift + m0, K, pq + t * B * 512, scale + t * 16, \
+                                 y + m0 * ldy + t * 16, ldy, valid)
+    FOR_TILES16(Q8A8_16)
+#undef Q8A8_16
     free(xq); free(dx); free(cs); free(shift);
     return 0;
 #else

@@ -30,8 +30,8 @@ class Weights:
             self.kernel, self.weight_args = self.lib.gs_q8a8_mm16, (self.layout[0].data_ptr(), s)
         elif scheme.kind == "int8":
             self.kernel, self.weight_args = self.lib.gs_q8a8_mm if int8_activations else self.lib.gs_q8_mm, (q, s)
-        elif int8_activations and interleaved():
-            # AVX-512 VNNI: a second copy of the weight in the kernel's own layout (16 rows interleaved)
+        elif interleaved():
+            # AVX-512 (VNNI): a second copy of the weight in the kernels' own layout (16 rows interleaved)
             n, k = out_features, stored["qweight"].shape[1] * 2
             tiles, groups = (n + 15) // 16, k // scheme.group
             self.layout = (torch.empty(tiles * 16 * k // 2, dtype=torch.uint8),
@@ -39,7 +39,8 @@ class Weights:
                            None if zeros is None else torch.empty(tiles * groups * 16, dtype=torch.uint8))
             pq, ps, pz = (None if t is None else t.data_ptr() for t in self.layout)
             self.lib.gs_q4_repack16(q, s, None if zeros is None else zeros.data_ptr(), n, k, scheme.group, pq, ps, pz)
-            self.kernel, self.weight_args = self.lib.gs_q4a8_mm16, (pq, ps, pz, scheme.group)
+            self.kernel = self.lib.gs_q4a8_mm16 if int8_activations else self.lib.gs_q4_mm16
+            self.weight_args = (pq, ps, pz, scheme.group)
         else:
             self.kernel = self.lib.gs_q4a8_mm if int8_activations else self.lib.gs_q4_mm
             self.weight_args = (q, s, None if zeros is None else zeros.data_ptr(), scheme.group)
