@@ -103,6 +103,12 @@ static inline void v_q4(Q4 t, const uint8_t *p, V *lo, V *hi) {
    keeps too few reads in flight to stream at the memory's speed (bf16: 12 -> 17 GB/s from memory). */
 #define PREFETCH_BYTES 1024
 #define ROWS 4   /* activation rows per pass over a weight row (the weight row stays in L1) */
+/* rows of the bf16 product's wide tiles: AVX-512's 32 registers hold their 16 accumulators */
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define WIDE_ROWS 8
+#else
+#define WIDE_ROWS ROWS
+#endif
 
 #if defined(__F16C__)
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
@@ -200,14 +206,16 @@ void gs_q8_dequant(const int8_t *q, const float *scale, int64_t N, int64_t K, fl
 
 #define FLOAT_TILE(NAME, T, LOAD, SCALAR) \
 INLINE void NAME(const int R, const int NB, const float *x, int64_t K, int64_t ldx, const T *w, float *y, int64_t ldy) { \
-    V acc[ROWS][4]; \
+    V acc[WIDE_ROWS][4]; \
     for (int m = 0; m < R; m++) \
         for (int j = 0; j < NB; j++) acc[m][j] = v_zero(); \
     int64_t k = 0; \
     for (; k + 16 <= K; k += 16) { \
+        _Pragma("GCC unroll 4") \
         for (int j = 0; j < NB; j++) { \
             __builtin_prefetch((const char *)(w + j * K + k) + PREFETCH_BYTES); \
             V wv = LOAD(w + j * K + k); \
+            _Pragma("GCC unroll 8") \
             for (int m = 0; m < R; m++) acc[m][j] = v_fma(wv, v_load(x + m * ldx + k), acc[m][j]); \
         } \
     } \
@@ -233,6 +241,23 @@ int gs_f32_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const float *w,
 
 static int bf16_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint16_t *w, int64_t N, float *y,
                    int64_t ldy, int nt) {
+#if WIDE_ROWS > ROWS
+    /* Blocks of WIDE_ROWS rows against pairs of weight rows: 16 accumulators, enough FMAs in flight
+       for both of AVX-512's FMA ports (a 4 x 1 tile keeps one busy); each weight pair, widened
+       from bf16 once per block, stays in L1 across the blocks, so the weights are read once. */
+    const int64_t wide = M / WIDE_ROWS * WIDE_ROWS;
+    if (wide) {
+        _Pragma("omp parallel for schedule(static) num_threads(nt)")
+        for (int64_t n0 = 0; n0 < N; n0 += 2)
+            for (int64_t m0 = 0; m0 < wide; m0 += WIDE_ROWS) {
+                if (N - n0 >= 2) bf16_tile(WIDE_ROWS, 2, x + m0 * ldx, K, ldx, w + n0 * K, y + m0 * ldy + n0, ldy);
+                else bf16_tile(WIDE_ROWS, 1, x + m0 * ldx, K, ldx, w + n0 * K, y + m0 * ldy + n0, ldy);
+            }
+        x += wide * ldx;
+        y += wide * ldy;
+        M -= wide;
+    }
+#endif
 #define BF16(R, B, n) bf16_tile(R, B, x + m0 * ldx, K, ldx, w + (n) * K, y + m0 * ldy + (n), ldy)
     FOR_TILES(BF16)
 #undef BF16
@@ -649,8 +674,8 @@ INLINE void q4f_i16_tile(const int R, const float *x, int64_t ldx, const float *
     for (int m = 0; m < R; m++) acc[m] = corr[m] = _mm512_setzero_ps();
     const __m512i nibble = _mm512_set1_epi32(15);
     for (int64_t g = 0; g < G; g++) {
-        __m512 part[ROWS][2];   /* two chains per row: the FMAs' latency */
-        for (int m = 0; m < R; m++) part[m][0] = part[m][1] = _mm512_setzero_ps();
+        __m512 part[ROWS][4];   /* four chains per row: the FMAs' latency */
+        for (int m = 0; m < R; m++) part[m][0] = part[m][1] = part[m][2] = part[m][3] = _mm512_setzero_ps();
         for (int64_t b = g * per; b < (g + 1) * per; b++) {
             for (int p = 0; p < 4; p++) {
                 __builtin_prefetch(pq + (b * 4 + p) * 64 + PREFETCH_BYTES);
@@ -663,13 +688,14 @@ INLINE void q4f_i16_tile(const int R, const float *x, int64_t ldx, const float *
                     const __m512 w = _mm512_cvtepi32_ps(v);
                     const int64_t col = b * QB + ((j & 1) ? 16 : 0) + 4 * p + (j >> 1);
                     for (int m = 0; m < R; m++)
-                        part[m][j & 1] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * ldx + col]), part[m][j & 1]);
+                        part[m][j & 3] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * ldx + col]), part[m][j & 3]);
                 }
             }
         }
         const __m512 sv = scales16(pscale + g * 16), sz = _mm512_mul_ps(sv, zeros16(pzero ? pzero + g * 16 : NULL));
         for (int m = 0; m < R; m++) {
-            acc[m] = _mm512_fmadd_ps(_mm512_add_ps(part[m][0], part[m][1]), sv, acc[m]);
+            acc[m] = _mm512_fmadd_ps(_mm512_add_ps(_mm512_add_ps(part[m][0], part[m][1]), _mm512_add_ps(part[m][2], part[m][3])), sv,
+                                     acc[m]);
             corr[m] = _mm512_fmadd_ps(sz, _mm512_set1_ps(xs[m * G + g]), corr[m]);
         }
     }

@@ -13,9 +13,10 @@ from runtime.native import Position, available, call, library
 
 # Beyond this many elements the aten ops' own cost dominates their dispatch (and they use every thread).
 MAX_ELEMENTS = 1 << 16
-# The C linear reads the weights once per 4 rows; up to 16 rows that still beats upcasting a bf16
-# weight for an fp32 GEMM (4096 x 768: 1.4 against 2.6 ms), beyond it the GEMM reuses them better.
-LINEAR_ROWS = 16
+# The C linear reads the weights once (8-row tiles on AVX-512); up to 32 rows it beats upcasting a
+# bf16 weight for an fp32 GEMM (4096 x 768, 32 rows: 2.2-2.6 against 3.1-3.5 ms; a 32-token bf16
+# prompt through tools.bench's model ~100 against ~110 ms), at 64 the GEMM is ahead (4.2 against 4.6).
+LINEAR_ROWS = 32
 # Where it is taken: bf16, whose torch matrix-vector product converts slowly (a decode step of
 # tools.bench's model: 29 against 33 ms). For fp32 torch's threaded product (linear_layers) streams
 # as fast (31 against 30 ms), so the C one is not the default there.
