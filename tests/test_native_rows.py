@@ -84,7 +84,8 @@ def test_the_c_kernels_build_wherever_there_is_a_c_compiler():
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 3, 4])
+# 8 and more rows: the wide tiles (blocks of 8 rows on AVX-512, then the rest), up to LINEAR_ROWS
+@pytest.mark.parametrize("rows", [1, 3, 4, 8, 13, 32])
 @pytest.mark.parametrize("n, k", [(37, 100), (64, 768)])
 def test_c_linear_equals_f_linear(dtype, rows, n, k):
     g = torch.Generator().manual_seed(rows)
