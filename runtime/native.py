@@ -46,6 +46,7 @@ SIGNATURES = {
     "gs_q4a8_mm16": ([_p, _i, _i, _i, _p, _p, _p, _i, _i, _p, _i, _int], _int),
     "gs_q4_mm16": ([_p, _i, _i, _i, _p, _p, _p, _i, _i, _p, _i, _int], _int),
     "gs_q8_repack16": ([_p, _i, _i, _p], None),
+    "gs_q8_mm16": ([_p, _i, _i, _i, _p, _p, _i, _p, _i, _int], _int),
     "gs_q8a8_mm16": ([_p, _i, _i, _i, _p, _p, _i, _p, _i, _int], _int),
     "gs_q8_dequant": ([_p, _p, _i, _i, _p, _int], None),
     "gs_q4_dequant": ([_p, _p, _p, _i, _i, _i, _p, _int], None),

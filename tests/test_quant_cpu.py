@@ -57,6 +57,17 @@ def test_native_kernel_equals_the_dequantized_reference(scheme, rows, n_threads,
     torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=2e-5)
 
 
+@needs_native
+@pytest.mark.parametrize("k", [100, 96])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_int8_weights_of_any_width_take_a_kernel_that_equals_the_reference(k, rows, path):
+    # widths a multiple of 32 take the interleaved layout where the build has it, others the row kernel
+    path("native")
+    q = layer(Scheme("int8"), n=40, k=k)
+    x = torch.randn(rows, k)
+    torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=2e-5)
+
+
 # (scheme, width): an odd and an even number of 32-column blocks where the group allows
 A8_WIDTHS = [(s, k) for s in A8_SCHEMES for k in (96, 256) if k % (s.group or 32) == 0]
 

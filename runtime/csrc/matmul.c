@@ -800,3 +800,62 @@ int gs_q8a8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_
     return -2;
 #endif
 }
+
+/* ---------------------------------------------------------------- int8 x fp32, 16 rows interleaved */
+/* Weight-only int8 on the layout of gs_q8_repack16: byte i of a lane of vector c is column 4c + i of
+   its row (+ 128), so one shift, mask and conversion give a column's weights for 16 rows as floats,
+   as gs_q4_mm16 does for nibbles; y = s (sum (w + 128) x - 128 sum x), sum x taken once per row. */
+#if HAVE_A8_512
+INLINE void q8f_i16_tile(const int R, const float *x, int64_t ldx, const float *shift, int64_t K, const uint8_t *pq,
+                         const float *scale, float *y, int64_t ldy, int64_t valid) {
+    const int64_t B = K / QB;
+    __m512 part[ROWS][4];       /* four chains per row: the FMAs' latency */
+    for (int m = 0; m < R; m++) part[m][0] = part[m][1] = part[m][2] = part[m][3] = _mm512_setzero_ps();
+    const __m512i low_byte = _mm512_set1_epi32(255);
+    for (int64_t b = 0; b < B; b++) {
+        for (int c = 0; c < 8; c++) {
+            __builtin_prefetch(pq + (b * 8 + c) * 64 + PREFETCH_BYTES);
+            const __m512i packed = _mm512_loadu_si512((const void *)(pq + (b * 8 + c) * 64));
+            _Pragma("GCC unroll 4")
+            for (int i = 0; i < 4; i++) {
+                __m512i v = i ? _mm512_srli_epi32(packed, 8 * i) : packed;
+                if (i < 3) v = _mm512_and_si512(v, low_byte);
+                const __m512 w = _mm512_cvtepi32_ps(v);
+                for (int m = 0; m < R; m++)
+                    part[m][i] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * ldx + b * QB + 4 * c + i]), part[m][i]);
+            }
+        }
+    }
+    const __mmask16 keep = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+    const __m512 sv = _mm512_maskz_loadu_ps(keep, scale);
+    for (int m = 0; m < R; m++) {
+        const __m512 sum = _mm512_add_ps(_mm512_add_ps(part[m][0], part[m][1]), _mm512_add_ps(part[m][2], part[m][3]));
+        _mm512_mask_storeu_ps(y + m * ldy, keep, _mm512_mul_ps(_mm512_sub_ps(sum, _mm512_set1_ps(shift[m])), sv));
+    }
+}
+#endif
+
+/* x @ dequant(w).T on the layout of gs_q8_repack16, fp32 activations. Needs K % 32 == 0. 0 on
+   success, -1 without memory for the row sums, -2 where this build lacks the kernel. */
+int gs_q8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t *pq, const float *scale, int64_t N,
+               float *y, int64_t ldy, int nt) {
+#if HAVE_A8_512
+    const int64_t B = K / QB;
+    float *shift = malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
+    if (!shift) return -1;
+    for (int64_t m = 0; m < M; m++) {
+        float s = 0.0f;
+        for (int64_t k = 0; k < K; k++) s += x[m * ldx + k];
+        shift[m] = 128.0f * s;
+    }
+#define Q8F_16(R) q8f_i16_tile(R, x + m0 * ldx, ldx, shift + m0, K, pq + t * B * 512, scale + t * 16, \
+                               y + m0 * ldy + t * 16, ldy, valid)
+    FOR_TILES16(Q8F_16)
+#undef Q8F_16
+    free(shift);
+    return 0;
+#else
+    (void)x; (void)M; (void)K; (void)ldx; (void)pq; (void)scale; (void)N; (void)y; (void)ldy; (void)nt;
+    return -2;
+#endif
+}

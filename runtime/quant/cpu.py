@@ -3,8 +3,9 @@
 Paths (all compute x @ w'.T with w' the dequantized weight of schemes.py; they differ only in
 summation order and, for bf16/fp16 activations, where the one rounding of the output happens):
   native      our C kernels (runtime/csrc/matmul.c): weights read once per 4 activation rows, fp32 arithmetic;
-              int4 on AVX-512 VNNI builds on the 16-row interleaved layout (gs_q4_mm16: a column's weights
-              for 16 rows per vector, no dequantisation table; 1.7x the table kernel at one row).
+              on AVX-512 VNNI builds on the 16-row interleaved layouts (gs_q4_mm16, gs_q8_mm16: a column's
+              weights for 16 rows per vector by shift, mask and convert; at one row 1.7x the int4 table
+              kernel, 1.5x the int8 row kernel, whose LM head then reads at ~20 GB/s).
               A matrix-vector design, so offered up to 64 rows only.
   dequant     w' materialised in the activation dtype, then the dense linear (runtime/ops/linear_layers.py:
               MKL, split across threads for few rows, fp32 GEMM for bf16 where that measured faster).

@@ -22,12 +22,13 @@ class Weights:
         self.stored = stored                   # keeps the tensors alive
         zeros = stored.get("zeros")
         q, s = stored["qweight"].data_ptr(), stored["scales"].data_ptr()
-        if scheme.kind == "int8" and int8_activations and interleaved():
-            # AVX-512 VNNI: a second copy of the weight in the kernel's own layout (16 rows interleaved)
+        if scheme.kind == "int8" and interleaved() and stored["qweight"].shape[1] % 32 == 0:
+            # AVX-512 VNNI: a second copy of the weight in the kernels' own layout (16 rows interleaved)
             n, k = stored["qweight"].shape
             self.layout = (torch.empty(((n + 15) // 16) * 16 * k, dtype=torch.uint8),)
             self.lib.gs_q8_repack16(q, n, k, self.layout[0].data_ptr())
-            self.kernel, self.weight_args = self.lib.gs_q8a8_mm16, (self.layout[0].data_ptr(), s)
+            self.kernel = self.lib.gs_q8a8_mm16 if int8_activations else self.lib.gs_q8_mm16
+            self.weight_args = (self.layout[0].data_ptr(), s)
         elif scheme.kind == "int8":
             self.kernel, self.weight_args = self.lib.gs_q8a8_mm if int8_activations else self.lib.gs_q8_mm, (q, s)
         elif interleaved():
