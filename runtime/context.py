@@ -87,6 +87,9 @@ class ForwardContext:
         self.last: dict[str, torch.Tensor] = {}     # stack -> what ends its hidden states instead (a final norm's output)
         self.attentions: dict[tuple, list] = {}     # (stack, keys' sequence) -> each attention's probabilities
         self._masks: dict[tuple, object] = {}
+        # the most keys along a sequence for which this forward's choices on positions hold (a sliding
+        # window not yet full masks nothing): a recorded decode step replays only that far
+        self.holds_until: int | None = None
 
     def record_layer(self, stack: str, value: torch.Tensor) -> None:
         self.hidden.setdefault(stack, []).append(value)
@@ -127,6 +130,8 @@ class ForwardContext:
     def mask(self, seq: str | None, q_len: int, kv_len: int, causal: bool, window: int | None = None):
         """For keys along `seq`: None (attend everywhere), "causal" (the kernel's own causal mask), or a
         bool tensor [B or 1, 1, q_len, kv_len] with True where a query may attend."""
+        if window is not None and kv_len <= window:
+            self.holds_until = window if self.holds_until is None else min(self.holds_until, window)
         if tracing():    # symbolic sizes do not hash; the traced graph holds each mask's ops anyway
             return _build(self.seq(seq), self.device, q_len, kv_len, bool(causal), window)
         key = (seq, q_len, kv_len, bool(causal), window)

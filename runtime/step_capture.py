@@ -12,7 +12,9 @@ the padding row), the same input or the same scratch made in the step, at the sa
 strides; every other argument equal, except the kernel arguments marked `runtime.native.Position`,
 which must have moved with the sequence. Anything that varies otherwise with the position (a mask
 sliced to the keys so far, a cache written by an indexed copy) makes the two differ, and the
-generation then stays eager. So does a step that reads a tensor's value into Python (its decisions
+generation then stays eager. Python code that decides on a position without any op showing it says
+until where its choice holds (ForwardContext.holds_until: a sliding window not yet full needs no
+mask), and the replay stops there. So does a step that reads a tensor's value into Python (its decisions
 would be frozen), draws random numbers, runs off the CPU or runs a collective. The replay computes
 what the eager step computes, with the same kernels on the same values: the same numbers, bit for bit.
 """
@@ -73,6 +75,7 @@ class Recording:
         self.entries: list[tuple] = []          # (kind, fn, args, kwargs, out)
         self.scratch: dict[int, int] = {}       # storage made in the step -> its order
         self.outputs = None
+        self.holds_until: int | None = None     # ForwardContext.holds_until of the recorded step
         self.refused: str | None = None
         self.rng: torch.Tensor | None = None     # the CPU generator's state before the op running now
 
@@ -138,7 +141,7 @@ class Recording:
         return [(kind, fn, name(args, kind != "native"), name(kwargs, True),
                  name(out, True) if out is not None else None)
                 for kind, fn, args, kwargs, out in self.entries if kind != "view"] + [
-            ("outputs", name(pytree.tree_leaves(self.outputs), True))]
+            ("outputs", name(pytree.tree_leaves(self.outputs), True)), ("holds until", self.holds_until)]
 
 
 class _Dispatch(TorchDispatchMode):
@@ -179,6 +182,7 @@ def record(net, inputs: list, ctx, past: int):
     if recording.refused is not None:
         return out, recording.refused
     recording.outputs = out
+    recording.holds_until = ctx.holds_until
     # the caller gets copies: a replay writes the recorded outputs again
     return pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, out), recording
 
@@ -188,12 +192,15 @@ class Tape:
 
     def __init__(self, recording: Recording):
         self.inputs, self.past, self.outputs = recording.inputs, recording.past, recording.outputs
+        self.holds_until = recording.holds_until
         self.keep = recording.entries           # every tensor the calls point to stays alive
         self.calls = [c for c in map(_replay_call, recording.entries) if c is not None]
 
     def replay(self, inputs: list, past: int):
         """The step's outputs (copies), or None when these inputs do not fit the recorded buffers."""
         tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+        if self.holds_until is not None and past + 1 > self.holds_until:
+            return None
         if len(tensors) != len(self.inputs) or any(
                 t.shape != mine.shape or t.dtype != mine.dtype for t, mine in zip(tensors, self.inputs)):
             return None

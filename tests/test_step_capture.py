@@ -94,7 +94,8 @@ class Cached(torch.nn.Module):
         self.by_index = by_index
         self.cache = torch.zeros(1, 16)
 
-    def forward(self, x, past):
+    def forward(self, x, ctx):
+        past = ctx.past
         y = x * 2 + 1
         if self.by_index:
             self.cache[:, past] = y[:, 0]
@@ -107,12 +108,20 @@ class Cached(torch.nn.Module):
         self.cache[:, past] = torch.tensor(self.y_value)
 
 
+class Context:
+    """What a recording reads of the forward context besides passing it on."""
+    holds_until = None
+
+    def __init__(self, past: int):
+        self.past = past
+
+
 def run_steps(net, steps: int, capacity: int = 16):
     capture, outs = step_capture.StepCapture(), []
     for past in range(1, steps + 1):
         x = torch.full((1, 1), float(past))
         net.y_value = [2.0 * past + 1]
-        outs.append(capture.run(net, [x], past, past, capacity)["out"])
+        outs.append(capture.run(net, [x], Context(past), past, capacity)["out"])
     return capture, outs
 
 
@@ -136,3 +145,18 @@ def test_a_step_past_the_recorded_capacity_runs_eagerly():
     net.write = lambda *args: None
     capture, _ = run_steps(net, 8, capacity=5)
     assert capture.replayed == 2 and "did not fit" in capture.refused
+
+
+def test_a_sliding_window_filling_up_ends_the_replay_where_the_mask_begins(monkeypatch, tmp_path):
+    # window 10, prompt 7: two steps recorded at 8 and 9 keys need no mask, the 11th key does
+    import transformers
+    import runtime
+    from tests.hf_checkpoints import randomize, save
+    config = transformers.MistralConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                        bos_token_id=1, eos_token_id=2, sliding_window=10)
+    folder = save(randomize(transformers.MistralForCausalLM(config)), tmp_path / "mistral")
+    model = runtime.from_pretrained(folder)
+    eager, captured, capture = generate_both(monkeypatch, model, prompt(97)[0])
+    assert capture.replayed == 1 and "did not fit" in capture.refused
+    assert_same(eager, captured)
