@@ -124,6 +124,8 @@ class Recording:
                 base = _storage(value)
                 if base == 0:
                     return ("empty", tuple(value.shape), value.dtype)
+                # state: a buffer alive across steps (a param, the KV cache, the padding row); what
+                # changes per step comes in as an input (the adapter feeds every per-step tensor)
                 role = (("scratch", self.scratch[base]) if base in self.scratch else
                         ("input", inputs[base]) if base in inputs else ("state", base))
                 if full:
@@ -223,19 +225,28 @@ def _replay_call(entry):
         return _native_call(fn, values, moving)
     if kind == "mutate":
         return lambda delta: fn(*args, **kwargs)
-    target = getattr(fn.overloadpacket, "out", None)
-    if isinstance(out, torch.Tensor) and target is not None:
-        try:
-            target(*args, **kwargs, out=out)
-            return lambda delta: target(*args, **kwargs, out=out)
-        except (RuntimeError, TypeError):
-            pass               # no out= form with these arguments: compute, then copy
-    outs = pytree.tree_leaves(out)
+    target = _out_form(fn) if isinstance(out, torch.Tensor) else None
+    if target is not None:
+        return lambda delta: target(*args, **kwargs, out=out)
+    outs = pytree.tree_leaves(out)      # no out= form: compute, then copy
 
     def compute(delta):
         for mine, new in zip(outs, pytree.tree_leaves(fn(*args, **kwargs))):
             mine.copy_(new)
     return compute
+
+
+def _out_form(fn):
+    """The overload of `fn`'s op that takes the same arguments plus one `out` tensor, if there is one
+    (add.Tensor -> add.out, mul.Scalar -> mul.Scalar_out): read off the schemas, nothing run."""
+    want = [(a.name, str(a.type)) for a in fn._schema.arguments]
+    for name in fn.overloadpacket.overloads():
+        overload = getattr(fn.overloadpacket, name)
+        args = overload._schema.arguments
+        if (len(args) == len(want) + 1 and [(a.name, str(a.type)) for a in args[:-1]] == want
+                and args[-1].name == "out" and args[-1].alias_info is not None and args[-1].alias_info.is_write):
+            return overload
+    return None
 
 
 def _native_call(kernel, values: list, moving: list):

@@ -24,10 +24,10 @@ def generate_both(monkeypatch, model, ids, **kwargs):
     out = {}
     for mode in ("0", "1"):
         monkeypatch.setenv(step_capture.ENV, mode)
-        model.step_capture = None
         torch.manual_seed(0)
         out[mode] = model.generate(ids, max_new_tokens=NEW_TOKENS, eos_token_id=None, output_scores=True,
                                    return_dict_in_generate=True, **kwargs)
+        assert (model.step_capture is None) == (mode == "0")
     return out["0"], out["1"], model.step_capture
 
 

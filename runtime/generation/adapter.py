@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from runtime import step_capture
+from runtime import native, step_capture
 from runtime.context import KVCache, SequenceState
 from runtime.errors import GenerationError
 from runtime.expr import ExprError
@@ -128,9 +128,7 @@ class CompiledDecoder:
         self.tokens_so_far = torch.empty(batch, max_length, dtype=torch.long, device=self.device)
         self.cache = KVCache(max_length)
         self.past = 0
-        self.capture = None
-        if self._capturable():
-            self.capture = self.model.step_capture = step_capture.StepCapture()
+        self.capture = self.model.step_capture = step_capture.StepCapture() if self._capturable() else None
         if self.is_encoder_decoder:
             self.static = _StaticOutputs(self.model.net, self.model.contract.static)
             if mask is not None:
@@ -146,8 +144,10 @@ class CompiledDecoder:
         autograd, training, a process group or torch.compile — what a recording would freeze or
         cannot see."""
         model = self.model
-        return (step_capture.enabled() and self.device.type == "cpu" and not torch.is_grad_enabled()
-                and not model.training and model.group is None and not model.network_compiled)
+        # without the C kernels the cache is written by indexed copies: no two steps alike, no replay
+        return (step_capture.enabled() and native.available() and self.device.type == "cpu"
+                and not torch.is_grad_enabled() and not model.training and model.group is None
+                and not model.network_compiled)
 
     def step(self, tokens):
         return self._append(tokens[:, None])
