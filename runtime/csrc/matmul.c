@@ -666,13 +666,18 @@ int gs_q4a8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_
    (The kernels above dequantise through a per-row table, one permute per 16 weights: here the 16
    rows of a vector need no table, and the extraction is shared by every activation row.) */
 #if HAVE_A8_512
+/* Bits shift .. shift + bits - 1 of each 32-bit lane, as floats (the weight-only tiles' unpacking). */
+INLINE __m512 lane_field(__m512i packed, const int shift, const int bits) {
+    const __m512i v = shift ? _mm512_srli_epi32(packed, shift) : packed;
+    return _mm512_cvtepi32_ps(shift + bits < 32 ? _mm512_and_si512(v, _mm512_set1_epi32((1 << bits) - 1)) : v);
+}
+
 INLINE void q4f_i16_tile(const int R, const float *x, int64_t ldx, const float *xs, int64_t K, int64_t group,
                          const uint8_t *pq, const uint16_t *pscale, const uint8_t *pzero, float *y, int64_t ldy,
                          int64_t valid) {
     const int64_t G = K / group, per = group / QB;
     __m512 acc[ROWS], corr[ROWS];
     for (int m = 0; m < R; m++) acc[m] = corr[m] = _mm512_setzero_ps();
-    const __m512i nibble = _mm512_set1_epi32(15);
     for (int64_t g = 0; g < G; g++) {
         __m512 part[ROWS][4];   /* four chains per row: the FMAs' latency */
         for (int m = 0; m < R; m++) part[m][0] = part[m][1] = part[m][2] = part[m][3] = _mm512_setzero_ps();
@@ -683,9 +688,7 @@ INLINE void q4f_i16_tile(const int R, const float *x, int64_t ldx, const float *
                 _Pragma("GCC unroll 8")
                 for (int j = 0; j < 8; j++) {
                     /* nibble j of a lane: byte j / 2, low (column 4p + j/2) or high (16 + 4p + j/2) */
-                    __m512i v = j ? _mm512_srli_epi32(packed, 4 * j) : packed;
-                    if (j < 7) v = _mm512_and_si512(v, nibble);
-                    const __m512 w = _mm512_cvtepi32_ps(v);
+                    const __m512 w = lane_field(packed, 4 * j, 4);
                     const int64_t col = b * QB + ((j & 1) ? 16 : 0) + 4 * p + (j >> 1);
                     for (int m = 0; m < R; m++)
                         part[m][j & 3] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * ldx + col]), part[m][j & 3]);
@@ -811,16 +814,13 @@ INLINE void q8f_i16_tile(const int R, const float *x, int64_t ldx, const float *
     const int64_t B = K / QB;
     __m512 part[ROWS][4];       /* four chains per row: the FMAs' latency */
     for (int m = 0; m < R; m++) part[m][0] = part[m][1] = part[m][2] = part[m][3] = _mm512_setzero_ps();
-    const __m512i low_byte = _mm512_set1_epi32(255);
     for (int64_t b = 0; b < B; b++) {
         for (int c = 0; c < 8; c++) {
             __builtin_prefetch(pq + (b * 8 + c) * 64 + PREFETCH_BYTES);
             const __m512i packed = _mm512_loadu_si512((const void *)(pq + (b * 8 + c) * 64));
             _Pragma("GCC unroll 4")
             for (int i = 0; i < 4; i++) {
-                __m512i v = i ? _mm512_srli_epi32(packed, 8 * i) : packed;
-                if (i < 3) v = _mm512_and_si512(v, low_byte);
-                const __m512 w = _mm512_cvtepi32_ps(v);
+                const __m512 w = lane_field(packed, 8 * i, 8);
                 for (int m = 0; m < R; m++)
                     part[m][i] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * ldx + b * QB + 4 * c + i]), part[m][i]);
             }
