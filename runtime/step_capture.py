@@ -45,6 +45,18 @@ class Refused(Exception):
     """The step cannot be replayed; the message says why."""
 
 
+_TRAITS: dict = {}
+
+
+def _traits(func) -> tuple[bool, bool, bool]:
+    """(draws random numbers, writes an argument, allocates without values) of an aten op, read once."""
+    traits = _TRAITS.get(func)
+    if traits is None:
+        traits = _TRAITS[func] = (torch.Tag.nondeterministic_seeded in func.tags, func._schema.is_mutable,
+                                  func.overloadpacket in _UNINITIALISED)
+    return traits
+
+
 def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
@@ -80,19 +92,17 @@ class Recording:
         self.rng: torch.Tensor | None = None     # the CPU generator's state before the op running now
 
     def aten(self, func, args, kwargs, out) -> None:
+        seeded, mutates, alloc = _traits(func)
         leaves = _tensors(out)
         if len(leaves) != _count(out):
             raise Refused(f"{func} hands a value to Python, which may decide on it")
-        if torch.Tag.nondeterministic_seeded in func.tags and self.rng is not None:
+        if seeded and (any(isinstance(v, torch.Generator) for v in (*args, *kwargs.values()))
+                       or not torch.equal(self.rng, torch.random.get_rng_state())):
             # such an op may draw (sdpa with dropout) or not (dropout_p 0): what it did tells
-            if not torch.equal(self.rng, torch.random.get_rng_state()):
-                raise Refused(f"{func} draws random numbers")
-        if any(isinstance(v, torch.Generator) for v in (*args, *kwargs.values())):
             raise Refused(f"{func} draws random numbers")
-        tensors = _tensors(args) + _tensors(kwargs)
-        if any(t.device.type != "cpu" for t in tensors + leaves):
+        tensors = _tensors(args) + _tensors(kwargs) if kwargs else _tensors(args)
+        if not all(t.is_cpu for t in tensors) or not all(t.is_cpu for t in leaves):
             raise Refused(f"{func} runs off the CPU")
-        mutates = func._schema.is_mutable
         read = {_storage(t) for t in tensors}
         aliased = [_storage(t) in read for t in leaves]
         if mutates:
@@ -101,7 +111,7 @@ class Recording:
             kind = "view"
         elif any(aliased):
             raise Refused(f"{func} returns both views and new tensors")
-        elif func.overloadpacket in _UNINITIALISED:
+        elif alloc:
             kind = "alloc"                      # no values to recompute
         else:
             kind = "compute"
@@ -158,8 +168,7 @@ class _Dispatch(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         recording = native.recorder()
-        seeded = torch.Tag.nondeterministic_seeded in func.tags
-        recording.rng = torch.random.get_rng_state() if seeded else None
+        recording.rng = torch.random.get_rng_state() if _traits(func)[0] else None
         out = func(*args, **kwargs)
         if recording.refused is None:
             try:
