@@ -79,6 +79,17 @@ def test_a_step_whose_work_moves_with_the_position_stays_eager(monkeypatch, mode
     assert_same(eager, captured)
 
 
+def test_a_hooked_module_keeps_every_step_eager_so_its_hook_sees_them_all(monkeypatch, models):
+    model = models["llama"]
+    calls = []
+    handle = model.net.layers[0].register_forward_hook(lambda module, args, out: calls.append(len(args)))
+    try:
+        model.generate(prompt(97)[0], max_new_tokens=NEW_TOKENS, eos_token_id=None)
+    finally:
+        handle.remove()
+    assert len(calls) == NEW_TOKENS and model.step_capture is None
+
+
 def test_beam_search_stays_eager_once_beams_are_reordered(monkeypatch, models):
     eager, captured, capture = generate_both(monkeypatch, models["llama"], prompt(97)[0], num_beams=3)
     assert capture.refused is not None

@@ -142,12 +142,13 @@ class CompiledDecoder:
     def _capturable(self) -> bool:
         """Whether decode steps may be recorded and replayed (step_capture.py): on the CPU, without
         autograd, training, a process group or torch.compile — what a recording would freeze or
-        cannot see."""
+        cannot see — and with no module observed by a hook or a replaced forward, which a replay
+        would not call."""
         model = self.model
         # without the C kernels the cache is written by indexed copies: no two steps alike, no replay
         return (step_capture.enabled() and native.available() and self.device.type == "cpu"
                 and not torch.is_grad_enabled() and not model.training and model.group is None
-                and not model.network_compiled)
+                and not model.network_compiled and not _observed(model.net))
 
     def step(self, tokens):
         return self._append(tokens[:, None])
@@ -232,6 +233,12 @@ class CompiledDecoder:
             self.static.remove()
         self.cache = self.static = None
         self.capture = None
+
+
+def _observed(net) -> bool:
+    """A module of `net` has forward hooks or an instance-level forward (a wrapper timing or
+    collecting its calls)."""
+    return any(m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in net.modules())
 
 
 def _as_mask(padding):
