@@ -89,15 +89,15 @@ class Recording:
         self.outputs = None
         self.holds_until: int | None = None     # ForwardContext.holds_until of the recorded step
         self.refused: str | None = None
-        self.rng: torch.Tensor | None = None     # the CPU generator's state before the op running now
 
-    def aten(self, func, args, kwargs, out) -> None:
+    def aten(self, func, args, kwargs, out, rng) -> None:
+        """`rng`: the CPU generator's state before an op that may draw random numbers (None otherwise)."""
         seeded, mutates, alloc = _traits(func)
         leaves = _tensors(out)
         if len(leaves) != _count(out):
             raise Refused(f"{func} hands a value to Python, which may decide on it")
         if seeded and (any(isinstance(v, torch.Generator) for v in (*args, *kwargs.values()))
-                       or not torch.equal(self.rng, torch.random.get_rng_state())):
+                       or not torch.equal(rng, torch.random.get_rng_state())):
             # such an op may draw (sdpa with dropout) or not (dropout_p 0): what it did tells
             raise Refused(f"{func} draws random numbers")
         tensors = _tensors(args) + _tensors(kwargs) if kwargs else _tensors(args)
@@ -168,11 +168,11 @@ class _Dispatch(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         recording = native.recorder()
-        recording.rng = torch.random.get_rng_state() if _traits(func)[0] else None
+        rng = torch.random.get_rng_state() if _traits(func)[0] else None
         out = func(*args, **kwargs)
         if recording.refused is None:
             try:
-                recording.aten(func, args, kwargs, out)
+                recording.aten(func, args, kwargs, out, rng)
             except Refused as err:
                 recording.refused = str(err)     # the step runs on, unrecorded
         return out
@@ -194,33 +194,35 @@ def record(net, inputs: list, ctx, past: int):
         return out, recording.refused
     recording.outputs = out
     recording.holds_until = ctx.holds_until
-    # the caller gets copies: a replay writes the recorded outputs again
-    return pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, out), recording
+    return _copies(out), recording     # a replay writes the recorded outputs again
+
+
+def _copies(outputs):
+    return pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, outputs)
 
 
 class Tape:
     """A recording turned into calls; `replay` runs them for the step at position `past`."""
 
     def __init__(self, recording: Recording):
-        self.inputs, self.past, self.outputs = recording.inputs, recording.past, recording.outputs
-        self.holds_until = recording.holds_until
-        self.keep = recording.entries           # every tensor the calls point to stays alive
+        self.recording = recording              # every tensor the calls point to stays alive
         self.calls = [c for c in map(_replay_call, recording.entries) if c is not None]
 
     def replay(self, inputs: list, past: int):
         """The step's outputs (copies), or None when these inputs do not fit the recorded buffers."""
+        rec = self.recording
         tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
-        if self.holds_until is not None and past + 1 > self.holds_until:
+        if rec.holds_until is not None and past + 1 > rec.holds_until:
             return None
-        if len(tensors) != len(self.inputs) or any(
-                t.shape != mine.shape or t.dtype != mine.dtype for t, mine in zip(tensors, self.inputs)):
+        if len(tensors) != len(rec.inputs) or any(
+                t.shape != mine.shape or t.dtype != mine.dtype for t, mine in zip(tensors, rec.inputs)):
             return None
-        for mine, t in zip(self.inputs, tensors):
+        for mine, t in zip(rec.inputs, tensors):
             mine.copy_(t)
-        delta = past - self.past
+        delta = past - rec.past
         for fn in self.calls:
             fn(delta)
-        return pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, self.outputs)
+        return _copies(rec.outputs)
 
 
 def _replay_call(entry):

@@ -97,26 +97,23 @@ def test_beam_search_stays_eager_once_beams_are_reordered(monkeypatch, models):
 
 
 class Cached(torch.nn.Module):
-    """A decode step over a cache buffer: written at `past` by an indexed copy (`by_index`), or by a C
-    kernel told the position (a Position argument), then summed."""
+    """A decode step over a cache buffer: written at `past` by an indexed copy, or (given `kernel`) by
+    a native call told the position (a Position argument), then summed."""
 
-    def __init__(self, by_index: bool):
+    def __init__(self, kernel=None):
         super().__init__()
-        self.by_index = by_index
+        self.kernel = kernel
         self.cache = torch.zeros(1, 16)
 
     def forward(self, x, ctx):
         past = ctx.past
         y = x * 2 + 1
-        if self.by_index:
+        if self.kernel is None:
             self.cache[:, past] = y[:, 0]
         else:
             # stand-in for a kernel that writes at the position: the native call records it as such
-            native.call(self.write, self.cache, native.Position(past), y)
+            native.call(self.kernel, self.cache, native.Position(past), y)
         return {"out": self.cache.cumsum(-1)}
-
-    def write(self, cache_ptr, past, y_ptr):
-        self.cache[:, past] = torch.tensor(self.y_value)
 
 
 class Context:
@@ -131,30 +128,25 @@ def run_steps(net, steps: int, capacity: int = 16):
     capture, outs = step_capture.StepCapture(), []
     for past in range(1, steps + 1):
         x = torch.full((1, 1), float(past))
-        net.y_value = [2.0 * past + 1]
         outs.append(capture.run(net, [x], Context(past), past, capacity)["out"])
     return capture, outs
 
 
 def test_a_position_baked_into_an_indexed_write_is_not_replayed():
-    capture, outs = run_steps(Cached(by_index=True), 8)
+    capture, outs = run_steps(Cached(), 8)
     assert capture.replayed == 0 and capture.refused is not None
     assert torch.equal(outs[-1], torch.tensor([[0.0] + [float(2 * p + 1) for p in range(1, 9)] + [0.0] * 7]).cumsum(-1))
 
 
 def test_a_marked_position_moves_with_each_replayed_step():
-    net = Cached(by_index=False)
     calls = []
-    net.write = lambda cache_ptr, past, y_ptr: calls.append(past)
-    capture, _ = run_steps(net, 8)
+    capture, _ = run_steps(Cached(kernel=lambda cache_ptr, past, y_ptr: calls.append(past)), 8)
     assert capture.refused is None and capture.replayed == 6
     assert calls == list(range(1, 9))
 
 
 def test_a_step_past_the_recorded_capacity_runs_eagerly():
-    net = Cached(by_index=False)
-    net.write = lambda *args: None
-    capture, _ = run_steps(net, 8, capacity=5)
+    capture, _ = run_steps(Cached(kernel=lambda *args: None), 8, capacity=5)
     assert capture.replayed == 2 and "did not fit" in capture.refused
 
 

@@ -588,6 +588,20 @@ void gs_q4_repack16(const uint8_t *q, const uint16_t *scale, const uint8_t *zero
 }
 
 #if HAVE_A8_512
+/* The next 64-byte vector of an interleaved weight, the read PREFETCH_BYTES ahead issued with it. */
+static inline __m512i load64(const uint8_t *p) {
+    __builtin_prefetch(p + PREFETCH_BYTES);
+    return _mm512_loadu_si512((const void *)p);
+}
+/* The lanes of a 16-row tile that hold rows below N (`valid` of them, all where 16 or more). */
+static inline __mmask16 tile_rows(int64_t valid) {
+    return valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+}
+/* Four independent FMA chains (the FMAs' latency), zeroed and summed. */
+static inline void zero4(__m512 chains[4]) { chains[0] = chains[1] = chains[2] = chains[3] = _mm512_setzero_ps(); }
+static inline __m512 sum4(const __m512 chains[4]) {
+    return _mm512_add_ps(_mm512_add_ps(chains[0], chains[1]), _mm512_add_ps(chains[2], chains[3]));
+}
 /* A group's 16 scales (fp16) and zero points (8 where the scheme is symmetric) of an interleaved tile. */
 static inline __m512 scales16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 static inline __m512 zeros16(const uint8_t *p) {
@@ -620,8 +634,7 @@ INLINE void q4a8_i16_tile(const int R, const int8_t *xq, const float *dx, const 
         const __m512 sz = _mm512_mul_ps(sv, zv);
         __m512i w[8];
         for (int p = 0; p < 4; p++) {
-            __builtin_prefetch(pq + (b * 4 + p) * 64 + PREFETCH_BYTES);
-            const __m512i packed = _mm512_loadu_si512((const void *)(pq + (b * 4 + p) * 64));
+            const __m512i packed = load64(pq + (b * 4 + p) * 64);
             w[p] = _mm512_and_si512(packed, mask);
             w[p + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
         }
@@ -631,7 +644,7 @@ INLINE void q4a8_i16_tile(const int R, const int8_t *xq, const float *dx, const 
             corr[m] = _mm512_fmadd_ps(sz, _mm512_set1_ps(cs[m * B + b]), corr[m]);
         }
     }
-    const __mmask16 keep = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+    const __mmask16 keep = tile_rows(valid);
     for (int m = 0; m < R; m++) _mm512_mask_storeu_ps(y + m * ldy, keep, _mm512_sub_ps(acc[m], corr[m]));
 }
 #endif
@@ -654,9 +667,7 @@ int gs_q4a8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_
     free(xq); free(dx); free(cs);
     return 0;
 #else
-    (void)x; (void)M; (void)K; (void)ldx; (void)pq; (void)pscale; (void)pzero; (void)group; (void)N; (void)y;
-    (void)ldy; (void)nt;
-    return -2;
+    return -2;     /* this build lacks the kernel (parameters unused) */
 #endif
 }
 
@@ -682,11 +693,10 @@ INLINE void q4f_i16_tile(const int R, const float *x, int64_t ldx, const float *
     for (int m = 0; m < R; m++) acc[m] = corr[m] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G; g++) {
         __m512 part[ROWS][4];   /* four chains per row: the FMAs' latency */
-        for (int m = 0; m < R; m++) part[m][0] = part[m][1] = part[m][2] = part[m][3] = _mm512_setzero_ps();
+        for (int m = 0; m < R; m++) zero4(part[m]);
         for (int64_t b = g * per; b < (g + 1) * per; b++) {
             for (int p = 0; p < 4; p++) {
-                __builtin_prefetch(pq + (b * 4 + p) * 64 + PREFETCH_BYTES);
-                const __m512i packed = _mm512_loadu_si512((const void *)(pq + (b * 4 + p) * 64));
+                const __m512i packed = load64(pq + (b * 4 + p) * 64);
                 _Pragma("GCC unroll 8")
                 for (int j = 0; j < 8; j++) {
                     /* nibble j of a lane: byte j / 2, low (column 4p + j/2) or high (16 + 4p + j/2) */
@@ -699,12 +709,11 @@ INLINE void q4f_i16_tile(const int R, const float *x, int64_t ldx, const float *
         }
         const __m512 sv = scales16(pscale + g * 16), sz = _mm512_mul_ps(sv, zeros16(pzero ? pzero + g * 16 : NULL));
         for (int m = 0; m < R; m++) {
-            acc[m] = _mm512_fmadd_ps(_mm512_add_ps(_mm512_add_ps(part[m][0], part[m][1]), _mm512_add_ps(part[m][2], part[m][3])), sv,
-                                     acc[m]);
+            acc[m] = _mm512_fmadd_ps(sum4(part[m]), sv, acc[m]);
             corr[m] = _mm512_fmadd_ps(sz, _mm512_set1_ps(xs[m * G + g]), corr[m]);
         }
     }
-    const __mmask16 keep = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+    const __mmask16 keep = tile_rows(valid);
     for (int m = 0; m < R; m++) _mm512_mask_storeu_ps(y + m * ldy, keep, _mm512_sub_ps(acc[m], corr[m]));
 }
 #endif
@@ -731,9 +740,7 @@ int gs_q4_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t 
     free(xs);
     return 0;
 #else
-    (void)x; (void)M; (void)K; (void)ldx; (void)pq; (void)pscale; (void)pzero; (void)group; (void)N; (void)y;
-    (void)ldy; (void)nt;
-    return -2;
+    return -2;     /* this build lacks the kernel (parameters unused) */
 #endif
 }
 
@@ -763,15 +770,14 @@ INLINE void q8a8_i16_tile(const int R, const int8_t *xq, const float *dx, const 
     for (int64_t b = 0; b < B; b++) {
         __m512i w[8];
         for (int c = 0; c < 8; c++) {
-            __builtin_prefetch(pq + (b * 8 + c) * 64 + PREFETCH_BYTES);
-            w[c] = _mm512_loadu_si512((const void *)(pq + (b * 8 + c) * 64));
+            w[c] = load64(pq + (b * 8 + c) * 64);
         }
         for (int m = 0; m < R; m++) {
             const __m512i dot = block_dot16(w, xq + m * K + b * QB);
             acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(dx[m * B + b]), acc[m]);
         }
     }
-    const __mmask16 keep = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+    const __mmask16 keep = tile_rows(valid);
     const __m512 sv = _mm512_maskz_loadu_ps(keep, scale);
     for (int m = 0; m < R; m++)
         _mm512_mask_storeu_ps(y + m * ldy, keep, _mm512_mul_ps(_mm512_sub_ps(acc[m], _mm512_set1_ps(shift[m])), sv));
@@ -801,8 +807,7 @@ int gs_q8a8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_
     free(xq); free(dx); free(cs); free(shift);
     return 0;
 #else
-    (void)x; (void)M; (void)K; (void)ldx; (void)pq; (void)scale; (void)N; (void)y; (void)ldy; (void)nt;
-    return -2;
+    return -2;     /* this build lacks the kernel (parameters unused) */
 #endif
 }
 
@@ -815,11 +820,10 @@ INLINE void q8f_i16_tile(const int R, const float *x, int64_t ldx, const float *
                          const float *scale, float *y, int64_t ldy, int64_t valid) {
     const int64_t B = K / QB;
     __m512 part[ROWS][4];       /* four chains per row: the FMAs' latency */
-    for (int m = 0; m < R; m++) part[m][0] = part[m][1] = part[m][2] = part[m][3] = _mm512_setzero_ps();
+    for (int m = 0; m < R; m++) zero4(part[m]);
     for (int64_t b = 0; b < B; b++) {
         for (int c = 0; c < 8; c++) {
-            __builtin_prefetch(pq + (b * 8 + c) * 64 + PREFETCH_BYTES);
-            const __m512i packed = _mm512_loadu_si512((const void *)(pq + (b * 8 + c) * 64));
+            const __m512i packed = load64(pq + (b * 8 + c) * 64);
             _Pragma("GCC unroll 4")
             for (int i = 0; i < 4; i++) {
                 const __m512 w = lane_field(packed, 8 * i, 8);
@@ -828,10 +832,10 @@ INLINE void q8f_i16_tile(const int R, const float *x, int64_t ldx, const float *
             }
         }
     }
-    const __mmask16 keep = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+    const __mmask16 keep = tile_rows(valid);
     const __m512 sv = _mm512_maskz_loadu_ps(keep, scale);
     for (int m = 0; m < R; m++) {
-        const __m512 sum = _mm512_add_ps(_mm512_add_ps(part[m][0], part[m][1]), _mm512_add_ps(part[m][2], part[m][3]));
+        const __m512 sum = sum4(part[m]);
         _mm512_mask_storeu_ps(y + m * ldy, keep, _mm512_mul_ps(_mm512_sub_ps(sum, _mm512_set1_ps(shift[m])), sv));
     }
 }
@@ -857,7 +861,6 @@ int gs_q8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_t 
     free(shift);
     return 0;
 #else
-    (void)x; (void)M; (void)K; (void)ldx; (void)pq; (void)scale; (void)N; (void)y; (void)ldy; (void)nt;
-    return -2;
+    return -2;     /* this build lacks the kernel (parameters unused) */
 #endif
 }

@@ -20,7 +20,7 @@ SPLIT_ROWS = 64
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """F.linear, routed around slow CPU paths (same result up to fp32 summation order).
 
-    - fp32 or bf16, up to 4 rows: the C matrix-vector kernel (native_rows.linear), when it is built.
+    - bf16, up to native_rows.LINEAR_ROWS rows: the C kernel (native_rows.linear), when it is built.
     - fp32, a few rows: the output columns split into one batched GEMM entry per thread.
     - several rows of bf16/fp16 where this CPU's GEMM in that dtype measured slower than fp32
       (`runtime.measure`; no AVX512-BF16/AMX): an fp32 GEMM over the upcast operands, rounded once
