@@ -4,15 +4,17 @@ reloaded without quantizing again.
 
 Accuracy: int8 meets the issue's targets (logits cosine >= 0.999). int4 does not reach 0.99 on
 random models whose weights are Gaussian (Transformers' init): 16 levels leave 8-10% relative
-error per weight (g32 with zero points: 8.1%, symmetric 9.7%; searching each group's clipping range
-for the least squared error only reaches 7.8%, and no 4-bit scalar code does much better on
-Gaussian values), and every linear of every layer adds its share. Measured on the 4-layer model
-below, LM head in float (the default): g32 symmetric 0.967, g32 with zero points 0.978, g64 0.977,
-g128 0.966; keeping the first layer in float too (`modules_to_not_convert: [lm_head, layers.0.*]`,
-the most sensitive one here: its errors pass through every later layer) 0.9875 with zero points.
-Quantizing the LM head too costs ~0.004. The int4 tests hold those levels, which a wrong kernel or
-packing (cosine ~0) falls far below. Top-1 agreement is low on any random model: its logits are
-nearly flat.
+error per weight (g32 with zero points: 8.1%, symmetric with the extreme at level -8 about the same;
+searching each group's clipping range for the least squared error only reaches 7.8%, and no 4-bit
+scalar code does much better on Gaussian values), and every linear of every layer adds its share.
+llama.cpp's own 4-bit files do no better on such a model: on the bench's 12-layer one, next-token
+logits cosine with fp32 0.924 for q4_0 and 0.959 for q4_K_M (graphspec int4 0.946). Measured on the
+4-layer model below, LM head in float (the default): g32 symmetric 0.974, g32 with zero points 0.978,
+g64 symmetric 0.971, g128 0.966; keeping the first layer in float too (`modules_to_not_convert:
+[lm_head, layers.0.*]`, the most sensitive one here: its errors pass through every later layer)
+0.9875 with zero points. Quantizing the LM head too costs ~0.004. The int4 tests hold those levels,
+which a wrong kernel or packing (cosine ~0) falls far below. Top-1 agreement is low on any random
+model: its logits are nearly flat.
 """
 from __future__ import annotations
 
@@ -65,14 +67,14 @@ def agreement(got, want):
 
 @pytest.mark.parametrize("scheme, min_cos, min_top1", [
     ("int8", 0.999, 0.95),                                          # measured 0.99986
-    ("int4", 0.96, 0.35),                                           # measured 0.967, 0.42
+    ("int4", 0.97, 0.4),                                            # measured 0.974, 0.50
     ({"bits": 4, "group_size": 32, "sym": False}, 0.97, 0.4),       # measured 0.978, 0.51
     ({"bits": 4, "group_size": 128, "sym": False}, 0.96, 0.3),      # measured 0.966, 0.33
     ({"bits": 4, "group_size": 32, "sym": False, "modules_to_not_convert": ["lm_head", "layers.0.*"]},
      0.985, 0.55),                                                  # measured 0.9875, 0.67
-    ({"bits": 4, "modules_to_not_convert": []}, 0.955, 0.35),       # the LM head too: measured 0.963, 0.44
+    ({"bits": 4, "modules_to_not_convert": []}, 0.965, 0.35),       # the LM head too: measured 0.970, 0.45
     ("w8a8", 0.999, 0.95),                                          # int8 activations too
-    ({"bits": 4, "act_bits": 8, "lm_head_bits": 8, "modules_to_not_convert": []}, 0.96, 0.35),
+    ({"bits": 4, "act_bits": 8, "lm_head_bits": 8, "modules_to_not_convert": []}, 0.97, 0.4),  # measured 0.974, 0.49
 ])
 def test_quantized_logits_agree_with_fp32_on_a_transformers_initialised_llama(checkpoint, fp32_logits, scheme,
                                                                                min_cos, min_top1):

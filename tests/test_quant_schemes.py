@@ -36,9 +36,18 @@ def test_each_weight_is_within_half_a_step_of_its_dequantized_value(scheme):
     w = weight(std=0.05)
     stored = quantize(w, scheme)
     err = group_view((w - dequantize(stored, scheme)).abs(), scheme)
-    step = stored["scales"].float()[..., None] if scheme.kind == "int4" else stored["scales"][:, None]
+    step = stored["scales"].float().abs()[..., None] if scheme.kind == "int4" else stored["scales"][:, None]
     # rounding to the nearest level: half a step (fp32 division and multiplication add a few ulps)
-    assert bool((err <= step * (0.5 + 1e-5)).all())
+    near = err <= step * (0.5 + 1e-5)
+    if scheme.kind == "int4" and scheme.symmetric:
+        # the extreme takes level -8; on the other side the top level is 7, so a value within half a
+        # step of the extreme's magnitude there rounds to 7: up to a whole step off, and only those
+        level = group_view(w, scheme) / stored["scales"].float()[..., None]
+        assert bool((err[~near] <= step.expand_as(err)[~near] * (1 + 1e-5)).all())
+        assert bool((level[~near] > 7.5 - 1e-4).all())
+        assert bool(near.float().mean() > 0.99)
+    else:
+        assert bool(near.all())
 
 
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
@@ -57,6 +66,22 @@ def test_int8_scale_is_the_row_maximum_over_127_and_the_extremes_are_exact():
     torch.testing.assert_close(stored["scales"], w.abs().amax(1) / 127, rtol=0, atol=0)
     extreme = w.abs().argmax(1)
     assert stored["qweight"].gather(1, extreme[:, None]).abs().eq(127).all()
+
+
+@pytest.mark.parametrize("group", [32, 128])
+def test_symmetric_int4_puts_each_groups_extreme_on_level_minus_8_with_its_sign(group):
+    w = weight(n=6, k=256)
+    w[0, :group] = w[0, :group].abs()             # an all-positive group: its scale is negative
+    scheme = Scheme("int4", group, True)
+    stored = quantize(w, scheme)
+    groups = w.view(6, -1, group)
+    extreme = groups.gather(2, groups.abs().argmax(2, keepdim=True))
+    scales = stored["scales"].float()
+    torch.testing.assert_close(scales, (extreme.squeeze(2) / -8).half().float(), rtol=0, atol=0)
+    assert bool((scales[0, 0] < 0) and (scales.sign() == -extreme.squeeze(2).sign()).all())
+    levels = unpack_int4(stored["qweight"]).view(6, -1, group).long() - 8
+    assert levels.gather(2, groups.abs().argmax(2, keepdim=True)).eq(-8).all()
+    assert levels.amin() == -8 and levels.amax() == 7
 
 
 def test_asymmetric_int4_keeps_zero_exact_and_uses_the_whole_range_of_a_positive_group():

@@ -9,7 +9,8 @@ layout), interleaved run by run, medians. Per precision (fp32, bf16, int8, int4)
     gguf are installed) and CTranslate2 (float32 / bfloat16 / int8, when installed);
   - decode against the weight-streaming bound (read bandwidth / bytes one token reads), and the
     decode step split into its matmuls and the rest;
-  - int8 / int4: logits cosine and top-1 agreement with fp32;
+  - int8 / int4: logits cosine and top-1 agreement with fp32, and each engine's next-token logits
+    cosine with fp32 (a peer's accuracy at its own quantization, on the same weights);
   - the decode step's fixed overhead (Python, dispatch, small allocations): ms per step of a model of
     the same depth and heads whose matmuls cost next to nothing (hidden 96), against Transformers'
     (`--step-overhead` runs only this, in under a minute).
@@ -28,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from runtime.quant.linear import QuantEmbedding, QuantLinear
@@ -251,6 +253,16 @@ def report_overhead(ms: dict) -> None:
         print(f"  {name:<22} {t:8.2f} ms{ratio}")
 
 
+def next_token_logits(output) -> torch.Tensor | None:
+    """The last position's logits from an engine's prefill result (a model output or llama.cpp's
+    array), None when the engine returns none (CTranslate2 returns tokens)."""
+    if hasattr(output, "logits"):
+        return output.logits[0, -1].detach().float()
+    if isinstance(output, np.ndarray):
+        return torch.from_numpy(output.copy()).float()
+    return None
+
+
 def agreement(got: torch.Tensor, want: torch.Tensor) -> dict:
     cos = torch.nn.functional.cosine_similarity(got.double().flatten(1), want.double().flatten(1), dim=-1).min()
     return {"cos": float(cos), "top1": float((got.argmax(-1) == want.argmax(-1)).float().mean())}
@@ -363,7 +375,14 @@ def run(args) -> None:
             last = {name: (lambda e=e: e.prefill(long)) for name, e in engines.items() if hasattr(e, "prefill")}
             last = {"graphspec": lambda: ours(long, logits_to_keep=1),
                     **({"sdpa": lambda: engines["sdpa"](long, logits_to_keep=1)} if "sdpa" in engines else {}), **last}
-            res["prefill_last"] = interleaved(last, args.repeat)[0]
+            res["prefill_last"], lasts = interleaved(last, args.repeat)
+            # every engine's next-token logits against graphspec's fp32 ones (equal to Transformers'
+            # and llama.cpp f32's): a peer's accuracy at its own quantization, in the same run
+            nexts = {name: v for name, v in ((k, next_token_logits(o)) for k, o in lasts.items()) if v is not None}
+            if precision == "fp32":
+                reference["next"] = nexts["graphspec"]
+            elif "next" in reference:
+                res["next_cos"] = {name: agreement(v[None], reference["next"][None])["cos"] for name, v in nexts.items()}
 
             def decoders(n: int) -> dict:
                 out = {"graphspec": lambda: ours.generate(prompt, max_new_tokens=n, eos_token_id=None)}
@@ -476,6 +495,8 @@ def report(res: dict, args) -> None:
         print(f"  graphspec is {beam['sdpa'] / beam['graphspec']:.2f}x sdpa per beam step")
     if "accuracy" in res:
         print(f"  logits vs fp32 (1x{tok}): cosine {res['accuracy']['cos']:.5f}, top-1 agreement {res['accuracy']['top1']:.3f}")
+    if "next_cos" in res:
+        print("  next-token logits vs fp32, cosine: " + ", ".join(f"{k} {v:.5f}" for k, v in res["next_cos"].items()))
     if "load" in res:
         load = res["load"]
         print(f"load: {load['load_s']:.2f} s, peak RSS {load['peak_rss'] / 2**20:.0f} MiB "
@@ -487,7 +508,8 @@ def summary(rows: list, args) -> None:
     """One table: decode tok/s and prefill-to-next-token ms per engine and precision."""
     print(f"\n== summary: decode tok/s (32 + {args.new_tokens}) / prefill 1x{args.prefill} to the next token, ms ==")
     print("(graphspec x: graphspec's speed as a multiple of that engine's; > 1 is graphspec faster)")
-    print(f"{'precision':<10} {'engine':<22} {'decode':>8} {'gs x':>8} {'prefill':>9} {'gs x':>8}")
+    print(f"(cos: the next-token logits' cosine with fp32 after the {args.prefill}-token prefill)")
+    print(f"{'precision':<10} {'engine':<22} {'decode':>8} {'gs x':>8} {'prefill':>9} {'gs x':>8} {'cos':>9}")
     for res in rows:
         dec, pre = res["decode"], res["prefill_last"]
         for name in dec:
@@ -495,8 +517,10 @@ def summary(rows: list, args) -> None:
             ratio = "" if name == "graphspec" else f"{dec[name] / dec['graphspec']:.2f}x"
             pre_ms = pre.get(name)
             pratio = "" if name == "graphspec" or pre_ms is None else f"{pre_ms / pre['graphspec']:.2f}x"
+            cos = res.get("next_cos", {}).get(name)
             print(f"{res['precision']:<10} {name:<22} {tok_s:8.1f} {ratio:>8} "
-                  f"{'' if pre_ms is None else f'{pre_ms * 1e3:9.0f}'} {pratio:>8}")
+                  f"{'' if pre_ms is None else f'{pre_ms * 1e3:9.0f}':>9} {pratio:>8} "
+                  f"{'' if cos is None else f'{cos:.5f}':>9}")
         print(f"{'':<10} {'bound':<22} {res['roofline_tok_s']:8.0f} "
               f"{'(graphspec ' + format(args.new_tokens / dec['graphspec'] / res['roofline_tok_s'], '.0%') + ')':>8}")
 
