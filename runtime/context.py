@@ -14,9 +14,12 @@ import torch
 class KVCache:
     """Per attention op (keyed by its module), k and v buffers of [B, Hkv, capacity, D]."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, spare: dict | None = None):
         self.capacity = capacity
         self.slots: dict[object, tuple[torch.Tensor, torch.Tensor]] = {}
+        # an earlier generation's buffers per slot, taken where they have the shape needed (their
+        # values are never read: a step reads only the positions written before it)
+        self.spare = spare or {}
         self.regimes: dict[object, object] = {}
         self.stale = False
 
@@ -31,7 +34,13 @@ class KVCache:
         buffers = self.slots.get(slot)
         if buffers is None:
             shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
-            buffers = (k.new_empty(shape), v.new_empty(shape[:3] + (v.shape[3],)))
+            shapes = (shape, shape[:3] + (v.shape[3],))
+            spare = self.spare.pop(slot, None)
+            if spare is not None and all(b.shape == s and b.dtype == t.dtype and b.device == t.device
+                                         for b, s, t in zip(spare, shapes, (k, v))):
+                buffers = spare
+            else:
+                buffers = (k.new_empty(shapes[0]), v.new_empty(shapes[1]))
             self.slots[slot] = buffers
         end = past + k.shape[2]
         if end > self.capacity:

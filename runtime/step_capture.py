@@ -65,11 +65,17 @@ def _tensors(value) -> list:
     """The tensors in an op's arguments or results (nested lists, tuples and dicts)."""
     if isinstance(value, torch.Tensor):
         return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
+        value = list(value.values())
+    elif not isinstance(value, (list, tuple)):
+        return []
+    out = []
+    for v in value:          # recursing only into containers: this runs for every op of a recording
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (list, tuple, dict)):
+            out.extend(_tensors(v))
+    return out
 
 
 def _count(value) -> int:
@@ -93,8 +99,9 @@ class Recording:
     def aten(self, func, args, kwargs, out, rng) -> None:
         """`rng`: the CPU generator's state before an op that may draw random numbers (None otherwise)."""
         seeded, mutates, alloc = _traits(func)
-        leaves = _tensors(out)
-        if len(leaves) != _count(out):
+        single = isinstance(out, torch.Tensor)
+        leaves = [out] if single else _tensors(out)
+        if not single and len(leaves) != _count(out):
             raise Refused(f"{func} hands a value to Python, which may decide on it")
         if seeded and (any(isinstance(v, torch.Generator) for v in (*args, *kwargs.values()))
                        or not torch.equal(rng, torch.random.get_rng_state())):
@@ -128,19 +135,15 @@ class Recording:
         """The entries with each tensor named by its role, not its address: equal for two steps that
         did the same work on the same buffers."""
         inputs = {_storage(t): i for i, t in enumerate(self.inputs)}
+        named: dict[tuple, tuple] = {}          # (id, full) -> name: a tensor is read many times
 
         def name(value, full: bool):
             if isinstance(value, torch.Tensor):
-                base = _storage(value)
-                if base == 0:
-                    return ("empty", tuple(value.shape), value.dtype)
-                # state: a buffer alive across steps (a param, the KV cache, the padding row); what
-                # changes per step comes in as an input (the adapter feeds every per-step tensor)
-                role = (("scratch", self.scratch[base]) if base in self.scratch else
-                        ("input", inputs[base]) if base in inputs else ("state", base))
-                if full:
-                    return (role, tuple(value.shape), value.stride(), value.storage_offset(), value.dtype)
-                return (role, value.data_ptr() - base)
+                key = (id(value), full)         # the recording keeps every tensor alive: ids are unique
+                known = named.get(key)
+                if known is None:
+                    known = named[key] = tensor_name(value, full)
+                return known
             if isinstance(value, native.Position):
                 return ("position", int(value) - self.past)
             if isinstance(value, (list, tuple)):
@@ -148,6 +151,18 @@ class Recording:
             if isinstance(value, dict):
                 return tuple((k, name(v, full)) for k, v in value.items())
             return (type(value).__name__, value)
+
+        def tensor_name(value: torch.Tensor, full: bool):
+            base = _storage(value)
+            if base == 0:
+                return ("empty", tuple(value.shape), value.dtype)
+            # state: a buffer alive across steps (a param, the KV cache, the padding row); what
+            # changes per step comes in as an input (the adapter feeds every per-step tensor)
+            role = (("scratch", self.scratch[base]) if base in self.scratch else
+                    ("input", inputs[base]) if base in inputs else ("state", base))
+            if full:
+                return (role, tuple(value.shape), value.stride(), value.storage_offset(), value.dtype)
+            return (role, value.data_ptr() - base)
 
         # views are left out: what they see (offset, shape, strides) is in the calls that read them
         return [(kind, fn, name(args, kind != "native"), name(kwargs, True),
@@ -247,9 +262,18 @@ def _replay_call(entry):
     return compute
 
 
+_OUT_FORMS: dict = {}
+
+
 def _out_form(fn):
     """The overload of `fn`'s op that takes the same arguments plus one `out` tensor, if there is one
-    (add.Tensor -> add.out, mul.Scalar -> mul.Scalar_out): read off the schemas, nothing run."""
+    (add.Tensor -> add.out, mul.Scalar -> mul.Scalar_out): read off the schemas once, nothing run."""
+    if fn not in _OUT_FORMS:
+        _OUT_FORMS[fn] = _find_out_form(fn)
+    return _OUT_FORMS[fn]
+
+
+def _find_out_form(fn):
     want = [(a.name, str(a.type)) for a in fn._schema.arguments]
     for name in fn.overloadpacket.overloads():
         overload = getattr(fn.overloadpacket, name)
@@ -279,13 +303,18 @@ def _native_call(kernel, values: list, moving: list):
 class StepCapture:
     """One generation's decode steps, recorded until two consecutive recordings match, then replayed.
     (The first steps may differ: a kernel's first call measures its candidate paths, caches fill.)
-    `replayed` counts replayed steps; `refused` says why the steps stayed eager, if they did."""
+    `replayed` counts replayed steps; `refused` says why the steps stayed eager, if they did.
+
+    `proven`: the signature of the previous generation's replayed step, when this generation runs on
+    that one's buffers (Spare): a first recording equal to it is as good as a second recording, so
+    the replay starts a step earlier and one recording fewer is made."""
 
     RECORDINGS = 4             # at most this many steps recorded before giving up
 
-    def __init__(self):
+    def __init__(self, proven: list | None = None):
         self.tape: Tape | None = None
-        self.previous: tuple | None = None      # (recording, its signature)
+        self.previous: tuple | None = None if proven is None else (None, proven)   # (recording, its signature)
+        self.signature: list | None = None      # the tape's
         self.recorded = 0
         self.replayed = 0
         self.refused: str | None = None
@@ -307,7 +336,7 @@ class StepCapture:
             return out
         signature = recording.signature()
         if self.previous is not None and self.previous[1] == signature:
-            self.previous, self.tape = None, Tape(recording)
+            self.previous, self.tape, self.signature = None, Tape(recording), signature
         elif self.recorded >= self.RECORDINGS:
             self.refuse(f"{self.recorded} consecutive steps did not do the same work on the same buffers")
         else:
@@ -315,5 +344,23 @@ class StepCapture:
         return out
 
     def refuse(self, reason: str) -> None:
-        self.tape = self.previous = None
+        self.tape = self.previous = self.signature = None
         self.refused = reason
+
+    def end(self) -> list | None:
+        """The generation is over: drop the tape (its scratch buffers) and return its signature, if
+        its steps were replayed to the end."""
+        proven = self.signature if self.tape is not None else None
+        self.tape = self.previous = self.signature = None
+        return proven
+
+
+class Spare:
+    """What a generation whose steps were replayed leaves to the next one of the same shape (`key`):
+    its KV cache buffers and padding row, and the signature of its replayed step. A generation that
+    runs on these buffers records steps naming the same state, so its first recording can be compared
+    with that signature (StepCapture's `proven`). Kept on the model, one at a time; taken by a
+    generation, so two generations at once never share buffers."""
+
+    def __init__(self, key: tuple, slots: dict, padding, signature: list):
+        self.key, self.slots, self.padding, self.signature = key, slots, padding, signature

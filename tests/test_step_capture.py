@@ -66,6 +66,27 @@ def test_bf16_decode_steps_replay_bit_for_bit(monkeypatch, tmp_path):
     assert_same(eager, captured)
 
 
+@pytest.mark.parametrize("pads, lengths", [((0, 0), (7, 9)), ((7, 1), (9, 5))])
+def test_a_later_generation_of_the_same_shape_replays_after_one_recording(monkeypatch, tmp_path, pads, lengths):
+    _, model = make("llama", tmp_path)
+    # other values, lengths and padding (the first's padding row, False up to 7, must not leak past 5)
+    first, second = (prompt(97, pad=p, seed=seed, length=n) for p, n, seed in zip(pads, lengths, (1, 2)))
+    generate_both(monkeypatch, model, first[0], attention_mask=first[1])
+    eager, captured, capture = generate_both(monkeypatch, model, second[0], attention_mask=second[1])
+    # the first decode step, recorded, matches the step the last generation replayed
+    assert capture.refused is None and capture.recorded == 1 and capture.replayed == NEW_TOKENS - 2
+    assert_same(eager, captured)
+
+
+def test_a_generation_of_another_shape_records_its_own_steps(monkeypatch, tmp_path):
+    _, model = make("llama", tmp_path)
+    generate_both(monkeypatch, model, prompt(97, batch=2)[0])
+    for ids, mask in (prompt(97, batch=3), prompt(97, batch=3, pad=2), prompt(97, batch=3, length=80)):
+        eager, captured, capture = generate_both(monkeypatch, model, ids, attention_mask=mask)
+        assert capture.refused is None and capture.recorded == 2
+        assert_same(eager, captured)
+
+
 def test_sampling_under_a_seed_is_the_same_replayed(monkeypatch, models):
     eager, captured, capture = generate_both(monkeypatch, models["llama"], prompt(97)[0], do_sample=True, top_k=0)
     assert capture.replayed > 0

@@ -4,7 +4,8 @@ The contract names what is generated (`generate.tokens` along `generate.seq`, re
 `generate.logits`; a `start` token for an encoder-decoder) and the static modules (an encoder,
 cross-attention keys and values) that see the same inputs at every step. The KV cache lives on the
 generated sequence only: allocated once per generation at its final length ([rows, kv heads,
-max_length, head dim] per attention op) and written in place; `reorder_cache` permutes its filled
+max_length, head dim] per attention op; rounded up to 64 positions where steps may be replayed,
+and then left to the model's next generation of that shape) and written in place; `reorder_cache` permutes its filled
 part in place, `fork` copies the prompt's part to each row's beams or samples. Static modules run
 once per input row and share their outputs with the forked rows.
 """
@@ -22,6 +23,10 @@ from runtime.model import modules_at
 # bytes per row and position the loop and this adapter hold besides the KV cache: the tokens so far,
 # the loop's output rows (int64 each), the padding row (bool), rounded up
 _TOKEN_BUFFER_BYTES = 24
+# A generation whose steps may be replayed sizes its KV cache and padding row in multiples of this
+# many positions: generations of nearby lengths then have buffers of one shape, and one can run on
+# the buffers the last one left (step_capture.Spare) and replay a step earlier.
+_CAPACITY_STEP = 64
 
 
 def _map_tensors(value, fn):
@@ -123,21 +128,36 @@ class CompiledDecoder:
         rows = prompt if target_prefix is None else target_prefix
         batch, length = rows.shape
         self.check_room(batch, max_length)
-        self.capacity = max_length
+        self.max_length = max_length
+        capturable = self._capturable()
+        self.capacity = -(-max_length // _CAPACITY_STEP) * _CAPACITY_STEP if capturable else max_length
         self.prompt_length = length
         self.tokens_so_far = torch.empty(batch, max_length, dtype=torch.long, device=self.device)
-        self.cache = KVCache(max_length)
+        spare = self._take_spare(batch, mask is not None and not self.is_encoder_decoder) if capturable else None
+        self.cache = KVCache(self.capacity, spare and spare.slots)
         self.past = 0
-        self.capture = self.model.step_capture = step_capture.StepCapture() if self._capturable() else None
+        self.capture = self.model.step_capture = step_capture.StepCapture(spare and spare.signature) if capturable else None
         if self.is_encoder_decoder:
             self.static = _StaticOutputs(self.model.net, self.model.contract.static)
             if mask is not None:
                 self.others[self.model.contract.callers[0].seq] = mask.bool()
         elif mask is not None:
             # the generated tokens are real: only the prompt part of the padding row can be False
-            self.padding = torch.ones(batch, max_length, dtype=torch.bool, device=self.device)
+            if spare is not None:
+                self.padding = spare.padding.fill_(True)
+            else:
+                self.padding = torch.ones(batch, self.capacity, dtype=torch.bool, device=self.device)
             self.padding[:, :length] = mask.bool()
         return self._append(rows)
+
+    def _spare_key(self, rows: int, padded: bool) -> tuple:
+        return rows, self.capacity, padded
+
+    def _take_spare(self, rows: int, padded: bool) -> step_capture.Spare | None:
+        """The buffers the model's last replayed generation left, if they have this one's shapes.
+        Taken off the model in one step (dict.pop), so a generation running meanwhile cannot share them."""
+        spare = vars(self.model).pop("_decode_spare", None)
+        return spare if spare is not None and spare.key == self._spare_key(rows, padded) else None
 
     def _capturable(self) -> bool:
         """Whether decode steps may be recorded and replayed (step_capture.py): on the CPU, without
@@ -209,7 +229,7 @@ class CompiledDecoder:
             self.group = 1
 
     def fork(self, n: int):
-        self.check_room(self.tokens_so_far.shape[0] * n, self.capacity)
+        self.check_room(self.tokens_so_far.shape[0] * n, self.max_length)
         self._uncapture("rows were forked")
         past = self.past
         for slot, (k, v) in list(self.cache.slots.items()):
@@ -231,6 +251,12 @@ class CompiledDecoder:
     def close(self):
         if self.static is not None:
             self.static.remove()
+        if self.capture is not None:
+            proven = self.capture.end()
+            if proven is not None:
+                padded = self.padding is not None
+                self.model._decode_spare = step_capture.Spare(
+                    self._spare_key(self.tokens_so_far.shape[0], padded), self.cache.slots, self.padding, proven)
         self.cache = self.static = None
         self.capture = None
 
