@@ -20,9 +20,9 @@ stored numbers is exactly the function the quantizer rounded to.
     q[n, k]     = clamp(round(w[n, k] / scale[n, g]), -8, 7) + 8     in 0..15
     w'[n, k]    = (q[n, k] - 8) * scale[n, g]
     The extreme lands on level -8 and the scale takes its sign (negative when the extreme is
-    positive), so all 16 levels are used: a step of |m| / 8 instead of |m| / 7 (llama.cpp's q4_0
-    rounds this way). Measured on a random 12-layer Llama, logits cosine with fp32 0.946 against
-    0.928 for |m| / 7.
+    positive), so all 16 levels are used: a step of |m| / 8 instead of |m| / 7 (GGML's q4_0
+    rounds this way). Measured on tools/bench.py's random 12-layer model, logits cosine with fp32
+    0.946 against 0.928 for |m| / 7.
   asymmetric (`Scheme("int4", group, symmetric=False)`), an integer zero point per group:
     lo[n, g] = min(0, min over the group of w),  hi[n, g] = max(0, max over the group of w)
                (the range always holds 0, so 0 is exact and the zero point fits 0..15)
