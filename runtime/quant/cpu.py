@@ -4,8 +4,9 @@ Paths (all compute x @ w'.T with w' the dequantized weight of schemes.py; they d
 summation order and, for bf16/fp16 activations, where the one rounding of the output happens):
   native      our C kernels (runtime/csrc/matmul.c): weights read once per 4 activation rows, fp32 arithmetic;
               on AVX-512 VNNI builds on the 16-row interleaved layouts (gs_q4_mm16, gs_q8_mm16: a column's
-              weights for 16 rows per vector by shift, mask and convert; at one row 1.7x the int4 table
-              kernel, 1.5x the int8 row kernel, whose LM head then reads at ~20 GB/s).
+              weights for 16 rows per vector, int4 by a byte shift and a permute of the 16 levels, int8 by
+              shift, mask and convert; at one row int4 reads 24-29 GB/s, 2.5x its table kernel, int8 1.5x
+              its row kernel).
               A matrix-vector design, so offered up to 64 rows only.
   dequant     w' materialised in the activation dtype, then the dense linear (runtime/ops/linear_layers.py:
               MKL, split across threads for few rows, fp32 GEMM for bf16 where that measured faster).
