@@ -5,9 +5,9 @@ The contract names what is generated (`generate.tokens` along `generate.seq`, re
 cross-attention keys and values) that see the same inputs at every step. The KV cache lives on the
 generated sequence only: allocated once per generation at its final length ([rows, kv heads,
 max_length, head dim] per attention op; rounded up to 64 positions where steps may be replayed,
-and then left to the model's next generation of that shape) and written in place; `reorder_cache` permutes its filled
-part in place, `fork` copies the prompt's part to each row's beams or samples. Static modules run
-once per input row and share their outputs with the forked rows.
+and then left to the model's next generation of that shape) and written in place; `reorder_cache`
+permutes its filled part in place, `fork` copies the prompt's part to each row's beams or samples.
+Static modules run once per input row and share their outputs with the forked rows.
 """
 from __future__ import annotations
 
