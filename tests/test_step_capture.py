@@ -78,6 +78,23 @@ def test_a_later_generation_of_the_same_shape_replays_after_one_recording(monkey
     assert_same(eager, captured)
 
 
+@pytest.mark.parametrize("change", ["weights written in place", "linears replaced by quantized ones"])
+def test_a_later_generation_after_the_weights_changed_computes_with_the_new_ones(monkeypatch, tmp_path, change):
+    _, model = make("llama", tmp_path)
+    generate_both(monkeypatch, model, prompt(97)[0])
+    if change == "weights written in place":
+        with torch.no_grad():
+            for p in model.net.parameters():
+                p.mul_(1.5)
+        recordings = 1            # the same buffers: the last generation's step still proves this one
+    else:
+        model = quantize_model(model, "int8")
+        recordings = 2            # other buffers: the steps are proven anew
+    eager, captured, capture = generate_both(monkeypatch, model, prompt(97, seed=3)[0])
+    assert capture.refused is None and capture.recorded == recordings
+    assert_same(eager, captured)
+
+
 def test_a_generation_of_another_shape_records_its_own_steps(monkeypatch, tmp_path):
     _, model = make("llama", tmp_path)
     generate_both(monkeypatch, model, prompt(97, batch=2)[0])
