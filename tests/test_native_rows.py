@@ -1,5 +1,6 @@
 """The C paths of rms_norm and rope (runtime/csrc/rows.c) compute what the torch code computes: rope
-to the bit, rms_norm up to the order of its sum of squares; cases they do not take fall back."""
+to the bit, rms_norm up to the order of its sum of squares; cases they do not take fall back. The
+elementwise ops a replayed decode step runs in C give aten's bits."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -185,3 +186,22 @@ def test_bf16_attention_step_equals_sdpa_in_bf16():
     assert torch.equal(kc[:, :, 40], k[:, :, 0])
     want = attention_reference(q.float(), kc.float(), vc.float(), 41, None, 0.125)
     torch.testing.assert_close(got.float(), want, rtol=2 ** -7, atol=1e-3)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("op, code", [(torch.add, 0), (torch.sub, 1), (torch.mul, 2)])
+def test_the_c_elementwise_ops_a_replayed_step_takes_give_atens_bits(dtype, op, code):
+    g = torch.Generator().manual_seed(0)
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-40, -1e-40, 3.4e38, -3.4e38, 1.0])
+    a = torch.cat([torch.randn(1000, generator=g) * 10 ** torch.randint(-8, 8, (1000,), generator=g), special,
+                   special.flip(0)]).to(dtype)
+    b = torch.cat([torch.randn(1000, generator=g), special.flip(0), special]).to(dtype)
+    out = torch.empty_like(a)
+    lib = native.library()
+    kernel = lib.gs_binary_f32 if dtype == torch.float32 else lib.gs_binary_bf16
+    kernel(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), code)
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    want = op(a, b)
+    same = (out.view(bits) == want.view(bits)) | (out.isnan() & want.isnan())
+    assert bool(same.all()), (a[~same][:5], b[~same][:5], out[~same][:5], want[~same][:5])

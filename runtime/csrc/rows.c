@@ -140,3 +140,19 @@ void NAME(const T *q, int64_t qsb, int64_t qsh, const T *k, int64_t ksb, int64_t
 }
 ATTEND_STEP(gs_attend_step_f32, float, ld_f32, st_f32)
 ATTEND_STEP(gs_attend_step_bf16, bf16, ld_bf16, st_bf16)
+
+/* out[i] = a[i] OP b[i] over n elements, OP + - * for op 0 1 2: aten's add (alpha 1), sub and mul
+   of two tensors of one shape. Each result is one correctly rounded fp32 operation (bf16: both
+   widened, the operation in fp32, rounded to nearest even, as aten computes it), so these are aten's
+   bits. A recorded decode step replays such ops through here (runtime/step_capture.py): aten's own
+   call costs ~10 us on a row of a few thousand values, this loop well under one. */
+#define BINARY(NAME, T, LD, ST) \
+void NAME(const T *a, const T *b, T *out, int64_t n, int op) { \
+    switch (op) { \
+    case 0: for (int64_t i = 0; i < n; i++) ST(out, i, LD(a, i) + LD(b, i)); break; \
+    case 1: for (int64_t i = 0; i < n; i++) ST(out, i, LD(a, i) - LD(b, i)); break; \
+    default: for (int64_t i = 0; i < n; i++) ST(out, i, LD(a, i) * LD(b, i)); break; \
+    } \
+}
+BINARY(gs_binary_f32, float, ld_f32, st_f32)
+BINARY(gs_binary_bf16, bf16, ld_bf16, st_bf16)
