@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import runtime
-from runtime import step_capture
 from compiler.passes import run_pipeline
 from compiler.pipeline import compile_spec
 from compiler.spec import load_spec
@@ -127,8 +126,6 @@ def test_llama_generate_runs_its_head_on_the_last_prompt_position_only(tmp_path,
     head = ours.net.lm_head
     real = head.forward
     monkeypatch.setattr(head, "forward", lambda x: rows.append(x.shape[1]) or real(x))
-    # every step eager: a replayed step (runtime/step_capture.py) calls the head's kernel, not its module
-    monkeypatch.setenv(step_capture.ENV, "0")
     prompt = torch.randint(3, LLAMA_BASE["vocab_size"], (1, 7), generator=torch.Generator().manual_seed(0))
     got = ours.generate(prompt, max_new_tokens=4, eos_token_id=None)
     assert rows == [1, 1, 1, 1]
