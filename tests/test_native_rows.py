@@ -1,5 +1,6 @@
-"""The C paths of rms_norm and rope (runtime/csrc/rows.c) compute what the torch code computes: rope
-to the bit, rms_norm up to the order of its sum of squares; cases they do not take fall back. The
+"""The C paths of rms_norm, rope and silu (runtime/csrc/rows.c) compute what the torch code computes: rope
+to the bit, rms_norm up to the order of its sum of squares, silu within a few ulp (another exp); cases
+they do not take fall back. The
 elementwise ops a replayed decode step runs in C give aten's bits."""
 import pytest
 import torch
@@ -9,6 +10,7 @@ from runtime import native
 from runtime.ops import native_rows
 from runtime.ops.norms import rms_norm
 from runtime.ops.rotary import rope
+from runtime.ops.tensors import silu
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.unavailable_reason()}")
 
@@ -205,3 +207,32 @@ def test_the_c_elementwise_ops_a_replayed_step_takes_give_atens_bits(dtype, op, 
     want = op(a, b)
     same = (out.view(bits) == want.view(bits)) | (out.isnan() & want.isnan())
     assert bool(same.all()), (a[~same][:5], b[~same][:5], out[~same][:5], want[~same][:5])
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_c_path_is_within_a_few_ulp_of_torch_with_its_special_values(dtype):
+    x = torch.cat([torch.randn(3000) * 6, torch.linspace(-100, 100, 2001),
+                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-40, -1e-40, 87.0, -87.0, 88.0, -88.0, 89.0, 200.0, -200.0,
+                                 float("inf"), float("-inf"), float("nan"), 3e38, -3e38])]).to(dtype)
+    got = silu(x)
+    assert got.dtype == dtype and got.shape == x.shape
+    want = F.silu(x)
+    assert torch.equal(got.isnan(), want.isnan())
+    finite = want.isfinite()
+    assert torch.equal(got[~finite & ~want.isnan()], want[~finite & ~want.isnan()])      # +-inf as torch
+    if dtype == torch.float32:
+        torch.testing.assert_close(got[finite], want[finite], rtol=4e-7, atol=1e-36)
+    else:       # the fp32 value rounded once: at most one bf16 step from torch's rounding of its own
+        torch.testing.assert_close(got[finite].float(), want[finite].float(), rtol=2 ** -8, atol=1e-36)
+    assert native_rows.silu(x) is not None                      # the C path took it
+
+
+@needs_native
+def test_silu_leaves_autograd_and_large_tensors_to_torch():
+    x = torch.randn(64, requires_grad=True)
+    assert native_rows.silu(x) is None
+    silu(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.sigmoid(x.detach()) * (1 + x.detach() * (1 - torch.sigmoid(x.detach()))))
+    assert native_rows.silu(torch.randn(1 << 17)) is None
+    assert native_rows.silu(torch.randn(8, 8).t()) is None      # not contiguous

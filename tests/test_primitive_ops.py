@@ -48,7 +48,8 @@ CASES: dict[str, Case] = {
                           {"x": ("int", ["B", "S"], "index:50"), "m": ("int", ["S"], "nonzero:5")},
                           lambda i, n: torch.div(i["x"], i["m"], rounding_mode="floor")),
     "scale": Case(["y: {op: scale, x: x, by: d ** -0.5}"], X, lambda i, n: i["x"] * 6 ** -0.5),
-    "silu": Case(["y: {op: silu, x: x}"], X, lambda i, n: F.silu(i["x"])),
+    # a decode step's few rows take a C silu (another exp: within a few ulp)
+    "silu": Case(["y: {op: silu, x: x}"], X, lambda i, n: F.silu(i["x"]), exact=False),
     "relu": Case(["y: {op: relu, x: x}"], X, lambda i, n: F.relu(i["x"])),
     "gelu": Case(["y: {op: gelu, x: x, approximate: tanh}"], X, lambda i, n: F.gelu(i["x"], approximate="tanh")),
     "softcap": Case(["y: {op: softcap, x: x, cap: 2.5}"], X, lambda i, n: torch.tanh(i["x"] / 2.5) * 2.5),

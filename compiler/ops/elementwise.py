@@ -140,7 +140,7 @@ def _unary(name: str, doc: str, emit: str, triton: str | None, example: str, inf
         fusion="elementwise", triton=triton, shape_doc=SAME_DOC, example=example, **kw))
 
 
-_unary("silu", "x * sigmoid(x)", "F.silu({x})", "{x} * tl.sigmoid({x})", "gate: {op: silu, x: gate}")
+_unary("silu", "x * sigmoid(x)", "ops.silu({x})", "{x} * tl.sigmoid({x})", "gate: {op: silu, x: gate}")
 _unary("relu", "max(x, 0)", "F.relu({x})", "tl.maximum({x}, 0.0)", "h: {op: relu, x: h}")
 _unary("sigmoid", "1 / (1 + exp(-x))", "torch.sigmoid({x})", "tl.sigmoid({x})", "gate: {op: sigmoid, x: gate}")
 _unary("exp", "e ** x", "torch.exp({x})", "tl.exp({x})", "scale: {op: exp, x: logit_scale}")

@@ -83,6 +83,23 @@ static inline float softmax_exp(float x) {
     return p * two.f;
 }
 
+/* x / (1 + exp(-x)), the formula of torch's silu, in fp32 (bf16: widened, the result rounded once, as
+   torch's bf16 silu). exp as softmax_exp (Cephes, within 2 ulp) over its whole range: below -87 it is
+   below 1.6e-38, which 1 + it cannot tell from 1; from 88.3 on it is taken as infinite (x / inf: -0,
+   where torch gives -0 from -88.73 on and a value below 1e-36 between). So within a few ulp of torch's
+   silu, NaN and infinities included (silu(-inf) is NaN, as torch's -inf / inf); the decode step takes
+   it in eager and replayed steps alike, so both compute the same bits. */
+#define SILU(NAME, T, LD, ST) \
+void NAME(const T *x, T *out, int64_t n) { \
+    _Pragma("omp simd") \
+    for (int64_t i = 0; i < n; i++) { \
+        const float v = LD(x, i), e = -v >= 88.3f ? INFINITY : softmax_exp(-v); \
+        ST(out, i, v / (1.0f + e)); \
+    } \
+}
+SILU(gs_silu_f32, float, ld_f32, st_f32)
+SILU(gs_silu_bf16, bf16, ld_bf16, st_bf16)
+
 /* One decode step of attention with its KV cache: the new key and value (one position per row) are
    written at position `past` of the caches, then each query head attends to the L = past + 1 cached
    positions of its key-value head (grouped-query: H / Hkv query heads share one).

@@ -1,9 +1,11 @@
-"""The C paths of the few rows of a decode step: rms_norm and rope (runtime/csrc/rows.c), where torch's
-dispatch of five to nine aten ops costs more than their arithmetic, and the linear of fp32 or bf16
+"""The C paths of the few rows of a decode step: rms_norm, rope and silu (runtime/csrc/rows.c), where torch's
+dispatch of one to nine aten ops costs more than their arithmetic, and the linear of fp32 or bf16
 weights (runtime/csrc/matmul.c), a matrix-vector product that streams the weights at the memory's
 speed on every thread (MKL's runs on one thread). Each function returns
 None when its case is not one the C code takes (other dtypes, strides, autograd, tracing, many rows,
-no C compiler); the caller then runs its torch code, which computes the same numbers."""
+no C compiler); the caller then runs its torch code, which computes the same numbers (to the bit for
+rope, within a few ulp for rms_norm and silu: both paths of a step are taken alike by its eager and
+replayed runs, runtime/step_capture.py)."""
 from __future__ import annotations
 
 import torch
@@ -80,6 +82,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
         return None
     out = torch.empty_like(x)
     call(_kernel("rms_norm", x.dtype), x, x.numel() // dim, dim, weight, eps, out)
+    return out
+
+
+def silu(x: torch.Tensor) -> torch.Tensor | None:
+    """x / (1 + exp(-x)) elementwise, torch's formula with another exp (rows.c gs_silu_*: within a few
+    ulp of F.silu; bf16 widened and the result rounded once, as torch's)."""
+    if x.numel() > MAX_ELEMENTS or not x.is_contiguous() or not _takes(x):
+        return None
+    out = torch.empty(x.shape, dtype=x.dtype)
+    call(_kernel("silu", x.dtype), x, out, x.numel())
     return out
 
 
