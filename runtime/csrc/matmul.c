@@ -23,6 +23,7 @@ Formats (runtime/quant/schemes.py defines them):
 #include <string.h>
 
 #include "bf16.h"
+#include "kernels.h"
 /* A vector of 16 fp32 lanes: one zmm (AVX-512), two ymm (AVX2), or plain lanes the compiler may
    vectorise. The kernels below only use these operations. */
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -133,7 +134,7 @@ static inline float half_to_float(uint16_t h) {
 }
 #endif
 
-int gs_abi_version(void) { return 9; }   /* runtime/native.py ABI_VERSION */
+int gs_abi_version(void) { return 10; }   /* runtime/native.py ABI_VERSION */
 
 /* ---------------------------------------------------------------- int8, per output channel */
 /* A tile: R activation rows against NB weight rows. One FMA chain is latency-bound (4 cycles), so

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "kernels.h"
 
 typedef uint16_t bf16;
 static inline float ld_f32(const float *p, int64_t i) { return p[i]; }

@@ -1,0 +1,93 @@
+/* A run of a recorded decode step's kernel calls, replayed by one call from Python
+   (runtime/step_capture.py): the ~150 calls of a step then cost no Python and no ctypes conversion
+   each, only the kernels' own work.
+
+   A program is int64 words, per call: the kernel's index in KERNELS (gs_program_kernel), its number
+   of arguments, a bit mask of the arguments that are positions of the sequence (advanced by `delta`
+   at each run, runtime.native.Position), then the arguments: pointers and integers as they are, a
+   float as the bits of its fp32 value. */
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+
+typedef int (*packed)(const int64_t *a);
+
+static inline float f32_bits(int64_t v) {
+    const uint32_t u = (uint32_t)v;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+#define P(i) ((void *)(intptr_t)a[i])
+#define I(i) (a[i])
+#define F(i) f32_bits(a[i])
+#define N(i) ((int)a[i])
+
+/* the matrix products: 12 arguments with a group size (int4), 10 or 9 without */
+#define MM12(NAME) static int p_##NAME(const int64_t *a) { \
+    return NAME(P(0), I(1), I(2), I(3), P(4), P(5), P(6), I(7), I(8), P(9), I(10), N(11)); }
+#define MM10(NAME) static int p_##NAME(const int64_t *a) { \
+    return NAME(P(0), I(1), I(2), I(3), P(4), P(5), I(6), P(7), I(8), N(9)); }
+MM12(gs_q4_mm) MM12(gs_q4a8_mm) MM12(gs_q4_mm16) MM12(gs_q4a8_mm16)
+MM10(gs_q8_mm) MM10(gs_q8a8_mm) MM10(gs_q8_mm16) MM10(gs_q8a8_mm16)
+static int p_gs_f32_mm(const int64_t *a) { return gs_f32_mm(P(0), I(1), I(2), I(3), P(4), I(5), P(6), I(7), N(8)); }
+static int p_gs_bf16_linear(const int64_t *a) {
+    return gs_bf16_linear(P(0), I(1), I(2), I(3), P(4), P(5), I(6), P(7), N(8));
+}
+
+#define ROWS(S) \
+static int p_gs_rms_norm_##S(const int64_t *a) { gs_rms_norm_##S(P(0), I(1), I(2), P(3), F(4), P(5)); return 0; } \
+static int p_gs_rope_##S(const int64_t *a) { \
+    gs_rope_##S(P(0), I(1), I(2), I(3), I(4), I(5), I(6), I(7), P(8), P(9), I(10), I(11), P(12)); return 0; } \
+static int p_gs_silu_##S(const int64_t *a) { gs_silu_##S(P(0), P(1), I(2)); return 0; } \
+static int p_gs_attend_step_##S(const int64_t *a) { \
+    gs_attend_step_##S(P(0), I(1), I(2), P(3), I(4), I(5), P(6), I(7), I(8), P(9), P(10), I(11), I(12), I(13), \
+                       I(14), I(15), I(16), P(17), I(18), F(19), P(20), P(21), N(22)); return 0; } \
+static int p_gs_binary_##S(const int64_t *a) { gs_binary_##S(P(0), P(1), P(2), I(3), N(4)); return 0; }
+ROWS(f32)
+ROWS(bf16)
+
+#define K(NAME, ARGS) { #NAME, p_##NAME, ARGS }
+static const struct { const char *name; packed run; int64_t args; } KERNELS[] = {
+    K(gs_q4_mm, 12), K(gs_q4a8_mm, 12), K(gs_q4_mm16, 12), K(gs_q4a8_mm16, 12),
+    K(gs_q8_mm, 10), K(gs_q8a8_mm, 10), K(gs_q8_mm16, 10), K(gs_q8a8_mm16, 10),
+    K(gs_f32_mm, 9), K(gs_bf16_linear, 9),
+    K(gs_rms_norm_f32, 6), K(gs_rope_f32, 13), K(gs_silu_f32, 3), K(gs_attend_step_f32, 23), K(gs_binary_f32, 5),
+    K(gs_rms_norm_bf16, 6), K(gs_rope_bf16, 13), K(gs_silu_bf16, 3), K(gs_attend_step_bf16, 23), K(gs_binary_bf16, 5),
+};
+#define KERNEL_COUNT ((int64_t)(sizeof KERNELS / sizeof KERNELS[0]))
+#define MAX_ARGS 23
+
+/* The index of the kernel `name` taking `args` arguments, or -1 when a program cannot call it. */
+int64_t gs_program_kernel(const char *name, int64_t args) {
+    for (int64_t i = 0; i < KERNEL_COUNT; i++)
+        if (!strcmp(KERNELS[i].name, name)) return KERNELS[i].args == args ? i : -1;
+    return -1;
+}
+
+/* Runs the `calls` calls of `program` in order. -1 when all succeeded; else the index of the call
+   that returned a nonzero status (in *status), the calls after it not run; -2 (call index in
+   *status) for a malformed word. */
+int64_t gs_program_run(const int64_t *program, int64_t calls, int64_t delta, int64_t *status) {
+    int64_t moved[MAX_ARGS];
+    for (int64_t c = 0; c < calls; c++) {
+        const int64_t kernel = program[0], args = program[1], mask = program[2];
+        if (kernel < 0 || kernel >= KERNEL_COUNT || args != KERNELS[kernel].args) {
+            *status = c;
+            return -2;
+        }
+        const int64_t *a = program + 3;
+        if (mask) {
+            for (int64_t i = 0; i < args; i++) moved[i] = (mask >> i) & 1 ? a[i] + delta : a[i];
+            a = moved;
+        }
+        const int st = KERNELS[kernel].run(a);
+        if (st) {
+            *status = st;
+            return c;
+        }
+        program += 3 + args;
+    }
+    return -1;
+}
