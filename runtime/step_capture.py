@@ -18,9 +18,9 @@ mask), and the replay stops there. So does a step that reads a tensor's value in
 would be frozen), draws random numbers, runs off the CPU or runs a collective. The replay computes
 what the eager step computes, with the same kernels on the same values — but for add, sub and mul of
 two same-shaped tensors, which a C loop computes with aten's bits at a fraction of aten's call cost —:
-the same numbers, bit for bit. Consecutive kernel calls (all of a Llama step but its first few ops)
-replay as one program (runtime/csrc/program.c): one ctypes call runs them all, where a call each
-cost ~5 us of Python and argument conversion (0.7-0.9 ms of a 5 ms int4 step).
+the same numbers, bit for bit. Consecutive kernel calls (a whole stack of decoder layers where every
+op has its C kernel) replay as one program (runtime/csrc/program.c): one ctypes call runs them all,
+where a call each cost ~5 us of Python and argument conversion (0.7-0.9 ms of a 5 ms int4 step).
 """
 from __future__ import annotations
 
