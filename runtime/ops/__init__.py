@@ -12,5 +12,5 @@ from runtime.ops.sequence import keep_positions, last_positions, positions, rela
 from runtime.ops.tensors import concat, dropout, silu, softcap
 
 __all__ = ["alibi_slopes", "attention", "FusedLinear", "GroupedLinear", "Linear", "linear", "Norm", "Tensor", "layer_norm", "rms_norm", "rope",
-           "rope_table", "keep_positions", "last_positions", "positions", "relative_buckets", "concat", "dropout", "softcap",
+           "rope_table", "keep_positions", "last_positions", "positions", "relative_buckets", "concat", "dropout", "silu", "softcap",
            "all_gather", "all_reduce", "embedding_shard"]
