@@ -120,7 +120,7 @@ CASES = {
                                ("gs_q4_mm", "int4", False), ("gs_q4a8_mm", "int4", True)]},
     **{f"interleaved {kind}{' a8' if a8 else ''}": interleaved_product(kind, a8)
        for kind in ("int8", "int4") for a8 in (False, True)},
-    "f32 linear": lambda: native_rows.linear(torch.randn(3, 64), torch.randn(24, 64), None, dtypes=(torch.float32,)),
+    "f32 linear": lambda: native_rows.linear(torch.randn(3, 64), torch.randn(24, 64), None),
     "bf16 linear": lambda: native_rows.linear(torch.randn(3, 64).bfloat16(), torch.randn(24, 64).bfloat16(),
                                               torch.randn(24).bfloat16()),
     **{f"{name} f32": fn for name, fn in row_ops(torch.float32).items()},

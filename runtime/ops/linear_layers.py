@@ -20,8 +20,9 @@ SPLIT_ROWS = 64
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """F.linear, routed around slow CPU paths (same result up to fp32 summation order).
 
-    - bf16, up to native_rows.LINEAR_ROWS rows: the C kernel (native_rows.linear), when it is built.
-    - fp32, a few rows: the output columns split into one batched GEMM entry per thread.
+    - bf16 and fp32, up to native_rows.LINEAR_ROWS rows (32 / 8): the C kernel (native_rows.linear),
+      when it is built.
+    - fp32, a few more rows: the output columns split into one batched GEMM entry per thread.
     - several rows of bf16/fp16 where this CPU's GEMM in that dtype measured slower than fp32
       (`runtime.measure`; no AVX512-BF16/AMX): an fp32 GEMM over the upcast operands, rounded once
       at the end (fp32 accumulation, as torch's own bf16 GEMM does). A single row stays on

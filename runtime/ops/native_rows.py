@@ -15,14 +15,17 @@ from runtime.native import Position, available, call, library
 
 # Beyond this many elements the aten ops' own cost dominates their dispatch (and they use every thread).
 MAX_ELEMENTS = 1 << 16
-# The C linear reads the weights once (8-row tiles on AVX-512); up to 32 rows it beats upcasting a
-# bf16 weight for an fp32 GEMM (4096 x 768, 32 rows: 2.2-2.6 against 3.1-3.5 ms; a 32-token bf16
-# prompt through tools.bench's model ~100 against ~110 ms), at 64 the GEMM is ahead (4.2 against 4.6).
-LINEAR_ROWS = 32
-# Where it is taken: bf16, whose torch matrix-vector product converts slowly (a decode step of
-# tools.bench's model: 29 against 33 ms). For fp32 torch's threaded product (linear_layers) streams
-# as fast (31 against 30 ms), so the C one is not the default there.
-LINEAR_DTYPES = (torch.bfloat16,)
+# Up to how many rows the C linear (weights read once per tile of rows: 8-row tiles on AVX-512) is
+# taken, per dtype.
+# bf16: up to 32 it beats upcasting the weight for an fp32 GEMM (4096 x 768, 32 rows: 2.2-2.6 against
+# 3.1-3.5 ms; a 32-token prompt through tools.bench's model ~100 against ~110 ms), at 64 the GEMM is
+# ahead (4.2 against 4.6); at one row it beats torch's bf16 matrix-vector product, which converts
+# slowly (a decode step: 29 against 33 ms).
+# fp32: one row ties torch's threaded product (linear_layers' split GEMM) alone, 2-8 rows are 1.1-2.4x
+# faster, from 16 rows MKL's GEMM is ahead (0.5-0.8x); in a replayed decode step the C call joins the
+# step's program (runtime/csrc/program.c) where torch's is an aten call of its own: 20.7 -> 19.3 ms a
+# step of tools.bench's model (alternated in one process).
+LINEAR_ROWS = {torch.bfloat16: 32, torch.float32: 8}
 
 
 FLOATS = (torch.float32, torch.bfloat16)
@@ -47,14 +50,14 @@ def _kernel(name: str, dtype: torch.dtype):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-           dtypes: tuple[torch.dtype, ...] = LINEAR_DTYPES) -> torch.Tensor | None:
-    """F.linear for up to LINEAR_ROWS rows of `dtypes` (fp32; bf16: fp32 accumulation, bias added in
-    fp32, one rounding at the end, as torch's bf16 linear)."""
+           rows_up_to: dict[torch.dtype, int] = LINEAR_ROWS) -> torch.Tensor | None:
+    """F.linear for up to rows_up_to[dtype] rows (fp32; bf16: fp32 accumulation, bias added in fp32,
+    one rounding at the end, as torch's bf16 linear)."""
     k = x.shape[-1]
-    if k == 0 or x.numel() > LINEAR_ROWS * k or not weight.is_contiguous() or x.stride(-1) != 1:
+    if k == 0 or x.numel() > rows_up_to.get(x.dtype, 0) * k or not weight.is_contiguous() or x.stride(-1) != 1:
         return None
     operands = (x, weight) if bias is None else (x, weight, bias)
-    if not _takes(*operands, dtypes=dtypes) or (bias is not None and not bias.is_contiguous()):
+    if not _takes(*operands, dtypes=tuple(rows_up_to)) or (bias is not None and not bias.is_contiguous()):
         return None
     n = weight.shape[0]
     rows = x.numel() // k
