@@ -17,7 +17,8 @@ until where its choice holds (ForwardContext.holds_until: a sliding window not y
 mask), and the replay stops there. So does a step that reads a tensor's value into Python (its decisions
 would be frozen), draws random numbers, runs off the CPU or runs a collective. The replay computes
 what the eager step computes, with the same kernels on the same values — but for add, sub and mul of
-two same-shaped tensors, which a C loop computes with aten's bits at a fraction of aten's call cost —:
+two same-shaped tensors, an embedding's row gather, int64 -> fp32 and zeros_like, which C loops compute
+with aten's bits at a fraction of aten's call cost —:
 the same numbers, bit for bit. Consecutive kernel calls (a whole stack of decoder layers where every
 op has its C kernel) replay as one program (runtime/csrc/program.c): one ctypes call runs them all,
 where a call each cost ~5 us of Python and argument conversion (0.7-0.9 ms of a 5 ms int4 step).
@@ -257,9 +258,10 @@ def _replay_call(entry):
         return _NativeCall(fn, values, moving)
     if kind == "mutate":
         return lambda delta: fn(*args, **kwargs)
-    fast = _native_binary(fn, args, kwargs, out)
-    if fast is not None:
-        return fast
+    for native_form in (_native_binary, _native_copy):
+        fast = native_form(fn, args, kwargs, out)
+        if fast is not None:
+            return fast
     target = _out_form(fn) if isinstance(out, torch.Tensor) else None
     if target is not None:
         return lambda delta: target(*args, **kwargs, out=out)
@@ -289,6 +291,30 @@ def _native_binary(fn, args, kwargs, out):
         return None
     return _NativeCall(getattr(native.library(), kernel),
                        [args[0].data_ptr(), args[1].data_ptr(), out.data_ptr(), out.numel(), code], [])
+
+
+def _native_copy(fn, args, kwargs, out):
+    """The C replay of a recorded op that only moves or zeroes bytes (rows.c: an embedding's row
+    gather, int64 -> fp32, zeros_like; aten's bits), on contiguous tensors, or None."""
+    if not isinstance(out, torch.Tensor) or not out.is_contiguous():
+        return None
+    lib = native.library()
+    if fn is torch.ops.aten.zeros_like.default:         # zero bytes are zero in every dtype
+        return _NativeCall(lib.gs_zero_bytes, [out.data_ptr(), out.numel() * out.element_size()], [])
+    source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if source is None or not source.is_contiguous():
+        return None
+    if (fn in (torch.ops.aten.to.dtype, torch.ops.aten._to_copy.default) and source.dtype == torch.int64
+            and out.dtype == torch.float32 and out.shape == source.shape):
+        return _NativeCall(lib.gs_i64_to_f32, [source.data_ptr(), out.data_ptr(), out.numel()], [])
+    if fn is torch.ops.aten.embedding.default and len(args) >= 2 and isinstance(args[1], torch.Tensor):
+        table, ids = source, args[1]
+        if (table.dim() == 2 and ids.dtype == torch.int64 and ids.is_contiguous() and out.dtype == table.dtype
+                and out.shape == (*ids.shape, table.shape[1])):
+            row_bytes = table.shape[1] * table.element_size()
+            return _NativeCall(lib.gs_gather_rows, [table.data_ptr(), table.shape[0], row_bytes, ids.data_ptr(),
+                                                    ids.numel(), out.data_ptr()], [])
+    return None
 
 
 _OUT_FORMS: dict = {}

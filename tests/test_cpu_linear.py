@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime import measure
+from runtime import measure, native
 from runtime.ops import linear_layers as fused
 from runtime.ops import native_rows
 
@@ -41,11 +41,22 @@ def count_bmm(monkeypatch) -> list:
     return calls
 
 
-def test_single_fp32_row_on_two_threads_runs_one_gemm_entry_per_thread(threads, monkeypatch):
+def test_fp32_rows_past_the_c_kernels_reach_on_two_threads_run_one_gemm_entry_per_thread(threads, monkeypatch):
     threads(2)
     calls = count_bmm(monkeypatch)
-    fused.linear(torch.randn(1, 1, 64), torch.randn(128, 64), None)
-    assert calls == [((2, 1, 64), (2, 64, 64))]
+    rows = native_rows.LINEAR_ROWS[torch.float32] + 1
+    fused.linear(torch.randn(1, rows, 64), torch.randn(128, 64), None)
+    assert calls == [((2, rows, 64), (2, 64, 64))]
+
+
+@pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.unavailable_reason()}")
+def test_a_single_fp32_row_takes_the_c_product(threads, monkeypatch):
+    threads(2)
+    calls = count_bmm(monkeypatch)
+    x, w = torch.randn(1, 1, 64), torch.randn(128, 64)
+    got = fused.linear(x, w, None)
+    assert calls == []
+    torch.testing.assert_close(got, F.linear(x, w), rtol=0, atol=1e-5)
 
 
 def test_many_rows_strided_weights_and_one_thread_stay_on_f_linear(threads, monkeypatch):
@@ -79,7 +90,7 @@ def record_gemm_dtypes(monkeypatch) -> list:
 def bf16_operands():
     g = torch.Generator().manual_seed(0)
     # more rows than the C matrix-vector kernel takes (native_rows.LINEAR_ROWS): a GEMM's business
-    rows = native_rows.LINEAR_ROWS + 7
+    rows = native_rows.LINEAR_ROWS[torch.bfloat16] + 7
     return torch.randn(rows, 80, generator=g).bfloat16(), torch.randn(96, 80, generator=g).bfloat16()
 
 

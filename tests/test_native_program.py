@@ -98,6 +98,18 @@ def attention(dtype):
     return lambda: native_rows.attention_step(q, k, v, cache, 5, mask, 0.37)
 
 
+def gather(dtype):
+    table, ids = torch.randn(30, 20).to(dtype), torch.tensor([[4, 29, 0]])
+    out = torch.empty(1, 3, 20, dtype=dtype)
+    kernel = native.library().gs_gather_rows
+    return lambda: (native.call(kernel, table, 30, 20 * table.element_size(), ids, 3, out), out)[1]
+
+
+def positions_as_floats():
+    ids, out = torch.tensor([[0, 7, 2 ** 24 + 1]]), torch.empty(1, 3)
+    return lambda: (native.call(native.library().gs_i64_to_f32, ids, out, 3), out)[1]
+
+
 def row_ops(dtype):
     x, w = torch.randn(3, 48).to(dtype), torch.randn(48).to(dtype)
     heads = torch.randn(2, 3, 4, 16).to(dtype).transpose(1, 2)          # strided along heads
@@ -110,6 +122,7 @@ def row_ops(dtype):
         out = torch.empty_like(a)
         return lambda: (native.call(kernel, a, b, out, a.numel(), op), out)[1]
     return {"rms_norm": lambda: native_rows.rms_norm(x, w, 1e-5), "rope": lambda: native_rows.rope(heads, cos, sin),
+            "embedding rows": gather(dtype),
             "silu": lambda: native_rows.silu(x * 4), "add": binary(0), "sub": binary(1), "mul": binary(2),
             "attention": attention(dtype)}
 
@@ -121,6 +134,7 @@ CASES = {
     **{f"interleaved {kind}{' a8' if a8 else ''}": interleaved_product(kind, a8)
        for kind in ("int8", "int4") for a8 in (False, True)},
     "f32 linear": lambda: native_rows.linear(torch.randn(3, 64), torch.randn(24, 64), None),
+    "positions as floats": positions_as_floats(),
     "bf16 linear": lambda: native_rows.linear(torch.randn(3, 64).bfloat16(), torch.randn(24, 64).bfloat16(),
                                               torch.randn(24).bfloat16()),
     **{f"{name} f32": fn for name, fn in row_ops(torch.float32).items()},

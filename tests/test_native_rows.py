@@ -1,7 +1,7 @@
 """The C paths of rms_norm, rope and silu (runtime/csrc/rows.c) compute what the torch code computes: rope
 to the bit, rms_norm up to the order of its sum of squares, silu within a few ulp (another exp); cases
-they do not take fall back. The
-elementwise ops a replayed decode step runs in C give aten's bits."""
+they do not take fall back. The elementwise ops and copies a replayed decode step runs in C give
+aten's bits."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -208,6 +208,28 @@ def test_the_c_elementwise_ops_a_replayed_step_takes_give_atens_bits(dtype, op, 
     same = (out.view(bits) == want.view(bits)) | (out.isnan() & want.isnan())
     assert bool(same.all()), (a[~same][:5], b[~same][:5], out[~same][:5], want[~same][:5])
 
+
+@needs_native
+def test_the_c_copies_a_replayed_step_takes_give_atens_bits():
+    lib = native.library()
+    # an embedding's rows (any dtype: bytes), an index out of range refused before anything is read
+    table = torch.randn(50, 24).bfloat16()
+    ids = torch.tensor([[3, 0, 49], [7, 7, 1]])
+    out = torch.empty(2, 3, 24, dtype=torch.bfloat16)
+    assert lib.gs_gather_rows(table.data_ptr(), 50, 48, ids.data_ptr(), 6, out.data_ptr()) == 0
+    assert torch.equal(out, F.embedding(ids, table))
+    bad = torch.tensor([2, 50])
+    assert lib.gs_gather_rows(table.data_ptr(), 50, 48, bad.data_ptr(), 2, out.data_ptr()) == 1
+    assert lib.gs_gather_rows(table.data_ptr(), 50, 48, torch.tensor([-1]).data_ptr(), 1, out.data_ptr()) == 1
+    # int64 -> fp32 rounds to nearest even, as aten's conversion
+    big = torch.tensor([0, -1, 2 ** 24 + 1, 2 ** 24 + 3, -(2 ** 25 + 3), 2 ** 53 + 1, 2 ** 63 - 1, -(2 ** 63), 12345])
+    floats = torch.empty(big.shape)
+    lib.gs_i64_to_f32(big.data_ptr(), floats.data_ptr(), big.numel())
+    assert torch.equal(floats.view(torch.int32), big.float().view(torch.int32))
+    # zeros_like: zero bytes
+    junk = torch.full((3, 5), float("nan"))
+    lib.gs_zero_bytes(junk.data_ptr(), junk.numel() * 4)
+    assert torch.equal(junk.view(torch.int32), torch.zeros(3, 5, dtype=torch.int32))
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

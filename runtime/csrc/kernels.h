@@ -35,6 +35,10 @@ void gs_attend_step_##S(const T *q, int64_t qsb, int64_t qsh, const T *k, int64_
                         int64_t B, int64_t H, int64_t Hkv, int64_t D, const uint8_t *mask, int64_t msb, \
                         float scale, T *out, float *scores, int nt); \
 void gs_binary_##S(const T *a, const T *b, T *out, int64_t n, int op);
+int gs_gather_rows(const uint8_t *table, int64_t rows, int64_t row_bytes, const int64_t *idx, int64_t n,
+                   uint8_t *out);
+void gs_i64_to_f32(const int64_t *x, float *out, int64_t n);
+void gs_zero_bytes(uint8_t *out, int64_t n);
 GS_ROW_KERNELS(float, f32)
 GS_ROW_KERNELS(uint16_t, bf16)
 #undef GS_ROW_KERNELS

@@ -47,6 +47,9 @@ static int p_gs_attend_step_##S(const int64_t *a) { \
 static int p_gs_binary_##S(const int64_t *a) { gs_binary_##S(P(0), P(1), P(2), I(3), N(4)); return 0; }
 ROWS(f32)
 ROWS(bf16)
+static int p_gs_gather_rows(const int64_t *a) { return gs_gather_rows(P(0), I(1), I(2), P(3), I(4), P(5)); }
+static int p_gs_i64_to_f32(const int64_t *a) { gs_i64_to_f32(P(0), P(1), I(2)); return 0; }
+static int p_gs_zero_bytes(const int64_t *a) { gs_zero_bytes(P(0), I(1)); return 0; }
 
 #define K(NAME, ARGS) { #NAME, p_##NAME, ARGS }
 static const struct { const char *name; packed run; int64_t args; } KERNELS[] = {
@@ -55,6 +58,7 @@ static const struct { const char *name; packed run; int64_t args; } KERNELS[] = 
     K(gs_f32_mm, 9), K(gs_bf16_linear, 9),
     K(gs_rms_norm_f32, 6), K(gs_rope_f32, 13), K(gs_silu_f32, 3), K(gs_attend_step_f32, 23), K(gs_binary_f32, 5),
     K(gs_rms_norm_bf16, 6), K(gs_rope_bf16, 13), K(gs_silu_bf16, 3), K(gs_attend_step_bf16, 23), K(gs_binary_bf16, 5),
+    K(gs_gather_rows, 6), K(gs_i64_to_f32, 3), K(gs_zero_bytes, 2),
 };
 #define KERNEL_COUNT ((int64_t)(sizeof KERNELS / sizeof KERNELS[0]))
 #define MAX_ARGS 23

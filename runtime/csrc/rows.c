@@ -176,3 +176,25 @@ void NAME(const T *a, const T *b, T *out, int64_t n, int op) { \
 }
 BINARY(gs_binary_f32, float, ld_f32, st_f32)
 BINARY(gs_binary_bf16, bf16, ld_bf16, st_bf16)
+
+/* Copies a replayed decode step makes in C where aten's call costs ~10-90 us (runtime/step_capture.py):
+   each gives aten's bits. out[i] = table[idx[i]] (aten's embedding: rows of `row_bytes` bytes); 1 when
+   an index is outside [0, rows) (nothing written for it or after it), else 0. */
+int gs_gather_rows(const uint8_t *table, int64_t rows, int64_t row_bytes, const int64_t *idx, int64_t n,
+                   uint8_t *out) {
+    for (int64_t i = 0; i < n; i++) {
+        if (idx[i] < 0 || idx[i] >= rows) return 1;
+        memcpy(out + i * row_bytes, table + idx[i] * row_bytes, (size_t)row_bytes);
+    }
+    return 0;
+}
+
+/* int64 -> fp32, rounded to nearest even (C's conversion, as aten's) */
+void gs_i64_to_f32(const int64_t *x, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = (float)x[i];
+}
+
+/* n bytes of zeros (aten's zeros_like of a float or integer tensor) */
+void gs_zero_bytes(uint8_t *out, int64_t n) {
+    memset(out, 0, (size_t)n);
+}
