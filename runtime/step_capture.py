@@ -200,9 +200,9 @@ class _Dispatch(TorchDispatchMode):
         return out
 
 
-def record(net, inputs: list, ctx, past: int):
-    """Run net(*inputs, ctx) eagerly while recording it: (its outputs, the Recording or the reason it
-    cannot be replayed)."""
+def record(net, inputs: list, ctx, past: int, copies: bool = True):
+    """Run net(*inputs, ctx) eagerly while recording it: (its outputs — copies unless `copies` is
+    False —, the Recording or the reason it cannot be replayed)."""
     inputs = [t.clone() if isinstance(t, torch.Tensor) else t for t in inputs]   # the tape's own buffers
     recording = Recording([t for t in inputs if isinstance(t, torch.Tensor)], past)
     outer = native.recorder()
@@ -216,7 +216,7 @@ def record(net, inputs: list, ctx, past: int):
         return out, recording.refused
     recording.outputs = out
     recording.holds_until = ctx.holds_until
-    return _copies(out), recording     # a replay writes the recorded outputs again
+    return (_copies(out) if copies else out), recording     # a replay writes the recorded outputs again
 
 
 def _copies(outputs):
@@ -230,8 +230,9 @@ class Tape:
         self.recording = recording              # every tensor the calls point to stays alive
         self.calls = _programs([c for c in map(_replay_call, recording.entries) if c is not None])
 
-    def replay(self, inputs: list, past: int):
-        """The step's outputs (copies), or None when these inputs do not fit the recorded buffers."""
+    def replay(self, inputs: list, past: int, copies: bool = True):
+        """The step's outputs (copies, or with `copies` False the recorded buffers themselves, which the
+        next replay overwrites), or None when these inputs do not fit the recorded buffers."""
         rec = self.recording
         tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
         if rec.holds_until is not None and past + 1 > rec.holds_until:
@@ -244,7 +245,7 @@ class Tape:
         delta = past - rec.past
         for fn in self.calls:
             fn(delta)
-        return _copies(rec.outputs)
+        return _copies(rec.outputs) if copies else rec.outputs
 
 
 def _replay_call(entry):
@@ -430,11 +431,14 @@ class StepCapture:
 
     `proven`: the signature of the previous generation's replayed step, when this generation runs on
     that one's buffers (Spare): a first recording equal to it is as good as a second recording, so
-    the replay starts a step earlier and one recording fewer is made."""
+    the replay starts a step earlier and one recording fewer is made.
+    `copies`: whether a step's outputs must outlive the next step; False hands out the buffers the
+    recorded and replayed steps write (a caller done with each step's outputs before the next)."""
 
     RECORDINGS = 4             # at most this many steps recorded before giving up
 
-    def __init__(self, proven: list | None = None):
+    def __init__(self, proven: list | None = None, copies: bool = True):
+        self.copies = copies
         self.tape: Tape | None = None
         self.previous: tuple | None = None if proven is None else (None, proven)   # (recording, its signature)
         self.signature: list | None = None      # the tape's
@@ -445,14 +449,14 @@ class StepCapture:
     def run(self, net, inputs: list, ctx, past: int, capacity: int):
         if self.tape is not None:
             if past < capacity:
-                out = self.tape.replay(inputs, past)
+                out = self.tape.replay(inputs, past, self.copies)
                 if out is not None:
                     self.replayed += 1
                     return out
             self.refuse("a step did not fit the recorded buffers")
         if self.refused is not None:
             return net(*inputs, ctx)
-        out, recording = record(net, inputs, ctx, past)
+        out, recording = record(net, inputs, ctx, past, self.copies)
         self.recorded += 1
         if isinstance(recording, str):
             self.refuse(recording)

@@ -20,13 +20,13 @@ def models(tmp_path_factory):
 
 
 def generate_both(monkeypatch, model, ids, **kwargs):
-    """(eager, captured) generate outputs with scores, and the captured run's StepCapture."""
+    """(eager, captured) generate outputs with scores and logits, and the captured run's StepCapture."""
     out = {}
     for mode in ("0", "1"):
         monkeypatch.setenv(step_capture.ENV, mode)
         torch.manual_seed(0)
         out[mode] = model.generate(ids, max_new_tokens=NEW_TOKENS, eos_token_id=None, output_scores=True,
-                                   return_dict_in_generate=True, **kwargs)
+                                   output_logits=True, return_dict_in_generate=True, **kwargs)
         assert (model.step_capture is None) == (mode == "0")
     return out["0"], out["1"], model.step_capture
 
@@ -34,8 +34,10 @@ def generate_both(monkeypatch, model, ids, **kwargs):
 def assert_same(eager, captured):
     assert torch.equal(eager.sequences, captured.sequences)
     assert len(eager.scores) == len(captured.scores) == NEW_TOKENS
-    for a, b in zip(eager.scores, captured.scores):
+    # every step's scores and logits kept as they were: the replays write their outputs in place
+    for a, b in zip(eager.scores + eager.logits, captured.scores + captured.logits):
         assert torch.equal(a, b)
+    assert not torch.equal(captured.logits[0], captured.logits[-1])
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

@@ -136,7 +136,10 @@ class CompiledDecoder:
         spare = self._take_spare(batch, mask is not None and not self.is_encoder_decoder) if capturable else None
         self.cache = KVCache(self.capacity, spare and spare.slots)
         self.past = 0
-        self.capture = self.model.step_capture = step_capture.StepCapture(spare and spare.signature) if capturable else None
+        # the decoding loops copy a step's logits before they ask for the next (sampling.py, beam.py):
+        # replayed steps may hand out the buffers they write
+        self.capture = self.model.step_capture = (
+            step_capture.StepCapture(spare and spare.signature, copies=False) if capturable else None)
         if self.is_encoder_decoder:
             self.static = _StaticOutputs(self.model.net, self.model.contract.static)
             if mask is not None:
