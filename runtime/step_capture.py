@@ -48,6 +48,9 @@ _UNINITIALISED = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.ate
                   torch.ops.aten.new_empty, torch.ops.aten.new_empty_strided}
 
 
+_DETACH = torch.ops.aten.detach.default
+
+
 class Refused(Exception):
     """The step cannot be replayed; the message says why."""
 
@@ -107,6 +110,12 @@ class Recording:
         """`rng`: the CPU generator's state before an op that may draw random numbers (None otherwise)."""
         seeded, mutates, alloc = _traits(func)
         single = isinstance(out, torch.Tensor)
+        if alloc and single:                    # a new buffer, nothing read: ~a quarter of a step's ops
+            if not out.is_cpu:
+                raise Refused(f"{func} runs off the CPU")
+            self.scratch.setdefault(_storage(out), len(self.scratch))
+            self.entries.append(("alloc", func, args, kwargs, out))
+            return
         leaves = [out] if single else _tensors(out)
         if not single and len(leaves) != _count(out):
             raise Refused(f"{func} hands a value to Python, which may decide on it")
@@ -189,6 +198,10 @@ class _Dispatch(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is _DETACH:
+            # a view (no values, no buffer), which signatures and tapes leave out: torch dispatches
+            # one after each allocation made under a dispatch mode
+            return func(*args, **kwargs)
         recording = native.recorder()
         rng = torch.random.get_rng_state() if _traits(func)[0] else None
         out = func(*args, **kwargs)
