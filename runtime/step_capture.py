@@ -49,6 +49,8 @@ _UNINITIALISED = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.ate
 
 
 _DETACH = torch.ops.aten.detach.default
+# arguments named by their value (exact types: a Position, an int subclass, is named otherwise)
+_PLAIN = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format})
 
 
 class Refused(Exception):
@@ -154,6 +156,9 @@ class Recording:
         named: dict[tuple, tuple] = {}          # (id, full) -> name: a tensor is read many times
 
         def name(value, full: bool):
+            kind = type(value)
+            if kind in _PLAIN:                  # most arguments: sizes, pointers, flags, dtypes
+                return (kind.__name__, value)
             if isinstance(value, torch.Tensor):
                 key = (id(value), full)         # the recording keeps every tensor alive: ids are unique
                 known = named.get(key)
