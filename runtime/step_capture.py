@@ -376,9 +376,14 @@ class _NativeCall:
         _check_status(self.name, self.kernel(*now))
 
 
+# what a kernel's nonzero status means, where it can be told
+_FAILURES = {"gs_gather_rows": "an id outside the embedding table's rows"}
+
+
 def _check_status(name: str, status) -> None:
     if status:
-        raise RuntimeError(f"{name} failed (status {status}) replaying a recorded decode step")
+        why = _FAILURES.get(name, f"status {status}")
+        raise RuntimeError(f"{name} failed replaying a recorded decode step: {why}")
 
 
 def _programs(calls: list) -> list:

@@ -185,6 +185,25 @@ def test_a_marked_position_moves_with_each_replayed_step():
     assert calls == list(range(1, 9))
 
 
+class Embeds(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = torch.randn(10, 4)
+
+    def forward(self, ids, ctx):
+        return {"out": torch.nn.functional.embedding(ids, self.table) * 2}
+
+
+def test_a_replayed_embedding_refuses_an_id_outside_its_table_before_reading_it():
+    capture, net = step_capture.StepCapture(), Embeds()
+    for past in range(1, 5):
+        out = capture.run(net, [torch.tensor([[past]])], Context(past), past, 16)["out"]
+        assert torch.equal(out, net.table[past][None, None] * 2)
+    assert capture.replayed == 2
+    with pytest.raises(RuntimeError, match="outside the embedding table's rows"):
+        capture.run(net, [torch.tensor([[10]])], Context(5), 5, 16)
+
+
 def test_a_step_past_the_recorded_capacity_runs_eagerly():
     capture, _ = run_steps(Cached(kernel=lambda *args: None), 8, capacity=5)
     assert capture.replayed == 2 and "did not fit" in capture.refused
