@@ -209,6 +209,29 @@ def test_the_c_elementwise_ops_a_replayed_step_takes_give_atens_bits(dtype, op, 
     assert bool(same.all()), (a[~same][:5], b[~same][:5], out[~same][:5], want[~same][:5])
 
 
+# the C products' other code paths (AVX-512 without VNNI, AVX2, none): what a decode step of an fp32
+# or bf16 model runs on such CPUs
+@pytest.mark.parametrize("march", ["skylake-avx512", "x86-64-v3", "x86-64"])
+def test_the_c_linears_other_code_paths_equal_f_linear(march, monkeypatch):
+    monkeypatch.setenv(native.MARCH_VARIABLE, march)
+    native.library.cache_clear()
+    native.unavailable_reason.cache_clear()
+    try:
+        if not native.available():
+            pytest.skip(native.unavailable_reason())
+        g = torch.Generator().manual_seed(7)
+        for rows in (1, 3, 8, 13):
+            x, w, b = torch.randn(1, rows, 100, generator=g), torch.randn(37, 100, generator=g), torch.randn(37, generator=g)
+            want = F.linear(x.double(), w.double()) + b.double()
+            got = native_rows.linear(x, w, b, rows_up_to={torch.float32: 32})
+            torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5, msg=f"{march} fp32 {rows}")
+            got = native_rows.linear(x.bfloat16(), w.bfloat16(), b.bfloat16())
+            want = (F.linear(x.bfloat16().double(), w.bfloat16().double()) + b.bfloat16().double()).float()
+            assert bool(((got.float() - want).abs() <= want.abs() * 2 ** -7 + 1e-6).all()), (march, rows)
+    finally:
+        native.library.cache_clear()
+        native.unavailable_reason.cache_clear()
+
 @needs_native
 def test_the_c_copies_a_replayed_step_takes_give_atens_bits():
     lib = native.library()
