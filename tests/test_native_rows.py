@@ -281,3 +281,20 @@ def test_silu_leaves_autograd_and_large_tensors_to_torch():
     torch.testing.assert_close(x.grad, torch.sigmoid(x.detach()) * (1 + x.detach() * (1 - torch.sigmoid(x.detach()))))
     assert native_rows.silu(torch.randn(1 << 17)) is None
     assert native_rows.silu(torch.randn(8, 8).t()) is None      # not contiguous
+
+
+
+@needs_native
+def test_the_c_argmax_picks_what_torch_picks_ties_nans_and_infinities_included():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 32000, generator=g)
+    x[1, 5], x[1, 31000] = float("nan"), float("nan")          # the first NaN
+    x[2] = 1.0
+    x[2, 30001], x[2, 30007] = 2.0, 2.0                          # the first of tied largest values
+    x[3] = float("-inf")                                         # all -inf: 0
+    x[4, 17], x[4, 18] = float("inf"), float("inf")
+    x[5, -1] = 100.0                                             # the last position
+    x[6, 0] = float("nan")
+    assert torch.equal(native_rows.argmax(x), x.argmax(dim=-1))
+    assert native_rows.argmax(x.t()) is None and native_rows.argmax(x.double()) is None
+    assert native_rows.argmax(torch.empty(2, 0)) is None

@@ -198,3 +198,33 @@ void gs_i64_to_f32(const int64_t *x, float *out, int64_t n) {
 void gs_zero_bytes(uint8_t *out, int64_t n) {
     memset(out, 0, (size_t)n);
 }
+
+/* out[r] = the index of the first largest value of row r of x [rows, n] (n > 0), a NaN counting as
+   larger than any number (the first NaN): torch.argmax's answer, ties included. The greedy pick of a
+   decode step over a vocabulary, where aten's reduction takes ~50 us a row of 32,000. */
+void gs_argmax_f32(const float *x, int64_t rows, int64_t n, int64_t *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * n;
+        float top = -INFINITY;
+        int nan = 0;
+        _Pragma("omp simd reduction(max:top) reduction(|:nan)")
+        for (int64_t i = 0; i < n; i++) {
+            top = row[i] > top ? row[i] : top;
+            nan |= row[i] != row[i];
+        }
+        int64_t at = 0;
+        if (nan) {
+            while (row[at] == row[at]) at++;
+        } else {
+            /* the first block of 64 holding top (a vector compare each), then its first hit */
+            for (; at + 64 <= n; at += 64) {
+                int hit = 0;
+                _Pragma("omp simd reduction(|:hit)")
+                for (int64_t i = at; i < at + 64; i++) hit |= row[i] == top;
+                if (hit) break;
+            }
+            while (row[at] != top) at++;      /* top is a value of the row (-inf when all are) */
+        }
+        out[r] = at;
+    }
+}

@@ -8,6 +8,7 @@ from runtime.errors import GenerationError
 from runtime.generation.chain import apply
 from runtime.generation.plan import Plan
 from runtime.generation.stopping import any_done
+from runtime.ops import native_rows
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -28,7 +29,8 @@ def pick(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | Non
     """[N]: the next token of each row; a draw uses `generator` (None: torch's default one)."""
     if do_sample:
         return draw(scores.softmax(dim=-1), generator)
-    return scores.argmax(dim=-1)
+    picked = native_rows.argmax(scores)
+    return scores.argmax(dim=-1) if picked is None else picked
 
 
 def sample(model, plan: Plan, rows: torch.Tensor, logits: torch.Tensor, processors, criteria,

@@ -141,3 +141,14 @@ def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: tup
          v.stride(1), kc, vc, kc.shape[2], Position(past), b, h, hkv, d, mask, mask_stride, scale, out, scores,
          torch.get_num_threads())
     return out.transpose(1, 2)
+
+
+def argmax(x: torch.Tensor) -> torch.Tensor | None:
+    """x.argmax(dim=-1) for contiguous fp32 rows [N, V] (the first largest value, the first NaN if
+    any: torch's answer) by one C loop (rows.c gs_argmax_f32)."""
+    if (x.dim() != 2 or not x.shape[1] or x.dtype != torch.float32 or not x.is_contiguous() or not x.is_cpu
+            or tracing() or not available()):
+        return None
+    out = torch.empty(x.shape[0], dtype=torch.long)
+    call(library().gs_argmax_f32, x, x.shape[0], x.shape[1], out)
+    return out
