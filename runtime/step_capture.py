@@ -17,11 +17,11 @@ until where its choice holds (ForwardContext.holds_until: a sliding window not y
 mask), and the replay stops there. So does a step that reads a tensor's value into Python (its decisions
 would be frozen), draws random numbers, runs off the CPU or runs a collective. The replay computes
 what the eager step computes, with the same kernels on the same values — but for add, sub and mul of
-two same-shaped tensors, an embedding's row gather, int64 -> fp32 and zeros_like, which C loops compute
-with aten's bits at a fraction of aten's call cost —:
-the same numbers, bit for bit. Consecutive kernel calls (a whole stack of decoder layers where every
-op has its C kernel) replay as one program (runtime/csrc/program.c): one ctypes call runs them all,
-where a call each cost ~5 us of Python and argument conversion (0.7-0.9 ms of a 5 ms int4 step).
+two same-shaped tensors, an embedding's row gather, int64 -> fp32 and zeros_like, which C loops
+compute with aten's bits at a fraction of aten's call cost —: the same numbers, bit for bit.
+Consecutive kernel calls (a whole stack of decoder layers where every op has its C kernel) replay as
+one program (runtime/csrc/program.c): one ctypes call runs them all, where a call each cost ~5 us of
+Python and argument conversion (0.7-0.9 ms of a 5 ms int4 step).
 """
 from __future__ import annotations
 
@@ -315,7 +315,8 @@ def _native_binary(fn, args, kwargs, out):
 def _native_copy(fn, args, kwargs, out):
     """The C replay of a recorded op that only moves or zeroes bytes (rows.c: an embedding's row
     gather, int64 -> fp32, zeros_like; aten's bits), on contiguous tensors, or None."""
-    if not isinstance(out, torch.Tensor) or not out.is_contiguous():
+    if (not isinstance(out, torch.Tensor) or out.layout != torch.strided or out.is_quantized
+            or not out.is_contiguous()):
         return None
     lib = native.library()
     if fn is torch.ops.aten.zeros_like.default:         # zero bytes are zero in every dtype
