@@ -1,11 +1,12 @@
-"""The C paths of the few rows of a decode step: rms_norm, rope and silu (runtime/csrc/rows.c), where torch's
-dispatch of one to nine aten ops costs more than their arithmetic, and the linear of fp32 or bf16
-weights (runtime/csrc/matmul.c), a matrix-vector product that streams the weights at the memory's
-speed on every thread (MKL's runs on one thread). Each function returns
-None when its case is not one the C code takes (other dtypes, strides, autograd, tracing, many rows,
-no C compiler); the caller then runs its torch code, which computes the same numbers (to the bit for
-rope, within a few ulp for rms_norm and silu: both paths of a step are taken alike by its eager and
-replayed runs, runtime/step_capture.py)."""
+"""The C paths of the few rows of a decode step (runtime/csrc/rows.c): rms_norm, rope and silu, where
+torch's dispatch of one to nine aten ops costs more than their arithmetic, the attention step with its
+KV cache, the greedy argmax; and the linear of fp32 or bf16 weights (runtime/csrc/matmul.c), a
+matrix-vector product that streams the weights at the memory's speed on every thread (MKL's runs on
+one thread). Each function returns None when its case is not one the C code takes (other dtypes,
+strides, autograd, tracing, many rows, no C compiler); the caller then runs its torch code, which
+computes the same numbers (to the bit for rope and argmax, up to rounding and summation order for
+the others: both paths of a step are taken alike by its eager and replayed runs,
+runtime/step_capture.py)."""
 from __future__ import annotations
 
 import torch
