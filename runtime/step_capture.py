@@ -17,8 +17,9 @@ until where its choice holds (ForwardContext.holds_until: a sliding window not y
 mask), and the replay stops there. So does a step that reads a tensor's value into Python (its decisions
 would be frozen), draws random numbers, runs off the CPU or runs a collective. The replay computes
 what the eager step computes, with the same kernels on the same values — but for add, sub and mul of
-two same-shaped tensors, an embedding's row gather, int64 -> fp32 and zeros_like, which C loops
-compute with aten's bits at a fraction of aten's call cost —: the same numbers, bit for bit.
+two tensors (broadcast or not), an embedding's row gather, int64 -> fp32, zeros_like and the
+concatenation of two tensors, which C loops compute with aten's bits at a fraction of aten's call
+cost —: the same numbers, bit for bit.
 Consecutive kernel calls (a whole stack of decoder layers where every op has its C kernel) replay as
 one program (runtime/csrc/program.c): one ctypes call runs them all, where a call each cost ~5 us of
 Python and argument conversion (0.7-0.9 ms of a 5 ms int4 step).
@@ -300,27 +301,48 @@ _BINARY_KERNELS = {torch.float32: "gs_binary_f32", torch.bfloat16: "gs_binary_bf
 
 
 def _native_binary(fn, args, kwargs, out):
-    """The C replay of a recorded add / sub / mul (no alpha) of two contiguous tensors of the output's
-    shape and dtype, or None."""
+    """The C replay of a recorded add / sub / mul (no alpha) of two tensors of the output's dtype: of
+    its shape and contiguous (one loop), or broadcast to it over at most 4 dimensions, or None."""
     code, kernel = _BINARY.get(fn), _BINARY_KERNELS.get(getattr(out, "dtype", None))
     if code is None or kernel is None or kwargs or len(args) != 2 or not out.is_contiguous():
         return None
-    if not all(isinstance(t, torch.Tensor) and t.shape == out.shape and t.dtype == out.dtype and t.is_contiguous()
-               for t in args):
+    if not all(isinstance(t, torch.Tensor) and t.dtype == out.dtype for t in args):
         return None
-    return _NativeCall(getattr(native.library(), kernel),
-                       [args[0].data_ptr(), args[1].data_ptr(), out.data_ptr(), out.numel(), code], [])
+    lib = native.library()
+    a, b = args
+    if a.shape == b.shape == out.shape and a.is_contiguous() and b.is_contiguous():
+        return _NativeCall(getattr(lib, kernel), [a.data_ptr(), b.data_ptr(), out.data_ptr(), out.numel(), code], [])
+    if out.dim() > 4 or not out.numel():
+        return None
+    pad = 4 - out.dim()
+    sizes = [1] * pad + list(out.shape)
+    # each operand's strides over the output's dims: 0 where it is broadcast
+    strides = [[0] * pad + list(t.expand(out.shape).stride()) for t in (a, b)]
+    broadcast = getattr(lib, kernel.replace("binary", "binary_broadcast"))
+    return _NativeCall(broadcast, [a.data_ptr(), b.data_ptr(), out.data_ptr(), code, *sizes, *strides[0], *strides[1]],
+                       [])
 
 
 def _native_copy(fn, args, kwargs, out):
     """The C replay of a recorded op that only moves or zeroes bytes (rows.c: an embedding's row
-    gather, int64 -> fp32, zeros_like; aten's bits), on contiguous tensors, or None."""
+    gather, int64 -> fp32, zeros_like, the concatenation of two tensors; aten's bits), on contiguous
+    tensors, or None."""
     if (not isinstance(out, torch.Tensor) or out.layout != torch.strided or out.is_quantized
             or not out.is_contiguous()):
         return None
     lib = native.library()
     if fn is torch.ops.aten.zeros_like.default:         # zero bytes are zero in every dtype
         return _NativeCall(lib.gs_zero_bytes, [out.data_ptr(), out.numel() * out.element_size()], [])
+    if fn is torch.ops.aten.cat.default and isinstance(args[0], (list, tuple)) and len(args[0]) == 2:
+        dim = (args[1] if len(args) > 1 else kwargs.get("dim", 0)) % max(out.dim(), 1)
+        parts = args[0]
+        if all(isinstance(t, torch.Tensor) and t.is_contiguous() and t.dtype == out.dtype and t.numel()
+               and t.dim() == out.dim() for t in parts):
+            rows = out.shape[:dim].numel()
+            sizes = [t.numel() // rows * t.element_size() for t in parts]
+            return _NativeCall(lib.gs_concat2, [parts[0].data_ptr(), sizes[0], parts[1].data_ptr(), sizes[1], rows,
+                                                out.data_ptr()], [])
+        return None
     source = args[0] if args and isinstance(args[0], torch.Tensor) else None
     if source is None or not source.is_contiguous():
         return None

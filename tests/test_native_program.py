@@ -105,6 +105,17 @@ def gather(dtype):
     return lambda: (native.call(kernel, table, 30, 20 * table.element_size(), ids, 3, out), out)[1]
 
 
+def broadcast_product(dtype):
+    a, b, out = torch.randn(1, 3, 1).to(dtype), torch.randn(5).to(dtype), torch.empty(1, 3, 5, dtype=dtype)
+    kernel = getattr(native.library(), f"gs_binary_broadcast_{'f32' if dtype == torch.float32 else 'bf16'}")
+    return lambda: (native.call(kernel, a, b, out, 2, 1, 1, 3, 5, 0, 0, 1, 0, 0, 0, 0, 1), out)[1]
+
+
+def concatenation():
+    a, b, out = torch.randn(2, 3), torch.randn(2, 4), torch.empty(2, 7)
+    return lambda: (native.call(native.library().gs_concat2, a, 12, b, 16, 2, out), out)[1]
+
+
 def positions_as_floats():
     ids, out = torch.tensor([[0, 7, 2 ** 24 + 1]]), torch.empty(1, 3)
     return lambda: (native.call(native.library().gs_i64_to_f32, ids, out, 3), out)[1]
@@ -135,6 +146,9 @@ CASES = {
        for kind in ("int8", "int4") for a8 in (False, True)},
     "f32 linear": lambda: native_rows.linear(torch.randn(3, 64), torch.randn(24, 64), None),
     "positions as floats": positions_as_floats(),
+    "concatenation": concatenation(),
+    "broadcast product f32": broadcast_product(torch.float32),
+    "broadcast product bf16": broadcast_product(torch.bfloat16),
     "bf16 linear": lambda: native_rows.linear(torch.randn(3, 64).bfloat16(), torch.randn(24, 64).bfloat16(),
                                               torch.randn(24).bfloat16()),
     **{f"{name} f32": fn for name, fn in row_ops(torch.float32).items()},

@@ -233,6 +233,40 @@ def test_the_c_linears_other_code_paths_equal_f_linear(march, monkeypatch):
         native.unavailable_reason.cache_clear()
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("op, code", [(torch.add, 0), (torch.sub, 1), (torch.mul, 2)])
+def test_the_c_broadcast_elementwise_ops_give_atens_bits(dtype, op, code):
+    g = torch.Generator().manual_seed(code)
+    kernel = getattr(native.library(), f"gs_binary_broadcast_{'f32' if dtype == torch.float32 else 'bf16'}")
+    cases = [(torch.randn(1, 1, 1), torch.randn(32)),                                  # a rope table's angles
+             (torch.randn(3, 1, 5), torch.randn(1, 4, 1)),
+             (torch.randn(2, 3, 4, 5)[:, :, ::2], torch.randn(2, 1, 4, 1)[:, :, ::2]),          # strided both
+             (torch.randn(6, 7).t(), torch.randn(7, 6))]                             # strided, no broadcast
+    for a, b in cases:
+        a, b = (a * 10 ** torch.randint(-6, 6, a.shape, generator=g)).to(dtype), b.to(dtype)
+        want = op(a, b)
+        out = torch.empty(want.shape, dtype=dtype)
+        pad = 4 - out.dim()
+        sizes = [1] * pad + list(out.shape)
+        strides = [[0] * pad + list(t.expand(out.shape).stride()) for t in (a, b)]
+        kernel(a.data_ptr(), b.data_ptr(), out.data_ptr(), code, *sizes, *strides[0], *strides[1])
+        bits = torch.int32 if dtype == torch.float32 else torch.int16
+        assert torch.equal(out.view(bits), want.contiguous().view(bits)), (a.shape, b.shape)
+
+
+@needs_native
+def test_the_c_concatenation_of_two_tensors_is_torch_cat():
+    lib = native.library()
+    for a, b, dim in [(torch.randn(1, 1, 32), torch.randn(1, 1, 32), -1), (torch.randn(2, 3, 4), torch.randn(2, 5, 4), 1),
+                      (torch.randn(3, 4).bfloat16(), torch.randn(1, 4).bfloat16(), 0)]:
+        want = torch.cat((a, b), dim)
+        out = torch.empty_like(want)
+        rows = want.shape[:dim % want.dim()].numel()
+        lib.gs_concat2(a.data_ptr(), a.numel() // rows * a.element_size(), b.data_ptr(),
+                       b.numel() // rows * b.element_size(), rows, out.data_ptr())
+        assert torch.equal(out, want)
+
+@needs_native
 def test_the_c_copies_a_replayed_step_takes_give_atens_bits():
     lib = native.library()
     # an embedding's rows (any dtype: bytes), an index out of range refused before anything is read

@@ -34,10 +34,14 @@ void gs_attend_step_##S(const T *q, int64_t qsb, int64_t qsh, const T *k, int64_
                         const T *v, int64_t vsb, int64_t vsh, T *kc, T *vc, int64_t cap, int64_t past, \
                         int64_t B, int64_t H, int64_t Hkv, int64_t D, const uint8_t *mask, int64_t msb, \
                         float scale, T *out, float *scores, int nt); \
-void gs_binary_##S(const T *a, const T *b, T *out, int64_t n, int op);
+void gs_binary_##S(const T *a, const T *b, T *out, int64_t n, int op); \
+void gs_binary_broadcast_##S(const T *a, const T *b, T *out, int op, int64_t n0, int64_t n1, int64_t n2, \
+                             int64_t n3, int64_t as0, int64_t as1, int64_t as2, int64_t as3, int64_t bs0, \
+                             int64_t bs1, int64_t bs2, int64_t bs3);
 int gs_gather_rows(const uint8_t *table, int64_t rows, int64_t row_bytes, const int64_t *idx, int64_t n,
                    uint8_t *out);
 void gs_i64_to_f32(const int64_t *x, float *out, int64_t n);
+void gs_concat2(const uint8_t *a, int64_t a_bytes, const uint8_t *b, int64_t b_bytes, int64_t rows, uint8_t *out);
 void gs_zero_bytes(uint8_t *out, int64_t n);
 GS_ROW_KERNELS(float, f32)
 GS_ROW_KERNELS(uint16_t, bf16)

@@ -177,6 +177,25 @@ void NAME(const T *a, const T *b, T *out, int64_t n, int op) { \
 BINARY(gs_binary_f32, float, ld_f32, st_f32)
 BINARY(gs_binary_bf16, bf16, ld_bf16, st_bf16)
 
+/* The same operations with broadcasting: out [n0, n1, n2, n3] contiguous, a and b read at element
+   strides (as0..as3), (bs0..bs3), 0 along a broadcast dimension (fewer dimensions: leading sizes 1). */
+#define BINARY_BROADCAST(NAME, T, LD, ST) \
+void NAME(const T *a, const T *b, T *out, int op, int64_t n0, int64_t n1, int64_t n2, int64_t n3, \
+          int64_t as0, int64_t as1, int64_t as2, int64_t as3, int64_t bs0, int64_t bs1, int64_t bs2, int64_t bs3) { \
+    int64_t o = 0; \
+    for (int64_t i0 = 0; i0 < n0; i0++) \
+        for (int64_t i1 = 0; i1 < n1; i1++) \
+            for (int64_t i2 = 0; i2 < n2; i2++) { \
+                const T *ar = a + i0 * as0 + i1 * as1 + i2 * as2, *br = b + i0 * bs0 + i1 * bs1 + i2 * bs2; \
+                for (int64_t i3 = 0; i3 < n3; i3++, o++) { \
+                    const float x = LD(ar, i3 * as3), y = LD(br, i3 * bs3); \
+                    ST(out, o, op == 0 ? x + y : op == 1 ? x - y : x * y); \
+                } \
+            } \
+}
+BINARY_BROADCAST(gs_binary_broadcast_f32, float, ld_f32, st_f32)
+BINARY_BROADCAST(gs_binary_broadcast_bf16, bf16, ld_bf16, st_bf16)
+
 /* Copies a replayed decode step makes in C where aten's call costs ~10-90 us (runtime/step_capture.py):
    each gives aten's bits. out[i] = table[idx[i]] (aten's embedding: rows of `row_bytes` bytes); 1 when
    an index is outside [0, rows) (nothing written for it or after it), else 0. */
@@ -187,6 +206,15 @@ int gs_gather_rows(const uint8_t *table, int64_t rows, int64_t row_bytes, const 
         memcpy(out + i * row_bytes, table + idx[i] * row_bytes, (size_t)row_bytes);
     }
     return 0;
+}
+
+/* torch.cat of two contiguous tensors: `rows` times a's next `a_bytes`, then b's next `b_bytes` */
+void gs_concat2(const uint8_t *a, int64_t a_bytes, const uint8_t *b, int64_t b_bytes, int64_t rows, uint8_t *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        memcpy(out, a + r * a_bytes, (size_t)a_bytes);
+        memcpy(out + a_bytes, b + r * b_bytes, (size_t)b_bytes);
+        out += a_bytes + b_bytes;
+    }
 }
 
 /* int64 -> fp32, rounded to nearest even (C's conversion, as aten's) */
