@@ -157,6 +157,17 @@ def available() -> bool:
     return unavailable_reason() is None
 
 
+# the kernels written once per float dtype (rows.c): gs_<name>_f32, gs_<name>_bf16
+FLOAT_KERNEL_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
+def float_kernel(name: str, dtype: torch.dtype):
+    """The `dtype` version of the kernel `name` (float_kernel("rms_norm", torch.bfloat16) is
+    gs_rms_norm_bf16), or None for a dtype it is not written for."""
+    suffix = FLOAT_KERNEL_SUFFIX.get(dtype)
+    return None if suffix is None else getattr(library(), f"gs_{name}_{suffix}")
+
+
 class Position(int):
     """An argument of a kernel call that is a position of the generated sequence (the KV cache's
     filled length): a recorded decode step (runtime/step_capture.py) advances it with the sequence

@@ -245,8 +245,9 @@ def _copies(outputs):
 class Tape:
     """A recording turned into calls; `replay` runs them for the step at position `past`."""
 
-    def __init__(self, recording: Recording):
+    def __init__(self, recording: Recording, signature: list):
         self.recording = recording              # every tensor the calls point to stays alive
+        self.signature = signature              # recording.signature(), what a later generation is matched with
         self.calls = _programs([c for c in map(_replay_call, recording.entries) if c is not None])
 
     def replay(self, inputs: list, past: int, copies: bool = True):
@@ -297,30 +298,29 @@ def _replay_call(entry):
 # operation (runtime/csrc/rows.c gs_binary_*: the same bits): replayed by a C loop instead of aten's
 # call, which costs ~10 us on a row (a decode step has ~40 of them: residual adds, gates)
 _BINARY = {torch.ops.aten.add.Tensor: 0, torch.ops.aten.sub.Tensor: 1, torch.ops.aten.mul.Tensor: 2}
-_BINARY_KERNELS = {torch.float32: "gs_binary_f32", torch.bfloat16: "gs_binary_bf16"}
 
 
 def _native_binary(fn, args, kwargs, out):
     """The C replay of a recorded add / sub / mul (no alpha) of two tensors of the output's dtype: of
     its shape and contiguous (one loop), or broadcast to it over at most 4 dimensions, or None."""
-    code, kernel = _BINARY.get(fn), _BINARY_KERNELS.get(getattr(out, "dtype", None))
-    if code is None or kernel is None or kwargs or len(args) != 2 or not out.is_contiguous():
+    code = _BINARY.get(fn)
+    if (code is None or getattr(out, "dtype", None) not in native.FLOAT_KERNEL_SUFFIX or kwargs or len(args) != 2
+            or not out.is_contiguous()):
         return None
     if not all(isinstance(t, torch.Tensor) and t.dtype == out.dtype for t in args):
         return None
-    lib = native.library()
     a, b = args
     if a.shape == b.shape == out.shape and a.is_contiguous() and b.is_contiguous():
-        return _NativeCall(getattr(lib, kernel), [a.data_ptr(), b.data_ptr(), out.data_ptr(), out.numel(), code], [])
+        return _NativeCall(native.float_kernel("binary", out.dtype),
+                           [a.data_ptr(), b.data_ptr(), out.data_ptr(), out.numel(), code], [])
     if out.dim() > 4 or not out.numel():
         return None
     pad = 4 - out.dim()
     sizes = [1] * pad + list(out.shape)
     # each operand's strides over the output's dims: 0 where it is broadcast
     strides = [[0] * pad + list(t.expand(out.shape).stride()) for t in (a, b)]
-    broadcast = getattr(lib, kernel.replace("binary", "binary_broadcast"))
-    return _NativeCall(broadcast, [a.data_ptr(), b.data_ptr(), out.data_ptr(), code, *sizes, *strides[0], *strides[1]],
-                       [])
+    return _NativeCall(native.float_kernel("binary_broadcast", out.dtype),
+                       [a.data_ptr(), b.data_ptr(), out.data_ptr(), code, *sizes, *strides[0], *strides[1]], [])
 
 
 def _native_copy(fn, args, kwargs, out):
@@ -487,7 +487,6 @@ class StepCapture:
         self.copies = copies
         self.tape: Tape | None = None
         self.previous: tuple | None = None if proven is None else (None, proven)   # (recording, its signature)
-        self.signature: list | None = None      # the tape's
         self.recorded = 0
         self.replayed = 0
         self.refused: str | None = None
@@ -509,7 +508,7 @@ class StepCapture:
             return out
         signature = recording.signature()
         if self.previous is not None and self.previous[1] == signature:
-            self.previous, self.tape, self.signature = None, Tape(recording), signature
+            self.previous, self.tape = None, Tape(recording, signature)
         elif self.recorded >= self.RECORDINGS:
             self.refuse(f"{self.recorded} consecutive steps did not do the same work on the same buffers")
         else:
@@ -517,14 +516,14 @@ class StepCapture:
         return out
 
     def refuse(self, reason: str) -> None:
-        self.tape = self.previous = self.signature = None
+        self.tape = self.previous = None
         self.refused = reason
 
     def end(self) -> list | None:
         """The generation is over: drop the tape (its scratch buffers) and return its signature, if
         its steps were replayed to the end."""
-        proven = self.signature if self.tape is not None else None
-        self.tape = self.previous = self.signature = None
+        proven = self.tape.signature if self.tape is not None else None
+        self.tape = self.previous = None
         return proven
 
 

@@ -161,27 +161,17 @@ void NAME(const T *q, int64_t qsb, int64_t qsh, const T *k, int64_t ksb, int64_t
 ATTEND_STEP(gs_attend_step_f32, float, ld_f32, st_f32)
 ATTEND_STEP(gs_attend_step_bf16, bf16, ld_bf16, st_bf16)
 
-/* out[i] = a[i] OP b[i] over n elements, OP + - * for op 0 1 2: aten's add (alpha 1), sub and mul
-   of two tensors of one shape. Each result is one correctly rounded fp32 operation (bf16: both
-   widened, the operation in fp32, rounded to nearest even, as aten computes it), so these are aten's
-   bits. A recorded decode step replays such ops through here (runtime/step_capture.py): aten's own
-   call costs ~10 us on a row of a few thousand values, this loop well under one. */
-#define BINARY(NAME, T, LD, ST) \
-void NAME(const T *a, const T *b, T *out, int64_t n, int op) { \
-    switch (op) { \
-    case 0: for (int64_t i = 0; i < n; i++) ST(out, i, LD(a, i) + LD(b, i)); break; \
-    case 1: for (int64_t i = 0; i < n; i++) ST(out, i, LD(a, i) - LD(b, i)); break; \
-    default: for (int64_t i = 0; i < n; i++) ST(out, i, LD(a, i) * LD(b, i)); break; \
-    } \
-}
-BINARY(gs_binary_f32, float, ld_f32, st_f32)
-BINARY(gs_binary_bf16, bf16, ld_bf16, st_bf16)
-
-/* The same operations with broadcasting: out [n0, n1, n2, n3] contiguous, a and b read at element
-   strides (as0..as3), (bs0..bs3), 0 along a broadcast dimension (fewer dimensions: leading sizes 1). */
-#define BINARY_BROADCAST(NAME, T, LD, ST) \
-void NAME(const T *a, const T *b, T *out, int op, int64_t n0, int64_t n1, int64_t n2, int64_t n3, \
-          int64_t as0, int64_t as1, int64_t as2, int64_t as3, int64_t bs0, int64_t bs1, int64_t bs2, int64_t bs3) { \
+/* out = a OP b, OP + - * for op 0 1 2: aten's add (alpha 1), sub and mul of two tensors, out
+   [n0, n1, n2, n3] contiguous, a and b read at element strides (as0..as3), (bs0..bs3), 0 along a
+   broadcast dimension (fewer dimensions: leading sizes 1). Each result is one correctly rounded fp32
+   operation (bf16: both widened, the operation in fp32, rounded to nearest even, as aten computes
+   it), so these are aten's bits. A recorded decode step replays such ops through here
+   (runtime/step_capture.py): aten's own call costs ~10 us on a row of a few thousand values, this
+   loop well under one. gs_binary_*: the common case, two contiguous tensors of n elements. */
+#define BINARY(NAME, BROADCAST, T, LD, ST) \
+void BROADCAST(const T *a, const T *b, T *out, int op, int64_t n0, int64_t n1, int64_t n2, int64_t n3, \
+               int64_t as0, int64_t as1, int64_t as2, int64_t as3, int64_t bs0, int64_t bs1, int64_t bs2, \
+               int64_t bs3) { \
     int64_t o = 0; \
     for (int64_t i0 = 0; i0 < n0; i0++) \
         for (int64_t i1 = 0; i1 < n1; i1++) \
@@ -192,9 +182,12 @@ void NAME(const T *a, const T *b, T *out, int op, int64_t n0, int64_t n1, int64_
                     ST(out, o, op == 0 ? x + y : op == 1 ? x - y : x * y); \
                 } \
             } \
+} \
+void NAME(const T *a, const T *b, T *out, int64_t n, int op) { \
+    BROADCAST(a, b, out, op, 1, 1, 1, n, 0, 0, 0, 1, 0, 0, 0, 1); \
 }
-BINARY_BROADCAST(gs_binary_broadcast_f32, float, ld_f32, st_f32)
-BINARY_BROADCAST(gs_binary_broadcast_bf16, bf16, ld_bf16, st_bf16)
+BINARY(gs_binary_f32, gs_binary_broadcast_f32, float, ld_f32, st_f32)
+BINARY(gs_binary_bf16, gs_binary_broadcast_bf16, bf16, ld_bf16, st_bf16)
 
 /* Copies a replayed decode step makes in C where aten's call costs ~10-90 us (runtime/step_capture.py):
    each gives aten's bits. out[i] = table[idx[i]] (aten's embedding: rows of `row_bytes` bytes); 1 when

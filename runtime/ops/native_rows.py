@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from runtime.context import tracing
-from runtime.native import Position, available, call, library
+from runtime.native import FLOAT_KERNEL_SUFFIX, Position, available, call, float_kernel, library
 
 # Beyond this many elements the aten ops' own cost dominates their dispatch (and they use every thread).
 MAX_ELEMENTS = 1 << 16
@@ -29,8 +29,7 @@ MAX_ELEMENTS = 1 << 16
 LINEAR_ROWS = {torch.bfloat16: 32, torch.float32: 8}
 
 
-FLOATS = (torch.float32, torch.bfloat16)
-_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+FLOATS = tuple(FLOAT_KERNEL_SUFFIX)
 
 
 def _takes(*tensors: torch.Tensor, dtypes=FLOATS) -> bool:
@@ -44,10 +43,6 @@ def _takes(*tensors: torch.Tensor, dtypes=FLOATS) -> bool:
         if t.dtype != dtype or not t.is_cpu or (grad and t.requires_grad):
             return False
     return True
-
-
-def _kernel(name: str, dtype: torch.dtype):
-    return getattr(library(), f"gs_{name}_{_SUFFIX[dtype]}")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -85,7 +80,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
     if dim == 0 or weight.shape != (dim,):
         return None
     out = torch.empty_like(x)
-    call(_kernel("rms_norm", x.dtype), x, x.numel() // dim, dim, weight, eps, out)
+    call(float_kernel("rms_norm", x.dtype), x, x.numel() // dim, dim, weight, eps, out)
     return out
 
 
@@ -95,7 +90,7 @@ def silu(x: torch.Tensor) -> torch.Tensor | None:
     if x.numel() > MAX_ELEMENTS or not x.is_contiguous() or not _takes(x):
         return None
     out = torch.empty(x.shape, dtype=x.dtype)
-    call(_kernel("silu", x.dtype), x, out, x.numel())
+    call(float_kernel("silu", x.dtype), x, out, x.numel())
     return out
 
 
@@ -110,7 +105,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor 
             or r > d or not cos.is_contiguous() or not sin.is_contiguous()):
         return None
     out = torch.empty(b, h, s, d, dtype=x.dtype)
-    call(_kernel("rope", x.dtype), x, b, h, s, d, x.stride(0), x.stride(1), x.stride(2), cos, sin, r,
+    call(float_kernel("rope", x.dtype), x, b, h, s, d, x.stride(0), x.stride(1), x.stride(2), cos, sin, r,
          0 if cos.shape[0] == 1 else s * r, out)
     return out
 
@@ -138,7 +133,7 @@ def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: tup
     # per head: its scores, then its fp32 output; sized for the whole cache, so that every step of a
     # generation allocates the same (a recorded step replays into it at later positions)
     scores = torch.empty(b * h * (kc.shape[2] + d))
-    call(_kernel("attend_step", q.dtype), q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0),
+    call(float_kernel("attend_step", q.dtype), q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0),
          v.stride(1), kc, vc, kc.shape[2], Position(past), b, h, hkv, d, mask, mask_stride, scale, out, scores,
          torch.get_num_threads())
     return out.transpose(1, 2)
