@@ -123,7 +123,7 @@ class Param:
     members: list[str] = field(default_factory=list)   # fused_linear: the params it concatenates
     fused_into: str | None = None    # a member of a fused param: that param
     when: tuple = ()                 # conjuncts (Exprs): the param exists only where all hold
-    quant: str | None = None         # the quantize pass: stored quantized, in this role (linear | lm_head | embedding)
+    quant: str | None = None         # the quantize pass: stored quantized, in this role (runtime.quant.config.ROLES)
 
 
 @dataclass

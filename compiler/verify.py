@@ -10,6 +10,7 @@ from compiler.ir import REGION, STRUCTURAL, Block, ModelIR, Node
 from compiler.ops import OPS
 from compiler.ops.registry import InferCtx, ShapeError
 from compiler.symbolic import same_type
+from runtime.quant.config import LINEAR_ROLES
 
 
 class IRError(AssertionError):
@@ -184,7 +185,7 @@ def _quant_problems(block: Block) -> list[str]:
             if p is None or p.quant is None:
                 continue
             how = op.quantizable.get(field) if op else None
-            want = "linear" if p.quant == "lm_head" else p.quant
+            want = "linear" if p.quant in LINEAR_ROLES else p.quant
             if how is None or how[0] != want:
                 out.append(f"{node.id} ({node.op}) reads param '{name}', marked quantized as {p.quant}, through "
                            f"'{field}', which does not read it that way")

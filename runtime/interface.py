@@ -121,7 +121,7 @@ class Contract:
 @dataclass(frozen=True)
 class Quantization:
     """What the compiler's quantize pass decided: the config, and each quantized param's module path
-    template (`layers.{i}.attn.qkv_proj`) with its role (linear | lm_head | embedding)."""
+    template (`layers.{i}.attn.qkv_proj`) with its role (runtime.quant.config.ROLES)."""
     config: QuantConfig
     params: dict[str, str]
 

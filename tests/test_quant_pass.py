@@ -20,7 +20,7 @@ from tests.family_parity import random_ids
 from tools.cli import main as cli
 
 transformers = pytest.importorskip("transformers")
-LLAMA, GPT2 = "specs/llama.yaml", "specs/gpt2.yaml"
+LLAMA, GPT2, MIXTRAL = "specs/llama.yaml", "specs/gpt2.yaml", "specs/mixtral.yaml"
 SHAPE = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
 
@@ -54,6 +54,23 @@ def test_the_output_embedding_is_found_by_its_rows_or_its_tie_and_marked_only_wh
     assert llama["decoder_layer.attn_norm"] is None          # a norm's weight is not read by a linear
     gpt2 = marks(ir_after(GPT2, everything))
     assert [k for k, v in gpt2.items() if v == "lm_head"] == ["model.lm_head"]
+
+
+def test_experts_are_marked_as_experts_and_the_router_found_by_its_outputs_stays_float_unless_asked():
+    default = marks(ir_after(MIXTRAL, "int4"))
+    assert {default[f"experts.{w}"] for w in ("w1", "w2", "w3")} == {"experts"}
+    assert default["moe.gate"] is None and default["attention.q_proj"] == "linear"
+    everything = marks(ir_after(MIXTRAL, {"bits": 8, "modules_to_not_convert": []}))
+    assert everything["moe.gate"] == "router" and everything["model.lm_head"] == "lm_head"
+    only_router = marks(ir_after(MIXTRAL, {"bits": 8, "modules_to_not_convert": ["router"]}))
+    assert only_router["moe.gate"] is None and only_router["model.lm_head"] == "lm_head"
+
+
+def test_verify_refuses_experts_marked_as_a_linear():
+    ir = ir_after(MIXTRAL, "int8")
+    ir.blocks["experts"].params["w1"].quant = "linear"
+    with pytest.raises(IRError, match="'w1', marked quantized as linear"):
+        verify(ir)
 
 
 def test_skip_patterns_over_path_templates_unmark_at_compile_time_and_concrete_indexes_wait_for_the_load():

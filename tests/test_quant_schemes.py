@@ -140,12 +140,13 @@ def test_quantization_config_round_trips_through_its_transformers_style_dict():
     assert QuantConfig.parse("int8").to_dict()["group_size"] is None
 
 
-def test_the_output_embedding_stays_in_float_unless_the_skip_list_is_emptied():
+def test_the_output_embedding_and_a_router_stay_in_float_unless_the_skip_list_is_emptied():
     default = QuantConfig.parse("int4")
-    assert default.skip == ("lm_head",) and default.to_dict()["modules_to_not_convert"] == ["lm_head"]
-    assert default.skipped("output", "lm_head") and not default.skipped("layers.0.mlp.up", "linear")
+    assert default.skip == ("lm_head", "router") and default.to_dict()["modules_to_not_convert"] == ["lm_head", "router"]
+    assert default.skipped("output", "lm_head") and default.skipped("layers.0.mlp.gate", "router")
+    assert not default.skipped("layers.0.mlp.up", "linear") and not default.skipped("layers.0.mlp.experts", "experts")
     everything = QuantConfig.parse({"bits": 4, "modules_to_not_convert": []})
-    assert not everything.skipped("lm_head", "lm_head")
+    assert not everything.skipped("lm_head", "lm_head") and not everything.skipped("layers.0.mlp.gate", "router")
     assert QuantConfig.parse({"bits": 8, "modules_to_not_convert": ["layers.0.*"]}).skipped("layers.0.attn.o", "linear")
 
 

@@ -86,6 +86,8 @@ register(OpDef(
     shape_doc="x [..., in] or [..., k, in] with int index [..., k] -> [..., k, out] for a grouped_linear "
               "param [num, in, out]",
     example="up: {op: grouped_linear, x: x, index: experts, w: up_proj}",
+    # each expert's [out, in] weight quantized as a linear's, stored stacked
+    quantizable={"w": ("experts", "out")},
     # as a linear, within every expert: its out features split (each rank holds a slice of every
     # expert), or its in features split into partial sums
     parallel=lambda ranks, attrs: Parallel(dims={"x": {d: d for d in range(ranks["x"] - 1)}},

@@ -1,10 +1,12 @@
 """The quantize pass (on with `--quant int8|int4` or a quantization_config): params whose weights are
-read only by ops that declare them quantizable (`OpDef.quantizable`: a linear's weight, an
-embedding's table) are marked to be stored quantized, with their role:
+read only by ops that declare them quantizable (`OpDef.quantizable`: a linear's weight, a grouped
+linear's stacked experts, an embedding's table) are marked to be stored quantized, with their role:
 
 - `linear`: read as x @ w.T;
 - `lm_head`: such a linear whose rows are the rows of a token table (its output size is an
   embedding's row count, or it is tied to that embedding): the output embedding;
+- `router`: such a linear with one output per expert of a grouped linear (a mixture of experts' router);
+- `experts`: a grouped linear's weight [num, out, in], each expert's [out, in] quantized as a linear's;
 - `embedding`: rows picked by ids (only with `quantize_embedding`).
 
 `modules_to_not_convert` is applied here to each param's module path templates (`layers.{i}.mlp.down_proj`,
@@ -53,11 +55,14 @@ def _roles(ir: ModelIR) -> dict[tuple[str, str], str]:
         if reads and None not in reads and len(set(reads)) == 1:
             found[key] = reads[0]
     tables = [(b, n, ir.blocks[b].params[n].dims[dim]) for (b, n), (role, dim) in found.items() if role == "embedding"]
+    experts = [ir.blocks[b].params[n].dims["num"] for (b, n), (role, _) in found.items() if role == "experts"]
     roles = {}
     for (b, n), (role, dim) in found.items():
         p = ir.blocks[b].params[n]
         if role == "linear" and any(p.tied_to == tn or same_value(p.dims[dim], rows) for _, tn, rows in tables):
             role = "lm_head"
+        elif role == "linear" and any(same_value(p.dims[dim], num) for num in experts):
+            role = "router"
         roles[(b, n)] = role
     return roles
 

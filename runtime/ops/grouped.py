@@ -26,16 +26,33 @@ def sort_by_expert(index: torch.Tensor, experts: int) -> tuple[torch.Tensor, tor
     return torch.argsort(flat, stable=True), torch.bincount(flat, minlength=experts)
 
 
-def grouped_matmul(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   counts: list[int]) -> torch.Tensor:
-    """rows [M, in] sorted by expert (counts[e] rows of expert e) -> [M, out]: rows @ weight[e].T (+ bias[e])."""
-    out = rows.new_empty(rows.shape[0], weight.shape[1])
+def grouped_matmul(rows: torch.Tensor, counts: list[int], out_features: int, product) -> torch.Tensor:
+    """rows [M, in] sorted by expert (counts[e] rows of expert e) -> [M, out]: product(e, the rows of
+    expert e) for each expert some row picked."""
+    out = rows.new_empty(rows.shape[0], out_features)
     start = 0
     for e, n in enumerate(counts):
         if n:
-            out[start:start + n] = linear(rows[start:start + n], weight[e], None if bias is None else bias[e])
+            out[start:start + n] = product(e, rows[start:start + n])
             start += n
     return out
+
+
+def route(module: nn.Module, x: torch.Tensor, index: torch.Tensor, compute) -> torch.Tensor:
+    """The grouped product of `module` (num experts of out_features each; GroupedLinear or its
+    quantized form): x's rows sorted by the expert each pick names, `compute(rows, counts)` -> their
+    outputs in that order, put back in pick order as [..., k, out]."""
+    k = index.shape[-1]
+    rows = x.reshape(-1, x.shape[-1])
+    order, counts = sort_by_expert(index, module.num)
+    # a pick's row: its token's row (x per token) or its own (x per pick)
+    source = order // k if x.dim() == index.dim() else order
+    counts = counts.tolist()
+    y = compute(rows.index_select(0, source), counts)
+    module.expert_rows.update({e: n for e, n in enumerate(counts) if n})
+    out = torch.empty_like(y)
+    out[order] = y
+    return out.view(*index.shape, module.out_features)
 
 
 class GroupedLinear(nn.Module):
@@ -65,22 +82,14 @@ class GroupedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        k = index.shape[-1]
-        rows = x.reshape(-1, x.shape[-1])
-        order, counts = sort_by_expert(index, self.num)
-        # a pick's row: its token's row (x per token) or its own (x per pick)
-        source = order // k if x.dim() == index.dim() else order
-        picked = rows.index_select(0, source)
-        counts = counts.tolist()
-        if x.is_cuda or self.triton:
-            from runtime.ops.grouped_triton import grouped_matmul as launch
-            y = launch(picked, self.weight, self.bias, counts)
-        else:
-            y = grouped_matmul(picked, self.weight, self.bias, counts)
-        self.expert_rows.update({e: n for e, n in enumerate(counts) if n})
-        out = torch.empty_like(y)
-        out[order] = y
-        return out.view(*index.shape, self.out_features)
+        def compute(picked, counts):
+            if x.is_cuda or self.triton:
+                from runtime.ops.grouped_triton import grouped_matmul as launch
+                return launch(picked, self.weight, self.bias, counts)
+            bias = self.bias
+            return grouped_matmul(picked, counts, self.out_features,
+                                  lambda e, rows: linear(rows, self.weight[e], None if bias is None else bias[e]))
+        return route(self, x, index, compute)
 
     def extra_repr(self) -> str:
         return (f"num={self.num}, in_features={self.in_features}, out_features={self.out_features}, "

@@ -8,13 +8,16 @@
 
 The dict form is what `to_dict()` writes (and a saved quantized checkpoint carries):
     {"quant_method": "graphspec", "bits": 4, "group_size": 32, "sym": true,
-     "quantize_embedding": false, "modules_to_not_convert": ["lm_head"]}
+     "quantize_embedding": false, "modules_to_not_convert": ["lm_head", "router"]}
 `modules_to_not_convert` holds fnmatch patterns of module paths (`layers.*.attn.qkv_proj`,
 `layers.0.*`) or a role: `lm_head` names the model's output embedding (a linear whose outputs are
-the rows of the token embedding, tied or not) whatever its path. Left out, it is `["lm_head"]`, as in
-Transformers' quantizers, which keep the output embedding in float; `[]` quantizes it too, in the
+the rows of the token embedding, tied or not) whatever its path, `router` a mixture of experts'
+router (a linear with one output per expert). Left out, it is `["lm_head", "router"]`: Transformers'
+quantizers keep the output embedding in float, and llama.cpp and AWQ/GPTQ keep the router (a few
+thousand weights whose error flips which experts run); `[]` quantizes both, the LM head in the
 scheme's bits or in `lm_head_bits` (8 for a 4-bit model: ggml's q4_0 files keep their output
-matrix at 6 bits, and the LM head's error is what the logits show first).
+matrix at 6 bits, and the LM head's error is what the logits show first). A grouped linear's
+experts (`experts`) are quantized like linears.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ KEYS = ("quant_method", "bits", "group_size", "sym", "act_bits", "lm_head_bits",
 # Activations quantized on the fly are cut into blocks of this many columns, one scale each (q8_0's)
 ACT_BLOCK = 32
 # What a quantizable param is to the network (the compiler's quantize pass decides it from op capabilities)
-ROLES = ("linear", "lm_head", "embedding")
-DEFAULT_SKIP = ("lm_head",)
+ROLES = ("linear", "lm_head", "router", "experts", "embedding")
+LINEAR_ROLES = ("linear", "lm_head", "router")       # the roles stored as one linear's [out, in] weight
+DEFAULT_SKIP = ("lm_head", "router")
 
 
 @dataclass(frozen=True)

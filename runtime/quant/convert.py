@@ -1,19 +1,20 @@
-"""`quantize_model`: the linears (and optionally the embedding) of a loaded model swapped for their
-quantized forms, in place.
+"""`quantize_model`: the linears, a mixture of experts' grouped linears (and optionally the embedding)
+of a loaded model swapped for their quantized forms, in place.
 
 Which modules: an artifact compiled with quantization (the compiler's quantize pass; `graphspec
 compile --quant`, `from_pretrained(..., quantization=...)`) lists its quantized params in
 interface.json with their roles, and only those are swapped. For an artifact compiled without it,
 the roles are read off the module types (every linear; the one shaped like the largest embedding
-table is the LM head). Either way, a module whose path or role the config's
+table is the LM head, one with as many outputs as a grouped linear has experts (or fused from such
+a one) a router; grouped linears are experts). Either way, a module whose path or role the config's
 `modules_to_not_convert` names stays in float."""
 from __future__ import annotations
 
 from torch import nn
 
-from runtime.ops import FusedLinear, Linear
+from runtime.ops import FusedLinear, GroupedLinear, Linear
 from runtime.quant.config import QuantConfig
-from runtime.quant.linear import QuantEmbedding, QuantLinear
+from runtime.quant.linear import QuantEmbedding, QuantGroupedLinear, QuantLinear
 from runtime.rules import Template
 
 LINEARS = (Linear, FusedLinear)
@@ -31,10 +32,16 @@ def _output_embeddings(net: nn.Module) -> set[str]:
 
 def _roles_by_type(net: nn.Module) -> dict[str, str]:
     heads = _output_embeddings(net)
+    # a router: a linear with one output per expert of the network's grouped linears
+    experts = {m.num for m in net.modules() if isinstance(m, GroupedLinear)}
     out = {}
     for path, m in net.named_modules():
         if isinstance(m, LINEARS):
-            out[path] = "lm_head" if path in heads else "linear"
+            # a router fused with another linear reading the same rows (Qwen2-MoE's shared-expert gate)
+            sizes = [m.weight.shape[0], *(getattr(m, "parts", None) or {}).values()]
+            out[path] = "lm_head" if path in heads else "router" if experts.intersection(sizes) else "linear"
+        elif isinstance(m, GroupedLinear):
+            out[path] = "experts"
         elif isinstance(m, nn.Embedding):
             out[path] = "embedding"
     return out
@@ -52,7 +59,7 @@ def _roles_marked(net: nn.Module, marked: dict[str, str]) -> dict[str, str]:
 
 
 def plan(net: nn.Module, config: QuantConfig, marked: dict[str, str] | None = None) -> dict[str, str]:
-    """Module path -> "linear" | "lm_head" | "embedding": what `quantize_model` will quantize.
+    """Module path -> "linear" | "lm_head" | "router" | "experts" | "embedding": what `quantize_model` will quantize.
     `marked`: the compiler's param templates and roles (interface.json), or None to read roles off
     the module types."""
     roles = _roles_by_type(net) if marked is None else _roles_marked(net, marked)
@@ -65,8 +72,7 @@ def quantize_model(model, config=None) -> "object":
     `config`: "int8", "int4", a Transformers-style quantization_config dict or a QuantConfig; None:
     the one the artifact was compiled with. Weights shared between modules (a tied embedding and LM
     head) are quantized once and shared. The model gains `quantization` (the QuantConfig),
-    `quantization_config` (its dict) and `load_report["quantized"]` (module path -> linear | lm_head |
-    embedding)."""
+    `quantization_config` (its dict) and `load_report["quantized"]` (module path -> its role)."""
     compiled = model.interface.quantization
     if config is None:
         if compiled is None:
@@ -83,6 +89,8 @@ def quantize_model(model, config=None) -> "object":
         shared = done.get((id(module.weight), scheme))
         if kind == "embedding":
             new = QuantEmbedding.from_float(module, scheme, path, stored=shared)
+        elif kind == "experts":
+            new = QuantGroupedLinear.from_float(module, scheme, path, stored=shared)
         else:
             new = QuantLinear.from_float(module, scheme, path, stored=shared)
         done.setdefault((id(module.weight), scheme), new.stored())

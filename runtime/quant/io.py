@@ -8,7 +8,7 @@ tools). `load_quantized(folder, artifact)` rebuilds the network from the artifac
 values and assigns the stored tensors; every name, shape and dtype is checked first.
 
 Metadata keys (all JSON text): format ("graphspec-quantized"), format_version ("1"),
-quantization_config, modules (path -> linear | lm_head | embedding), spec, spec_sha256, config
+quantization_config, modules (path -> its role, runtime.quant.config.ROLES), spec, spec_sha256, config
 (the resolved config values), head, dtype, tied (alias name -> stored name).
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from runtime.errors import CheckpointError, ConfigError
 from runtime.artifact import open_artifact
 from runtime.memory import check_model_size
 from runtime.model import CompiledModel
-from runtime.quant.config import QuantConfig
-from runtime.quant.linear import QuantEmbedding, QuantLinear
+from runtime.quant.config import LINEAR_ROLES, QuantConfig
+from runtime.quant.linear import QuantEmbedding, QuantGroupedLinear, QuantLinear
 from runtime.safetensors_io import DTYPES, SafetensorsFile
 from runtime.save import config_json
 
@@ -112,7 +112,7 @@ def load_quantized(folder: str | Path, artifact: str | Path, device="cpu") -> Co
             net = (module.HEADS[head] if head is not None else module.MODEL)(module.Config(**config))
     except (TypeError, KeyError) as err:
         raise CheckpointError(f"{where}: metadata 'config'/'head' do not build spec '{spec.name}': {err}") from None
-    _swap_shells(net, modules, qconfig, dtype, where)
+    _swap_shells(net, modules, qconfig, dtype, where, artifact)
     _assign(net, file, tied, dtype, device, where)
     model = CompiledModel(net.eval(), config, spec, art.manifest, dtype, device,
                           {"head": head, "quantized": dict(modules), "checkpoint": where}, head=head)
@@ -121,18 +121,26 @@ def load_quantized(folder: str | Path, artifact: str | Path, device="cpu") -> Co
     return model
 
 
-def _swap_shells(net: nn.Module, modules: dict, qconfig: QuantConfig, dtype: torch.dtype, where: str) -> None:
+def _swap_shells(net: nn.Module, modules: dict, qconfig: QuantConfig, dtype: torch.dtype, where: str,
+                 artifact) -> None:
     if not isinstance(modules, dict):
         raise CheckpointError(f"{where}: metadata 'modules' must map module paths to kinds")
     for path, kind in modules.items():
         try:
             old = net.get_submodule(path)
         except AttributeError:
-            raise CheckpointError(f"{where}: metadata 'modules' names '{path}', which the network does not have") from None
+            # the fusion pass keeps linears of different formats apart, so the modules depend on the config
+            raise CheckpointError(
+                f"{where}: metadata 'modules' names '{path}', which the network built from {artifact} does not "
+                f"have; compile the spec with this checkpoint's quantization_config (graphspec compile --quant "
+                f"'{json.dumps(qconfig.to_dict())}'), or load the folder with runtime.from_pretrained") from None
         w = getattr(old, "weight", None)
         if kind == "embedding" and isinstance(old, nn.Embedding):
             new = QuantEmbedding(w.shape[0], w.shape[1], qconfig.scheme_for(kind), dtype=dtype, device="meta")
-        elif kind in ("linear", "lm_head") and w is not None and w.dim() == 2 and not isinstance(old, nn.Embedding):
+        elif kind == "experts" and w is not None and w.dim() == 3:
+            new = QuantGroupedLinear(w.shape[0], w.shape[2], w.shape[1], qconfig.scheme_for(kind),
+                                     bias=getattr(old, "bias", None) is not None, dtype=dtype, device="meta")
+        elif kind in LINEAR_ROLES and w is not None and w.dim() == 2 and not isinstance(old, nn.Embedding):
             new = QuantLinear(w.shape[1], w.shape[0], qconfig.scheme_for(kind), bias=getattr(old, "bias", None) is not None,
                               parts=getattr(old, "parts", None), dtype=dtype, device="meta")
         else:

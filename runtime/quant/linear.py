@@ -1,28 +1,34 @@
 """Run-time modules holding quantized weights: `QuantLinear` (a linear, or several fused into one
-matmul) and `QuantEmbedding`. The stored tensors are buffers (qweight, scales, zeros: schemes.py),
-so `state_dict()` is exactly what a quantized checkpoint holds; a bias stays a float param."""
+matmul), `QuantGroupedLinear` (a mixture of experts' stacked linears) and `QuantEmbedding`. The stored
+tensors are buffers (qweight, scales, zeros: schemes.py), so `state_dict()` is exactly what a
+quantized checkpoint holds; a bias stays a float param."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable
 
 import torch
 from torch import nn
 
+from runtime.ops.grouped import grouped_matmul, route
 from runtime.quant.cpu import matmul as cpu_matmul
 from runtime.quant.config import Scheme
 from runtime.quant.schemes import dequantize, quantize, quantize_activations
 
 
 class _Quantized(nn.Module):
-    """The stored tensors of one quantized [N, K] weight, and per-layout caches built from them."""
+    """The stored tensors of one quantized [N, K] weight (of `experts` such weights stacked, each
+    stored tensor then [experts, ...]), and per-layout caches built from them."""
 
-    def __init__(self, out_features: int, in_features: int, scheme: Scheme, device=None):
+    def __init__(self, out_features: int, in_features: int, scheme: Scheme, device=None,
+                 experts: int | None = None):
         super().__init__()
         self.out_features, self.in_features, self.scheme = out_features, in_features, scheme
         self.shape_key = (scheme.name, out_features, in_features)
+        self.lead = () if experts is None else (experts,)
         scheme.check_shape((out_features, in_features), type(self).__name__)
         for name, (shape, dtype) in scheme.packed_shapes(out_features, in_features).items():
-            self.register_buffer(name, torch.empty(shape, dtype=getattr(torch, dtype), device=device))
+            self.register_buffer(name, torch.empty(self.lead + shape, dtype=getattr(torch, dtype), device=device))
         if "zeros" not in self._buffers:
             self.register_buffer("zeros", None)
         self._cache: dict = {}
@@ -38,6 +44,7 @@ class _Quantized(nn.Module):
             raise ValueError(f"{self.scheme.name}: expected tensors {sorted(want)}, got {sorted(stored)}")
         for name, t in stored.items():
             shape, dtype = want[name]
+            shape = self.lead + shape
             if tuple(t.shape) != shape or t.dtype != getattr(torch, dtype):
                 raise ValueError(f"{self.scheme.name} {name}: expected {list(shape)} torch.{dtype}, got {list(t.shape)} {t.dtype}")
             self._buffers[name] = t
@@ -52,6 +59,17 @@ class _Quantized(nn.Module):
     def _apply(self, fn, recurse=True):
         self._cache.clear()        # derived layouts belong to the old device
         return super()._apply(fn, recurse)
+
+    # A stored tensor replaced (a loader's setattr) or overwritten (load_state_dict): the layouts
+    # derived from the old one would go on computing with it.
+    def __setattr__(self, name, value):
+        if name in self.__dict__.get("_buffers", ()) and "_cache" in self.__dict__:
+            self._cache.clear()
+        super().__setattr__(name, value)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._cache.clear()
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize(self.stored(), self.scheme, dtype)
@@ -84,12 +102,7 @@ class QuantLinear(_Quantized):
         return out
 
     def forward(self, x: torch.Tensor):
-        if x.is_cuda:
-            from runtime.quant.triton_kernels import matmul     # imports triton: only where it runs
-            # int8 activations on CUDA: x' (in x's dtype) through the float kernel, not yet an integer one
-            y = matmul(quantize_activations(x).to(x.dtype) if self.scheme.act_bits else x, self)
-        else:
-            y = cpu_matmul(x, self)
+        y = _product(x, self)
         if self.bias is not None:
             y = y + self.bias
         return y.split(self.sizes, dim=-1) if self.sizes is not None else y
@@ -98,6 +111,65 @@ class QuantLinear(_Quantized):
         parts = f", parts={self.parts}" if self.parts else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme.name}"
                 f"{parts}, bias={self.bias is not None}")
+
+
+def _product(x: torch.Tensor, layer: _Quantized) -> torch.Tensor:
+    """x @ w'.T for one quantized [N, K] weight, by the kernels of x's device."""
+    if x.is_cuda:
+        from runtime.quant.triton_kernels import matmul     # imports triton: only where it runs
+        # int8 activations on CUDA: x' (in x's dtype) through the float kernel, not yet an integer one
+        return matmul(quantize_activations(x).to(x.dtype) if layer.scheme.act_bits else x, layer)
+    return cpu_matmul(x, layer)
+
+
+class QuantGroupedLinear(_Quantized):
+    """The quantized form of ops.GroupedLinear (mixture of experts): `num` experts' [out, in] weights,
+    each quantized as a QuantLinear's is and stored stacked (qweight [num, out, ...], scales [num,
+    out, ...]); a row of one expert is quantized exactly as alone. forward(x, index) as
+    GroupedLinear's: only the experts some row picks are computed, each by the quantized kernels."""
+
+    def __init__(self, num: int, in_features: int, out_features: int, scheme: Scheme, bias: bool = False,
+                 dtype: torch.dtype = torch.float32, device=None):
+        super().__init__(out_features, in_features, scheme, device, experts=num)
+        self.num = num
+        self.bias = (nn.Parameter(torch.empty(num, out_features, dtype=dtype, device=device), requires_grad=False)
+                     if bias else None)
+        self.expert_rows: Counter = Counter()
+
+    @classmethod
+    def from_float(cls, module: nn.Module, scheme: Scheme, name: str = "experts",
+                   stored: dict[str, torch.Tensor] | None = None) -> "QuantGroupedLinear":
+        """The quantized copy of a GroupedLinear: weight [num, out, in], optional bias [num, out]."""
+        w = module.weight
+        num, n, k = w.shape
+        out = cls(num, k, n, scheme, bias=module.bias is not None, dtype=w.dtype, device=w.device)
+        if stored is None:
+            # rows are output channels, quantized one by one: the experts' rows stacked are the same rows
+            stored = {key: t.view(num, n, *t.shape[1:]) for key, t in quantize(w.reshape(num * n, k), scheme, name).items()}
+        out.set_stored(stored)
+        if module.bias is not None:
+            out.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
+        return out
+
+    def expert(self, e: int) -> _Quantized:
+        """Expert e's weight, its stored tensors views of the stacked ones, with its own layouts."""
+        def build():
+            one = _Quantized(self.out_features, self.in_features, self.scheme, device="meta")
+            one.set_stored({name: t[e] for name, t in self.stored().items()})
+            return one
+        return self.cached(("expert", e), build)
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        bias = self.bias
+
+        def product(e, rows):
+            y = _product(rows, self.expert(e))
+            return y if bias is None else y + bias[e]
+        return route(self, x, index, lambda rows, counts: grouped_matmul(rows, counts, self.out_features, product))
+
+    def extra_repr(self) -> str:
+        return (f"num={self.num}, in_features={self.in_features}, out_features={self.out_features}, "
+                f"scheme={self.scheme.name}, bias={self.bias is not None}")
 
 
 class QuantEmbedding(_Quantized):
