@@ -13,7 +13,7 @@ The dict form is what `to_dict()` writes (and a saved quantized checkpoint carri
 `layers.0.*`) or a role: `lm_head` names the model's output embedding (a linear whose outputs are
 the rows of the token embedding, tied or not) whatever its path, `router` a mixture of experts'
 router (a linear with one output per expert). Left out, it is `["lm_head", "router"]`: Transformers'
-quantizers keep the output embedding in float, and llama.cpp and AWQ/GPTQ keep the router (a few
+quantizers keep the output embedding in float, and ggml's quantizer and AWQ/GPTQ keep the router (a few
 thousand weights whose error flips which experts run); `[]` quantizes both, the LM head in the
 scheme's bits or in `lm_head_bits` (8 for a 4-bit model: ggml's q4_0 files keep their output
 matrix at 6 bits, and the LM head's error is what the logits show first). A grouped linear's

@@ -37,7 +37,7 @@ def _roles_by_type(net: nn.Module) -> dict[str, str]:
     out = {}
     for path, m in net.named_modules():
         if isinstance(m, LINEARS):
-            # a router fused with another linear reading the same rows (Qwen2-MoE's shared-expert gate)
+            # a router fused with another linear reading the same rows (a shared expert's gate)
             sizes = [m.weight.shape[0], *(getattr(m, "parts", None) or {}).values()]
             out[path] = "lm_head" if path in heads else "router" if experts.intersection(sizes) else "linear"
         elif isinstance(m, GroupedLinear):
