@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime.ops import FusedLinear, Linear
-from runtime.quant import QuantLinear, Scheme, dequantize, quantize, quantize_activations
+from runtime.quant import QuantEmbedding, QuantLinear, Scheme, dequantize, quantize, quantize_activations
 from runtime import native
 from runtime.quant import cpu
 
@@ -236,3 +236,32 @@ def test_without_a_working_c_compiler_the_native_path_is_left_out_and_results_st
     assert "native" not in cpu.candidates(q, torch.float32, 1)
     x = torch.randn(2, 64)
     torch.testing.assert_close(q(x), reference(x, q), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+@pytest.mark.parametrize("kernel", ["native", "dequant"])
+def test_a_quantized_linear_cast_to_bf16_casts_its_bias_and_keeps_its_stored_format(scheme, kernel, path):
+    """Module.to(dtype) casts float buffers; the stored scales' dtype is the format (fp16 scales
+    reinterpreted as bf16 by a cast would be other numbers, and the kernels read them as fp16)."""
+    path(kernel)
+    q = layer(scheme)
+    before = {name: t.clone() for name, t in q.stored().items()}
+    x = torch.randn(3, 256).bfloat16()
+    want = reference(x.float(), q)
+    q.to(torch.bfloat16)
+    assert q.bias.dtype == torch.bfloat16
+    assert all(t.dtype == before[name].dtype and torch.equal(t, before[name]) for name, t in q.stored().items())
+    got = q(x)
+    assert got.dtype == torch.bfloat16
+    # the bias and the output each rounded to bf16 once
+    torch.testing.assert_close(got.float(), want, rtol=2 ** -7, atol=2 ** -7)
+
+
+def test_a_quantized_embedding_cast_to_bf16_hands_out_bf16_rows_of_the_same_table():
+    table = torch.nn.Embedding(50, 64)
+    q = QuantEmbedding.from_float(table, Scheme("int4", 32, True))
+    ids = torch.tensor([[3, 49, 0]])
+    want = q(ids)
+    q.to(torch.bfloat16)
+    assert q.scales.dtype == torch.float16
+    torch.testing.assert_close(q(ids), want.bfloat16(), rtol=0, atol=0)

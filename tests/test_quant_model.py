@@ -230,3 +230,18 @@ def test_the_plan_names_the_output_embedding_by_shape_not_by_name(checkpoint):
     model = runtime.from_pretrained(checkpoint)
     plan = convert.plan(model.net, convert.QuantConfig.parse({"bits": 8, "modules_to_not_convert": []}))
     assert [p for p, k in plan.items() if k == "lm_head"] == ["lm_head"]
+
+
+def test_a_width_no_int4_group_divides_is_refused_naming_the_module_and_the_fixes_and_changes_nothing(tmp_path):
+    folder = hf_initialised(tmp_path, hidden_size=80, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+                            num_hidden_layers=2)
+    model = runtime.from_pretrained(folder)
+    before = {n: type(m) for n, m in model.net.named_modules()}
+    with pytest.raises(ValueError, match=r"layers\.0\.attn\.qkv_proj: 80 input features are not a multiple of the "
+                                         r"int4 group size 32; no int4 group size \(32, 64, 128\) does: quantize to 8 "
+                                         r"bits, or leave it in float \(modules_to_not_convert: \[\"layers\.\*\.attn\.qkv_proj\"\]\)"):
+        quantize_model(model, "int4")
+    assert {n: type(m) for n, m in model.net.named_modules()} == before and getattr(model, "quantization", None) is None
+    # the down projections' 96 inputs take groups of 32, and the others stay float as asked
+    kept = quantize_model(model, {"bits": 4, "modules_to_not_convert": ["lm_head", "layers.*.attn.*", "layers.*.mlp.gate_up_proj"]})
+    assert set(kept.load_report["quantized"]) == {"layers.0.mlp.down_proj", "layers.1.mlp.down_proj"}

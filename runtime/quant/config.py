@@ -73,16 +73,21 @@ class Scheme:
             return "int8" + act
         return f"int4-g{self.group}-{'sym' if self.symmetric else 'asym'}{act}"
 
-    def check_shape(self, shape: tuple[int, ...], what: str) -> None:
-        """A weight this scheme can hold: 2-D, and for int4 K a multiple of the group."""
+    def check_shape(self, shape: tuple[int, ...], what: str, pattern: str | None = None) -> None:
+        """A weight this scheme can hold: 2-D, and for int4 K a multiple of the group. `pattern`: the
+        modules_to_not_convert entry that would leave this weight in float, for the message."""
         if len(shape) != 2:
             raise ValueError(f"{what}: a quantized weight must be 2-D [out, in], got shape {list(shape)}")
+        skip = f'modules_to_not_convert: ["{pattern}"]' if pattern else "modules_to_not_convert"
         if self.kind == "int4" and shape[1] % self.group:
+            fits = [g for g in INT4_GROUPS if shape[1] % g == 0]
+            fix = (f"choose a group size that divides it ({', '.join(map(str, fits))})" if fits else
+                   f"no int4 group size ({', '.join(map(str, INT4_GROUPS))}) does: quantize to 8 bits")
             raise ValueError(f"{what}: {shape[1]} input features are not a multiple of the int4 group size "
-                             f"{self.group}; choose a group size that divides it (one of {INT4_GROUPS})")
+                             f"{self.group}; {fix}, or leave it in float ({skip})")
         if self.act_bits and shape[1] % ACT_BLOCK:
             raise ValueError(f"{what}: {shape[1]} input features are not a multiple of {ACT_BLOCK}, the block its "
-                             f"int8 activations are quantized in; leave it in float (modules_to_not_convert) "
+                             f"int8 activations are quantized in; leave it in float ({skip}) "
                              f"or quantize weights only (act_bits null)")
 
     def packed_shapes(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -10,6 +10,8 @@ a one) a router; grouped linears are experts). Either way, a module whose path o
 `modules_to_not_convert` names stays in float."""
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from runtime.ops import FusedLinear, GroupedLinear, Linear
@@ -18,6 +20,7 @@ from runtime.quant.linear import QuantEmbedding, QuantGroupedLinear, QuantLinear
 from runtime.rules import Template
 
 LINEARS = (Linear, FusedLinear)
+_INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)")       # a layer index in a module path: layers.3.mlp -> layers.*.mlp
 
 
 def _output_embeddings(net: nn.Module) -> set[str]:
@@ -83,6 +86,10 @@ def quantize_model(model, config=None) -> "object":
     net = model.net
     done: dict[tuple, dict] = {}     # (id(float weight), scheme) -> its quantized tensors
     chosen = plan(net, config, None if compiled is None else compiled.params)
+    # every shape first: a refused one leaves the model as it was
+    for path, kind in chosen.items():
+        config.scheme_for(kind).check_shape(tuple(net.get_submodule(path).weight.shape[-2:]), path,
+                                            _INDEX.sub("*", path))
     for path, kind in chosen.items():
         module = net.get_submodule(path)
         scheme = config.scheme_for(kind)

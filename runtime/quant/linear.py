@@ -57,8 +57,18 @@ class _Quantized(nn.Module):
         return self._cache[key]
 
     def _apply(self, fn, recurse=True):
+        """`.to(device)` moves the stored tensors; `.to(dtype)`, `.half()`, `.bfloat16()` cast the float
+        params (a bias) but not them: their dtypes are the format (fp16 scales cast to bf16 would
+        change the numbers and be read as fp16 by the kernels)."""
         self._cache.clear()        # derived layouts belong to the old device
-        return super()._apply(fn, recurse)
+        stored = {name: t for name, t in self._buffers.items() if t is not None}
+        for name in stored:
+            self._buffers[name] = None
+        super()._apply(fn, recurse)
+        for name, t in stored.items():
+            moved = fn(t)
+            self._buffers[name] = moved if moved.dtype == t.dtype else t.to(moved.device)
+        return self
 
     # A stored tensor replaced (a loader's setattr) or overwritten (load_state_dict): the layouts
     # derived from the old one would go on computing with it.
@@ -188,6 +198,12 @@ class QuantEmbedding(_Quantized):
         out = cls(w.shape[0], w.shape[1], scheme, dtype=w.dtype, device=w.device)
         out.set_stored(stored if stored is not None else quantize(w, scheme, name))
         return out
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # the rows it hands out follow the model's dtype, as a float embedding's table would
+        self.dtype = fn(torch.empty(0, dtype=self.dtype, device=self.qweight.device)).dtype
+        return self
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = {name: t[ids] for name, t in self.stored().items()}
