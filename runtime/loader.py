@@ -161,6 +161,7 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype="auto", device="cpu
         model.tokenizer = Tokenizer.from_folder(folder, model.text_keys())
     if parallel is not None:
         model.group = parallel.group
+        model.shard = shard           # what this rank holds of each tensor (quantization reads it)
         report["tensor_parallel"] = parallel.report()
     if plan.head_missing:
         _materialise(net, plan.head_missing, torch_dtype, device)

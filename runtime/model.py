@@ -134,6 +134,7 @@ class CompiledModel(TransformersAPI, nn.Module):
         self.loss_spec = interface.heads[head].loss if head is not None else interface.loss
         self.id2label: dict[int, str] | None = None
         self.group = None          # tensor parallelism: the process group of its collectives (runtime/parallel)
+        self.shard = None          # and what this rank holds of each tensor (runtime.parallel.Shard)
         # the last generation's decode-step recording (runtime/step_capture.py): how many steps it replayed,
         # or why it did not
         self.step_capture = None

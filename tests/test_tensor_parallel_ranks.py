@@ -24,6 +24,7 @@ from transformers import (BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadM
 
 import runtime
 from compiler.pipeline import compile_spec
+from runtime.quant.config import QuantConfig
 from tests.hf_checkpoints import randomize, save
 from tests.tp_inputs import run_model
 
@@ -57,6 +58,12 @@ SMALL = {
         vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, bos_token_id=1, eos_token_id=2))),
 }
+
+
+# Quantized as they load, on every rank: int8 keeps one scale per whole row, so a rank holding a
+# slice of a row-parallel linear's inputs (o_proj, down_proj, an expert's w2) takes the row's extreme
+# from every rank and stores the single process's numbers for its slice
+QUANTIZED = {"llama_int8": ("llama", "int8"), "mixtral_int8": ("mixtral", "int8")}
 
 
 def _free_port() -> int:
@@ -101,6 +108,11 @@ def runs(tmp_path_factory):
         folder = save(randomize(make(), seed=1), tmp / name)
         reference[name] = run_model(runtime.from_pretrained(folder), kind)
         models.append({"name": name, "folder": str(folder), "spec": str(ROOT / "specs" / spec), "kind": kind})
+    for name, (base, scheme) in QUANTIZED.items():
+        kind, spec, _ = SMALL[base]
+        reference[name] = run_model(runtime.from_pretrained(tmp / base, quantization=scheme), kind)
+        models.append({"name": name, "folder": str(tmp / base), "spec": str(ROOT / "specs" / spec), "kind": kind,
+                       "quantization": scheme})
     big = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=384, intermediate_size=768, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2)).eval()
     weights = sum(p.numel() * p.element_size() for p in big.parameters())
@@ -110,6 +122,8 @@ def runs(tmp_path_factory):
     for n in (1, 2, 4):
         for kind, spec, _ in SMALL.values():   # compiled once here; the ranks find them in the cache
             compile_spec(ROOT / "specs" / spec, options={"tp": n})
+        for base, scheme in QUANTIZED.values():
+            compile_spec(ROOT / "specs" / SMALL[base][1], options={"quant": QuantConfig.parse(scheme).to_dict(), "tp": n})
         jobs = {"rss": {"folder": str(tmp / "big"), "spec": str(ROOT / "specs" / "llama.yaml")},
                 "models": models if n > 1 else []}
         out[n] = run_ranks(n, jobs, tmp / f"ranks{n}")
@@ -117,7 +131,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("n", [2, 4])
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("name", list(SMALL) + list(QUANTIZED))
 def test_every_rank_gives_the_single_process_logits_and_tokens(runs, name, n):
     want = runs["reference"][name]
     for rank, result in enumerate(runs[n]):

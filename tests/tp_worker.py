@@ -2,7 +2,7 @@
 would: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment).
 
 `python -m tests.tp_worker JOBS OUT`: JOBS is a JSON file {"rss": {"folder", "spec"} or null, "models":
-[{"name", "folder", "spec", "kind"}]} (the spec given, ranks skip recognising it). The rank writes
+[{"name", "folder", "spec", "kind", "quantization" (optional)}]} (the spec given, ranks skip recognising it). The rank writes
 OUT/rank<r>.pt: each model's logits and greedy tokens (tests/tp_inputs.py makes the inputs), what
 saving a split model says, and for the "rss" checkpoint, loaded first, its resident memory right before
 `runtime.load` and its peak while loading, reading every weight it holds and running one forward pass.
@@ -63,7 +63,8 @@ def main(jobs_path: str, out_dir: str) -> None:
         result["rss"] = {"before": before, "peak": peak_bytes()}
         del model
     for job in jobs["models"]:
-        model = runtime.from_pretrained(job["folder"], spec=job["spec"], tp_plan="auto")
+        model = runtime.from_pretrained(job["folder"], spec=job["spec"], tp_plan="auto",
+                                        quantization=job.get("quantization"))
         result[job["name"]] = run_model(model, job["kind"])
     if jobs["models"]:
         try:

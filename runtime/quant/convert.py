@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
 from runtime.ops import FusedLinear, GroupedLinear, Linear
 from runtime.quant.config import QuantConfig
 from runtime.quant.linear import QuantEmbedding, QuantGroupedLinear, QuantLinear
+from runtime.quant.schemes import quantize
 from runtime.rules import Template
 
 LINEARS = (Linear, FusedLinear)
@@ -69,6 +71,29 @@ def plan(net: nn.Module, config: QuantConfig, marked: dict[str, str] | None = No
     return {path: role for path, role in roles.items() if config.admits(role) and not config.skipped(path, role)}
 
 
+def _whole_rows(model, path: str, module: nn.Module, scheme) -> dict | None:
+    """Under tensor parallelism, the int8 tensors of a module whose rank holds a slice of its input
+    features (a row-parallel linear): one scale spans a whole row, so the rows' extremes are taken
+    over every rank (an all-reduce) and each rank stores what the single process would of its slice.
+    None where nothing needs it (int4 groups lie within a slice: a rank's groups are the single
+    process's)."""
+    shard, group = getattr(model, "shard", None), getattr(model, "group", None)
+    if scheme.kind != "int8" or shard is None or group is None:
+        return None
+    parts = getattr(module, "parts", None)
+    parent = path.rpartition(".")[0]
+    # the plan names checkpoint-shaped tensors: a fused linear's are its members'
+    tensors = [f"{parent}.{p}.weight".lstrip(".") for p in parts] if parts else [f"{path}.weight"]
+    last = module.weight.dim() - 1
+    if not any(isinstance(h, tuple) and h[0] == last for h in map(shard.held, tensors)):
+        return None
+    w = module.weight.detach()
+    amax = w.reshape(-1, w.shape[-1]).to(torch.float32).abs().amax(dim=1)
+    torch.distributed.all_reduce(amax, op=torch.distributed.ReduceOp.MAX, group=group)
+    stored = quantize(w.reshape(-1, w.shape[-1]), scheme, path, row_amax=amax)
+    return {name: t.view(*w.shape[:-1], *t.shape[1:]) for name, t in stored.items()}
+
+
 def quantize_model(model, config=None) -> "object":
     """Quantize `model` (a CompiledModel) in place and return it.
 
@@ -87,13 +112,27 @@ def quantize_model(model, config=None) -> "object":
     done: dict[tuple, dict] = {}     # (id(float weight), scheme) -> its quantized tensors
     chosen = plan(net, config, None if compiled is None else compiled.params)
     # every shape first: a refused one leaves the model as it was
+    problem = None
     for path, kind in chosen.items():
-        config.scheme_for(kind).check_shape(tuple(net.get_submodule(path).weight.shape[-2:]), path,
-                                            _INDEX.sub("*", path))
+        try:
+            config.scheme_for(kind).check_shape(tuple(net.get_submodule(path).weight.shape[-2:]), path,
+                                                _INDEX.sub("*", path))
+        except ValueError as err:
+            problem = err
+            break
+    if getattr(model, "shard", None) is not None and model.group is not None:
+        # ranks hold slices of other widths where a split is uneven: all stop, none waits in a collective
+        refused = torch.tensor([problem is not None], dtype=torch.int32)
+        torch.distributed.all_reduce(refused, op=torch.distributed.ReduceOp.MAX, group=model.group)
+        if refused.item() and problem is None:
+            problem = ValueError("quantization: another rank cannot quantize its slice of a module (its error "
+                                 "names the module); every rank stops")
+    if problem is not None:
+        raise problem
     for path, kind in chosen.items():
         module = net.get_submodule(path)
         scheme = config.scheme_for(kind)
-        shared = done.get((id(module.weight), scheme))
+        shared = done.get((id(module.weight), scheme)) or _whole_rows(model, path, module, scheme)
         if kind == "embedding":
             new = QuantEmbedding.from_float(module, scheme, path, stored=shared)
         elif kind == "experts":

@@ -51,12 +51,16 @@ from runtime.quant.config import ACT_BLOCK, Scheme
 FP16_MAX = 65504.0
 
 
-def quantize(weight: torch.Tensor, scheme: Scheme, what: str = "weight") -> dict[str, torch.Tensor]:
-    """The stored tensors of `weight` [N, K] under `scheme` (see the module docstring)."""
+def quantize(weight: torch.Tensor, scheme: Scheme, what: str = "weight",
+             row_amax: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The stored tensors of `weight` [N, K] under `scheme` (see the module docstring).
+
+    `row_amax` [N] (int8): each row's largest magnitude when `weight` holds only some of its rows'
+    columns (a rank's slice of a row-parallel linear): the scales are then the whole rows'."""
     scheme.check_shape(tuple(weight.shape), what)
     w = weight.detach().to(torch.float32)
     if scheme.kind == "int8":
-        scale = w.abs().amax(dim=1) / 127
+        scale = (w.abs().amax(dim=1) if row_amax is None else row_amax.to(torch.float32)) / 127
         safe = torch.where(scale == 0, torch.ones_like(scale), scale)
         q = torch.round(w / safe[:, None]).clamp_(-127, 127)
         q = torch.where(scale[:, None] == 0, torch.zeros_like(q), q)
