@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from runtime import native
-from runtime.ops import native_rows
+from runtime.ops import GroupedLinear, native_rows
 from runtime.quant.config import Scheme
+from runtime.quant.linear import QuantGroupedLinear
 from runtime.quant.native import Weights, matmul
 from runtime.quant.schemes import quantize
 
@@ -138,7 +139,19 @@ def row_ops(dtype):
             "attention": attention(dtype)}
 
 
+def grouped_products(scheme):
+    """A mixture of experts' picks by one gs_grouped call (runtime/ops/grouped.py NativePicks)."""
+    torch.manual_seed(5)
+    layer = GroupedLinear(4, 64, 32, bias=False).requires_grad_(False)
+    if scheme is not None:
+        layer = QuantGroupedLinear.from_float(layer, scheme)
+    x, index = torch.randn(3, 64), torch.tensor([[2, 0], [3, 2], [1, 3]])
+    return lambda: layer(x, index)
+
+
 CASES = {
+    **{f"grouped {name}": grouped_products(scheme) for name, scheme in
+       [("f32", None), ("int8", Scheme("int8")), ("int4", Scheme("int4", 32, True)), ("int4 a8", Scheme("int4", 32, True, 8))]},
     **{f"{name} {kind}{'' if sym else ' zeros'}": raw_product(name, kind, sym)
        for name, kind, sym in [("gs_q8_mm", "int8", True), ("gs_q8a8_mm", "int8", True), ("gs_q4_mm", "int4", True),
                                ("gs_q4_mm", "int4", False), ("gs_q4a8_mm", "int4", True)]},
@@ -160,6 +173,7 @@ CASES = {
 def test_each_step_kernel_computes_through_a_program_what_its_direct_call_computes(case):
     calls, out = recorded(CASES[case])
     assert calls and out is not None
+    assert not case.startswith("grouped") or [kernel.__name__ for kernel, _ in calls] == ["gs_grouped"]
     want = out.clone()
     out.fill_(float("nan"))         # the output buffer, scribbled on: the program must write it again
     assert run(words_of(calls), len(calls)) == (-1, 0)
@@ -188,3 +202,14 @@ def test_a_kernel_the_program_does_not_know_or_a_wrong_arity_is_refused():
     assert lib.gs_program_kernel(b"gs_silu_f32", 4) == -1            # gs_silu_f32 takes 3
     words = [lib.gs_program_kernel(b"gs_silu_f32", 3), 4, 0, 0, 0, 0, 0]
     assert run(words, 1) == (-2, 0)                                  # malformed at call 0, nothing run
+
+
+def test_the_grouped_kernel_calls_only_matrix_products_and_refuses_an_expert_outside_the_table():
+    lib = native.library()
+    x, y, index = torch.randn(2, 8), torch.empty(2, 4), torch.tensor([0, 1])
+    silu = [lib.gs_program_kernel(b"gs_silu_f32", 3), 3, 0, 1, 32, 16, 0, 0, 8]
+    status = native.call(lib.gs_grouped, x, y, index, 2, 1, 1, 2, torch.tensor(silu), torch.zeros(3, dtype=torch.int64))
+    assert status == -2                                              # not a product: nothing called
+    layer = GroupedLinear(3, 64, 16, bias=False)
+    with pytest.raises(IndexError, match=r"expert index out of range \[0, 3\)"):
+        layer(torch.randn(1, 64), torch.tensor([[1, 3]]))

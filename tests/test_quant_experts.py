@@ -11,9 +11,11 @@ import torch.nn.functional as F
 
 import runtime
 from runtime.ops import GroupedLinear
+from runtime.ops import grouped as grouped_ops
 from runtime.quant import QuantLinear, Scheme, dequantize, load_quantized, quantize_activations, quantize_model, \
     save_quantized
 from runtime.quant import cpu
+from runtime.quant import native as native_quant
 from runtime.quant import linear as quant_linear
 from runtime.quant.linear import QuantGroupedLinear
 from compiler.pipeline import compile_spec
@@ -31,9 +33,9 @@ def path():
     cpu.force(None)
 
 
-def grouped(num=5, k=128, n=24, bias=True, seed=0) -> GroupedLinear:
+def grouped(num=5, k=128, out=24, bias=True, seed=0) -> GroupedLinear:
     torch.manual_seed(seed)
-    g = GroupedLinear(num, k, n, bias=bias)
+    g = GroupedLinear(num, k, out, bias=bias)
     with torch.no_grad():
         g.weight.normal_(0, 0.05)
     return g
@@ -88,9 +90,51 @@ def test_only_the_experts_some_row_picks_are_computed():
     index = torch.tensor([[1, 4], [4, 1], [1, 1]])
     q(torch.randn(3, 128), index)
     assert dict(q.expert_rows) == {1: 4, 4: 2}
-    assert set(q._cache) == {("expert", 1), ("expert", 4)}
+    assert {key for key in q._cache if isinstance(key, tuple) and key[0] == "expert"} == {("expert", 1), ("expert", 4)}
     with pytest.raises(IndexError, match=r"expert index out of range \[0, 6\)"):
         q(torch.randn(1, 128), torch.tensor([[6, 0]]))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES + [None], ids=lambda s: "f32" if s is None else s.name)
+@pytest.mark.parametrize("out", [32, 24])
+@pytest.mark.parametrize("per_pick", [False, True])
+def test_a_few_picks_take_one_c_call_that_computes_what_the_sorted_path_computes(scheme, out, per_pick, monkeypatch):
+    """Up to grouped.NATIVE_PICKS picks (a decode step) are computed by one call of the C kernel,
+    which reads the experts from the index; more go through the sorted path. The same numbers."""
+    layer = grouped(out=out, bias=False)
+    if scheme is not None:
+        layer = QuantGroupedLinear.from_float(layer, scheme)
+    torch.manual_seed(3)
+    index = torch.randint(0, 5, (4, 2))
+    x = torch.randn(4, 2, 128) if per_pick else torch.randn(4, 128)
+    calls = []
+    real = grouped_ops.native.call
+    monkeypatch.setattr(grouped_ops.native, "call", lambda kernel, *a: calls.append(kernel.__name__) or real(kernel, *a))
+    with torch.no_grad():               # a float weight needing a gradient takes the sorted path
+        few = layer(x, index)
+        # int4/int8 experts of 24 rows do not fill the interleaved layout's 16-row tiles: one layout each
+        stacked = scheme is None or out % 16 == 0 or not native_quant.interleaved()
+        assert calls == ["gs_grouped"] if stacked else "gs_grouped" not in calls
+        monkeypatch.setattr(grouped_ops, "NATIVE_PICKS", 0)
+        torch.testing.assert_close(few, layer(x, index), rtol=0, atol=0)
+
+
+def test_picks_that_need_a_gradient_take_the_sorted_path():
+    layer = grouped(bias=False)
+    x = torch.randn(2, 128, requires_grad=True)
+    layer(x, torch.tensor([[0, 3], [3, 1]])).sum().backward()
+    assert x.grad is not None and layer.weight.grad[[0, 1, 3]].abs().sum() > 0 and not layer.weight.grad[2].any()
+
+
+def test_a_recorded_decode_step_of_a_mixture_replays_the_experts_its_router_picks(moe, monkeypatch):
+    folder, ids, mask, _ = moe
+    for scheme in (None, "int4"):
+        model = runtime.from_pretrained(folder, quantization=scheme)
+        tokens = model.generate(ids, attention_mask=mask, max_new_tokens=12)
+        assert model.step_capture.refused is None and model.step_capture.replayed >= 4
+        monkeypatch.setenv("GRAPHSPEC_STEP_CAPTURE", "0")
+        assert model.generate(ids, attention_mask=mask, max_new_tokens=12).tolist() == tokens.tolist()
+        monkeypatch.delenv("GRAPHSPEC_STEP_CAPTURE")
 
 
 @pytest.mark.parametrize("make", [

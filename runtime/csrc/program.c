@@ -55,11 +55,16 @@ static int p_gs_i64_to_f32(const int64_t *a) { gs_i64_to_f32(P(0), P(1), I(2)); 
 static int p_gs_concat2(const int64_t *a) { gs_concat2(P(0), I(1), P(2), I(3), I(4), P(5)); return 0; }
 static int p_gs_zero_bytes(const int64_t *a) { gs_zero_bytes(P(0), I(1)); return 0; }
 
+static int p_gs_grouped(const int64_t *a) { return gs_grouped(P(0), P(1), P(2), I(3), I(4), I(5), I(6), P(7), P(8)); }
+
+/* the matrix products first: gs_grouped calls only those (PRODUCTS of them) */
 #define K(NAME, ARGS) { #NAME, p_##NAME, ARGS }
+#define PRODUCTS 10
 static const struct { const char *name; packed run; int64_t args; } KERNELS[] = {
     K(gs_q4_mm, 12), K(gs_q4a8_mm, 12), K(gs_q4_mm16, 12), K(gs_q4a8_mm16, 12),
     K(gs_q8_mm, 10), K(gs_q8a8_mm, 10), K(gs_q8_mm16, 10), K(gs_q8a8_mm16, 10),
     K(gs_f32_mm, 9), K(gs_bf16_linear, 9),
+    K(gs_grouped, 9),
     K(gs_rms_norm_f32, 6), K(gs_rope_f32, 13), K(gs_silu_f32, 3), K(gs_attend_step_f32, 23), K(gs_binary_f32, 5),
     K(gs_rms_norm_bf16, 6), K(gs_rope_bf16, 13), K(gs_silu_bf16, 3), K(gs_attend_step_bf16, 23), K(gs_binary_bf16, 5),
     K(gs_binary_broadcast_f32, 16), K(gs_binary_broadcast_bf16, 16),
@@ -73,6 +78,33 @@ int64_t gs_program_kernel(const char *name, int64_t args) {
     for (int64_t i = 0; i < KERNEL_COUNT; i++)
         if (!strcmp(KERNELS[i].name, name)) return KERNELS[i].args == args ? i : -1;
     return -1;
+}
+
+/* The products of a mixture of experts' picks, with the experts read from `index` when it runs (so a
+   replayed step computes whatever its router picked): pick p of `picks` (k per token) is the matrix
+   product KERNELS[words[0]] of one row — x's row p / k (a token's row, shared by its k picks) or p
+   (x_per_pick) — into y's row p, on expert index[p]'s weights. words: the kernel, its argument count,
+   the positions of its x and y arguments, the bytes of a row of x and of y, then its arguments with x
+   and y as for row 0 and the weights as for expert 0; strides: per argument, the bytes from one
+   expert's weights to the next (0 for the others). 0 on success; -3 for an expert index outside
+   [0, experts) (the picks before it computed); -2 for malformed words; else the kernel's status. */
+int gs_grouped(const uint8_t *x, uint8_t *y, const int64_t *index, int64_t picks, int64_t k, int64_t x_per_pick,
+               int64_t experts, const int64_t *words, const int64_t *strides) {
+    const int64_t kernel = words[0], args = words[1], xa = words[2], ya = words[3], xrow = words[4], yrow = words[5];
+    if (kernel < 0 || kernel >= PRODUCTS || args != KERNELS[kernel].args || xa < 0 || xa >= args || ya < 0 ||
+        ya >= args || k <= 0)
+        return -2;
+    int64_t a[MAX_ARGS];
+    for (int64_t p = 0; p < picks; p++) {
+        const int64_t e = index[p];
+        if (e < 0 || e >= experts) return -3;
+        for (int64_t i = 0; i < args; i++) a[i] = words[6 + i] + e * strides[i];
+        a[xa] = (int64_t)(intptr_t)(x + (x_per_pick ? p : p / k) * xrow);
+        a[ya] = (int64_t)(intptr_t)(y + p * yrow);
+        const int st = KERNELS[kernel].run(a);
+        if (st) return st;
+    }
+    return 0;
 }
 
 /* Runs the `calls` calls of `program` in order. -1 when all succeeded; else the index of the call

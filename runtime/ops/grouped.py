@@ -13,6 +13,8 @@ from collections import Counter
 import torch
 from torch import nn
 
+from runtime import native
+from runtime.context import tracing
 from runtime.ops.linear_layers import linear
 
 
@@ -55,6 +57,51 @@ def route(module: nn.Module, x: torch.Tensor, index: torch.Tensor, compute) -> t
     return out.view(*index.shape, module.out_features)
 
 
+# Up to this many picks (a decode step's tokens x k) one C call computes them all, one product per
+# pick; more take the sorted path, where an expert's rows are one product.
+NATIVE_PICKS = 16
+
+
+class NativePicks:
+    """Every pick's product in one C call (runtime/csrc/program.c gs_grouped), with the experts read
+    from the index inside it: no sort, no count read into Python, so a recorded decode step holds it
+    as one kernel call and replays whatever the router picks. For experts stacked as one weight that
+    a matrix product of runtime/csrc/matmul.c computes, (x, M, K, ldx, *weights, N, y, ldy, threads):
+    `kernel` and its `weight_args` for expert 0, `strides` the bytes from one expert's weights to the
+    next's, `keep` the tensors they point into."""
+
+    def __init__(self, kernel, weight_args, strides, in_features: int, out_features: int, experts: int, keep):
+        lib = native.library()
+        inner = [0, 1, in_features, in_features, *[0 if a is None else a for a in weight_args], out_features, 0,
+                 out_features, torch.get_num_threads()]
+        y_arg = 5 + len(weight_args)
+        index = lib.gs_program_kernel(kernel.__name__.encode(), len(inner))
+        if index < 0:
+            raise ValueError(f"{kernel.__name__} is not a matrix product the grouped kernel can call")
+        self.words = torch.tensor([index, len(inner), 0, y_arg, in_features * 4, out_features * 4, *inner])
+        self.strides = torch.tensor([0, 0, 0, 0, *strides, 0, 0, 0, 0], dtype=torch.int64)
+        self.run, self.experts, self.out_features, self.keep = lib.gs_grouped, experts, out_features, keep
+
+    @staticmethod
+    def takes(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> bool:
+        """fp32 rows on the CPU, few picks, nothing for autograd to see, not traced."""
+        grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        return (x.dtype == torch.float32 and x.device.type == "cpu" and weight.device.type == "cpu" and not grad
+                and x.is_contiguous() and index.is_contiguous() and index.dtype == torch.int64
+                and 0 < index.numel() <= NATIVE_PICKS and not tracing() and native.available())
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(*index.shape, self.out_features)
+        per_pick = int(x.dim() != index.dim())
+        status = native.call(self.run, x, y, index, index.numel(), index.shape[-1], per_pick, self.experts,
+                             self.words, self.strides)
+        if status == -3:
+            raise IndexError(f"grouped_linear: expert index out of range [0, {self.experts})")
+        if status:
+            raise RuntimeError(f"grouped_linear: the grouped kernel failed (status {status})")
+        return y
+
+
 class GroupedLinear(nn.Module):
     """`num` linears [out, in] stacked: weight [num, out, in] (bias [num, out]).
 
@@ -82,6 +129,10 @@ class GroupedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if (self.bias is None and not self.triton and self.weight.dtype == torch.float32
+                and self.weight.is_contiguous() and NativePicks.takes(x, index, self.weight)):
+            return self._picks()(x, index)
+
         def compute(picked, counts):
             if x.is_cuda or self.triton:
                 from runtime.ops.grouped_triton import grouped_matmul as launch
@@ -90,6 +141,17 @@ class GroupedLinear(nn.Module):
             return grouped_matmul(picked, counts, self.out_features,
                                   lambda e, rows: linear(rows, self.weight[e], None if bias is None else bias[e]))
         return route(self, x, index, compute)
+
+    def _picks(self) -> NativePicks:
+        """The C path's words, rebuilt when the weight or the thread count changed."""
+        w = self.weight
+        key = (w.data_ptr(), torch.get_num_threads())
+        cached = self.__dict__.get("_native_picks")
+        if cached is None or cached[0] != key:
+            picks = NativePicks(native.library().gs_f32_mm, (w.data_ptr(),), [w[0].numel() * w.element_size()],
+                                self.in_features, self.out_features, self.num, w)
+            self.__dict__["_native_picks"] = cached = (key, picks)
+        return cached[1]
 
     def extra_repr(self) -> str:
         return (f"num={self.num}, in_features={self.in_features}, out_features={self.out_features}, "

@@ -10,7 +10,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from runtime.ops.grouped import grouped_matmul, route
+from runtime.ops.grouped import NativePicks, grouped_matmul, route
+from runtime.quant import native as native_kernels
 from runtime.quant.cpu import matmul as cpu_matmul
 from runtime.quant.config import Scheme
 from runtime.quant.schemes import dequantize, quantize, quantize_activations
@@ -161,16 +162,47 @@ class QuantGroupedLinear(_Quantized):
             out.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
         return out
 
+    def _stacked(self):
+        """The native kernels' weights of all experts as one (one layout, not one per expert) and the
+        strides between experts, or None where the experts cannot share one."""
+        def build():
+            if not native_kernels.available():
+                return None
+            n = self.num * self.out_features
+            stored = {name: t.reshape(n, *t.shape[2:]) for name, t in self.stored().items()}
+            weights = native_kernels.Weights(stored, self.scheme, n, int8_activations=bool(self.scheme.act_bits))
+            strides = weights.expert_strides(self.num)
+            return None if strides is None else (weights, strides)
+        return self.cached("stacked", build)
+
     def expert(self, e: int) -> _Quantized:
-        """Expert e's weight, its stored tensors views of the stacked ones, with its own layouts."""
+        """Expert e's weight, its stored tensors views of the stacked ones; its native kernels' weights
+        a part of the stacked layout where there is one."""
         def build():
             one = _Quantized(self.out_features, self.in_features, self.scheme, device="meta")
             one.set_stored({name: t[e] for name, t in self.stored().items()})
+            stacked = self._stacked() if self.qweight.device.type == "cpu" else None
+            if stacked is not None:
+                one._cache["native"] = stacked[0].expert(e, stacked[1], self.out_features)
             return one
         return self.cached(("expert", e), build)
 
+    def _picks(self) -> NativePicks | None:
+        def build():
+            stacked = self._stacked()
+            if stacked is None:
+                return None
+            weights, strides = stacked
+            return NativePicks(weights.kernel, weights.weight_args, strides, self.in_features, self.out_features,
+                               self.num, weights)
+        return self.cached(("picks", torch.get_num_threads()), build)
+
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         bias = self.bias
+        if bias is None and NativePicks.takes(x, index, self.qweight):
+            picks = self._picks()
+            if picks is not None:
+                return picks(x, index)
 
         def product(e, rows):
             y = _product(rows, self.expert(e))

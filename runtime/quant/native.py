@@ -14,7 +14,8 @@ def interleaved() -> bool:
 
 class Weights:
     """A quantized weight's kernel arguments, resolved once (the tensors must outlive it). With
-    `int8_activations` the kernels quantize each activation row first (schemes.quantize_activations)."""
+    `int8_activations` the kernels quantize each activation row first (schemes.quantize_activations).
+    `weight_tensors`: the tensor each of `weight_args` points into (None for a number or NULL)."""
 
     def __init__(self, stored: dict[str, torch.Tensor], scheme, out_features: int, int8_activations: bool = False):
         self.lib = library()
@@ -29,8 +30,10 @@ class Weights:
             self.lib.gs_q8_repack16(q, n, k, self.layout[0].data_ptr())
             self.kernel = self.lib.gs_q8a8_mm16 if int8_activations else self.lib.gs_q8_mm16
             self.weight_args = (self.layout[0].data_ptr(), s)
+            self.weight_tensors = (self.layout[0], stored["scales"])
         elif scheme.kind == "int8":
             self.kernel, self.weight_args = self.lib.gs_q8a8_mm if int8_activations else self.lib.gs_q8_mm, (q, s)
+            self.weight_tensors = (stored["qweight"], stored["scales"])
         elif interleaved():
             # AVX-512 (VNNI): a second copy of the weight in the kernels' own layout (16 rows interleaved)
             n, k = out_features, stored["qweight"].shape[1] * 2
@@ -42,9 +45,28 @@ class Weights:
             self.lib.gs_q4_repack16(q, s, None if zeros is None else zeros.data_ptr(), n, k, scheme.group, pq, ps, pz)
             self.kernel = self.lib.gs_q4a8_mm16 if int8_activations else self.lib.gs_q4_mm16
             self.weight_args = (pq, ps, pz, scheme.group)
+            self.weight_tensors = (*self.layout, None)
         else:
             self.kernel = self.lib.gs_q4a8_mm if int8_activations else self.lib.gs_q4_mm
             self.weight_args = (q, s, None if zeros is None else zeros.data_ptr(), scheme.group)
+            self.weight_tensors = (stored["qweight"], stored["scales"], zeros, None)
+
+
+    def expert_strides(self, experts: int) -> list[int] | None:
+        """For the stacked weights of `experts` experts (rows [num * N]): per weight argument, the
+        bytes from one expert's to the next's (0 for a number); None where an expert's rows do not
+        start a 16-row tile of the interleaved layout (N not a multiple of 16)."""
+        if hasattr(self, "layout") and (self.out_features // experts) % 16:
+            return None
+        return [0 if t is None else t.numel() * t.element_size() // experts for t in self.weight_tensors]
+
+    def expert(self, e: int, strides: list[int], out_features: int) -> "Weights":
+        """Expert e's weights within the stacked ones: the same kernel and tensors, the pointers moved."""
+        one = object.__new__(Weights)
+        one.__dict__.update(self.__dict__)
+        one.out_features = out_features
+        one.weight_args = tuple(a if not step or a is None else a + e * step for a, step in zip(self.weight_args, strides))
+        return one
 
 
 def matmul(x: torch.Tensor, w: Weights) -> torch.Tensor:
