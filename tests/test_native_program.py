@@ -139,19 +139,20 @@ def row_ops(dtype):
             "attention": attention(dtype)}
 
 
-def grouped_products(scheme):
+def grouped_products(scheme, dtype=torch.float32):
     """A mixture of experts' picks by one gs_grouped call (runtime/ops/grouped.py NativePicks)."""
     torch.manual_seed(5)
-    layer = GroupedLinear(4, 64, 32, bias=False).requires_grad_(False)
+    layer = GroupedLinear(4, 64, 32, bias=False).requires_grad_(False).to(dtype)
     if scheme is not None:
         layer = QuantGroupedLinear.from_float(layer, scheme)
-    x, index = torch.randn(3, 64), torch.tensor([[2, 0], [3, 2], [1, 3]])
+    x, index = torch.randn(3, 64).to(dtype), torch.tensor([[2, 0], [3, 2], [1, 3]])
     return lambda: layer(x, index)
 
 
 CASES = {
     **{f"grouped {name}": grouped_products(scheme) for name, scheme in
        [("f32", None), ("int8", Scheme("int8")), ("int4", Scheme("int4", 32, True)), ("int4 a8", Scheme("int4", 32, True, 8))]},
+    "grouped bf16": grouped_products(None, torch.bfloat16),
     **{f"{name} {kind}{'' if sym else ' zeros'}": raw_product(name, kind, sym)
        for name, kind, sym in [("gs_q8_mm", "int8", True), ("gs_q8a8_mm", "int8", True), ("gs_q4_mm", "int4", True),
                                ("gs_q4_mm", "int4", False), ("gs_q4a8_mm", "int4", True)]},

@@ -119,6 +119,23 @@ def test_a_few_picks_take_one_c_call_that_computes_what_the_sorted_path_computes
         torch.testing.assert_close(few, layer(x, index), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("scheme", [None, Scheme("int4", 32, True)], ids=["bf16", "int4"])
+def test_bf16_picks_take_one_c_call_that_computes_what_the_sorted_path_computes(scheme, monkeypatch):
+    layer = grouped(out=32, bias=False).bfloat16()
+    if scheme is not None:
+        layer = QuantGroupedLinear.from_float(layer, scheme)
+    torch.manual_seed(4)
+    index, x = torch.randint(0, 5, (3, 2)), torch.randn(3, 128).bfloat16()
+    calls = []
+    real = grouped_ops.native.call
+    monkeypatch.setattr(grouped_ops.native, "call", lambda kernel, *a: calls.append(kernel.__name__) or real(kernel, *a))
+    with torch.no_grad():
+        few = layer(x, index)
+        assert calls == ["gs_grouped"] and few.dtype == torch.bfloat16
+        monkeypatch.setattr(grouped_ops, "NATIVE_PICKS", 0)
+        torch.testing.assert_close(few, layer(x, index), rtol=0, atol=0)
+
+
 def test_picks_that_need_a_gradient_take_the_sorted_path():
     layer = grouped(bias=False)
     x = torch.randn(2, 128, requires_grad=True)

@@ -65,33 +65,41 @@ NATIVE_PICKS = 16
 class NativePicks:
     """Every pick's product in one C call (runtime/csrc/program.c gs_grouped), with the experts read
     from the index inside it: no sort, no count read into Python, so a recorded decode step holds it
-    as one kernel call and replays whatever the router picks. For experts stacked as one weight that
-    a matrix product of runtime/csrc/matmul.c computes, (x, M, K, ldx, *weights, N, y, ldy, threads):
-    `kernel` and its `weight_args` for expert 0, `strides` the bytes from one expert's weights to the
-    next's, `keep` the tensors they point into."""
+    as one kernel call and replays whatever the router picks. `kernel` (a matrix product of
+    runtime/csrc/matmul.c) on `args`: its arguments for one row of expert 0, x and y (at `x_arg`,
+    `y_arg`) left None; `strides` per argument, the bytes from one expert's weights to the next's (0
+    for the others); rows of `dtype`; `keep` the tensors the arguments point into."""
 
-    def __init__(self, kernel, weight_args, strides, in_features: int, out_features: int, experts: int, keep):
+    def __init__(self, kernel, args: list, strides: list, x_arg: int, y_arg: int, in_features: int,
+                 out_features: int, experts: int, dtype: torch.dtype, keep):
         lib = native.library()
-        inner = [0, 1, in_features, in_features, *[0 if a is None else a for a in weight_args], out_features, 0,
-                 out_features, torch.get_num_threads()]
-        y_arg = 5 + len(weight_args)
-        index = lib.gs_program_kernel(kernel.__name__.encode(), len(inner))
+        index = lib.gs_program_kernel(kernel.__name__.encode(), len(args))
         if index < 0:
             raise ValueError(f"{kernel.__name__} is not a matrix product the grouped kernel can call")
-        self.words = torch.tensor([index, len(inner), 0, y_arg, in_features * 4, out_features * 4, *inner])
-        self.strides = torch.tensor([0, 0, 0, 0, *strides, 0, 0, 0, 0], dtype=torch.int64)
-        self.run, self.experts, self.out_features, self.keep = lib.gs_grouped, experts, out_features, keep
+        size = torch.empty((), dtype=dtype).element_size()
+        self.words = torch.tensor([index, len(args), x_arg, y_arg, in_features * size, out_features * size,
+                                   *[0 if a is None else a for a in args]], dtype=torch.int64)
+        self.strides = torch.tensor(strides, dtype=torch.int64)
+        self.run, self.experts, self.out_features, self.dtype, self.keep = lib.gs_grouped, experts, out_features, dtype, keep
+
+    @classmethod
+    def product(cls, kernel, weight_args, strides, in_features: int, out_features: int, experts: int, keep):
+        """For the fp32 products (x, M, K, ldx, *weights, N, y, ldy, threads) of matmul.c."""
+        args = [None, 1, in_features, in_features, *weight_args, out_features, None, out_features,
+                torch.get_num_threads()]
+        return cls(kernel, args, [0] * 4 + list(strides) + [0] * 4, 0, 5 + len(weight_args), in_features,
+                   out_features, experts, torch.float32, keep)
 
     @staticmethod
-    def takes(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> bool:
-        """fp32 rows on the CPU, few picks, nothing for autograd to see, not traced."""
+    def takes(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> bool:
+        """Rows of `dtype` on the CPU, few picks, nothing for autograd to see, not traced."""
         grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        return (x.dtype == torch.float32 and x.device.type == "cpu" and weight.device.type == "cpu" and not grad
+        return (x.dtype == dtype and x.device.type == "cpu" and weight.device.type == "cpu" and not grad
                 and x.is_contiguous() and index.is_contiguous() and index.dtype == torch.int64
                 and 0 < index.numel() <= NATIVE_PICKS and not tracing() and native.available())
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        y = torch.empty(*index.shape, self.out_features)
+        y = torch.empty(*index.shape, self.out_features, dtype=self.dtype)
         per_pick = int(x.dim() != index.dim())
         status = native.call(self.run, x, y, index, index.numel(), index.shape[-1], per_pick, self.experts,
                              self.words, self.strides)
@@ -100,6 +108,10 @@ class NativePicks:
         if status:
             raise RuntimeError(f"grouped_linear: the grouped kernel failed (status {status})")
         return y
+
+
+# the products a float grouped linear's picks take, by weight dtype (those of native_rows.linear)
+_PICKS_KERNELS = {torch.float32: "gs_f32_mm", torch.bfloat16: "gs_bf16_linear"}
 
 
 class GroupedLinear(nn.Module):
@@ -129,8 +141,8 @@ class GroupedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        if (self.bias is None and not self.triton and self.weight.dtype == torch.float32
-                and self.weight.is_contiguous() and NativePicks.takes(x, index, self.weight)):
+        if (self.bias is None and not self.triton and self.weight.dtype in _PICKS_KERNELS
+                and self.weight.is_contiguous() and NativePicks.takes(x, index, self.weight, self.weight.dtype)):
             return self._picks()(x, index)
 
         def compute(picked, counts):
@@ -145,11 +157,17 @@ class GroupedLinear(nn.Module):
     def _picks(self) -> NativePicks:
         """The C path's words, rebuilt when the weight or the thread count changed."""
         w = self.weight
-        key = (w.data_ptr(), torch.get_num_threads())
+        key = (w.data_ptr(), w.dtype, torch.get_num_threads())
         cached = self.__dict__.get("_native_picks")
         if cached is None or cached[0] != key:
-            picks = NativePicks(native.library().gs_f32_mm, (w.data_ptr(),), [w[0].numel() * w.element_size()],
-                                self.in_features, self.out_features, self.num, w)
+            kernel = getattr(native.library(), _PICKS_KERNELS[w.dtype])
+            stride = w[0].numel() * w.element_size()
+            k, n = self.in_features, self.out_features
+            if w.dtype == torch.float32:
+                picks = NativePicks.product(kernel, (w.data_ptr(),), [stride], k, n, self.num, w)
+            else:        # gs_bf16_linear(x, M, K, ldx, w, bias, N, y, threads): bf16 in and out
+                picks = NativePicks(kernel, [None, 1, k, k, w.data_ptr(), None, n, None, torch.get_num_threads()],
+                                    [0, 0, 0, 0, stride, 0, 0, 0, 0], 0, 7, k, n, self.num, w.dtype, w)
             self.__dict__["_native_picks"] = cached = (key, picks)
         return cached[1]
 

@@ -193,16 +193,18 @@ class QuantGroupedLinear(_Quantized):
             if stacked is None:
                 return None
             weights, strides = stacked
-            return NativePicks(weights.kernel, weights.weight_args, strides, self.in_features, self.out_features,
-                               self.num, weights)
+            return NativePicks.product(weights.kernel, weights.weight_args, strides, self.in_features,
+                                       self.out_features, self.num, weights)
         return self.cached(("picks", torch.get_num_threads()), build)
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         bias = self.bias
-        if bias is None and NativePicks.takes(x, index, self.qweight):
+        if bias is None and x.is_floating_point() and NativePicks.takes(x, index, self.qweight, x.dtype):
             picks = self._picks()
-            if picks is not None:
-                return picks(x, index)
+            if picks is not None:     # fp32 kernels, as the sorted path's: rows widened, outputs rounded once
+                if x.dtype == torch.float32:
+                    return picks(x, index)
+                return picks(x.float(), index).to(x.dtype)
 
         def product(e, rows):
             y = _product(rows, self.expert(e))
