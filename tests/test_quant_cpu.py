@@ -265,3 +265,11 @@ def test_a_quantized_embedding_cast_to_bf16_hands_out_bf16_rows_of_the_same_tabl
     q.to(torch.bfloat16)
     assert q.scales.dtype == torch.float16
     torch.testing.assert_close(q(ids), want.bfloat16(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+@pytest.mark.parametrize("width", [128, 512])
+def test_rows_of_another_width_are_refused_before_any_kernel_reads_the_weight(scheme, width):
+    q = layer(scheme)                 # 256 input features
+    with pytest.raises(ValueError, match=rf"expected 256 input features, got x of shape \[2, {width}\]"):
+        q(torch.randn(2, width))

@@ -271,3 +271,13 @@ def test_quantizing_a_float_model_reads_experts_and_router_off_the_module_types(
     assert roles[router] == "router" and roles["layers.1.mlp.experts.w2"] == "experts"
     kept = quantize_model(runtime.from_pretrained(folder), "int8").load_report["quantized"]
     assert router not in kept and kept["layers.1.mlp.experts.w2"] == "experts"
+
+
+@pytest.mark.parametrize("x_shape", [(2, 128), (3, 64), (3, 256)], ids=["fewer rows", "narrower", "wider"])
+def test_rows_that_do_not_fit_the_index_or_the_weights_are_refused_not_read_past(x_shape):
+    layer = grouped(out=32, bias=False).requires_grad_(False)
+    index = torch.tensor([[0, 1], [2, 3], [4, 0]])
+    quantized = QuantGroupedLinear.from_float(layer, Scheme("int4", 32, True))
+    for module in (layer, quantized):
+        with pytest.raises((IndexError, RuntimeError, ValueError)):
+            module(torch.randn(*x_shape), index)

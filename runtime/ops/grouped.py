@@ -91,10 +91,12 @@ class NativePicks:
                    out_features, experts, torch.float32, keep)
 
     @staticmethod
-    def takes(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> bool:
-        """Rows of `dtype` on the CPU, few picks, nothing for autograd to see, not traced."""
+    def takes(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, in_features: int) -> bool:
+        """Rows of `dtype` on the CPU laid out as the index says (one per token or one per pick: the C
+        loop reads the rows the index implies), few picks, nothing for autograd to see, not traced."""
         grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
         return (x.dtype == dtype and x.device.type == "cpu" and weight.device.type == "cpu" and not grad
+                and x.shape[-1] == in_features and x.shape[:-1] in (index.shape, index.shape[:-1])
                 and x.is_contiguous() and index.is_contiguous() and index.dtype == torch.int64
                 and 0 < index.numel() <= NATIVE_PICKS and not tracing() and native.available())
 
@@ -142,7 +144,7 @@ class GroupedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if (self.bias is None and not self.triton and self.weight.dtype in _PICKS_KERNELS
-                and self.weight.is_contiguous() and NativePicks.takes(x, index, self.weight, self.weight.dtype)):
+                and self.weight.is_contiguous() and NativePicks.takes(x, index, self.weight, self.weight.dtype, self.in_features)):
             return self._picks()(x, index)
 
         def compute(picked, counts):

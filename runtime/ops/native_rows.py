@@ -50,7 +50,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """F.linear for up to rows_up_to[dtype] rows (fp32; bf16: fp32 accumulation, bias added in fp32,
     one rounding at the end, as torch's bf16 linear)."""
     k = x.shape[-1]
-    if k == 0 or x.numel() > rows_up_to.get(x.dtype, 0) * k or not weight.is_contiguous() or x.stride(-1) != 1:
+    if (k == 0 or x.numel() > rows_up_to.get(x.dtype, 0) * k or not weight.is_contiguous() or x.stride(-1) != 1
+            or weight.dim() != 2 or weight.shape[1] != k):       # F.linear names a mismatch
         return None
     operands = (x, weight) if bias is None else (x, weight, bias)
     if not _takes(*operands, dtypes=tuple(rows_up_to)) or (bias is not None and not bias.is_contiguous()):

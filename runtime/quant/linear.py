@@ -126,6 +126,9 @@ class QuantLinear(_Quantized):
 
 def _product(x: torch.Tensor, layer: _Quantized) -> torch.Tensor:
     """x @ w'.T for one quantized [N, K] weight, by the kernels of x's device."""
+    if x.shape[-1] != layer.in_features:       # the kernels take K from x: they would read past the weight
+        raise ValueError(f"quantized linear: expected {layer.in_features} input features, got x of shape "
+                         f"{list(x.shape)}")
     if x.is_cuda:
         from runtime.quant.triton_kernels import matmul     # imports triton: only where it runs
         # int8 activations on CUDA: x' (in x's dtype) through the float kernel, not yet an integer one
@@ -199,7 +202,8 @@ class QuantGroupedLinear(_Quantized):
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         bias = self.bias
-        if bias is None and x.is_floating_point() and NativePicks.takes(x, index, self.qweight, x.dtype):
+        if bias is None and x.is_floating_point() and NativePicks.takes(x, index, self.qweight, x.dtype,
+                                                                         self.in_features):
             picks = self._picks()
             if picks is not None:     # fp32 kernels, as the sorted path's: rows widened, outputs rounded once
                 if x.dtype == torch.float32:
