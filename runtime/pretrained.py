@@ -118,7 +118,7 @@ def from_pretrained(name_or_path: str | Path, *, config=None, revision: str | No
                     spec: str | Path | None = None, strict: bool = True, head: str | None = None,
                     init_new_head: bool = False, num_labels: int | None = None, id2label: dict | None = None,
                     label2id: dict | None = None, triton: bool | None = None, tp_plan: str | None = None,
-                    quantization=None, **config_overrides):
+                    quantization=None, quantization_config=None, **config_overrides):
     """Read config.json, pick the spec that recognises it, compile it (cached) and load the weights
     (with `head`, or the head config.json's architectures names; see `runtime.load`).
 
@@ -134,13 +134,19 @@ def from_pretrained(name_or_path: str | Path, *, config=None, revision: str | No
     quantization: "int8", "int4", a quantization_config dict or a runtime.quant.QuantConfig: the spec
     is compiled with its quantize pass and the marked linears are quantized as they load (the LM
     head stays in float unless `modules_to_not_convert` leaves "lm_head" out; runtime/quant/config.py).
-    A folder written by runtime.quant.save_quantized (config.json's quantization_config) loads its
-    stored quantized tensors as they are, without quantizing again.
+    `quantization_config` is the same argument under Transformers' name (a dict, or a config object
+    with `to_dict()`). A folder written by runtime.quant.save_quantized (config.json's
+    quantization_config) loads its stored quantized tensors as they are, without quantizing again.
     """
     from compiler.pipeline import compile_spec
     from runtime.loader import load
     from runtime.placement import place, single_device
     from runtime.quant.config import QUANT_METHOD, QuantConfig
+    if quantization_config is not None:
+        if quantization is not None and QuantConfig.parse(quantization) != QuantConfig.parse(quantization_config):
+            raise ValueError("from_pretrained: quantization and quantization_config (its Transformers name) "
+                             "disagree; pass one of them")
+        quantization = quantization_config
     folder = resolve_checkpoint(name_or_path, revision, cache_dir, token, local_files_only)
     hf = _config_dict(config) if config is not None else read_config_json(folder)
     apply_labels(hf, num_labels, id2label, label2id)
@@ -148,6 +154,13 @@ def from_pretrained(name_or_path: str | Path, *, config=None, revision: str | No
     target = single_device(device, device_map)
     options = {}
     saved = hf.get("quantization_config")
+    if isinstance(saved, dict) and saved.get("quant_method", QUANT_METHOD) != QUANT_METHOD:
+        # weights packed by another library (GPTQ, AWQ, bitsandbytes, fp8 ...): their tensors are not the
+        # float weights a spec's rules map, and the load would only list them as unexpected
+        raise CheckpointError(f"{folder / 'config.json' if config is None else 'config'}: quantization_config.quant_method "
+                              f"{saved.get('quant_method')!r}: its weights are stored in another library's quantized "
+                              f"format, which graphspec does not read; load the float checkpoint it was made from, "
+                              f"with quantization='int8' or 'int4' to quantize it here")
     if isinstance(saved, dict) and saved.get("quant_method") == QUANT_METHOD:
         stored = QuantConfig.from_dict(saved, f"{folder / 'config.json'}: quantization_config")
         if quantization is not None and QuantConfig.parse(quantization) != stored:

@@ -145,6 +145,25 @@ def test_from_pretrained_quantizes_the_marked_modules_as_it_loads(checkpoint):
     torch.testing.assert_close(model(ids).logits, after(ids).logits, rtol=0, atol=0)
 
 
+def test_quantization_config_is_the_same_argument_under_transformers_name(checkpoint):
+    model = runtime.from_pretrained(checkpoint, quantization_config={"bits": 8})
+    assert model.quantization == QuantConfig.parse("int8")
+    assert isinstance(model.net.layers[0].mlp.down_proj, QuantLinear)
+    with pytest.raises(ValueError, match="quantization and quantization_config .* disagree"):
+        runtime.from_pretrained(checkpoint, quantization="int4", quantization_config={"bits": 8})
+
+
+def test_a_checkpoint_quantized_by_another_library_is_refused_by_its_config_before_any_weight_is_read(tmp_path):
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**SHAPE)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(runtime.CheckpointError, match=r"config.json: quantization_config.quant_method 'gptq': its "
+                                                       r"weights are stored in another library's quantized format"):
+        runtime.from_pretrained(tmp_path)
+
+
 def test_a_skip_pattern_with_a_layer_index_keeps_that_layer_in_float(checkpoint):
     model = runtime.from_pretrained(checkpoint, quantization={"bits": 4, "modules_to_not_convert": ["lm_head", "layers.0.*"]})
     assert not isinstance(model.net.layers[0].mlp.down_proj, QuantLinear)

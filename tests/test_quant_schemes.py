@@ -156,7 +156,10 @@ def test_the_output_embedding_and_a_router_stay_in_float_unless_the_skip_list_is
     ({"bits": 8, "group_size": 32}, "'group_size' must be null for 8 bits"),
     ({"bits": 8, "sym": False}, "8 bits is symmetric only"),
     ({"bits": 4, "desc_act": True}, "unknown key\\(s\\) 'desc_act'"),
-    ({"bits": 4, "quant_method": "gptq"}, "quant_method 'gptq' is not 'graphspec'"),
+    ({"bits": 4, "quant_method": "gptq", "desc_act": False}, "quant_method 'gptq' is another library's format, "
+                                                             "which graphspec does not read or produce"),
+    ({"load_in_8bit": True}, r"a bitsandbytes config \(8-bit\) asks for that library's formats.*quantization='int8'"),
+    ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, r"a bitsandbytes config \(4-bit\).*'group_size': 64"),
     ({"bits": 4, "quantize_embedding": "yes"}, "'quantize_embedding' must be true or false"),
     ({"bits": 4, "modules_to_not_convert": "lm_head"}, "'modules_to_not_convert' must be a list"),
     ({"bits": 4, "act_bits": 4}, "'act_bits' must be 8 or null"),
@@ -166,6 +169,13 @@ def test_the_output_embedding_and_a_router_stay_in_float_unless_the_skip_list_is
 def test_a_bad_quantization_config_names_the_key(data, message):
     with pytest.raises(ValueError, match=f"quantization_config: {message}"):
         QuantConfig.parse(data)
+
+
+def test_a_config_object_is_read_through_its_dict_as_transformers_configs_are():
+    class GPTQLike:
+        def to_dict(self):
+            return {"bits": 4, "group_size": 128, "sym": False}
+    assert QuantConfig.parse(GPTQLike()) == QuantConfig.parse({"bits": 4, "group_size": 128, "sym": False})
 
 
 def test_an_unknown_shorthand_lists_the_known_ones():

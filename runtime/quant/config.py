@@ -132,17 +132,19 @@ class QuantConfig:
             return cls(SHORTHANDS[value])
         if isinstance(value, dict):
             return cls.from_dict(value)
+        to_dict = getattr(value, "to_dict", None)     # a Transformers quantization config object
+        if callable(to_dict) and isinstance(to_dict(), dict):
+            return cls.from_dict(to_dict(), f"quantization_config ({type(value).__name__})")
         raise TypeError(f"quantization must be 'int8', 'int4', a dict or a QuantConfig, got {type(value).__name__}")
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "quantization_config") -> "QuantConfig":
+        foreign = _foreign(data)
+        if foreign:
+            raise ValueError(f"{where}: {foreign}")
         unknown = [k for k in data if k not in KEYS]
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(KEYS)})")
-        method = data.get("quant_method", QUANT_METHOD)
-        if method != QUANT_METHOD:
-            raise ValueError(f"{where}: quant_method {method!r} is not {QUANT_METHOD!r}; graphspec reads only its "
-                             "own weight-only formats")
         bits = data.get("bits")
         if bits not in (8, 4) or isinstance(bits, bool):
             raise ValueError(f"{where}: 'bits' must be 8 or 4, got {bits!r}")
@@ -189,6 +191,24 @@ class QuantConfig:
     def skipped(self, path: str, role: str) -> bool:
         """A module left in float: its path matches a pattern, or its role is named."""
         return any(role == p or fnmatch.fnmatchcase(path, p) for p in self.skip)
+
+
+def _foreign(data: dict) -> str | None:
+    """What to say to a quantization_config written for another library's quantizer, or None."""
+    method = data.get("quant_method", QUANT_METHOD)
+    if data.get("load_in_8bit") or data.get("load_in_4bit") or method == "bitsandbytes":
+        bits = 4 if data.get("load_in_4bit") or data.get("_load_in_4bit") else 8
+        near = ("{'bits': 4, 'group_size': 64} (int4 in blocks of 64, the block bitsandbytes uses, with 16 "
+                "evenly spaced levels where nf4 spaces them as a normal distribution's quantiles)" if bits == 4 else
+                "'int8' (one scale per output channel; bitsandbytes' LLM.int8 also keeps outlier input "
+                "features in fp16)")
+        return (f"a bitsandbytes config ({bits}-bit) asks for that library's formats, which graphspec does not "
+                f"run; its nearest format here is quantization={near}")
+    if method != QUANT_METHOD:
+        return (f"quant_method {method!r} is another library's format, which graphspec does not read or produce; "
+                f"graphspec quantizes float checkpoints itself (round to nearest): pass 'int8', 'int4' or a dict "
+                f"of {', '.join(k for k in KEYS if k != 'quant_method')}")
+    return None
 
 
 def _bool(data: dict, key: str, default: bool, where: str) -> bool:
