@@ -1,9 +1,10 @@
 """Other inference engines for tools/bench.py, each used only when its package is installed
 (`pip install -e ".[bench]"`): llama.cpp through llama-cpp-python, CTranslate2.
 
-Both get the bench's own random Llama checkpoint: for llama.cpp it is written as a GGUF file here
-with the `gguf` package (f32, q/k rows permuted as llama.cpp's converter does for its rotary layout,
-a placeholder vocabulary since the checkpoint has no tokenizer) and quantized to bf16 / q8_0 / q4_0
+Both get the bench's own random Llama checkpoint (tools/bench_moe.py: a Mixtral's, llama.cpp only):
+for llama.cpp it is written as a GGUF file here with the `gguf` package (f32, q/k rows permuted as
+llama.cpp's converter does for its rotary layout, a Mixtral's experts stacked per layer, a
+placeholder vocabulary since the checkpoint has no tokenizer) and quantized to bf16 / q8_0 / q4_0
 by llama.cpp's own `llama_model_quantize`, so each file holds the tensor types llama.cpp itself
 picks for that format; CTranslate2 converts it with its Transformers converter, given a word-level
 tokenizer of placeholder tokens written beside the checkpoint.
@@ -71,6 +72,14 @@ def write_gguf_f32(folder: Path, out: Path) -> Path:
     per_layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
                  "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
                  "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    experts = cfg.get("num_local_experts")
+    if experts:
+        # Mixtral: llama.cpp's llama architecture with a router and the experts stacked per layer
+        w.add_expert_count(experts)
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+        for hf in ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+            del per_layer[hf]
+        per_layer["block_sparse_moe.gate"] = "ffn_gate_inp"
     for i in range(layers):
         for hf, ours in per_layer.items():
             names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{ours}.weight"
@@ -81,6 +90,11 @@ def write_gguf_f32(folder: Path, out: Path) -> Path:
         elif name.endswith("attn_k.weight"):
             t = _permute(t, kv_heads)
         w.add_tensor(name, t.numpy())
+    for i in range(layers if experts else 0):
+        for ours, hf in (("ffn_gate_exps", "w1"), ("ffn_down_exps", "w2"), ("ffn_up_exps", "w3")):
+            stacked = torch.stack([tensors[f"model.layers.{i}.block_sparse_moe.experts.{e}.{hf}.weight"].float()
+                                   for e in range(experts)])
+            w.add_tensor(f"blk.{i}.{ours}.weight", stacked.numpy())
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

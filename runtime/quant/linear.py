@@ -12,7 +12,7 @@ from torch import nn
 
 from runtime.ops.grouped import NativePicks, grouped_matmul, route
 from runtime.quant import native as native_kernels
-from runtime.quant.cpu import matmul as cpu_matmul
+from runtime.quant.cpu import NATIVE_MAX_ROWS, matmul as cpu_matmul
 from runtime.quant.config import Scheme
 from runtime.quant.schemes import dequantize, quantize, quantize_activations
 
@@ -124,11 +124,15 @@ class QuantLinear(_Quantized):
                 f"{parts}, bias={self.bias is not None}")
 
 
-def _product(x: torch.Tensor, layer: _Quantized) -> torch.Tensor:
-    """x @ w'.T for one quantized [N, K] weight, by the kernels of x's device."""
+def _check_width(x: torch.Tensor, layer: _Quantized) -> None:
     if x.shape[-1] != layer.in_features:       # the kernels take K from x: they would read past the weight
         raise ValueError(f"quantized linear: expected {layer.in_features} input features, got x of shape "
                          f"{list(x.shape)}")
+
+
+def _product(x: torch.Tensor, layer: _Quantized) -> torch.Tensor:
+    """x @ w'.T for one quantized [N, K] weight, by the kernels of x's device."""
+    _check_width(x, layer)
     if x.is_cuda:
         from runtime.quant.triton_kernels import matmul     # imports triton: only where it runs
         # int8 activations on CUDA: x' (in x's dtype) through the float kernel, not yet an integer one
@@ -201,6 +205,7 @@ class QuantGroupedLinear(_Quantized):
         return self.cached(("picks", torch.get_num_threads()), build)
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        _check_width(x, self)
         bias = self.bias
         if bias is None and x.is_floating_point() and NativePicks.takes(x, index, self.qweight, x.dtype,
                                                                          self.in_features):
@@ -211,7 +216,14 @@ class QuantGroupedLinear(_Quantized):
                 return picks(x.float(), index).to(x.dtype)
 
         def product(e, rows):
-            y = _product(rows, self.expert(e))
+            one = self.expert(e)
+            if rows.shape[0] <= NATIVE_MAX_ROWS and "native" in one._cache:
+                # an expert's few rows of a prompt: the kernel its decode picks use, not a measured
+                # choice (dequantizing a whole expert for a few rows was measured faster when hot, and
+                # cost a 32-token prompt of a 6-layer mixture 24 ms in place)
+                y = native_kernels.matmul(rows, one._cache["native"])
+            else:
+                y = _product(rows, one)
             return y if bias is None else y + bias[e]
         return route(self, x, index, lambda rows, counts: grouped_matmul(rows, counts, self.out_features, product))
 
