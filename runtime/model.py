@@ -154,6 +154,14 @@ class CompiledModel(TransformersAPI, nn.Module):
         self._fixed = {i.name: {k: int(d.evaluate(config)) for k, d in enumerate(i.shape) if d.names <= config.keys()}
                        for i in self.contract.inputs}
 
+    def __getstate__(self):
+        # copy.deepcopy and torch.save: the last generation's recorded step and the buffers it left
+        # for the next (runtime/step_capture.py) hold kernel programs and pointers; a copy records its own
+        state = super().__getstate__()
+        state["step_capture"] = None
+        state.pop("_decode_spare", None)
+        return state
+
     def __repr__(self) -> str:
         return f"CompiledModel({self.interface.name}, dtype={self.dtype}, device={self.device})\n{self.net!r}"
 

@@ -5,6 +5,8 @@ Qwen2-MoE from Transformers' initialisation close to fp32, decoding consistently
 reloaded without quantizing again."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -281,3 +283,17 @@ def test_rows_that_do_not_fit_the_index_or_the_weights_are_refused_not_read_past
     for module in (layer, quantized):
         with pytest.raises((IndexError, RuntimeError, ValueError)):
             module(torch.randn(*x_shape), index)
+
+
+def test_a_model_copied_or_pickled_after_generating_generates_the_same_tokens(moe, tmp_path):
+    """The kernels' derived layouts, the C picks' words and the last generation's recorded step hold
+    kernel handles and pointers: a copy (copy.deepcopy, torch.save) drops them and builds its own."""
+    folder, ids, mask, _ = moe
+    for scheme in (None, "int4"):
+        model = runtime.from_pretrained(folder, quantization=scheme)
+        want = model.generate(ids, attention_mask=mask, max_new_tokens=6).tolist()
+        twin = copy.deepcopy(model)
+        torch.save(model, tmp_path / "model.pt")
+        loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+        for other in (twin, loaded, model):
+            assert other.generate(ids, attention_mask=mask, max_new_tokens=6).tolist() == want

@@ -156,6 +156,12 @@ class GroupedLinear(nn.Module):
                                   lambda e, rows: linear(rows, self.weight[e], None if bias is None else bias[e]))
         return route(self, x, index, compute)
 
+    def __getstate__(self):
+        # copy.deepcopy and torch.save: the C path's words point into this module's weight
+        state = super().__getstate__()
+        state.pop("_native_picks", None)
+        return state
+
     def _picks(self) -> NativePicks:
         """The C path's words, rebuilt when the weight or the thread count changed."""
         w = self.weight

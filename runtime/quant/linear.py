@@ -82,6 +82,11 @@ class _Quantized(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self._cache.clear()
 
+    def __getstate__(self):
+        # copy.deepcopy and torch.save: the derived layouts hold kernel handles and pointers into this
+        # module's tensors; a copy builds its own on first use
+        return {**super().__getstate__(), "_cache": {}}
+
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize(self.stored(), self.scheme, dtype)
 
