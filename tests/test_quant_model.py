@@ -245,3 +245,20 @@ def test_a_width_no_int4_group_divides_is_refused_naming_the_module_and_the_fixe
     # the down projections' 96 inputs take groups of 32, and the others stay float as asked
     kept = quantize_model(model, {"bits": 4, "modules_to_not_convert": ["lm_head", "layers.*.attn.*", "layers.*.mlp.gate_up_proj"]})
     assert set(kept.load_report["quantized"]) == {"layers.0.mlp.down_proj", "layers.1.mlp.down_proj"}
+
+
+def test_quantize_embedding_keeps_a_table_the_format_cannot_hold_in_float_and_says_so(tmp_path):
+    """T5's relative position bias is a lookup table as wide as its heads (4 here): int4 groups of 32
+    cannot hold it; asked for every table, the others are quantized and that one is named."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1)
+    transformers.T5ForConditionalGeneration(config).save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match=r"kept in float.*encoder\.rel_bias: 4 input features"):
+        model = runtime.from_pretrained(tmp_path, quantization={"bits": 4, "quantize_embedding": True})
+    assert set(model.load_report["kept_in_float"]) == {"encoder.rel_bias", "dec_bias"}
+    assert model.load_report["quantized"]["shared"] == "embedding"
+    assert not isinstance(model.net.encoder.rel_bias, QuantEmbedding)
+    ids = random_ids(128, 2, 7)
+    assert torch.isfinite(model(ids, decoder_input_ids=ids[:, :3]).logits).all()

@@ -11,6 +11,7 @@ a one) a router; grouped linears are experts). Either way, a module whose path o
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 from torch import nn
@@ -100,7 +101,9 @@ def quantize_model(model, config=None) -> "object":
     `config`: "int8", "int4", a Transformers-style quantization_config dict or a QuantConfig; None:
     the one the artifact was compiled with. Weights shared between modules (a tied embedding and LM
     head) are quantized once and shared. The model gains `quantization` (the QuantConfig),
-    `quantization_config` (its dict) and `load_report["quantized"]` (module path -> its role)."""
+    `quantization_config` (its dict) and `load_report["quantized"]` (module path -> its role); a lookup
+    table the format cannot hold, asked for by quantize_embedding, stays in float, named with why in
+    `load_report["kept_in_float"]` and a warning (any other module the format cannot hold is an error)."""
     compiled = model.interface.quantization
     if config is None:
         if compiled is None:
@@ -112,14 +115,19 @@ def quantize_model(model, config=None) -> "object":
     done: dict[tuple, dict] = {}     # (id(float weight), scheme) -> its quantized tensors
     chosen = plan(net, config, None if compiled is None else compiled.params)
     # every shape first: a refused one leaves the model as it was
-    problem = None
-    for path, kind in chosen.items():
+    problem, kept = None, {}
+    for path, kind in list(chosen.items()):
         try:
             config.scheme_for(kind).check_shape(tuple(net.get_submodule(path).weight.shape[-2:]), path,
                                                 _INDEX.sub("*", path))
         except ValueError as err:
-            problem = err
-            break
+            if kind != "embedding":
+                problem = err
+                break
+            # quantize_embedding asks for every lookup table; one the format cannot hold (a relative
+            # position bias a few heads wide) is a table of no weight: kept in float, and said so
+            kept[path] = str(err)
+            del chosen[path]
     if getattr(model, "shard", None) is not None and model.group is not None:
         # ranks hold slices of other widths where a split is uneven: all stop, none waits in a collective
         refused = torch.tensor([problem is not None], dtype=torch.int32)
@@ -145,4 +153,7 @@ def quantize_model(model, config=None) -> "object":
     model.quantization = config
     model.quantization_config = config.to_dict()
     model.load_report["quantized"] = chosen
+    if kept:
+        model.load_report["kept_in_float"] = kept
+        warnings.warn("quantize_embedding: kept in float, the format cannot hold them: " + "; ".join(kept.values()))
     return model
