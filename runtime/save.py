@@ -172,18 +172,29 @@ def save_pretrained(model, folder: str | Path, max_shard_size: int | str = "5GB"
         for name in written:
             # a rename: the old file stays alive for any params still mapping it
             os.replace(Path(tmp) / name, folder / name)
-    _write_text(folder / "config.json", json.dumps(config_json(model), indent=2, sort_keys=True) + "\n")
-    # A model that generates writes its generation config as it stands (from the checkpoint's file or
-    # its config.json, with the caller's changes), as Transformers does; otherwise the file is carried.
+    write_json(folder / "config.json", config_json(model))
+    write_side_files(model, folder)
+    return folder
+
+
+def write_side_files(model, folder: Path) -> None:
+    """What a checkpoint folder holds besides weights and config.json: a model that generates writes
+    its generation config as it stands (from the checkpoint's file or its config.json, with the
+    caller's changes), as Transformers does; the source folder's tokenizer files (and a generation
+    config otherwise) are carried."""
     generation = getattr(model, "generation_config", None) if model.contract.generate is not None else None
     if generation is not None:
-        _write_text(folder / GENERATION_CONFIG, json.dumps(generation.to_json(), indent=2, sort_keys=True) + "\n")
+        write_json(folder / GENERATION_CONFIG, generation.to_json())
     source = Path(model.source) if getattr(model, "source", None) else None
     if source is not None and source.resolve() != folder.resolve():
         for name in CARRIED_FILES:
             if (source / name).is_file() and not (name == GENERATION_CONFIG and generation is not None):
                 shutil.copyfile(source / name, folder / name)
-    return folder
+
+
+def write_json(path: Path, data) -> None:
+    """`data` as indented JSON, written whole or not at all (a temporary file renamed over `path`)."""
+    _write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def config_json(model) -> dict:

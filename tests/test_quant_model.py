@@ -22,6 +22,7 @@ import json
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models
 
 import runtime
 from compiler.pipeline import compile_spec
@@ -262,3 +263,26 @@ def test_quantize_embedding_keeps_a_table_the_format_cannot_hold_in_float_and_sa
     assert not isinstance(model.net.encoder.rel_bias, QuantEmbedding)
     ids = random_ids(128, 2, 7)
     assert torch.isfinite(model(ids, decoder_input_ids=ids[:, :3]).logits).all()
+
+
+def test_a_saved_quantized_encoder_decoder_reloads_in_eval_mode_with_its_generation_config_and_tokenizer(tmp_path):
+    """T5 has dropout: a reloaded model left in training mode computed other logits each call; and the
+    reloaded folder must carry what generate and the tokenizer read (decoder_start_token_id ...)."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1)
+    transformers.T5ForConditionalGeneration(config).save_pretrained(tmp_path / "float")
+    (tmp_path / "float" / "generation_config.json").write_text(json.dumps({"decoder_start_token_id": 0,
+                                                                            "eos_token_id": 1, "max_new_tokens": 5}))
+    Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(str(tmp_path / "float" / "tokenizer.json"))
+    model = runtime.from_pretrained(tmp_path / "float", quantization="int8")
+    ids = random_ids(128, 2, 7)
+    save_quantized(model, tmp_path / "int8")
+    loaded = runtime.from_pretrained(tmp_path / "int8")
+    assert not loaded.training and loaded.tokenizer is not None
+    assert loaded.generation_config.max_new_tokens == 5
+    torch.testing.assert_close(loaded(ids, decoder_input_ids=ids[:, :3]).logits,
+                               model(ids, decoder_input_ids=ids[:, :3]).logits, rtol=0, atol=0)
+    assert loaded.generate(ids).tolist() == model.generate(ids).tolist()
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "int8").iterdir())

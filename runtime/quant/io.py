@@ -1,11 +1,13 @@
 """Quantized models saved and reloaded as safetensors, without quantizing again.
 
-`save_quantized(model, folder)` writes `model.safetensors`: every tensor of the network under its
-module path (`layers.0.attn.qkv_proj.qweight`, `...scales`, `...zeros`, float params as they are),
-tensors shared by several modules (a tied embedding and LM head) once, and metadata naming the
-scheme. Beside it, `config.json` (the Hugging Face config with `quantization_config`, for people and
-tools). `load_quantized(folder, artifact)` rebuilds the network from the artifact and the saved config
-values and assigns the stored tensors; every name, shape and dtype is checked first.
+`save_quantized(model, folder)` writes `model.safetensors` (whole or not at all): every tensor of the
+network under its module path (`layers.0.attn.qkv_proj.qweight`, `...scales`, `...zeros`, float
+params as they are), tensors shared by several modules (a tied embedding and LM head) once, and
+metadata naming the scheme. Beside it, `config.json` (the Hugging Face config with
+`quantization_config`, for people and tools), generation_config.json and the source folder's
+tokenizer files, as save_pretrained writes them. `load_quantized(folder, artifact)` rebuilds the
+network from the artifact and the saved config values and assigns the stored tensors; every name,
+shape and dtype is checked first.
 
 Metadata keys (all JSON text): format ("graphspec-quantized"), format_version ("1"),
 quantization_config, modules (path -> its role, runtime.quant.config.ROLES), spec, spec_sha256, config
@@ -14,6 +16,7 @@ quantization_config, modules (path -> its role, runtime.quant.config.ROLES), spe
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -27,7 +30,9 @@ from runtime.model import CompiledModel
 from runtime.quant.config import LINEAR_ROLES, QuantConfig
 from runtime.quant.linear import QuantEmbedding, QuantGroupedLinear, QuantLinear
 from runtime.safetensors_io import DTYPES, SafetensorsFile
-from runtime.save import config_json
+from runtime.generation.config import GenerationConfig
+from runtime.generation.tokenizer import Tokenizer
+from runtime.save import config_json, write_json, write_side_files
 
 FORMAT = "graphspec-quantized"
 FORMAT_VERSION = "1"
@@ -59,10 +64,14 @@ def save_quantized(model, folder: str | Path) -> Path:
         "config": json.dumps(model.config), "head": json.dumps(model.load_report.get("head")),
         "dtype": str(model.dtype).removeprefix("torch."), "tied": json.dumps(tied),
     }
-    save_file(tensors, str(folder / FILE), metadata=metadata)
+    # written whole or not at all: a temporary file renamed over the old one
+    partial = folder / f".{FILE}.partial"
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, folder / FILE)
     config = config_json(model)
     config["quantization_config"] = model.quantization_config
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json(folder / "config.json", config)
+    write_side_files(model, folder)      # generation_config.json, the tokenizer's files
     return folder
 
 
@@ -114,8 +123,14 @@ def load_quantized(folder: str | Path, artifact: str | Path, device="cpu") -> Co
         raise CheckpointError(f"{where}: metadata 'config'/'head' do not build spec '{spec.name}': {err}") from None
     _swap_shells(net, modules, qconfig, dtype, where, artifact)
     _assign(net, file, tied, dtype, device, where)
-    model = CompiledModel(net.eval(), config, spec, art.manifest, dtype, device,
+    model = CompiledModel(net, config, spec, art.manifest, dtype, device,
                           {"head": head, "quantized": dict(modules), "checkpoint": where}, head=head)
+    model.eval()          # as runtime.load leaves a model: dropout off (the wrapper's flag, not only the net's)
+    # what runtime.load reads beside the weights: the generation defaults, the tokenizer
+    model.source = Path(folder)
+    model.generation_config = GenerationConfig.from_checkpoint(Path(folder))
+    if (Path(folder) / "tokenizer.json").exists():
+        model.tokenizer = Tokenizer.from_folder(Path(folder), model.text_keys())
     model.quantization = qconfig
     model.quantization_config = qconfig.to_dict()
     return model
