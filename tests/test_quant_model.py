@@ -286,3 +286,18 @@ def test_a_saved_quantized_encoder_decoder_reloads_in_eval_mode_with_its_generat
                                model(ids, decoder_input_ids=ids[:, :3]).logits, rtol=0, atol=0)
     assert loaded.generate(ids).tolist() == model.generate(ids).tolist()
     assert not any(p.name.endswith(".partial") for p in (tmp_path / "int8").iterdir())
+
+
+def test_a_saved_quantized_classifier_reloads_with_its_labels_and_config(tmp_path):
+    labels = {0: "neg", 1: "neu", 2: "pos"}
+    config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, num_labels=3, id2label=labels,
+                                     label2id={v: k for k, v in labels.items()})
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "float")
+    model = runtime.from_pretrained(tmp_path / "float", quantization="int8")
+    save_quantized(model, tmp_path / "int8")
+    loaded = runtime.from_pretrained(tmp_path / "int8")
+    assert loaded.id2label == labels and loaded.config.hf["label2id"] == {v: k for k, v in labels.items()}
+    save_quantized(loaded, tmp_path / "again")         # and saved once more, every config.json key kept
+    source = json.loads((tmp_path / "float" / "config.json").read_text())
+    assert set(source) - {"torch_dtype"} <= set(json.loads((tmp_path / "again" / "config.json").read_text()))

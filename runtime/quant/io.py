@@ -30,7 +30,9 @@ from runtime.model import CompiledModel
 from runtime.quant.config import LINEAR_ROLES, QuantConfig
 from runtime.quant.linear import QuantEmbedding, QuantGroupedLinear, QuantLinear
 from runtime.safetensors_io import DTYPES, SafetensorsFile
+from runtime.config import read_config_json
 from runtime.generation.config import GenerationConfig
+from runtime.hf_config import ModelConfig
 from runtime.generation.tokenizer import Tokenizer
 from runtime.save import config_json, write_json, write_side_files
 
@@ -123,8 +125,12 @@ def load_quantized(folder: str | Path, artifact: str | Path, device="cpu") -> Co
         raise CheckpointError(f"{where}: metadata 'config'/'head' do not build spec '{spec.name}': {err}") from None
     _swap_shells(net, modules, qconfig, dtype, where, artifact)
     _assign(net, file, tied, dtype, device, where)
-    model = CompiledModel(net, config, spec, art.manifest, dtype, device,
+    # the config as runtime.load gives it: the spec's values, the folder's config.json (labels ...)
+    hf = read_config_json(Path(folder)) if (Path(folder) / "config.json").exists() else {}
+    model_config = ModelConfig(config, hf, spec.config)
+    model = CompiledModel(net, model_config, spec, art.manifest, dtype, device,
                           {"head": head, "quantized": dict(modules), "checkpoint": where}, head=head)
+    model.id2label = model_config.id2label if (isinstance(hf.get("id2label"), dict) or "num_labels" in config) else None
     model.eval()          # as runtime.load leaves a model: dropout off (the wrapper's flag, not only the net's)
     # what runtime.load reads beside the weights: the generation defaults, the tokenizer
     model.source = Path(folder)
