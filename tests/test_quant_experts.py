@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import runtime
-from runtime.ops import GroupedLinear
+from runtime.ops import FusedLinear, GroupedLinear, Linear
 from runtime.ops import grouped as grouped_ops
 from runtime.quant import QuantLinear, Scheme, dequantize, load_quantized, quantize_activations, quantize_model, \
     save_quantized
@@ -297,3 +297,43 @@ def test_a_model_copied_or_pickled_after_generating_generates_the_same_tokens(mo
         loaded = torch.load(tmp_path / "model.pt", weights_only=False)
         for other in (twin, loaded, model):
             assert other.generate(ids, attention_mask=mask, max_new_tokens=6).tolist() == want
+
+
+def test_the_input_gradient_of_quantized_experts_goes_through_each_picked_experts_weight():
+    q = QuantGroupedLinear.from_float(grouped(out=32, bias=False), Scheme("int4", 32, True))
+    index = torch.tensor([[0, 3], [3, 1], [4, 0]])
+    x = torch.randn(3, 128, requires_grad=True)
+    weights = torch.randn(3, 2, 32)
+    (q(x, index) * weights).sum().backward()
+    w = dequantize(q.stored(), q.scheme)                         # [num, out, in]
+    want = torch.einsum("tko,tkoi->ti", weights, w[index])
+    torch.testing.assert_close(x.grad, want, rtol=1e-5, atol=1e-5)
+
+
+def dequantized_twin(model):
+    """A copy of `model` whose quantized modules are float ones holding their dequantized weights."""
+    twin = copy.deepcopy(model)
+    for name, module in list(twin.net.named_modules()):
+        if isinstance(module, QuantGroupedLinear):
+            float_module = GroupedLinear(module.num, module.in_features, module.out_features, bias=False)
+        elif isinstance(module, QuantLinear):
+            float_module = (FusedLinear(module.in_features, module.parts, bias=module.bias is not None) if module.parts
+                            else Linear(module.in_features, module.out_features, bias=module.bias is not None))
+        else:
+            continue
+        with torch.no_grad():
+            float_module.weight.copy_(module.dequantized().view_as(float_module.weight))
+            if module.bias is not None:
+                float_module.bias.copy_(module.bias)
+        parent, _, leaf = name.rpartition(".")
+        setattr(twin.net.get_submodule(parent) if parent else twin.net, leaf, float_module)
+    return twin
+
+
+def test_a_quantized_mixture_trains_what_comes_before_its_experts_as_its_dequantized_twin_would(moe):
+    folder, ids, _, _ = moe
+    quantized = runtime.from_pretrained(folder, quantization="int4").train()
+    twin = dequantized_twin(quantized)
+    for model in (quantized, twin):
+        model(ids[:1, :3], labels=ids[:1, :3]).loss.backward()
+    torch.testing.assert_close(quantized.net.embed.weight.grad, twin.net.embed.weight.grad, rtol=1e-4, atol=1e-5)

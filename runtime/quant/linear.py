@@ -135,14 +135,42 @@ def _check_width(x: torch.Tensor, layer: _Quantized) -> None:
                          f"{list(x.shape)}")
 
 
-def _product(x: torch.Tensor, layer: _Quantized) -> torch.Tensor:
-    """x @ w'.T for one quantized [N, K] weight, by the kernels of x's device."""
+def _product(x: torch.Tensor, layer: _Quantized, kernel: Callable | None = None) -> torch.Tensor:
+    """x @ w'.T for one quantized [N, K] weight, by the kernels of x's device (or `kernel(x)`); when
+    autograd needs x's gradient, through _Backward, since the kernels record no graph."""
     _check_width(x, layer)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Backward.apply(x, layer, kernel)
+    return _forward(x, layer, kernel)
+
+
+def _forward(x: torch.Tensor, layer: _Quantized, kernel: Callable | None) -> torch.Tensor:
+    if kernel is not None:
+        return kernel(x)
     if x.is_cuda:
         from runtime.quant.triton_kernels import matmul     # imports triton: only where it runs
         # int8 activations on CUDA: x' (in x's dtype) through the float kernel, not yet an integer one
         return matmul(quantize_activations(x).to(x.dtype) if layer.scheme.act_bits else x, layer)
     return cpu_matmul(x, layer)
+
+
+class _Backward(torch.autograd.Function):
+    """The kernels' product forward; backward, x's gradient through the dequantized weight,
+    grad_x = grad_y @ w' (the quantized weight is frozen: no gradient of its own). With int8
+    activations the rounding of x passes the gradient through unchanged (the straight-through
+    estimator quantization-aware training uses). Without it a gradient stopped at every quantized
+    linear: fine-tuning a quantized model's other params (norms, a head, adapters) silently trained
+    them on the residual path alone."""
+
+    @staticmethod
+    def forward(ctx, x, layer, kernel):
+        ctx.layer = layer
+        return _forward(x, layer, kernel)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w = ctx.layer.dequantized(torch.float32).to(grad.device)
+        return (grad.float() @ w).to(grad.dtype), None, None
 
 
 class QuantGroupedLinear(_Quantized):
@@ -222,13 +250,11 @@ class QuantGroupedLinear(_Quantized):
 
         def product(e, rows):
             one = self.expert(e)
-            if rows.shape[0] <= NATIVE_MAX_ROWS and "native" in one._cache:
-                # an expert's few rows of a prompt: the kernel its decode picks use, not a measured
-                # choice (dequantizing a whole expert for a few rows was measured faster when hot, and
-                # cost a 32-token prompt of a 6-layer mixture 24 ms in place)
-                y = native_kernels.matmul(rows, one._cache["native"])
-            else:
-                y = _product(rows, one)
+            native = one._cache.get("native") if rows.shape[0] <= NATIVE_MAX_ROWS else None
+            # an expert's few rows of a prompt: the kernel its decode picks use, not a measured choice
+            # (dequantizing a whole expert for a few rows was measured faster when hot, and cost a
+            # 32-token prompt of a 6-layer mixture 24 ms in place)
+            y = _product(rows, one, None if native is None else lambda r: native_kernels.matmul(r, native))
             return y if bias is None else y + bias[e]
         return route(self, x, index, lambda rows, counts: grouped_matmul(rows, counts, self.out_features, product))
 
