@@ -154,11 +154,17 @@ def _unique(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_pretrained(model, folder: str | Path, max_shard_size: int | str = "5GB") -> Path:
     """Write the weights (safetensors; sharded with an index past max_shard_size), config.json,
     generation_config.json and the source folder's tokenizer files: what `runtime.load` and
-    Transformers' from_pretrained read."""
+    Transformers' from_pretrained read. A quantized model is saved quantized (runtime.quant.save_quantized:
+    one file, read back by from_pretrained)."""
     from huggingface_hub import save_torch_state_dict
     if model.load_report.get("tensor_parallel", {}).get("ranks", 1) > 1:
         raise CheckpointError("this model is split across ranks (tp_plan): it holds only this rank's share of "
                               "its weights; save from a process that loaded it whole")
+    if getattr(model, "quantization", None) is not None:
+        # its quantized modules hold no float weight for the checkpoint's names: the quantized format,
+        # which from_pretrained reads back (as Transformers saves a quantized model quantized)
+        from runtime.quant.io import save_quantized
+        return save_quantized(model, folder)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = _unique({n: t.to("cpu") for n, t in checkpoint_tensors(model).items()})

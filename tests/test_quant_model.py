@@ -301,3 +301,12 @@ def test_a_saved_quantized_classifier_reloads_with_its_labels_and_config(tmp_pat
     save_quantized(loaded, tmp_path / "again")         # and saved once more, every config.json key kept
     source = json.loads((tmp_path / "float" / "config.json").read_text())
     assert set(source) - {"torch_dtype"} <= set(json.loads((tmp_path / "again" / "config.json").read_text()))
+
+
+def test_save_pretrained_of_a_quantized_model_saves_it_quantized_and_it_loads_back(checkpoint, tmp_path):
+    model = quantize_model(runtime.from_pretrained(checkpoint), "int4")
+    ids = random_ids(1000, 1, 6)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = runtime.from_pretrained(tmp_path / "saved")
+    assert loaded.quantization == model.quantization
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
