@@ -50,6 +50,8 @@ _UNINITIALISED = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.ate
 
 
 _DETACH = torch.ops.aten.detach.default
+_LIFT_FRESH = torch.ops.aten.lift_fresh.default
+_CONSTANT_VALUES = 64            # a torch.tensor(value) of up to this many values is named by them
 # arguments named by their value (exact types: a Position, an int subclass, is named otherwise)
 _PLAIN = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format})
 
@@ -105,12 +107,21 @@ class Recording:
         self.inputs, self.past = inputs, past
         self.entries: list[tuple] = []          # (kind, fn, args, kwargs, out)
         self.scratch: dict[int, int] = {}       # storage made in the step -> its order
+        self.constants: dict[int, tuple] = {}   # storage of a torch.tensor(value) made in the step -> its values
         self.outputs = None
         self.holds_until: int | None = None     # ForwardContext.holds_until of the recorded step
         self.refused: str | None = None
 
     def aten(self, func, args, kwargs, out, rng) -> None:
         """`rng`: the CPU generator's state before an op that may draw random numbers (None otherwise)."""
+        if func is _LIFT_FRESH and args[0].is_cpu and args[0].numel() <= _CONSTANT_VALUES:
+            # torch.tensor(value): a constant made from Python data in the step (Gemma's embedding
+            # scale), in a buffer no recorded op allocated. Named by its order and its values, so a
+            # replay, which reads the recorded buffer, is only taken while every step makes the same
+            # constant (one made from the position would differ between two recordings).
+            base = _storage(args[0])
+            self.scratch.setdefault(base, len(self.scratch))
+            self.constants[base] = tuple(args[0].reshape(-1).tolist())
         seeded, mutates, alloc = _traits(func)
         single = isinstance(out, torch.Tensor)
         if alloc and single:                    # a new buffer, nothing read: ~a quarter of a step's ops
@@ -180,7 +191,7 @@ class Recording:
                 return ("empty", tuple(value.shape), value.dtype)
             # state: a buffer alive across steps (a param, the KV cache, the padding row); what
             # changes per step comes in as an input (the adapter feeds every per-step tensor)
-            role = (("scratch", self.scratch[base]) if base in self.scratch else
+            role = (("scratch", self.scratch[base], self.constants.get(base)) if base in self.scratch else
                     ("input", inputs[base]) if base in inputs else ("state", base))
             if full:
                 return (role, tuple(value.shape), value.stride(), value.storage_offset(), value.dtype)

@@ -222,3 +222,25 @@ def test_a_sliding_window_filling_up_ends_the_replay_where_the_mask_begins(monke
     eager, captured, capture = generate_both(monkeypatch, model, prompt(97)[0])
     assert capture.replayed == 1 and "did not fit" in capture.refused
     assert_same(eager, captured)
+
+
+class Scaled(torch.nn.Module):
+    """A step multiplying by a constant it makes from Python data each time (torch.tensor(value), as
+    Gemma's embedding scale): the constant `scale(past)`."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x, ctx):
+        return {"out": x * torch.tensor(self.scale(ctx.past), dtype=x.dtype)}
+
+
+def test_a_constant_made_from_python_data_each_step_is_replayed_while_it_stays_the_same():
+    capture, outs = run_steps(Scaled(lambda past: 8.0 ** 0.5), 8)
+    assert capture.refused is None and capture.replayed == 6
+    assert all(torch.equal(out, torch.tensor([[p * 8.0 ** 0.5]])) for p, out in zip(range(1, 9), outs))
+    # a constant that follows the position: two recordings differ, every step eager and right
+    capture, outs = run_steps(Scaled(lambda past: float(past)), 8)
+    assert capture.replayed == 0 and capture.refused is not None
+    assert all(torch.equal(out, torch.tensor([[float(p * p)]])) for p, out in zip(range(1, 9), outs))
