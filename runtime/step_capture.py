@@ -108,6 +108,7 @@ class Recording:
         self.entries: list[tuple] = []          # (kind, fn, args, kwargs, out)
         self.scratch: dict[int, int] = {}       # storage made in the step -> its order
         self.constants: dict[int, tuple] = {}   # storage of a torch.tensor(value) made in the step -> its values
+        self.constant_tensors: list[tuple] = []  # (that tensor, a copy of its values): restored at each replay
         self.outputs = None
         self.holds_until: int | None = None     # ForwardContext.holds_until of the recorded step
         self.refused: str | None = None
@@ -122,6 +123,7 @@ class Recording:
             base = _storage(args[0])
             self.scratch.setdefault(base, len(self.scratch))
             self.constants[base] = tuple(args[0].reshape(-1).tolist())
+            self.constant_tensors.append((args[0], args[0].clone()))
         seeded, mutates, alloc = _traits(func)
         single = isinstance(out, torch.Tensor)
         if alloc and single:                    # a new buffer, nothing read: ~a quarter of a step's ops
@@ -273,6 +275,8 @@ class Tape:
             return None
         for mine, t in zip(rec.inputs, tensors):
             mine.copy_(t)
+        for constant, values in rec.constant_tensors:
+            constant.copy_(values)           # the step may have written it in place after making it
         delta = past - rec.past
         for fn in self.calls:
             fn(delta)

@@ -244,3 +244,18 @@ def test_a_constant_made_from_python_data_each_step_is_replayed_while_it_stays_t
     capture, outs = run_steps(Scaled(lambda past: float(past)), 8)
     assert capture.replayed == 0 and capture.refused is not None
     assert all(torch.equal(out, torch.tensor([[float(p * p)]])) for p, out in zip(range(1, 9), outs))
+
+
+class ScaledInPlace(torch.nn.Module):
+    """A constant made from Python data, then written in place by the step."""
+
+    def forward(self, x, ctx):
+        scale = torch.tensor(3.0)
+        scale.add_(x[0, 0] * 0 + 1)           # 4 at every step, starting from 3 each time
+        return {"out": x * scale}
+
+
+def test_a_constant_the_step_writes_in_place_starts_from_its_value_at_each_replay():
+    capture, outs = run_steps(ScaledInPlace(), 8)
+    assert capture.refused is None and capture.replayed == 6
+    assert all(torch.equal(out, torch.tensor([[4.0 * p]])) for p, out in zip(range(1, 9), outs))
