@@ -116,7 +116,7 @@ class Recording:
     def aten(self, func, args, kwargs, out, rng) -> None:
         """`rng`: the CPU generator's state before an op that may draw random numbers (None otherwise)."""
         if func is _LIFT_FRESH and args[0].is_cpu and args[0].numel() <= _CONSTANT_VALUES:
-            # torch.tensor(value): a constant made from Python data in the step (Gemma's embedding
+            # torch.tensor(value): a constant made from Python data in the step (an embedding
             # scale), in a buffer no recorded op allocated. Named by its order and its values, so a
             # replay, which reads the recorded buffer, is only taken while every step makes the same
             # constant (one made from the position would differ between two recordings).
