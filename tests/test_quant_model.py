@@ -310,3 +310,11 @@ def test_save_pretrained_of_a_quantized_model_saves_it_quantized_and_it_loads_ba
     loaded = runtime.from_pretrained(tmp_path / "saved")
     assert loaded.quantization == model.quantization
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_a_quantized_model_is_not_quantized_again(checkpoint):
+    for model in (quantize_model(runtime.from_pretrained(checkpoint), "int8"),
+                  runtime.from_pretrained(checkpoint, quantization="int8")):
+        with pytest.raises(ValueError, match=r"already quantized \(int8\); load the float checkpoint again"):
+            quantize_model(model, "int4")
+        assert model.quantization.scheme.name == "int8" and model.load_report["quantized"]

@@ -104,6 +104,11 @@ def quantize_model(model, config=None) -> "object":
     `quantization_config` (its dict) and `load_report["quantized"]` (module path -> its role); a lookup
     table the format cannot hold, asked for by quantize_embedding, stays in float, named with why in
     `load_report["kept_in_float"]` and a warning (any other module the format cannot hold is an error)."""
+    if getattr(model, "quantization", None) is not None:
+        # its quantized modules hold no float weight to quantize again, and the model would carry one
+        # config while holding another format
+        raise ValueError(f"quantize_model: the model is already quantized ({model.quantization.scheme.name}); "
+                         "load the float checkpoint again to quantize it another way")
     compiled = model.interface.quantization
     if config is None:
         if compiled is None:
