@@ -156,9 +156,7 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype="auto", device="cpu
               "tensors": sum(len(a.sources) for a in plan.assignments)}
     model = CompiledModel(net, config, interface, art.manifest, torch_dtype, device, report, head=head, source=folder)
     model.checkpoint_layout = layout
-    model.generation_config = GenerationConfig.from_checkpoint(folder)
-    if os.path.lexists(folder / "tokenizer.json"):
-        model.tokenizer = Tokenizer.from_folder(folder, model.text_keys())
+    read_folder_files(model, folder, hf)
     if parallel is not None:
         model.group = parallel.group
         model.shard = shard           # what this rank holds of each tensor (quantization reads it)
@@ -172,8 +170,18 @@ def load(artifact: str | Path, checkpoint: str | Path, dtype="auto", device="cpu
     model.eval()
     if interface.quantization is not None:
         _quantize(model)
-    model.id2label = config.id2label if (isinstance(hf.get("id2label"), dict) or "num_labels" in config) else None
     return model
+
+
+def read_folder_files(model: CompiledModel, folder: Path, hf: dict) -> None:
+    """What a model takes from its checkpoint folder besides weights: the generation defaults
+    (generation_config.json, else config.json), the tokenizer, and its labels where config.json
+    names them (`hf`, the folder's config.json as read)."""
+    model.generation_config = GenerationConfig.from_checkpoint(folder)
+    if os.path.lexists(folder / "tokenizer.json"):
+        model.tokenizer = Tokenizer.from_folder(folder, model.text_keys())
+    config = model.config
+    model.id2label = config.id2label if (isinstance(hf.get("id2label"), dict) or "num_labels" in config) else None
 
 
 def _materialise(net, names: list[str], dtype: torch.dtype, device) -> None:

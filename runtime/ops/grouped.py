@@ -143,8 +143,9 @@ class GroupedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        if (self.bias is None and not self.triton and self.weight.dtype in _PICKS_KERNELS
-                and self.weight.is_contiguous() and NativePicks.takes(x, index, self.weight, self.weight.dtype, self.in_features)):
+        w = self.weight
+        if (self.bias is None and not self.triton and w.dtype in _PICKS_KERNELS and w.is_contiguous()
+                and NativePicks.takes(x, index, w, w.dtype, self.in_features)):
             return self._picks()(x, index)
 
         def compute(picked, counts):

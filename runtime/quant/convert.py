@@ -78,7 +78,7 @@ def _whole_rows(model, path: str, module: nn.Module, scheme) -> dict | None:
     over every rank (an all-reduce) and each rank stores what the single process would of its slice.
     None where nothing needs it (int4 groups lie within a slice: a rank's groups are the single
     process's)."""
-    shard, group = getattr(model, "shard", None), getattr(model, "group", None)
+    shard, group = model.shard, model.group
     if scheme.kind != "int8" or shard is None or group is None:
         return None
     parts = getattr(module, "parts", None)
@@ -133,7 +133,7 @@ def quantize_model(model, config=None) -> "object":
             # position bias a few heads wide) is a table of no weight: kept in float, and said so
             kept[path] = str(err)
             del chosen[path]
-    if getattr(model, "shard", None) is not None and model.group is not None:
+    if model.shard is not None and model.group is not None:
         # ranks hold slices of other widths where a split is uneven: all stop, none waits in a collective
         refused = torch.tensor([problem is not None], dtype=torch.int32)
         torch.distributed.all_reduce(refused, op=torch.distributed.ReduceOp.MAX, group=model.group)

@@ -31,9 +31,8 @@ from runtime.quant.config import LINEAR_ROLES, QuantConfig
 from runtime.quant.linear import QuantEmbedding, QuantGroupedLinear, QuantLinear
 from runtime.safetensors_io import DTYPES, SafetensorsFile
 from runtime.config import read_config_json
-from runtime.generation.config import GenerationConfig
 from runtime.hf_config import ModelConfig
-from runtime.generation.tokenizer import Tokenizer
+from runtime.loader import read_folder_files
 from runtime.save import config_json, write_json, write_side_files
 
 FORMAT = "graphspec-quantized"
@@ -125,18 +124,14 @@ def load_quantized(folder: str | Path, artifact: str | Path, device="cpu") -> Co
         raise CheckpointError(f"{where}: metadata 'config'/'head' do not build spec '{spec.name}': {err}") from None
     _swap_shells(net, modules, qconfig, dtype, where, artifact)
     _assign(net, file, tied, dtype, device, where)
-    # the config as runtime.load gives it: the spec's values, the folder's config.json (labels ...)
-    hf = read_config_json(Path(folder)) if (Path(folder) / "config.json").exists() else {}
-    model_config = ModelConfig(config, hf, spec.config)
-    model = CompiledModel(net, model_config, spec, art.manifest, dtype, device,
-                          {"head": head, "quantized": dict(modules), "checkpoint": where}, head=head)
-    model.id2label = model_config.id2label if (isinstance(hf.get("id2label"), dict) or "num_labels" in config) else None
-    model.eval()          # as runtime.load leaves a model: dropout off (the wrapper's flag, not only the net's)
-    # what runtime.load reads beside the weights: the generation defaults, the tokenizer
-    model.source = Path(folder)
-    model.generation_config = GenerationConfig.from_checkpoint(Path(folder))
-    if (Path(folder) / "tokenizer.json").exists():
-        model.tokenizer = Tokenizer.from_folder(Path(folder), model.text_keys())
+    # the model as runtime.load leaves one: the config with the folder's config.json (labels ...),
+    # what else the folder holds, dropout off (the wrapper's flag, not only the net's)
+    folder = Path(folder)
+    hf = read_config_json(folder) if (folder / "config.json").exists() else {}
+    model = CompiledModel(net, ModelConfig(config, hf, spec.config), spec, art.manifest, dtype, device,
+                          {"head": head, "quantized": dict(modules), "checkpoint": where}, head=head, source=folder)
+    read_folder_files(model, folder, hf)
+    model.eval()
     model.quantization = qconfig
     model.quantization_config = qconfig.to_dict()
     return model

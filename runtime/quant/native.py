@@ -15,42 +15,39 @@ def interleaved() -> bool:
 class Weights:
     """A quantized weight's kernel arguments, resolved once (the tensors must outlive it). With
     `int8_activations` the kernels quantize each activation row first (schemes.quantize_activations).
-    `weight_tensors`: the tensor each of `weight_args` points into (None for a number or NULL)."""
+    `weight_tensors`: the kernel's weight arguments as tensors (None for NULL) and numbers;
+    `weight_args` the same with each tensor as its data pointer."""
 
     def __init__(self, stored: dict[str, torch.Tensor], scheme, out_features: int, int8_activations: bool = False):
         self.lib = library()
         self.out_features = out_features
         self.stored = stored                   # keeps the tensors alive
-        zeros = stored.get("zeros")
-        q, s = stored["qweight"].data_ptr(), stored["scales"].data_ptr()
-        if scheme.kind == "int8" and interleaved() and stored["qweight"].shape[1] % 32 == 0:
+        qweight, scales, zeros = stored["qweight"], stored["scales"], stored.get("zeros")
+        if scheme.kind == "int8" and interleaved() and qweight.shape[1] % 32 == 0:
             # AVX-512 VNNI: a second copy of the weight in the kernels' own layout (16 rows interleaved)
-            n, k = stored["qweight"].shape
+            n, k = qweight.shape
             self.layout = (torch.empty(((n + 15) // 16) * 16 * k, dtype=torch.uint8),)
-            self.lib.gs_q8_repack16(q, n, k, self.layout[0].data_ptr())
+            self.lib.gs_q8_repack16(qweight.data_ptr(), n, k, self.layout[0].data_ptr())
             self.kernel = self.lib.gs_q8a8_mm16 if int8_activations else self.lib.gs_q8_mm16
-            self.weight_args = (self.layout[0].data_ptr(), s)
-            self.weight_tensors = (self.layout[0], stored["scales"])
+            self.weight_tensors = (self.layout[0], scales)
         elif scheme.kind == "int8":
-            self.kernel, self.weight_args = self.lib.gs_q8a8_mm if int8_activations else self.lib.gs_q8_mm, (q, s)
-            self.weight_tensors = (stored["qweight"], stored["scales"])
+            self.kernel = self.lib.gs_q8a8_mm if int8_activations else self.lib.gs_q8_mm
+            self.weight_tensors = (qweight, scales)
         elif interleaved():
             # AVX-512 (VNNI): a second copy of the weight in the kernels' own layout (16 rows interleaved)
-            n, k = out_features, stored["qweight"].shape[1] * 2
+            n, k = out_features, qweight.shape[1] * 2
             tiles, groups = (n + 15) // 16, k // scheme.group
             self.layout = (torch.empty(tiles * 16 * k // 2, dtype=torch.uint8),
                            torch.empty(tiles * groups * 16, dtype=torch.float16),
                            None if zeros is None else torch.empty(tiles * groups * 16, dtype=torch.uint8))
-            pq, ps, pz = (None if t is None else t.data_ptr() for t in self.layout)
-            self.lib.gs_q4_repack16(q, s, None if zeros is None else zeros.data_ptr(), n, k, scheme.group, pq, ps, pz)
+            self.lib.gs_q4_repack16(*_pointers((qweight, scales, zeros)), n, k, scheme.group,
+                                    *_pointers(self.layout))
             self.kernel = self.lib.gs_q4a8_mm16 if int8_activations else self.lib.gs_q4_mm16
-            self.weight_args = (pq, ps, pz, scheme.group)
-            self.weight_tensors = (*self.layout, None)
+            self.weight_tensors = (*self.layout, scheme.group)
         else:
             self.kernel = self.lib.gs_q4a8_mm if int8_activations else self.lib.gs_q4_mm
-            self.weight_args = (q, s, None if zeros is None else zeros.data_ptr(), scheme.group)
-            self.weight_tensors = (stored["qweight"], stored["scales"], zeros, None)
-
+            self.weight_tensors = (qweight, scales, zeros, scheme.group)
+        self.weight_args = _pointers(self.weight_tensors)
 
     def expert_strides(self, experts: int) -> list[int] | None:
         """For the stacked weights of `experts` experts (rows [num * N]): per weight argument, the
@@ -58,7 +55,8 @@ class Weights:
         start a 16-row tile of the interleaved layout (N not a multiple of 16)."""
         if hasattr(self, "layout") and (self.out_features // experts) % 16:
             return None
-        return [0 if t is None else t.numel() * t.element_size() // experts for t in self.weight_tensors]
+        return [t.numel() * t.element_size() // experts if isinstance(t, torch.Tensor) else 0
+                for t in self.weight_tensors]
 
     def expert(self, e: int, strides: list[int], out_features: int) -> "Weights":
         """Expert e's weights within the stacked ones: the same kernel and tensors, the pointers moved."""
@@ -67,6 +65,11 @@ class Weights:
         one.out_features = out_features
         one.weight_args = tuple(a if not step or a is None else a + e * step for a, step in zip(self.weight_args, strides))
         return one
+
+
+def _pointers(values) -> tuple:
+    """Kernel arguments: a tensor as its data pointer, None as NULL, a number as it is."""
+    return tuple(v.data_ptr() if isinstance(v, torch.Tensor) else v for v in values)
 
 
 def matmul(x: torch.Tensor, w: Weights) -> torch.Tensor:
