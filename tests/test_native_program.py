@@ -91,12 +91,12 @@ def interleaved_product(kind, int8_activations, rows=3):
     return lambda: matmul(x, weights)
 
 
-def attention(dtype):
+def attention(dtype, window=None, softcap=None):
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, h, 1, 16, generator=g).to(dtype) for h in (4, 2, 2))
     cache = (torch.randn(2, 2, 9, 16, generator=g).to(dtype), torch.randn(2, 2, 9, 16, generator=g).to(dtype))
     mask = torch.tensor([[True] * 6, [False, True, True, False, True, True]])[:, None, None]
-    return lambda: native_rows.attention_step(q, k, v, cache, 5, mask, 0.37)
+    return lambda: native_rows.attention_step(q, k, v, cache, 5, mask, 0.37, window, softcap)
 
 
 def gather(dtype):
@@ -136,7 +136,7 @@ def row_ops(dtype):
     return {"rms_norm": lambda: native_rows.rms_norm(x, w, 1e-5), "rope": lambda: native_rows.rope(heads, cos, sin),
             "embedding rows": gather(dtype),
             "silu": lambda: native_rows.silu(x * 4), "add": binary(0), "sub": binary(1), "mul": binary(2),
-            "attention": attention(dtype)}
+            "attention": attention(dtype), "attention windowed, capped": attention(dtype, window=3, softcap=0.8)}
 
 
 def grouped_products(scheme, dtype=torch.float32):
@@ -190,7 +190,7 @@ def test_a_position_argument_moves_by_the_runs_delta():
     position = next(i for i, a in enumerate(args) if isinstance(a, native.Position))
     later = (cache[0].clone(), cache[1].clone())
     want = native_rows.attention_step(q, k, v, later, 7, None, 0.5).clone()
-    out = args[20]
+    out = args[-3]                 # (..., out, scores, threads)
     out.fill_(float("nan"))
     assert run(words_of(calls, moving=[(0, position)]), 1, delta=2) == (-1, 0)
     assert torch.equal(cache[0][:, :, 7], k[:, :, 0]) and torch.equal(cache[1][:, :, 7], v[:, :, 0])

@@ -136,6 +136,34 @@ def test_attention_step_writes_the_cache_and_equals_sdpa_over_it(b, h, hkv, d, p
 
 
 @needs_native
+@pytest.mark.parametrize("window", [None, 1, 3, 8, 50])
+@pytest.mark.parametrize("softcap", [None, 0.7, 30.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_step_sees_only_its_window_and_caps_its_scores_as_the_torch_ops(window, softcap, masked):
+    # the torch ops of a sliding-window, soft-capped attention over the cache (Gemma-2's eager form)
+    b, h, hkv, d, past = 2, 4, 2, 8, 9
+    g = torch.Generator().manual_seed(window or 0)
+    kc, vc = torch.randn(b, hkv, past + 3, d, generator=g) * 3, torch.randn(b, hkv, past + 3, d, generator=g)
+    q = torch.randn(b, h, 1, d, generator=g) * 3
+    k, v = torch.randn(b, hkv, 1, d, generator=g), torch.randn(b, hkv, 1, d, generator=g)
+    padding = torch.ones(b, past + 3, dtype=torch.bool)
+    if masked:
+        padding[0, :6] = False               # with window 3, row 0 sees only its last 3 keys, all real
+    mask = padding[:, None, None, : past + 1] if masked else None
+    got = native_rows.attention_step(q, k, v, (kc, vc), past, mask, 0.4, window, softcap)
+    keys = kc[:, :, : past + 1].repeat_interleave(h // hkv, dim=1)
+    values = vc[:, :, : past + 1].repeat_interleave(h // hkv, dim=1)
+    scores = q @ keys.transpose(-1, -2) * 0.4
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    visible = padding[:, None, None, : past + 1].clone()
+    if window:
+        visible[..., : max(past + 1 - window, 0)] = False
+    want = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1) @ values
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+
+
+@needs_native
 def test_attention_step_with_every_key_hidden_gives_zeros_not_nan():
     kc, vc = torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8)
     q, k, v = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)

@@ -209,19 +209,46 @@ def test_a_step_past_the_recorded_capacity_runs_eagerly():
     assert capture.replayed == 2 and "did not fit" in capture.refused
 
 
-def test_a_sliding_window_filling_up_ends_the_replay_where_the_mask_begins(monkeypatch, tmp_path):
-    # window 10, prompt 7: two steps recorded at 8 and 9 keys need no mask, the 11th key does
+@pytest.mark.parametrize("family, config", [
+    ("Mistral", dict(sliding_window=3)),
+    ("Gemma2", dict(sliding_window=4, head_dim=8, attn_logit_softcapping=1.0, final_logit_softcapping=1.5,
+                    query_pre_attn_scalar=12))])
+def test_sliding_window_steps_replay_past_the_window_bit_for_bit(monkeypatch, tmp_path, family, config):
+    # the attention kernel applies the window (and the soft cap): every step reads the same padding view
     import transformers
     import runtime
     from tests.hf_checkpoints import randomize, save
-    config = transformers.MistralConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                        bos_token_id=1, eos_token_id=2, sliding_window=10)
-    folder = save(randomize(transformers.MistralForCausalLM(config)), tmp_path / "mistral")
+    base = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
+    hf_config = getattr(transformers, f"{family}Config")(**base, **config)
+    folder = save(randomize(getattr(transformers, f"{family}ForCausalLM")(hf_config)), tmp_path / family)
     model = runtime.from_pretrained(folder)
-    eager, captured, capture = generate_both(monkeypatch, model, prompt(97)[0])
-    assert capture.replayed == 1 and "did not fit" in capture.refused
+    ids, mask = prompt(97, pad=2)
+    eager, captured, capture = generate_both(monkeypatch, model, ids, attention_mask=mask)
+    assert capture.refused is None and capture.replayed >= NEW_TOKENS - 4
     assert_same(eager, captured)
+
+
+class Windowed(torch.nn.Module):
+    """A step deciding in Python on its position, as a sliding window not yet full does (no mask
+    needed): x while the keys fit the window (saying so in ctx.holds_until), x / 2 after."""
+
+    def __init__(self, window: int):
+        super().__init__()
+        self.window = window
+
+    def forward(self, x, ctx):
+        if ctx.past + 1 <= self.window:
+            ctx.holds_until = self.window
+            return {"out": x * 1.0}
+        return {"out": x * 0.5}
+
+
+def test_a_choice_held_until_a_position_ends_the_replay_there():
+    capture, outs = run_steps(Windowed(window=5), 8)
+    # steps at past 1 and 2 recorded, 3 and 4 (5 keys) replayed; the step with 6 keys runs eagerly
+    assert capture.replayed == 2 and "did not fit" in capture.refused
+    assert all(torch.equal(out, torch.tensor([[p * (1.0 if p + 1 <= 5 else 0.5)]])) for p, out in zip(range(1, 9), outs))
 
 
 class Scaled(torch.nn.Module):

@@ -43,7 +43,7 @@ static int p_gs_rope_##S(const int64_t *a) { \
 static int p_gs_silu_##S(const int64_t *a) { gs_silu_##S(P(0), P(1), I(2)); return 0; } \
 static int p_gs_attend_step_##S(const int64_t *a) { \
     gs_attend_step_##S(P(0), I(1), I(2), P(3), I(4), I(5), P(6), I(7), I(8), P(9), P(10), I(11), I(12), I(13), \
-                       I(14), I(15), I(16), P(17), I(18), F(19), P(20), P(21), N(22)); return 0; } \
+                       I(14), I(15), I(16), P(17), I(18), F(19), I(20), F(21), P(22), P(23), N(24)); return 0; } \
 static int p_gs_binary_##S(const int64_t *a) { gs_binary_##S(P(0), P(1), P(2), I(3), N(4)); return 0; } \
 static int p_gs_binary_broadcast_##S(const int64_t *a) { \
     gs_binary_broadcast_##S(P(0), P(1), P(2), N(3), I(4), I(5), I(6), I(7), I(8), I(9), I(10), I(11), I(12), \
@@ -65,13 +65,13 @@ static const struct { const char *name; packed run; int64_t args; } KERNELS[] = 
     K(gs_q8_mm, 10), K(gs_q8a8_mm, 10), K(gs_q8_mm16, 10), K(gs_q8a8_mm16, 10),
     K(gs_f32_mm, 9), K(gs_bf16_linear, 9),
     K(gs_grouped, 9),
-    K(gs_rms_norm_f32, 6), K(gs_rope_f32, 13), K(gs_silu_f32, 3), K(gs_attend_step_f32, 23), K(gs_binary_f32, 5),
-    K(gs_rms_norm_bf16, 6), K(gs_rope_bf16, 13), K(gs_silu_bf16, 3), K(gs_attend_step_bf16, 23), K(gs_binary_bf16, 5),
+    K(gs_rms_norm_f32, 6), K(gs_rope_f32, 13), K(gs_silu_f32, 3), K(gs_attend_step_f32, 25), K(gs_binary_f32, 5),
+    K(gs_rms_norm_bf16, 6), K(gs_rope_bf16, 13), K(gs_silu_bf16, 3), K(gs_attend_step_bf16, 25), K(gs_binary_bf16, 5),
     K(gs_binary_broadcast_f32, 16), K(gs_binary_broadcast_bf16, 16),
     K(gs_gather_rows, 6), K(gs_i64_to_f32, 3), K(gs_zero_bytes, 2), K(gs_concat2, 6),
 };
 #define KERNEL_COUNT ((int64_t)(sizeof KERNELS / sizeof KERNELS[0]))
-#define MAX_ARGS 23
+#define MAX_ARGS 25
 
 /* The index of the kernel `name` taking `args` arguments, or -1 when a program cannot call it. */
 int64_t gs_program_kernel(const char *name, int64_t args) {

@@ -84,6 +84,14 @@ static inline float softmax_exp(float x) {
     return p * two.f;
 }
 
+/* tanh(x) as (1 - e) / (1 + e) with e = exp(-2|x|) by softmax_exp (no libm call): within ~1e-7 of
+   it absolutely (near 0 the relative error grows, the absolute one does not), which is what a score
+   capped by softcap * tanh(score / softcap) needs. */
+static inline float capped_tanh(float x) {
+    const float e = softmax_exp(-2.0f * fabsf(x)), t = (1.0f - e) / (1.0f + e);
+    return x < 0.0f ? -t : t;
+}
+
 /* x / (1 + exp(-x)), the formula of torch's silu, in fp32 (bf16: widened, the result rounded once, as
    torch's bf16 silu). exp as softmax_exp (Cephes, within 2 ulp) over its whole range: below -87 it is
    below 1.6e-38, which 1 + it cannot tell from 1; from 88.3 on it is taken as infinite (x / inf: -0,
@@ -107,14 +115,16 @@ SILU(gs_silu_bf16, bf16, ld_bf16, st_bf16)
      q [B, H, 1, D] at strides (qsb, qsh), unit along D; k, v [B, Hkv, 1, D] likewise;
      kc, vc [B, Hkv, cap, D] contiguous; mask: NULL, or bytes [B, L] (1: a key the query may see) at
      batch stride msb (0: one row for all); out [B, 1, H, D] contiguous.
+   window > 0: only the last `window` positions are visible (a sliding window: keys before L - window
+   are never read); softcap > 0: scores become softcap * tanh(scores / softcap) before the softmax.
    Scores q.k * scale, softmax over the visible keys (all hidden: the output row is 0), then the
    probability-weighted sum of values, in fp32; bf16 tensors are widened as read, the output rounded. */
 #define ATTEND_STEP(NAME, T, LD, ST) \
 void NAME(const T *q, int64_t qsb, int64_t qsh, const T *k, int64_t ksb, int64_t ksh, \
           const T *v, int64_t vsb, int64_t vsh, T *kc, T *vc, int64_t cap, int64_t past, \
           int64_t B, int64_t H, int64_t Hkv, int64_t D, const uint8_t *mask, int64_t msb, float scale, \
-          T *out, float *scores, int nt) { \
-    const int64_t L = past + 1, group = H / Hkv; \
+          int64_t window, float softcap, T *out, float *scores, int nt) { \
+    const int64_t L = past + 1, group = H / Hkv, first = window > 0 && L > window ? L - window : 0; \
     for (int64_t b = 0; b < B; b++) \
         for (int64_t g = 0; g < Hkv; g++) { \
             T *kd = kc + ((b * Hkv + g) * cap + past) * D, *vd = vc + ((b * Hkv + g) * cap + past) * D; \
@@ -130,11 +140,11 @@ void NAME(const T *q, int64_t qsb, int64_t qsh, const T *k, int64_t ksb, int64_t
         const T *kb = kc + (b * Hkv + g) * cap * D, *vb = vc + (b * Hkv + g) * cap * D; \
         const uint8_t *mrow = mask ? mask + b * msb : NULL; \
         float *s = scores + bh * (L + D), top = -INFINITY; \
-        for (int64_t j = 0; j < L; j++) { \
+        for (int64_t j = first; j < L; j++) { \
             float dot = 0.0f; \
             _Pragma("omp simd reduction(+:dot)") \
             for (int64_t d = 0; d < D; d++) dot += LD(qv, d) * LD(kb, j * D + d); \
-            s[j] = dot * scale; \
+            s[j] = softcap > 0.0f ? softcap * capped_tanh(dot * scale / softcap) : dot * scale; \
             if ((!mrow || mrow[j]) && s[j] > top) top = s[j]; \
         } \
         T *o = out + (b * H + h) * D; \
@@ -143,12 +153,12 @@ void NAME(const T *q, int64_t qsb, int64_t qsh, const T *k, int64_t ksb, int64_t
         if (top == -INFINITY) { for (int64_t d = 0; d < D; d++) ST(o, d, 0.0f); continue; } \
         float sum = 0.0f; \
         _Pragma("omp simd reduction(+:sum)") \
-        for (int64_t j = 0; j < L; j++) { \
+        for (int64_t j = first; j < L; j++) { \
             const float p = (!mrow || mrow[j]) ? softmax_exp(s[j] - top) : 0.0f; \
             s[j] = p; \
             sum += p; \
         } \
-        for (int64_t j = 0; j < L; j++) { \
+        for (int64_t j = first; j < L; j++) { \
             const float p = s[j]; \
             if (p == 0.0f) continue; \
             _Pragma("omp simd") \

@@ -20,12 +20,15 @@ def attention(q, k, v, ctx, slot, *, seq: str | None = None, causal: bool = True
     """
     state = ctx.seq(seq)
     p = dropout if dropout and ctx.training else 0.0
-    if (state.cache is not None and q.shape[-2] == 1 and k.shape[-2] == 1 and not softcap and bias is None
+    if (state.cache is not None and q.shape[-2] == 1 and k.shape[-2] == 1 and bias is None
             and not p and not ctx.record_attentions):
-        # a decode step: the cache write and the attention as one C call, where it takes the case
-        mask = ctx.mask(seq, 1, state.past + 1, causal, window)
+        # a decode step: the cache write and the attention as one C call, where it takes the case. The
+        # kernel applies the window itself (keys before it are not read), so the mask is the one of
+        # every key so far: the same view of the padding at every step, whose replay a recorded step
+        # can then take past the window
+        mask = ctx.mask(seq, 1, state.past + 1, causal)
         step = native_rows.attention_step(q, k, v, state.cache.buffers(slot, k, v, state.past), state.past, mask,
-                                          q.shape[-1] ** -0.5 if scale is None else scale)
+                                          q.shape[-1] ** -0.5 if scale is None else scale, window, softcap)
         if step is not None:
             return step
     if state.cache is not None:

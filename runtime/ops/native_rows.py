@@ -112,12 +112,17 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor 
 
 
 def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
-                   past: int, mask, scale: float) -> torch.Tensor | None:
+                   past: int, mask, scale: float, window: int | None = None,
+                   softcap: float | None = None) -> torch.Tensor | None:
     """A decode step of attention.attention with its KV cache: k and v (one position) written at `past`
     of the cache buffers, then q [B, H, 1, D] attends to the past + 1 cached positions under `mask`
-    (None, or bool [B or 1, 1, 1, past + 1]). Returns [B, H, 1, D] (a view of [B, 1, H, D])."""
+    (None, or bool [B or 1, 1, 1, past + 1]) and, with a `window`, to the last `window` of them only;
+    `softcap` caps the scores (softcap * tanh(score / softcap)). Returns [B, H, 1, D] (a view of
+    [B, 1, H, D])."""
     kc, vc = cache
     if not _takes(q, k, v, kc, vc) or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        return None
+    if (window is not None and window < 1) or (softcap and not softcap > 0):
         return None
     b, h, _, d = q.shape
     hkv, length = k.shape[1], past + 1
@@ -135,8 +140,8 @@ def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: tup
     # generation allocates the same (a recorded step replays into it at later positions)
     scores = torch.empty(b * h * (kc.shape[2] + d))
     call(float_kernel("attend_step", q.dtype), q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0),
-         v.stride(1), kc, vc, kc.shape[2], Position(past), b, h, hkv, d, mask, mask_stride, scale, out, scores,
-         torch.get_num_threads())
+         v.stride(1), kc, vc, kc.shape[2], Position(past), b, h, hkv, d, mask, mask_stride, scale, window or 0,
+         softcap or 0.0, out, scores, torch.get_num_threads())
     return out.transpose(1, 2)
 
 
