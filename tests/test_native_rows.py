@@ -106,6 +106,17 @@ def test_c_linear_equals_f_linear(dtype, rows, n, k):
         assert bool(((got.float() - want.float()).abs() <= ulp + 1e-6).all())
 
 
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_c_linear_gives_a_row_the_same_bits_in_any_block_of_rows(dtype):
+    # a row alone (a decode pick), among 4 and among 8+ (a prompt's wide tiles): one summation order
+    g = torch.Generator().manual_seed(11)
+    x, w = torch.randn(19, 200, generator=g).to(dtype), torch.randn(45, 200, generator=g).to(dtype)
+    alone = torch.cat([native_rows.linear(x[i:i + 1], w, None) for i in range(19)])
+    for rows in (4, 8, 16, 19):
+        assert torch.equal(native_rows.linear(x[:rows], w, None, rows_up_to={dtype: 32}), alone[:rows]), rows
+
+
 def attention_reference(q, kc, vc, length, mask, scale):
     k, v = kc[:, :, :length], vc[:, :, :length]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])

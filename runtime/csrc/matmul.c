@@ -233,8 +233,33 @@ INLINE void NAME(const int R, const int NB, const float *x, int64_t K, int64_t l
 FLOAT_TILE(f32_tile, float, v_load, F32_SCALAR)
 FLOAT_TILE(bf16_tile, uint16_t, v_bf16, bf16_to_float)
 
+/* Blocks of WIDE_ROWS rows against pairs of weight rows (AVX-512): 16 accumulators, enough FMAs in
+   flight for both of AVX-512's FMA ports (a 4 x 1 tile keeps one busy); each weight pair, widened
+   once per block, stays in L1 across the blocks, so the weights are read once. Leaves x, y and M at
+   the rows after the blocks (fewer than WIDE_ROWS), which FOR_TILES computes. A row's sums are
+   accumulated in the same order in every tile, so the blocking changes no bit. */
+#if WIDE_ROWS > ROWS
+#define WIDE_BLOCKS(TILE, w) do { \
+    const int64_t wide = M / WIDE_ROWS * WIDE_ROWS; \
+    if (wide) { \
+        _Pragma("omp parallel for schedule(static) num_threads(nt)") \
+        for (int64_t n0 = 0; n0 < N; n0 += 2) \
+            for (int64_t m0 = 0; m0 < wide; m0 += WIDE_ROWS) { \
+                if (N - n0 >= 2) TILE(WIDE_ROWS, 2, x + m0 * ldx, K, ldx, w + n0 * K, y + m0 * ldy + n0, ldy); \
+                else TILE(WIDE_ROWS, 1, x + m0 * ldx, K, ldx, w + n0 * K, y + m0 * ldy + n0, ldy); \
+            } \
+        x += wide * ldx; \
+        y += wide * ldy; \
+        M -= wide; \
+    } \
+} while (0)
+#else
+#define WIDE_BLOCKS(TILE, w) do { } while (0)
+#endif
+
 int gs_f32_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const float *w, int64_t N, float *y, int64_t ldy,
               int nt) {
+    WIDE_BLOCKS(f32_tile, w);
 #define F32(R, B, n) f32_tile(R, B, x + m0 * ldx, K, ldx, w + (n) * K, y + m0 * ldy + (n), ldy)
     FOR_TILES(F32)
 #undef F32
@@ -243,23 +268,7 @@ int gs_f32_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const float *w,
 
 static int bf16_mm(const float *x, int64_t M, int64_t K, int64_t ldx, const uint16_t *w, int64_t N, float *y,
                    int64_t ldy, int nt) {
-#if WIDE_ROWS > ROWS
-    /* Blocks of WIDE_ROWS rows against pairs of weight rows: 16 accumulators, enough FMAs in flight
-       for both of AVX-512's FMA ports (a 4 x 1 tile keeps one busy); each weight pair, widened
-       from bf16 once per block, stays in L1 across the blocks, so the weights are read once. */
-    const int64_t wide = M / WIDE_ROWS * WIDE_ROWS;
-    if (wide) {
-        _Pragma("omp parallel for schedule(static) num_threads(nt)")
-        for (int64_t n0 = 0; n0 < N; n0 += 2)
-            for (int64_t m0 = 0; m0 < wide; m0 += WIDE_ROWS) {
-                if (N - n0 >= 2) bf16_tile(WIDE_ROWS, 2, x + m0 * ldx, K, ldx, w + n0 * K, y + m0 * ldy + n0, ldy);
-                else bf16_tile(WIDE_ROWS, 1, x + m0 * ldx, K, ldx, w + n0 * K, y + m0 * ldy + n0, ldy);
-            }
-        x += wide * ldx;
-        y += wide * ldy;
-        M -= wide;
-    }
-#endif
+    WIDE_BLOCKS(bf16_tile, w);
 #define BF16(R, B, n) bf16_tile(R, B, x + m0 * ldx, K, ldx, w + (n) * K, y + m0 * ldy + (n), ldy)
     FOR_TILES(BF16)
 #undef BF16

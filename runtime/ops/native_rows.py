@@ -23,10 +23,11 @@ MAX_ELEMENTS = 1 << 16
 # ahead (4.2 against 4.6); at one row it beats torch's bf16 matrix-vector product, which converts
 # slowly (a decode step: 29 against 33 ms).
 # fp32: one row ties torch's threaded product (linear_layers' split GEMM) alone, 2-8 rows are 1.1-2.4x
-# faster, from 16 rows MKL's GEMM is ahead (0.5-0.8x); in a replayed decode step the C call joins the
-# step's program (runtime/csrc/program.c) where torch's is an aten call of its own: 20.7 -> 19.3 ms a
-# step of tools.bench's model (alternated in one process).
-LINEAR_ROWS = {torch.bfloat16: 32, torch.float32: 8}
+# faster; since blocks of 8 rows take the wide tiles (matmul.c WIDE_BLOCKS), 9-16 rows are 1.04-1.5x
+# faster than MKL's GEMM (best of 5, widths 512-2048), from 24 rows MKL's is ahead (0.6-0.9x). In a
+# replayed decode step the C call joins the step's program (runtime/csrc/program.c) where torch's is
+# an aten call of its own: 20.7 -> 19.3 ms a step of tools.bench's model (alternated in one process).
+LINEAR_ROWS = {torch.bfloat16: 32, torch.float32: 16}
 
 
 FLOATS = tuple(FLOAT_KERNEL_SUFFIX)
