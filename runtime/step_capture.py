@@ -16,7 +16,7 @@ generation then stays eager. Python code that decides on a position without any 
 until where its choice holds (ForwardContext.holds_until: a sliding window not yet full needs no
 mask), and the replay stops there. So does a step that reads a tensor's value into Python (its decisions
 would be frozen), draws random numbers, runs off the CPU or runs a collective. The replay computes
-what the eager step computes, with the same kernels on the same values — but for add, sub and mul of
+what the eager step computes, with the same kernels on the same values — but for add, sub, mul and div of
 two tensors (broadcast or not), an embedding's row gather, int64 -> fp32, zeros_like and the
 concatenation of two tensors, which C loops compute with aten's bits at a fraction of aten's call
 cost —: the same numbers, bit for bit.
@@ -312,11 +312,12 @@ def _replay_call(entry):
 # aten's elementwise ops of two same-shaped tensors whose every result is one correctly rounded
 # operation (runtime/csrc/rows.c gs_binary_*: the same bits): replayed by a C loop instead of aten's
 # call, which costs ~10 us on a row (a decode step has ~40 of them: residual adds, gates)
-_BINARY = {torch.ops.aten.add.Tensor: 0, torch.ops.aten.sub.Tensor: 1, torch.ops.aten.mul.Tensor: 2}
+_BINARY = {torch.ops.aten.add.Tensor: 0, torch.ops.aten.sub.Tensor: 1, torch.ops.aten.mul.Tensor: 2,
+           torch.ops.aten.div.Tensor: 3}
 
 
 def _native_binary(fn, args, kwargs, out):
-    """The C replay of a recorded add / sub / mul (no alpha) of two tensors of the output's dtype: of
+    """The C replay of a recorded add / sub / mul / div (no alpha, no rounding mode) of two tensors of the output's dtype: of
     its shape and contiguous (one loop), or broadcast to it over at most 4 dimensions, or None."""
     code = _BINARY.get(fn)
     if (code is None or getattr(out, "dtype", None) not in native.FLOAT_KERNEL_SUFFIX or kwargs or len(args) != 2

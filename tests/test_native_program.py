@@ -159,6 +159,9 @@ CASES = {
     **{f"interleaved {kind}{' a8' if a8 else ''}": interleaved_product(kind, a8)
        for kind in ("int8", "int4") for a8 in (False, True)},
     "f32 linear": lambda: native_rows.linear(torch.randn(3, 64), torch.randn(24, 64), None),
+    "router softmax": lambda: native_rows.softmax(torch.randn(2, 1, 8), -1),
+    "router top-k": lambda: native_rows.topk(torch.randn(2, 8), 2, -1, True, True)[0],
+    "router sum": lambda: native_rows.reduce_sum(torch.randn(2, 3, 5), 1, False),
     "positions as floats": positions_as_floats(),
     "concatenation": concatenation(),
     "broadcast product f32": broadcast_product(torch.float32),

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime import native
+from runtime import ops
 from runtime.ops import native_rows
 from runtime.ops.norms import rms_norm
 from runtime.ops.rotary import rope
@@ -231,7 +232,7 @@ def test_bf16_attention_step_equals_sdpa_in_bf16():
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("op, code", [(torch.add, 0), (torch.sub, 1), (torch.mul, 2)])
+@pytest.mark.parametrize("op, code", [(torch.add, 0), (torch.sub, 1), (torch.mul, 2), (torch.div, 3)])
 def test_the_c_elementwise_ops_a_replayed_step_takes_give_atens_bits(dtype, op, code):
     g = torch.Generator().manual_seed(0)
     special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-40, -1e-40, 3.4e38, -3.4e38, 1.0])
@@ -273,7 +274,7 @@ def test_the_c_linears_other_code_paths_equal_f_linear(march, monkeypatch):
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("op, code", [(torch.add, 0), (torch.sub, 1), (torch.mul, 2)])
+@pytest.mark.parametrize("op, code", [(torch.add, 0), (torch.sub, 1), (torch.mul, 2), (torch.div, 3)])
 def test_the_c_broadcast_elementwise_ops_give_atens_bits(dtype, op, code):
     g = torch.Generator().manual_seed(code)
     kernel = getattr(native.library(), f"gs_binary_broadcast_{'f32' if dtype == torch.float32 else 'bf16'}")
@@ -371,3 +372,43 @@ def test_the_c_argmax_picks_what_torch_picks_ties_nans_and_infinities_included()
     assert torch.equal(native_rows.argmax(x), x.argmax(dim=-1))
     assert native_rows.argmax(x.t()) is None and native_rows.argmax(x.double()) is None
     assert native_rows.argmax(torch.empty(2, 0)) is None
+
+@needs_native
+@pytest.mark.parametrize("shape", [(1, 1, 8), (3, 5, 60), (7, 1)])
+def test_a_routers_softmax_top_k_and_sums_match_torchs(shape):
+    g = torch.Generator().manual_seed(shape[-1])
+    x = torch.randn(shape, generator=g) * 4
+    torch.testing.assert_close(ops.softmax(x, -1), torch.softmax(x, -1), rtol=2e-6, atol=1e-7)
+    for k in {1, min(2, shape[-1]), shape[-1]}:
+        values, indices = ops.topk(x, k)
+        want = torch.topk(x, k)
+        assert torch.equal(values, want.values) and torch.equal(indices, want.indices)
+    for dim in range(-len(shape), len(shape)):
+        for keep in (False, True):
+            torch.testing.assert_close(ops.reduce_sum(x, dim, keepdim=keep), x.double().sum(dim, keepdim=keep).float())
+
+
+@needs_native
+def test_the_routers_c_ops_treat_special_values_as_torch():
+    inf, nan = float("inf"), float("nan")
+    x = torch.tensor([[0.5, -inf, 2.0, -inf], [1.0, nan, 0.0, 3.0], [-inf] * 4, [1.0, inf, 0.0, 2.0]])
+    got, want = ops.softmax(x, -1), torch.softmax(x, -1)
+    assert torch.equal(got.isnan(), want.isnan())
+    torch.testing.assert_close(got[0], want[0], rtol=2e-6, atol=1e-7)          # masked entries are exact zeros
+    ties = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [nan, 1.0, nan, 5.0, 0.0]])
+    values, indices = ops.topk(ties, 3)
+    # equal values in index order (an order torch leaves open), a NaN above every number
+    assert indices.tolist() == [[1, 2, 4], [0, 2, 3]]
+    assert values[0].tolist() == [3.0, 3.0, 3.0] and values[1, :2].isnan().all() and values[1, 2] == 5.0
+
+
+def test_the_routers_ops_leave_what_the_c_loops_do_not_take_to_torch():
+    g = torch.Generator().manual_seed(2)
+    for x in (torch.randn(4, 9, generator=g).bfloat16(), torch.randn(300, 300, generator=g),
+              torch.randn(9, 4, generator=g).t(), torch.randn(4, 9, generator=g).requires_grad_()):
+        assert torch.equal(ops.softmax(x, -1), torch.softmax(x, -1))
+        assert torch.equal(ops.reduce_sum(x, 0), x.sum(0))
+        assert all(torch.equal(a, b) for a, b in zip(ops.topk(x, 2), torch.topk(x, 2)))
+    x = torch.randn(4, 9, generator=g)
+    assert torch.equal(ops.topk(x, 2, largest=False).indices, torch.topk(x, 2, largest=False).indices)
+    assert torch.equal(ops.softmax(x, 0), torch.softmax(x, 0))

@@ -18,16 +18,22 @@ def _reduced(ctx, dtype: str) -> TType:
     return TType(x.shape[:dim] + rest + x.shape[dim + 1:], dtype)
 
 
-def _reduction(name: str, doc: str, method: str, dtype, example: str, allowed=(*FLOATS, "int")) -> OpDef:
-    """dtype: the result's class, or a function of x's."""
+def _reduction(name: str, doc: str, method: str, dtype, example: str, allowed=(*FLOATS, "int"),
+               run: str | None = None) -> OpDef:
+    """dtype: the result's class, or a function of x's. run: the runtime function computing it
+    (`ops.<run>(x, dim, keepdim)`), else the tensor method `method`."""
     def infer(ctx):
         x = ctx.expect_dtype("x", allowed)
         return [_reduced(ctx, dtype(x.dtype) if callable(dtype) else dtype)]
 
+    def emit(e):
+        if run:
+            return f"ops.{run}({e['x']}, {e.a('dim')}, keepdim={e.a('keepdim')})"
+        return f"{e['x']}.{method}({e.a('dim')}, keepdim={e.a('keepdim')})"
+
     return register(OpDef(
         name=name, doc=doc, operands=("x",), attrs=(DIM, KEEPDIM), infer=infer, fusion="reduction",
-        positionwise=along_features,
-        emit=lambda e: f"{e['x']}.{method}({e.a('dim')}, keepdim={e.a('keepdim')})",
+        positionwise=along_features, emit=emit, run=run,
         shape_doc="x without `dim` (size 1 there with keepdim)", example=example))
 
 
@@ -36,7 +42,7 @@ def _sum_dtype(dtype: str) -> str:
 
 
 _reduction("sum", "the sum of x along dim (bools count as integers)", "sum", _sum_dtype,
-           "total: {op: sum, x: weights, dim: -1, keepdim: true}", allowed=(*FLOATS, "int", "bool"))
+           "total: {op: sum, x: weights, dim: -1, keepdim: true}", allowed=(*FLOATS, "int", "bool"), run="reduce_sum")
 _reduction("mean", "the mean of x along dim", "mean", lambda d: d, "pooled: {op: mean, x: h, dim: 1}", allowed=FLOATS)
 _reduction("max", "the largest value of x along dim", "amax", lambda d: d, "m: {op: max, x: scores, dim: -1}")
 _reduction("min", "the smallest value of x along dim", "amin", lambda d: d, "m: {op: min, x: scores, dim: -1}")
@@ -58,8 +64,8 @@ register(OpDef(
     operands=("x",), outputs=2, infer=_topk_infer, fusion="opaque", positionwise=along_features,
     attrs=(Attr("k", "expr", required=True), LAST_DIM, Attr("largest", "bool", default=True),
            Attr("sorted", "bool", default=True, doc="values in order, largest first")),
-    emit=lambda e: (f"torch.topk({e['x']}, {e.a('k')}, dim={e.a('dim')}, largest={e.a('largest')}, "
-                    f"sorted={e.a('sorted')})"),
+    emit=lambda e: (f"ops.topk({e['x']}, {e.a('k')}, dim={e.a('dim')}, largest={e.a('largest')}, "
+                    f"sorted={e.a('sorted')})"), run="topk",
     shape_doc="two values: x with `dim` of size k, in x's dtype, and the same shape in int",
     example="weights, experts: {op: topk, x: probs, k: num_experts_per_tok}"))
 
@@ -79,7 +85,7 @@ register(OpDef(
     name="softmax", doc="exp(x) / sum(exp(x)) along dim, computed in fp32 and rounded once to x's dtype",
     operands=("x",), attrs=(LAST_DIM,), infer=_along_infer, fusion="reduction", triton=_last_dim("softmax"),
     positionwise=along_features,
-    emit=lambda e: f"torch.softmax({e['x']}, {e.a('dim')})",
+    emit=lambda e: f"ops.softmax({e['x']}, {e.a('dim')})", run="softmax",
     shape_doc="the shape and dtype of x (float)", example="probs: {op: softmax, x: router_logits, dim: -1}"))
 
 register(OpDef(

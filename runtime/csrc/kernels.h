@@ -41,6 +41,9 @@ void gs_binary_##S(const T *a, const T *b, T *out, int64_t n, int op); \
 void gs_binary_broadcast_##S(const T *a, const T *b, T *out, int op, int64_t n0, int64_t n1, int64_t n2, \
                              int64_t n3, int64_t as0, int64_t as1, int64_t as2, int64_t as3, int64_t bs0, \
                              int64_t bs1, int64_t bs2, int64_t bs3);
+void gs_softmax_f32(const float *x, float *out, int64_t rows, int64_t n);
+void gs_topk_f32(const float *x, int64_t rows, int64_t n, int64_t k, float *values, int64_t *indices);
+void gs_sum_f32(const float *x, float *out, int64_t outer, int64_t n, int64_t inner);
 int gs_gather_rows(const uint8_t *table, int64_t rows, int64_t row_bytes, const int64_t *idx, int64_t n,
                    uint8_t *out);
 void gs_i64_to_f32(const int64_t *x, float *out, int64_t n);

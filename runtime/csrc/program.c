@@ -53,6 +53,9 @@ ROWS(bf16)
 static int p_gs_gather_rows(const int64_t *a) { return gs_gather_rows(P(0), I(1), I(2), P(3), I(4), P(5)); }
 static int p_gs_i64_to_f32(const int64_t *a) { gs_i64_to_f32(P(0), P(1), I(2)); return 0; }
 static int p_gs_concat2(const int64_t *a) { gs_concat2(P(0), I(1), P(2), I(3), I(4), P(5)); return 0; }
+static int p_gs_softmax_f32(const int64_t *a) { gs_softmax_f32(P(0), P(1), I(2), I(3)); return 0; }
+static int p_gs_topk_f32(const int64_t *a) { gs_topk_f32(P(0), I(1), I(2), I(3), P(4), P(5)); return 0; }
+static int p_gs_sum_f32(const int64_t *a) { gs_sum_f32(P(0), P(1), I(2), I(3), I(4)); return 0; }
 static int p_gs_zero_bytes(const int64_t *a) { gs_zero_bytes(P(0), I(1)); return 0; }
 
 static int p_gs_grouped(const int64_t *a) { return gs_grouped(P(0), P(1), P(2), I(3), I(4), I(5), I(6), P(7), P(8)); }
@@ -69,6 +72,7 @@ static const struct { const char *name; packed run; int64_t args; } KERNELS[] = 
     K(gs_rms_norm_bf16, 6), K(gs_rope_bf16, 13), K(gs_silu_bf16, 3), K(gs_attend_step_bf16, 25), K(gs_binary_bf16, 5),
     K(gs_binary_broadcast_f32, 16), K(gs_binary_broadcast_bf16, 16),
     K(gs_gather_rows, 6), K(gs_i64_to_f32, 3), K(gs_zero_bytes, 2), K(gs_concat2, 6),
+    K(gs_softmax_f32, 4), K(gs_topk_f32, 6), K(gs_sum_f32, 5),
 };
 #define KERNEL_COUNT ((int64_t)(sizeof KERNELS / sizeof KERNELS[0]))
 #define MAX_ARGS 25

@@ -177,7 +177,7 @@ ATTEND_STEP(gs_attend_step_bf16, bf16, ld_bf16, st_bf16)
    operation (bf16: both widened, the operation in fp32, rounded to nearest even, as aten computes
    it), so these are aten's bits. A recorded decode step replays such ops through here
    (runtime/step_capture.py): aten's own call costs ~10 us on a row of a few thousand values, this
-   loop well under one. gs_binary_*: the common case, two contiguous tensors of n elements. */
+   loop well under one. gs_binary_*: the common case, two contiguous tensors of n elements. op 3: a / b. */
 #define BINARY(NAME, BROADCAST, T, LD, ST) \
 void BROADCAST(const T *a, const T *b, T *out, int op, int64_t n0, int64_t n1, int64_t n2, int64_t n3, \
                int64_t as0, int64_t as1, int64_t as2, int64_t as3, int64_t bs0, int64_t bs1, int64_t bs2, \
@@ -189,7 +189,7 @@ void BROADCAST(const T *a, const T *b, T *out, int op, int64_t n0, int64_t n1, i
                 const T *ar = a + i0 * as0 + i1 * as1 + i2 * as2, *br = b + i0 * bs0 + i1 * bs1 + i2 * bs2; \
                 for (int64_t i3 = 0; i3 < n3; i3++, o++) { \
                     const float x = LD(ar, i3 * as3), y = LD(br, i3 * bs3); \
-                    ST(out, o, op == 0 ? x + y : op == 1 ? x - y : x * y); \
+                    ST(out, o, op == 0 ? x + y : op == 1 ? x - y : op == 2 ? x * y : x / y); \
                 } \
             } \
 } \
@@ -257,5 +257,74 @@ void gs_argmax_f32(const float *x, int64_t rows, int64_t n, int64_t *out) {
             while (row[at] != top) at++;      /* top is a value of the row (-inf when all are) */
         }
         out[r] = at;
+    }
+}
+
+/* The few-value reductions of a mixture of experts' router, which a decode step runs once a layer on
+   a row of a few dozen values, where aten's call costs ~25 us. fp32, contiguous. The model's ops call
+   them in eager and replayed steps alike, so both compute the same bits. */
+
+/* out = softmax of each row of x [rows, n]: exp(x - max) (softmax_exp, within 2 ulp) over their sum,
+   each divided (one rounding). A row holding NaN, or +inf, or only -inf, gives NaN as torch's. */
+void gs_softmax_f32(const float *x, float *out, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * n;
+        float *o = out + r * n;
+        float top = -INFINITY, sum = 0.0f;
+        int nan = 0;
+        for (int64_t i = 0; i < n; i++) {
+            top = row[i] > top ? row[i] : top;
+            nan |= row[i] != row[i];
+        }
+        if (nan || top == INFINITY || top == -INFINITY) {
+            for (int64_t i = 0; i < n; i++) o[i] = NAN;
+            continue;
+        }
+        for (int64_t i = 0; i < n; i++) {
+            const float d = row[i] - top;
+            o[i] = d < -87.0f ? 0.0f : softmax_exp(d);
+            sum += o[i];
+        }
+        for (int64_t i = 0; i < n; i++) o[i] = o[i] / sum;
+    }
+}
+
+/* The k largest values of each row of x [rows, n] (k <= n), largest first, a NaN counting as larger
+   than any number; among equal values the lower index first. values [rows, k], indices [rows, k]. */
+void gs_topk_f32(const float *x, int64_t rows, int64_t n, int64_t k, float *values, int64_t *indices) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * n;
+        float *v = values + r * k;
+        int64_t *ix = indices + r * k, have = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const float c = row[i];
+            /* insertion into the sorted first `have`: c goes after every kept value not below it */
+            int64_t at = have;
+            while (at > 0) {
+                const float p = v[at - 1];
+                const int before = c != c ? p != p : (p != p || p >= c);   /* p stays ahead of c */
+                if (before) break;
+                at--;
+            }
+            if (at >= k) continue;
+            for (int64_t j = (have < k ? have : k - 1); j > at; j--) { v[j] = v[j - 1]; ix[j] = ix[j - 1]; }
+            v[at] = c;
+            ix[at] = i;
+            if (have < k) have++;
+        }
+    }
+}
+
+/* out[o, i] = the sum over j of x[o, j, i], x [outer, n, inner] contiguous, j in order. */
+void gs_sum_f32(const float *x, float *out, int64_t outer, int64_t n, int64_t inner) {
+    for (int64_t o = 0; o < outer; o++) {
+        float *y = out + o * inner;
+        const float *base = x + o * n * inner;
+        for (int64_t i = 0; i < inner; i++) y[i] = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+            const float *xr = base + j * inner;
+            _Pragma("omp simd")
+            for (int64_t i = 0; i < inner; i++) y[i] += xr[i];
+        }
     }
 }

@@ -9,8 +9,9 @@ from runtime.ops.norms import layer_norm, rms_norm
 from runtime.ops.parallel import all_gather, all_reduce, embedding_shard
 from runtime.ops.rotary import rope, rope_table
 from runtime.ops.sequence import keep_positions, last_positions, positions, relative_buckets
-from runtime.ops.tensors import concat, dropout, silu, softcap
+from runtime.ops.tensors import concat, dropout, reduce_sum, silu, softcap, softmax, topk
 
 __all__ = ["alibi_slopes", "attention", "FusedLinear", "GroupedLinear", "Linear", "linear", "Norm", "Tensor", "layer_norm", "rms_norm", "rope",
            "rope_table", "keep_positions", "last_positions", "positions", "relative_buckets", "concat", "dropout", "silu", "softcap",
+           "softmax", "topk", "reduce_sum",
            "all_gather", "all_reduce", "embedding_shard"]

@@ -146,6 +146,54 @@ def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: tup
     return out.transpose(1, 2)
 
 
+def _rows_of(x: torch.Tensor, dim: int):
+    """(x [outer, n, inner] as contiguous fp32 memory, dim made positive), or None: a small fp32 CPU
+    tensor the few-value kernels take."""
+    if x.dim() == 0 or x.numel() > MAX_ELEMENTS or not x.is_contiguous() or not _takes(x, dtypes=(torch.float32,)):
+        return None
+    return dim % x.dim()
+
+
+def softmax(x: torch.Tensor, dim: int) -> torch.Tensor | None:
+    """torch.softmax(x, dim) along the last dim of a small fp32 tensor (rows.c gs_softmax_f32: within
+    a few ulp of torch's)."""
+    dim = _rows_of(x, dim)
+    if dim is None or dim != x.dim() - 1:
+        return None
+    out = torch.empty(x.shape, dtype=x.dtype)
+    n = x.shape[-1]
+    call(library().gs_softmax_f32, x, out, x.numel() // n if n else 0, n)
+    return out
+
+
+def topk(x: torch.Tensor, k: int, dim: int, largest: bool, sorted: bool):
+    """torch.topk(x, k, dim, largest=True) along the last dim of a small fp32 tensor: (values,
+    indices), largest first (rows.c gs_topk_f32: the same values; among equal ones the lower index
+    first, an order torch leaves open), or None."""
+    dim = _rows_of(x, dim)
+    n = x.shape[-1] if x.dim() else 0
+    if dim is None or dim != x.dim() - 1 or not largest or not isinstance(k, int) or not 0 < k <= n:
+        return None
+    values = torch.empty(*x.shape[:-1], k, dtype=x.dtype)
+    indices = torch.empty(*x.shape[:-1], k, dtype=torch.long)
+    call(library().gs_topk_f32, x, x.numel() // n, n, k, values, indices)
+    return values, indices
+
+
+def reduce_sum(x: torch.Tensor, dim: int, keepdim: bool) -> torch.Tensor | None:
+    """x.sum(dim, keepdim) of a small fp32 tensor, summed in order along dim (rows.c gs_sum_f32)."""
+    dim = _rows_of(x, dim)
+    if dim is None:
+        return None
+    shape = list(x.shape)
+    n = shape[dim]
+    outer, inner = x.shape[:dim].numel(), x.shape[dim + 1:].numel()
+    shape[dim] = 1
+    out = torch.empty(shape if keepdim else shape[:dim] + shape[dim + 1:], dtype=x.dtype)
+    call(library().gs_sum_f32, x, out, outer, n, inner)
+    return out
+
+
 def argmax(x: torch.Tensor) -> torch.Tensor | None:
     """x.argmax(dim=-1) for contiguous fp32 rows [N, V] (the first largest value, the first NaN if
     any: torch's answer) by one C loop (rows.c gs_argmax_f32)."""

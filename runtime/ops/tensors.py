@@ -1,4 +1,5 @@
-"""Small tensor ops the emitted code calls by name: joining with broadcasting, soft-capping, dropout, silu."""
+"""Small tensor ops the emitted code calls by name: joining with broadcasting, soft-capping, dropout, silu,
+softmax, top-k and sums."""
 from __future__ import annotations
 
 import torch
@@ -34,3 +35,22 @@ def silu(x: torch.Tensor) -> torch.Tensor:
     torch's), where aten's call costs ~10x the arithmetic."""
     few = native_rows.silu(x)
     return few if few is not None else F.silu(x)
+
+
+# A mixture of experts' router runs these once a layer on a few dozen values per token: by C loops
+# (native_rows) where aten's call costs ~25 us, and which a replayed decode step runs inside its
+# program; torch's ops elsewhere (other dtypes, large tensors, autograd, tracing).
+
+def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    few = native_rows.softmax(x, dim)
+    return few if few is not None else torch.softmax(x, dim)
+
+
+def topk(x: torch.Tensor, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):
+    few = native_rows.topk(x, k, dim, largest, sorted)
+    return few if few is not None else torch.topk(x, k, dim=dim, largest=largest, sorted=sorted)
+
+
+def reduce_sum(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    few = native_rows.reduce_sum(x, dim, keepdim)
+    return few if few is not None else x.sum(dim, keepdim=keepdim)
