@@ -272,6 +272,7 @@ void gs_softmax_f32(const float *x, float *out, int64_t rows, int64_t n) {
         float *o = out + r * n;
         float top = -INFINITY, sum = 0.0f;
         int nan = 0;
+        _Pragma("omp simd reduction(max:top) reduction(|:nan)")
         for (int64_t i = 0; i < n; i++) {
             top = row[i] > top ? row[i] : top;
             nan |= row[i] != row[i];
@@ -280,11 +281,13 @@ void gs_softmax_f32(const float *x, float *out, int64_t rows, int64_t n) {
             for (int64_t i = 0; i < n; i++) o[i] = NAN;
             continue;
         }
+        _Pragma("omp simd reduction(+:sum)")
         for (int64_t i = 0; i < n; i++) {
             const float d = row[i] - top;
             o[i] = d < -87.0f ? 0.0f : softmax_exp(d);
             sum += o[i];
         }
+        _Pragma("omp simd")
         for (int64_t i = 0; i < n; i++) o[i] = o[i] / sum;
     }
 }
@@ -315,8 +318,19 @@ void gs_topk_f32(const float *x, int64_t rows, int64_t n, int64_t k, float *valu
     }
 }
 
-/* out[o, i] = the sum over j of x[o, j, i], x [outer, n, inner] contiguous, j in order. */
+/* out[o, i] = the sum over j of x[o, j, i], x [outer, n, inner] contiguous: in j's order, or along the
+   last dim (inner 1) in vector lanes. */
 void gs_sum_f32(const float *x, float *out, int64_t outer, int64_t n, int64_t inner) {
+    if (inner == 1) {       /* along the last dim: each row's sum in vector lanes */
+        for (int64_t o = 0; o < outer; o++) {
+            const float *row = x + o * n;
+            float s = 0.0f;
+            _Pragma("omp simd reduction(+:s)")
+            for (int64_t j = 0; j < n; j++) s += row[j];
+            out[o] = s;
+        }
+        return;
+    }
     for (int64_t o = 0; o < outer; o++) {
         float *y = out + o * inner;
         const float *base = x + o * n * inner;
