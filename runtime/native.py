@@ -27,7 +27,7 @@ from runtime.cache import cache_root
 SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("matmul.c", "rows.c", "program.c"))
 HEADERS = tuple(Path(__file__).with_name("csrc") / name for name in ("bf16.h", "kernels.h"))
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
-ABI_VERSION = 16
+ABI_VERSION = 17
 # The instruction set the kernels are built for: this machine's by default. Another value (the
 # environment's GRAPHSPEC_NATIVE_MARCH, e.g. x86-64-v3 for AVX2 only, x86-64 for none) builds the
 # kernels' other code paths, which is how the tests prove them on a machine that would not pick them.
@@ -70,7 +70,7 @@ SIGNATURES = {
     "gs_zero_bytes": ([_p, _i], None),
     "gs_program_kernel": ([ctypes.c_char_p, _i], _i),
     "gs_program_run": ([_p, _i, _i, _p], _i),
-    "gs_grouped": ([_p, _p, _p, _i, _i, _i, _i, _p, _p], _int),
+    "gs_grouped": ([_p, _p, _p, _i, _i, _i, _i, _p, _p, _p], _int),
     "gs_binary_broadcast_f32": ([_p, _p, _p, _int] + [_i] * 12, None),
     "gs_binary_broadcast_bf16": ([_p, _p, _p, _int] + [_i] * 12, None),
     "gs_concat2": ([_p, _i, _p, _i, _i, _p], None),

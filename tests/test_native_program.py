@@ -211,9 +211,11 @@ def test_a_kernel_the_program_does_not_know_or_a_wrong_arity_is_refused():
 def test_the_grouped_kernel_calls_only_matrix_products_and_refuses_an_expert_outside_the_table():
     lib = native.library()
     x, y, index = torch.randn(2, 8), torch.empty(2, 4), torch.tensor([0, 1])
-    silu = [lib.gs_program_kernel(b"gs_silu_f32", 3), 3, 0, 1, 32, 16, 0, 0, 8]
-    status = native.call(lib.gs_grouped, x, y, index, 2, 1, 1, 2, torch.tensor(silu), torch.zeros(3, dtype=torch.int64))
+    silu = [lib.gs_program_kernel(b"gs_silu_f32", 3), 3, 0, 1, 2, 32, 16, 0, 0, 8]
+    status = native.call(lib.gs_grouped, x, y, index, 2, 1, 1, 2, torch.tensor(silu), torch.zeros(3, dtype=torch.int64),
+                         None)
     assert status == -2                                              # not a product: nothing called
     layer = GroupedLinear(3, 64, 16, bias=False)
     with pytest.raises(IndexError, match=r"expert index out of range \[0, 3\)"):
         layer(torch.randn(1, 64), torch.tensor([[1, 3]]))
+    assert not layer.expert_rows                                     # checked before any expert ran

@@ -100,15 +100,18 @@ def test_only_the_experts_some_row_picks_are_computed():
 @pytest.mark.parametrize("scheme", SCHEMES + [None], ids=lambda s: "f32" if s is None else s.name)
 @pytest.mark.parametrize("out", [32, 24])
 @pytest.mark.parametrize("per_pick", [False, True])
-def test_a_few_picks_take_one_c_call_that_computes_what_the_sorted_path_computes(scheme, out, per_pick, monkeypatch):
-    """Up to grouped.NATIVE_PICKS picks (a decode step) are computed by one call of the C kernel,
-    which reads the experts from the index; more go through the sorted path. The same numbers."""
+@pytest.mark.parametrize("tokens", [4, 20])
+def test_a_few_picks_take_one_c_call_that_computes_what_the_sorted_path_computes(scheme, out, per_pick, tokens,
+                                                                                 monkeypatch):
+    """Up to grouped.NATIVE_PICKS picks (a decode step, a short prompt) are computed by one call of
+    the C kernel, which reads the experts from the index and runs each picked expert once over its
+    rows (20 tokens: up to 11 rows an expert); more go through the sorted path. The same numbers."""
     layer = grouped(out=out, bias=False)
     if scheme is not None:
         layer = QuantGroupedLinear.from_float(layer, scheme)
     torch.manual_seed(3)
-    index = torch.randint(0, 5, (4, 2))
-    x = torch.randn(4, 2, 128) if per_pick else torch.randn(4, 128)
+    index = torch.randint(0, 5, (tokens, 2))
+    x = torch.randn(tokens, 2, 128) if per_pick else torch.randn(tokens, 128)
     calls = []
     real = grouped_ops.native.call
     monkeypatch.setattr(grouped_ops.native, "call", lambda kernel, *a: calls.append(kernel.__name__) or real(kernel, *a))

@@ -26,7 +26,7 @@ int gs_q8a8_mm16(const float *x, int64_t M, int64_t K, int64_t ldx, const uint8_
                  int64_t N, float *y, int64_t ldy, int nt);
 
 int gs_grouped(const uint8_t *x, uint8_t *y, const int64_t *index, int64_t picks, int64_t k, int64_t x_per_pick,
-               int64_t experts, const int64_t *words, const int64_t *strides);
+               int64_t experts, const int64_t *words, const int64_t *strides, int64_t *computed);
 
 #define GS_ROW_KERNELS(T, S) \
 void gs_rms_norm_##S(const T *x, int64_t rows, int64_t dim, const T *w, float eps, T *out); \

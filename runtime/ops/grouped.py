@@ -57,27 +57,29 @@ def route(module: nn.Module, x: torch.Tensor, index: torch.Tensor, compute) -> t
     return out.view(*index.shape, module.out_features)
 
 
-# Up to this many picks (a decode step's tokens x k) one C call computes them all, one product per
-# pick; more take the sorted path, where an expert's rows are one product.
-NATIVE_PICKS = 16
+# Up to this many picks (tokens x k: a decode step, a short prompt, a batch) one C call computes
+# them all, each picked expert's rows as one product; more (a long prompt) take the sorted path,
+# where an expert's many rows may take another kernel (runtime.measure's choice for large products).
+NATIVE_PICKS = 256
 
 
 class NativePicks:
     """Every pick's product in one C call (runtime/csrc/program.c gs_grouped), with the experts read
-    from the index inside it: no sort, no count read into Python, so a recorded decode step holds it
-    as one kernel call and replays whatever the router picks. `kernel` (a matrix product of
+    from the index inside it: no sort in Python, no count read into Python, so a recorded decode step
+    holds it as one kernel call and replays whatever the router picks. `kernel` (a matrix product of
     runtime/csrc/matmul.c) on `args`: its arguments for one row of expert 0, x and y (at `x_arg`,
-    `y_arg`) left None; `strides` per argument, the bytes from one expert's weights to the next's (0
-    for the others); rows of `dtype`; `keep` the tensors the arguments point into."""
+    `y_arg`) left None, the row count at `rows_arg`; `strides` per argument, the bytes from one
+    expert's weights to the next's (0 for the others); rows of `dtype`; `keep` the tensors the
+    arguments point into."""
 
     def __init__(self, kernel, args: list, strides: list, x_arg: int, y_arg: int, in_features: int,
-                 out_features: int, experts: int, dtype: torch.dtype, keep):
+                 out_features: int, experts: int, dtype: torch.dtype, keep, rows_arg: int = 1):
         lib = native.library()
         index = lib.gs_program_kernel(kernel.__name__.encode(), len(args))
         if index < 0:
             raise ValueError(f"{kernel.__name__} is not a matrix product the grouped kernel can call")
         size = torch.empty((), dtype=dtype).element_size()
-        self.words = torch.tensor([index, len(args), x_arg, y_arg, in_features * size, out_features * size,
+        self.words = torch.tensor([index, len(args), x_arg, y_arg, rows_arg, in_features * size, out_features * size,
                                    *[0 if a is None else a for a in args]], dtype=torch.int64)
         self.strides = torch.tensor(strides, dtype=torch.int64)
         self.run, self.experts, self.out_features, self.dtype, self.keep = lib.gs_grouped, experts, out_features, dtype, keep
@@ -100,28 +102,50 @@ class NativePicks:
                 and x.is_contiguous() and index.is_contiguous() and index.dtype == torch.int64
                 and 0 < index.numel() <= NATIVE_PICKS and not tracing() and native.available())
 
-    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, index: torch.Tensor, computed: torch.Tensor | None = None) -> torch.Tensor:
+        """`computed`: int64 [experts], each expert's rows added (ExpertRows)."""
         y = torch.empty(*index.shape, self.out_features, dtype=self.dtype)
         per_pick = int(x.dim() != index.dim())
         status = native.call(self.run, x, y, index, index.numel(), index.shape[-1], per_pick, self.experts,
-                             self.words, self.strides)
+                             self.words, self.strides, computed)
         if status == -3:
             raise IndexError(f"grouped_linear: expert index out of range [0, {self.experts})")
+        if status == -1:
+            raise MemoryError("grouped_linear: no memory for the grouped kernel's rows")
         if status:
             raise RuntimeError(f"grouped_linear: the grouped kernel failed (status {status})")
         return y
+
+
+class ExpertRows:
+    """`expert_rows` of a grouped linear: per expert, the rows it has computed since the module was
+    built — what ran, for tests and profiling (reset it freely). The sorted path counts in Python; the
+    C path (NativePicks) adds to `rows_computed`, an int64 tensor per expert that the kernel writes (so a
+    replayed step counts too), folded in when `expert_rows` is read."""
+
+    def _count_rows(self, num: int) -> None:
+        self.__dict__["_expert_rows"] = Counter()
+        # on the CPU whatever device the module is built on (a loader builds on "meta"): a counter only
+        self.__dict__["rows_computed"] = torch.zeros(num, dtype=torch.int64, device="cpu")
+
+    @property
+    def expert_rows(self) -> Counter:
+        rows, computed = self.__dict__["_expert_rows"], self.__dict__["rows_computed"]
+        if bool(computed.any()):
+            rows.update({e: n for e, n in enumerate(computed.tolist()) if n})
+            computed.zero_()
+        return rows
 
 
 # the products a float grouped linear's picks take, by weight dtype (those of native_rows.linear)
 _PICKS_KERNELS = {torch.float32: "gs_f32_mm", torch.bfloat16: "gs_bf16_linear"}
 
 
-class GroupedLinear(nn.Module):
+class GroupedLinear(ExpertRows, nn.Module):
     """`num` linears [out, in] stacked: weight [num, out, in] (bias [num, out]).
 
     forward(x, index): x [..., in] (one row per token, shared by its k picks) or [..., k, in] (one
-    row per pick), index [..., k] -> [..., k, out]. `expert_rows` counts, per expert, the rows it has
-    computed since the module was built: what ran, for tests and profiling (reset it freely).
+    row per pick), index [..., k] -> [..., k, out]. `expert_rows`: see ExpertRows.
     """
 
     def __init__(self, num: int, in_features: int, out_features: int, bias: bool = False):
@@ -129,7 +153,7 @@ class GroupedLinear(nn.Module):
         self.num, self.in_features, self.out_features = num, in_features, out_features
         self.weight = nn.Parameter(torch.empty(num, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(num, out_features)) if bias else None
-        self.expert_rows: Counter = Counter()
+        self._count_rows(num)
         self.triton = False
         self.reset_parameters()
 
@@ -146,7 +170,7 @@ class GroupedLinear(nn.Module):
         w = self.weight
         if (self.bias is None and not self.triton and w.dtype in _PICKS_KERNELS and w.is_contiguous()
                 and NativePicks.takes(x, index, w, w.dtype, self.in_features)):
-            return self._picks()(x, index)
+            return self._picks()(x, index, self.rows_computed)
 
         def compute(picked, counts):
             if x.is_cuda or self.triton:

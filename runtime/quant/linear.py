@@ -4,13 +4,12 @@ tensors are buffers (qweight, scales, zeros: schemes.py), so `state_dict()` is e
 quantized checkpoint holds; a bias stays a float param."""
 from __future__ import annotations
 
-from collections import Counter
 from typing import Callable
 
 import torch
 from torch import nn
 
-from runtime.ops.grouped import NativePicks, grouped_matmul, route
+from runtime.ops.grouped import ExpertRows, NativePicks, grouped_matmul, route
 from runtime.quant import native as native_kernels
 from runtime.quant.cpu import NATIVE_MAX_ROWS, matmul as cpu_matmul
 from runtime.quant.config import Scheme
@@ -173,7 +172,7 @@ class _Backward(torch.autograd.Function):
         return (grad.float() @ w).to(grad.dtype), None, None
 
 
-class QuantGroupedLinear(_Quantized):
+class QuantGroupedLinear(ExpertRows, _Quantized):
     """The quantized form of ops.GroupedLinear (mixture of experts): `num` experts' [out, in] weights,
     each quantized as a QuantLinear's is and stored stacked (qweight [num, out, ...], scales [num,
     out, ...]); a row of one expert is quantized exactly as alone. forward(x, index) as
@@ -185,7 +184,7 @@ class QuantGroupedLinear(_Quantized):
         self.num = num
         self.bias = (nn.Parameter(torch.empty(num, out_features, dtype=dtype, device=device), requires_grad=False)
                      if bias else None)
-        self.expert_rows: Counter = Counter()
+        self._count_rows(num)
 
     @classmethod
     def from_float(cls, module: nn.Module, scheme: Scheme, name: str = "experts",
@@ -245,8 +244,8 @@ class QuantGroupedLinear(_Quantized):
             picks = self._picks()
             if picks is not None:     # fp32 kernels, as the sorted path's: rows widened, outputs rounded once
                 if x.dtype == torch.float32:
-                    return picks(x, index)
-                return picks(x.float(), index).to(x.dtype)
+                    return picks(x, index, self.rows_computed)
+                return picks(x.float(), index, self.rows_computed).to(x.dtype)
 
         def product(e, rows):
             one = self.expert(e)
