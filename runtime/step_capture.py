@@ -491,18 +491,21 @@ class StepCapture:
     (The first steps may differ: a kernel's first call measures its candidate paths, caches fill.)
     `replayed` counts replayed steps; `refused` says why the steps stayed eager, if they did.
 
-    `proven`: the signature of the previous generation's replayed step, when this generation runs on
-    that one's buffers (Spare): a first recording equal to it is as good as a second recording, so
-    the replay starts a step earlier and one recording fewer is made.
+    `proven`: the tape of the previous generation's replayed step, when this generation runs on that
+    one's buffers (Spare): a first recording whose signature equals that tape's is as good as a second
+    recording, so the replay starts a step earlier, one recording fewer is made, and that tape is
+    replayed again (the same calls on the same state: its own inputs, scratch and outputs) instead of
+    turning the recording into another.
     `copies`: whether a step's outputs must outlive the next step; False hands out the buffers the
     recorded and replayed steps write (a caller done with each step's outputs before the next)."""
 
     RECORDINGS = 4             # at most this many steps recorded before giving up
 
-    def __init__(self, proven: list | None = None, copies: bool = True):
+    def __init__(self, proven: "Tape | None" = None, copies: bool = True):
         self.copies = copies
         self.tape: Tape | None = None
-        self.previous: tuple | None = None if proven is None else (None, proven)   # (recording, its signature)
+        self.proven = proven
+        self.previous: tuple | None = None if proven is None else (None, proven.signature)   # (recording, its signature)
         self.recorded = 0
         self.replayed = 0
         self.refused: str | None = None
@@ -524,7 +527,9 @@ class StepCapture:
             return out
         signature = recording.signature()
         if self.previous is not None and self.previous[1] == signature:
-            self.previous, self.tape = None, Tape(recording, signature)
+            proven = self.previous[0] is None
+            self.previous, self.tape = None, self.proven if proven else Tape(recording, signature)
+            self.proven = None
         elif self.recorded >= self.RECORDINGS:
             self.refuse(f"{self.recorded} consecutive steps did not do the same work on the same buffers")
         else:
@@ -532,23 +537,23 @@ class StepCapture:
         return out
 
     def refuse(self, reason: str) -> None:
-        self.tape = self.previous = None
+        self.tape = self.previous = self.proven = None
         self.refused = reason
 
-    def end(self) -> list | None:
-        """The generation is over: drop the tape (its scratch buffers) and return its signature, if
-        its steps were replayed to the end."""
-        proven = self.tape.signature if self.tape is not None else None
-        self.tape = self.previous = None
-        return proven
+    def end(self) -> "Tape | None":
+        """The generation is over: its tape, if its steps were replayed to the end (for a Spare),
+        and nothing kept here."""
+        tape = self.tape
+        self.tape = self.previous = self.proven = None
+        return tape
 
 
 class Spare:
     """What a generation whose steps were replayed leaves to the next one of the same shape (`key`):
-    its KV cache buffers and padding row, and the signature of its replayed step. A generation that
-    runs on these buffers records steps naming the same state, so its first recording can be compared
-    with that signature (StepCapture's `proven`). Kept on the model, one at a time; taken by a
-    generation, so two generations at once never share buffers."""
+    its KV cache buffers and padding row, and the tape of its replayed step. A generation that runs on
+    these buffers records steps naming the same state, so its first recording can be compared with
+    that tape's signature (StepCapture's `proven`). Kept on the model, one at a time; taken by a
+    generation, so two generations at once never share buffers (or a tape)."""
 
-    def __init__(self, key: tuple, slots: dict, padding, signature: list):
-        self.key, self.slots, self.padding, self.signature = key, slots, padding, signature
+    def __init__(self, key: tuple, slots: dict, padding, tape: Tape):
+        self.key, self.slots, self.padding, self.tape = key, slots, padding, tape

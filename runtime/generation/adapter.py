@@ -139,7 +139,7 @@ class CompiledDecoder:
         # the decoding loops copy a step's logits before they ask for the next (sampling.py, beam.py):
         # replayed steps may hand out the buffers they write
         self.capture = self.model.step_capture = (
-            step_capture.StepCapture(spare and spare.signature, copies=False) if capturable else None)
+            step_capture.StepCapture(spare and spare.tape, copies=False) if capturable else None)
         if self.is_encoder_decoder:
             self.static = _StaticOutputs(self.model.net, self.model.contract.static)
             if mask is not None:
@@ -255,11 +255,11 @@ class CompiledDecoder:
         if self.static is not None:
             self.static.remove()
         if self.capture is not None:
-            proven = self.capture.end()
-            if proven is not None:
+            tape = self.capture.end()
+            if tape is not None:
                 padded = self.padding is not None
                 self.model._decode_spare = step_capture.Spare(
-                    self._spare_key(self.tokens_so_far.shape[0], padded), self.cache.slots, self.padding, proven)
+                    self._spare_key(self.tokens_so_far.shape[0], padded), self.cache.slots, self.padding, tape)
         self.cache = self.static = None
         self.capture = None
 
