@@ -159,6 +159,19 @@ def test_a_recorded_decode_step_of_a_mixture_replays_the_experts_its_router_pick
         monkeypatch.delenv("GRAPHSPEC_STEP_CAPTURE")
 
 
+def test_a_batched_decode_step_of_a_mixture_replays_past_a_decode_steps_picks(moe, monkeypatch):
+    # 12 rows, top 2: 24 picks a step, several an expert, one C call (before: the sorted path, eager)
+    folder = moe[0]
+    ids = random_ids(300, 12, 6)
+    mask = torch.ones_like(ids)
+    mask[3, :2] = 0
+    model = runtime.from_pretrained(folder, quantization="int4")
+    tokens = model.generate(ids, attention_mask=mask, max_new_tokens=8)
+    assert model.step_capture.refused is None and model.step_capture.replayed >= 4
+    monkeypatch.setenv("GRAPHSPEC_STEP_CAPTURE", "0")
+    assert model.generate(ids, attention_mask=mask, max_new_tokens=8).tolist() == tokens.tolist()
+
+
 @pytest.mark.parametrize("make", [
     lambda seed: QuantLinear.from_float(torch.nn.Linear(128, 24), Scheme("int4", 32, True)) if
     torch.manual_seed(seed) else None,
