@@ -173,8 +173,10 @@ def _build(state: SequenceState, device, q_len, kv_len, causal, window):
     if padding is not None:
         mask = mask & padding[:, None, None, :kv_len]
         # A padding query may see no key at all; give it its own position so softmax stays finite
-        # (its output is never used, but NaN would spread through later ops on the same row).
+        # (its output is never used, but NaN would spread through later ops on the same row). Done
+        # whether or not some query is so (the same mask where none is), so that no decision reads
+        # the mask's values: a recorded decode step (a cross-attention over a padded encoder
+        # output) would be refused at that read
         empty = ~mask.any(dim=-1, keepdim=True)
-        if tracing() or bool(empty.any()):
-            mask = mask | (empty & (k_pos == q_pos)[None, None])
+        mask = mask | (empty & (k_pos == q_pos)[None, None])
     return mask

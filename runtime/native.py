@@ -27,7 +27,7 @@ from runtime.cache import cache_root
 SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("matmul.c", "rows.c", "program.c"))
 HEADERS = tuple(Path(__file__).with_name("csrc") / name for name in ("bf16.h", "kernels.h"))
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
-ABI_VERSION = 17
+ABI_VERSION = 18
 # The instruction set the kernels are built for: this machine's by default. Another value (the
 # environment's GRAPHSPEC_NATIVE_MARCH, e.g. x86-64-v3 for AVX2 only, x86-64 for none) builds the
 # kernels' other code paths, which is how the tests prove them on a machine that would not pick them.
@@ -56,9 +56,9 @@ SIGNATURES = {
     "gs_rope_f32": ([_p, _i, _i, _i, _i, _i, _i, _i, _p, _p, _i, _i, _p], None),
     "gs_rope_bf16": ([_p, _i, _i, _i, _i, _i, _i, _i, _p, _p, _i, _i, _p], None),
     "gs_attend_step_f32": ([_p, _i, _i, _p, _i, _i, _p, _i, _i, _p, _p, _i, _i, _i, _i, _i, _i, _p, _i, _f, _i, _f,
-                            _p, _p, _int], None),
+                            _p, _i, _i, _i, _p, _p, _int], None),
     "gs_attend_step_bf16": ([_p, _i, _i, _p, _i, _i, _p, _i, _i, _p, _p, _i, _i, _i, _i, _i, _i, _p, _i, _f, _i, _f,
-                             _p, _p, _int], None),
+                             _p, _i, _i, _i, _p, _p, _int], None),
     "gs_silu_f32": ([_p, _p, _i], None),
     "gs_silu_bf16": ([_p, _p, _i], None),
     "gs_gather_rows": ([_p, _i, _i, _p, _i, _p], _int),
@@ -66,6 +66,7 @@ SIGNATURES = {
     "gs_softmax_f32": ([_p, _p, _i, _i], None),
     "gs_topk_f32": ([_p, _i, _i, _i, _p, _p], None),
     "gs_sum_f32": ([_p, _p, _i, _i, _i], None),
+    "gs_positions": ([_p, _i, _i], None),
     "gs_i64_to_f32": ([_p, _p, _i], None),
     "gs_zero_bytes": ([_p, _i], None),
     "gs_program_kernel": ([ctypes.c_char_p, _i], _i),

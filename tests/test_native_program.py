@@ -91,12 +91,13 @@ def interleaved_product(kind, int8_activations, rows=3):
     return lambda: matmul(x, weights)
 
 
-def attention(dtype, window=None, softcap=None):
+def attention(dtype, window=None, softcap=None, biased=False):
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, h, 1, 16, generator=g).to(dtype) for h in (4, 2, 2))
     cache = (torch.randn(2, 2, 9, 16, generator=g).to(dtype), torch.randn(2, 2, 9, 16, generator=g).to(dtype))
     mask = torch.tensor([[True] * 6, [False, True, True, False, True, True]])[:, None, None]
-    return lambda: native_rows.attention_step(q, k, v, cache, 5, mask, 0.37, window, softcap)
+    bias = torch.randn(1, 9, 4, generator=g).to(dtype).permute(2, 0, 1) if biased else None
+    return lambda: native_rows.attention_step(q, k, v, cache, 5, mask, 0.37, window, softcap, bias)
 
 
 def gather(dtype):
@@ -136,7 +137,8 @@ def row_ops(dtype):
     return {"rms_norm": lambda: native_rows.rms_norm(x, w, 1e-5), "rope": lambda: native_rows.rope(heads, cos, sin),
             "embedding rows": gather(dtype),
             "silu": lambda: native_rows.silu(x * 4), "add": binary(0), "sub": binary(1), "mul": binary(2),
-            "attention": attention(dtype), "attention windowed, capped": attention(dtype, window=3, softcap=0.8)}
+            "attention": attention(dtype), "attention windowed, capped": attention(dtype, window=3, softcap=0.8),
+            "attention biased": attention(dtype, biased=True)}
 
 
 def grouped_products(scheme, dtype=torch.float32):

@@ -151,8 +151,10 @@ def test_attention_step_writes_the_cache_and_equals_sdpa_over_it(b, h, hkv, d, p
 @pytest.mark.parametrize("window", [None, 1, 3, 8, 50])
 @pytest.mark.parametrize("softcap", [None, 0.7, 30.0])
 @pytest.mark.parametrize("masked", [False, True])
-def test_attention_step_sees_only_its_window_and_caps_its_scores_as_the_torch_ops(window, softcap, masked):
-    # the torch ops of a sliding-window, soft-capped attention over the cache (Gemma-2's eager form)
+@pytest.mark.parametrize("biased", [None, "heads", "rows"])
+def test_attention_step_sees_only_its_window_and_caps_its_scores_as_the_torch_ops(window, softcap, masked, biased):
+    # the torch ops of a sliding-window, soft-capped attention over the cache (Gemma-2's eager form),
+    # with a bias over the whole cache (T5's relative positions: [H, 1, cap] strided, or per row)
     b, h, hkv, d, past = 2, 4, 2, 8, 9
     g = torch.Generator().manual_seed(window or 0)
     kc, vc = torch.randn(b, hkv, past + 3, d, generator=g) * 3, torch.randn(b, hkv, past + 3, d, generator=g)
@@ -162,12 +164,19 @@ def test_attention_step_sees_only_its_window_and_caps_its_scores_as_the_torch_op
     if masked:
         padding[0, :6] = False               # with window 3, row 0 sees only its last 3 keys, all real
     mask = padding[:, None, None, : past + 1] if masked else None
-    got = native_rows.attention_step(q, k, v, (kc, vc), past, mask, 0.4, window, softcap)
+    bias = None
+    if biased == "heads":
+        bias = torch.randn(1, past + 3, h, generator=g).permute(2, 0, 1)       # an embedding's rows, transposed
+    elif biased == "rows":
+        bias = torch.randn(b, h, 1, past + 3, generator=g)
+    got = native_rows.attention_step(q, k, v, (kc, vc), past, mask, 0.4, window, softcap, bias)
     keys = kc[:, :, : past + 1].repeat_interleave(h // hkv, dim=1)
     values = vc[:, :, : past + 1].repeat_interleave(h // hkv, dim=1)
     scores = q @ keys.transpose(-1, -2) * 0.4
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
+    if bias is not None:
+        scores = scores + bias[..., : past + 1]
     visible = padding[:, None, None, : past + 1].clone()
     if window:
         visible[..., : max(past + 1 - window, 0)] = False

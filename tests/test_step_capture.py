@@ -40,7 +40,9 @@ def assert_same(eager, captured):
     assert not torch.equal(captured.logits[0], captured.logits[-1])
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+# T5: its decoder's relative position bias runs over the whole KV cache at a decode step, so every
+# step has the same shapes (runtime/ops/sequence.py relative_buckets)
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
 @pytest.mark.parametrize("pad", [0, 2])
 def test_replayed_decode_steps_give_the_eager_scores_bit_for_bit(monkeypatch, models, family, pad):
     ids, mask = prompt(97, pad=pad)
@@ -109,13 +111,6 @@ def test_a_generation_of_another_shape_records_its_own_steps(monkeypatch, tmp_pa
 def test_sampling_under_a_seed_is_the_same_replayed(monkeypatch, models):
     eager, captured, capture = generate_both(monkeypatch, models["llama"], prompt(97)[0], do_sample=True, top_k=0)
     assert capture.replayed > 0
-    assert_same(eager, captured)
-
-
-def test_a_step_whose_work_moves_with_the_position_stays_eager(monkeypatch, models):
-    # T5's decoder adds a relative position bias as wide as the keys so far: no two steps alike
-    eager, captured, capture = generate_both(monkeypatch, models["t5"], prompt(99)[0])
-    assert capture.replayed == 0 and "did not do the same work" in capture.refused
     assert_same(eager, captured)
 
 

@@ -20,5 +20,6 @@ register(OpDef(
     infer=_buckets_infer,
     emit=lambda e: (f"ops.relative_buckets({e['x']}, ctx, {e.a('bidirectional')}, {e.a('num_buckets')}, "
                     f"{', '.join([e.a('max_distance'), *e.seq_arg()])})"),
-    shape_doc="int [S, S] for x [B, S, ...] (queries by keys, the cached ones included)",
+    shape_doc=("int [S, S] for x [B, S, ...] (queries by keys, the cached ones included; at a decode step "
+               "the keys run over the whole KV cache, which attention's bias may: it reads the keys so far)"),
     example="buckets: {op: relative_buckets, x: h, bidirectional: true, num_buckets: num_buckets, max_distance: max_distance}"))

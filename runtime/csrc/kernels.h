@@ -36,7 +36,8 @@ void gs_silu_##S(const T *x, T *out, int64_t n); \
 void gs_attend_step_##S(const T *q, int64_t qsb, int64_t qsh, const T *k, int64_t ksb, int64_t ksh, \
                         const T *v, int64_t vsb, int64_t vsh, T *kc, T *vc, int64_t cap, int64_t past, \
                         int64_t B, int64_t H, int64_t Hkv, int64_t D, const uint8_t *mask, int64_t msb, \
-                        float scale, int64_t window, float softcap, T *out, float *scores, int nt); \
+                        float scale, int64_t window, float softcap, const T *bias, int64_t bsb, \
+                        int64_t bsh, int64_t bsk, T *out, float *scores, int nt); \
 void gs_binary_##S(const T *a, const T *b, T *out, int64_t n, int op); \
 void gs_binary_broadcast_##S(const T *a, const T *b, T *out, int op, int64_t n0, int64_t n1, int64_t n2, \
                              int64_t n3, int64_t as0, int64_t as1, int64_t as2, int64_t as3, int64_t bs0, \
@@ -44,6 +45,7 @@ void gs_binary_broadcast_##S(const T *a, const T *b, T *out, int op, int64_t n0,
 void gs_softmax_f32(const float *x, float *out, int64_t rows, int64_t n);
 void gs_topk_f32(const float *x, int64_t rows, int64_t n, int64_t k, float *values, int64_t *indices);
 void gs_sum_f32(const float *x, float *out, int64_t outer, int64_t n, int64_t inner);
+void gs_positions(int64_t *out, int64_t start, int64_t n);
 int gs_gather_rows(const uint8_t *table, int64_t rows, int64_t row_bytes, const int64_t *idx, int64_t n,
                    uint8_t *out);
 void gs_i64_to_f32(const int64_t *x, float *out, int64_t n);

@@ -134,7 +134,7 @@ static inline float half_to_float(uint16_t h) {
 }
 #endif
 
-int gs_abi_version(void) { return 17; }   /* runtime/native.py ABI_VERSION */
+int gs_abi_version(void) { return 18; }   /* runtime/native.py ABI_VERSION */
 
 /* ---------------------------------------------------------------- int8, per output channel */
 /* A tile: R activation rows against NB weight rows. One FMA chain is latency-bound (4 cycles), so

@@ -44,7 +44,8 @@ static int p_gs_rope_##S(const int64_t *a) { \
 static int p_gs_silu_##S(const int64_t *a) { gs_silu_##S(P(0), P(1), I(2)); return 0; } \
 static int p_gs_attend_step_##S(const int64_t *a) { \
     gs_attend_step_##S(P(0), I(1), I(2), P(3), I(4), I(5), P(6), I(7), I(8), P(9), P(10), I(11), I(12), I(13), \
-                       I(14), I(15), I(16), P(17), I(18), F(19), I(20), F(21), P(22), P(23), N(24)); return 0; } \
+                       I(14), I(15), I(16), P(17), I(18), F(19), I(20), F(21), P(22), I(23), I(24), I(25), \
+                       P(26), P(27), N(28)); return 0; } \
 static int p_gs_binary_##S(const int64_t *a) { gs_binary_##S(P(0), P(1), P(2), I(3), N(4)); return 0; } \
 static int p_gs_binary_broadcast_##S(const int64_t *a) { \
     gs_binary_broadcast_##S(P(0), P(1), P(2), N(3), I(4), I(5), I(6), I(7), I(8), I(9), I(10), I(11), I(12), \
@@ -57,6 +58,7 @@ static int p_gs_concat2(const int64_t *a) { gs_concat2(P(0), I(1), P(2), I(3), I
 static int p_gs_softmax_f32(const int64_t *a) { gs_softmax_f32(P(0), P(1), I(2), I(3)); return 0; }
 static int p_gs_topk_f32(const int64_t *a) { gs_topk_f32(P(0), I(1), I(2), I(3), P(4), P(5)); return 0; }
 static int p_gs_sum_f32(const int64_t *a) { gs_sum_f32(P(0), P(1), I(2), I(3), I(4)); return 0; }
+static int p_gs_positions(const int64_t *a) { gs_positions(P(0), I(1), I(2)); return 0; }
 static int p_gs_zero_bytes(const int64_t *a) { gs_zero_bytes(P(0), I(1)); return 0; }
 
 static int p_gs_grouped(const int64_t *a) { return gs_grouped(P(0), P(1), P(2), I(3), I(4), I(5), I(6), P(7), P(8), P(9)); }
@@ -69,14 +71,14 @@ static const struct { const char *name; packed run; int64_t args; } KERNELS[] = 
     K(gs_q8_mm, 10), K(gs_q8a8_mm, 10), K(gs_q8_mm16, 10), K(gs_q8a8_mm16, 10),
     K(gs_f32_mm, 9), K(gs_bf16_linear, 9),
     K(gs_grouped, 10),
-    K(gs_rms_norm_f32, 6), K(gs_rope_f32, 13), K(gs_silu_f32, 3), K(gs_attend_step_f32, 25), K(gs_binary_f32, 5),
-    K(gs_rms_norm_bf16, 6), K(gs_rope_bf16, 13), K(gs_silu_bf16, 3), K(gs_attend_step_bf16, 25), K(gs_binary_bf16, 5),
+    K(gs_rms_norm_f32, 6), K(gs_rope_f32, 13), K(gs_silu_f32, 3), K(gs_attend_step_f32, 29), K(gs_binary_f32, 5),
+    K(gs_rms_norm_bf16, 6), K(gs_rope_bf16, 13), K(gs_silu_bf16, 3), K(gs_attend_step_bf16, 29), K(gs_binary_bf16, 5),
     K(gs_binary_broadcast_f32, 16), K(gs_binary_broadcast_bf16, 16),
     K(gs_gather_rows, 6), K(gs_i64_to_f32, 3), K(gs_zero_bytes, 2), K(gs_concat2, 6),
-    K(gs_softmax_f32, 4), K(gs_topk_f32, 6), K(gs_sum_f32, 5),
+    K(gs_softmax_f32, 4), K(gs_topk_f32, 6), K(gs_sum_f32, 5), K(gs_positions, 3),
 };
 #define KERNEL_COUNT ((int64_t)(sizeof KERNELS / sizeof KERNELS[0]))
-#define MAX_ARGS 25
+#define MAX_ARGS 29
 
 /* The index of the kernel `name` taking `args` arguments, or -1 when a program cannot call it. */
 int64_t gs_program_kernel(const char *name, int64_t args) {

@@ -116,14 +116,17 @@ SILU(gs_silu_bf16, bf16, ld_bf16, st_bf16)
      kc, vc [B, Hkv, cap, D] contiguous; mask: NULL, or bytes [B, L] (1: a key the query may see) at
      batch stride msb (0: one row for all); out [B, 1, H, D] contiguous.
    window > 0: only the last `window` positions are visible (a sliding window: keys before L - window
-   are never read); softcap > 0: scores become softcap * tanh(scores / softcap) before the softmax.
+   are never read); softcap > 0: scores become softcap * tanh(scores / softcap) before the softmax;
+   bias (NULL: none): added to the scores after that, key j of head h of row b at
+   bias[b * bsb + h * bsh + j * bsk] (a relative position bias laid over the cache's positions).
    Scores q.k * scale, softmax over the visible keys (all hidden: the output row is 0), then the
    probability-weighted sum of values, in fp32; bf16 tensors are widened as read, the output rounded. */
 #define ATTEND_STEP(NAME, T, LD, ST) \
 void NAME(const T *q, int64_t qsb, int64_t qsh, const T *k, int64_t ksb, int64_t ksh, \
           const T *v, int64_t vsb, int64_t vsh, T *kc, T *vc, int64_t cap, int64_t past, \
           int64_t B, int64_t H, int64_t Hkv, int64_t D, const uint8_t *mask, int64_t msb, float scale, \
-          int64_t window, float softcap, T *out, float *scores, int nt) { \
+          int64_t window, float softcap, const T *bias, int64_t bsb, int64_t bsh, int64_t bsk, T *out, \
+          float *scores, int nt) { \
     const int64_t L = past + 1, group = H / Hkv, first = window > 0 && L > window ? L - window : 0; \
     for (int64_t b = 0; b < B; b++) \
         for (int64_t g = 0; g < Hkv; g++) { \
@@ -139,12 +142,14 @@ void NAME(const T *q, int64_t qsb, int64_t qsh, const T *k, int64_t ksb, int64_t
         const T *qv = q + b * qsb + h * qsh; \
         const T *kb = kc + (b * Hkv + g) * cap * D, *vb = vc + (b * Hkv + g) * cap * D; \
         const uint8_t *mrow = mask ? mask + b * msb : NULL; \
+        const T *brow = bias ? bias + b * bsb + h * bsh : NULL; \
         float *s = scores + bh * (L + D), top = -INFINITY; \
         for (int64_t j = first; j < L; j++) { \
             float dot = 0.0f; \
             _Pragma("omp simd reduction(+:dot)") \
             for (int64_t d = 0; d < D; d++) dot += LD(qv, d) * LD(kb, j * D + d); \
             s[j] = softcap > 0.0f ? softcap * capped_tanh(dot * scale / softcap) : dot * scale; \
+            if (brow) s[j] += LD(brow, j * bsk); \
             if ((!mrow || mrow[j]) && s[j] > top) top = s[j]; \
         } \
         T *o = out + (b * H + h) * D; \
@@ -198,6 +203,12 @@ void NAME(const T *a, const T *b, T *out, int64_t n, int op) { \
 }
 BINARY(gs_binary_f32, gs_binary_broadcast_f32, float, ld_f32, st_f32)
 BINARY(gs_binary_bf16, gs_binary_broadcast_bf16, bf16, ld_bf16, st_bf16)
+
+/* out[i] = start + i for i < n: the positions of a step's tokens, from the KV cache's filled length
+   (a recorded step's kernel argument that moves with the sequence: runtime.native.Position). */
+void gs_positions(int64_t *out, int64_t start, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = start + i;
+}
 
 /* Copies a replayed decode step makes in C where aten's call costs ~10-90 us (runtime/step_capture.py):
    each gives aten's bits. out[i] = table[idx[i]] (aten's embedding: rows of `row_bytes` bytes); 1 when

@@ -15,12 +15,13 @@ def attention(q, k, v, ctx, slot, *, seq: str | None = None, causal: bool = True
     `seq` is the model-level sequence the keys run along: its padding masks them, and when it is the
     sequence being generated, the context's KV cache appends k and v at `slot` (this op's place,
     its module) and hands back every key so far. `bias` ([H, Sq, Sk] or [B, H, Sq, Sk]) is added
-    to the scores (relative position biases). `dropout` drops attention probabilities while the model
+    to the scores (relative position biases); at a decode step it may run over the whole KV cache
+    (Sk its capacity: the first past + 1 keys are read). `dropout` drops attention probabilities while the model
     trains (ctx.training), as the references' sdpa and eager paths do.
     """
     state = ctx.seq(seq)
     p = dropout if dropout and ctx.training else 0.0
-    if (state.cache is not None and q.shape[-2] == 1 and k.shape[-2] == 1 and bias is None
+    if (state.cache is not None and q.shape[-2] == 1 and k.shape[-2] == 1
             and not p and not ctx.record_attentions):
         # a decode step: the cache write and the attention as one C call, where it takes the case. The
         # kernel applies the window itself (keys before it are not read), so the mask is the one of
@@ -28,11 +29,13 @@ def attention(q, k, v, ctx, slot, *, seq: str | None = None, causal: bool = True
         # can then take past the window
         mask = ctx.mask(seq, 1, state.past + 1, causal)
         step = native_rows.attention_step(q, k, v, state.cache.buffers(slot, k, v, state.past), state.past, mask,
-                                          q.shape[-1] ** -0.5 if scale is None else scale, window, softcap)
+                                          q.shape[-1] ** -0.5 if scale is None else scale, window, softcap, bias)
         if step is not None:
             return step
     if state.cache is not None:
         k, v = state.cache.update(slot, k, v, state.past)
+    if bias is not None and bias.shape[-1] > k.shape[-2]:
+        bias = bias[..., :k.shape[-2]]       # laid over the whole cache (sequence.relative_buckets)
     mask = ctx.mask(seq, q.shape[-2], k.shape[-2], causal, window)
     if isinstance(mask, torch.Tensor) and mask.device != q.device:
         mask = mask.to(q.device)     # layers placed on another device than the inputs (device_map)

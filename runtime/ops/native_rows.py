@@ -114,12 +114,13 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor 
 
 def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
                    past: int, mask, scale: float, window: int | None = None,
-                   softcap: float | None = None) -> torch.Tensor | None:
+                   softcap: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """A decode step of attention.attention with its KV cache: k and v (one position) written at `past`
     of the cache buffers, then q [B, H, 1, D] attends to the past + 1 cached positions under `mask`
     (None, or bool [B or 1, 1, 1, past + 1]) and, with a `window`, to the last `window` of them only;
-    `softcap` caps the scores (softcap * tanh(score / softcap)). Returns [B, H, 1, D] (a view of
-    [B, 1, H, D])."""
+    `softcap` caps the scores (softcap * tanh(score / softcap)), then `bias` ([H, 1, K] or [B or 1, H,
+    1, K], K >= past + 1, any strides: its first past + 1 keys) is added. Returns [B, H, 1, D] (a view
+    of [B, 1, H, D])."""
     kc, vc = cache
     if not _takes(q, k, v, kc, vc) or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         return None
@@ -136,13 +137,22 @@ def attention_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: tup
                 or mask.shape[1:] != (1, 1, length) or mask.shape[0] not in (1, b) or mask.stride(-1) != 1):
             return None
         mask_stride = mask.stride(0) if mask.shape[0] > 1 else 0
+    bias_strides = (0, 0, 0)
+    if bias is not None:
+        if bias.dim() == 3:
+            bias = bias[None]
+        if (bias.dim() != 4 or bias.dtype != q.dtype or not bias.is_cpu or bias.shape[0] not in (1, b)
+                or bias.shape[1] != h or bias.shape[2] != 1 or bias.shape[3] < length
+                or (torch.is_grad_enabled() and bias.requires_grad)):
+            return None
+        bias_strides = (bias.stride(0) if bias.shape[0] > 1 else 0, bias.stride(1), bias.stride(3))
     out = torch.empty(b, 1, h, d, dtype=q.dtype)
     # per head: its scores, then its fp32 output; sized for the whole cache, so that every step of a
     # generation allocates the same (a recorded step replays into it at later positions)
     scores = torch.empty(b * h * (kc.shape[2] + d))
     call(float_kernel("attend_step", q.dtype), q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), v, v.stride(0),
          v.stride(1), kc, vc, kc.shape[2], Position(past), b, h, hkv, d, mask, mask_stride, scale, window or 0,
-         softcap or 0.0, out, scores, torch.get_num_threads())
+         softcap or 0.0, bias, *bias_strides, out, scores, torch.get_num_threads())
     return out.transpose(1, 2)
 
 

@@ -5,6 +5,9 @@ import math
 
 import torch
 
+from runtime import native
+from runtime.context import tracing
+
 
 def last_positions(x: torch.Tensor, k: int) -> torch.Tensor:
     """The last k positions (axis 1) of x, or all of x when k is 0."""
@@ -15,19 +18,34 @@ def keep_positions(x: torch.Tensor, ctx) -> torch.Tensor:
     return last_positions(x, ctx.keep_positions)
 
 
+def _step_positions(state, n: int, device) -> torch.Tensor:
+    """int64 past .. past + n - 1 of a sequence. Along the sequence being generated (it has a KV
+    cache) on the CPU, by a C call told `past` as a position (runtime.native.Position), so a recorded
+    decode step computes from it the positions of each step it replays (an arange's bounds would be
+    baked into the recording, and keep the steps eager)."""
+    if state.cache is not None and device.type == "cpu" and not tracing() and native.available():
+        out = torch.empty(n, dtype=torch.long)
+        native.call(native.library().gs_positions, out, native.Position(state.past), n)
+        return out
+    return torch.arange(state.past, state.past + n, device=device)
+
+
 def positions(ids: torch.Tensor, ctx, seq: str | None = None) -> torch.Tensor:
     """Absolute positions past .. past + S - 1 of the S new tokens of `seq`, for every row of ids [B, S]."""
-    start = ctx.seq(seq).past
-    return torch.arange(start, start + ids.shape[-1], device=ids.device).expand(ids.shape[0], -1)
+    return _step_positions(ctx.seq(seq), ids.shape[-1], ids.device).expand(ids.shape[0], -1)
 
 
 def relative_buckets(x: torch.Tensor, ctx, bidirectional: bool, num_buckets: int, max_distance: int,
                      seq: str | None = None) -> torch.Tensor:
     """int [S, past + S]: the bucket of (key position - query position) for the S new queries of x
-    [B, S, ...] over every key of `seq` so far (its past ones cached)."""
-    past, n = ctx.seq(seq).past, x.shape[1]
-    query = torch.arange(past, past + n, device=x.device)[:, None]
-    key = torch.arange(past + n, device=x.device)[None, :]
+    [B, S, ...] over every key of `seq` so far (its past ones cached). At a decode step (one query, a
+    KV cache) the keys run over the whole cache, [1, its capacity]: the step's shapes then stay the
+    same at every position (a recorded step replays), and the attention reads the first past + 1
+    (runtime/ops/attention.py); the buckets of the keys past the query's are never read."""
+    state, n = ctx.seq(seq), x.shape[1]
+    query = _step_positions(state, n, x.device)[:, None]
+    keys = state.cache.capacity if state.cache is not None and n == 1 else state.past + n
+    key = torch.arange(keys, device=x.device)[None, :]
     rel = key - query
     buckets = torch.zeros_like(rel)
     if bidirectional:
