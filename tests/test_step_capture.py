@@ -224,6 +224,20 @@ def test_sliding_window_steps_replay_past_the_window_bit_for_bit(monkeypatch, tm
     assert_same(eager, captured)
 
 
+def test_alibi_steps_replay_with_the_key_positions_over_the_whole_cache(monkeypatch, tmp_path):
+    # BLOOM's key positions are supplied per step: over the KV cache's capacity at a decode step, so
+    # the step's inputs keep their shapes (the attention reads the keys so far of the ALiBi bias)
+    import transformers
+    import runtime
+    from tests.hf_checkpoints import randomize, save
+    config = transformers.BloomConfig(vocab_size=97, hidden_size=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2)
+    model = runtime.from_pretrained(save(randomize(transformers.BloomForCausalLM(config)), tmp_path / "bloom"))
+    ids, mask = prompt(97, pad=2)
+    eager, captured, capture = generate_both(monkeypatch, model, ids, attention_mask=mask)
+    assert capture.refused is None and capture.replayed >= NEW_TOKENS - 4
+    assert_same(eager, captured)
+
+
 class Windowed(torch.nn.Module):
     """A step deciding in Python on its position, as a sliding window not yet full does (no mask
     needed): x while the keys fit the window (saying so in ctx.holds_until), x / 2 after."""
