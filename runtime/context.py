@@ -66,6 +66,13 @@ class SequenceState:
                  last_real: bool = False):
         self.padding, self.past, self.cache, self.last_real = padding, past, cache, last_real
 
+    def key_span(self, length: int) -> int:
+        """How many keys a tensor laid over the keys of a step of `length` new positions spans: those
+        so far (past + length), but at a decode step (one new position, a KV cache) the whole cache,
+        so that the step's shapes stay the same at every position (a recorded step replays). The
+        attention reads the keys so far of such a tensor (a relative position bias, ALiBi's)."""
+        return self.cache.capacity if self.cache is not None and length == 1 else self.past + length
+
 
 EMPTY = SequenceState()
 

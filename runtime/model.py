@@ -61,20 +61,17 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 def supplied_positions(state: SequenceState, batch: int, length: int, device, keys: bool = False) -> torch.Tensor:
     """[B, length]: the positions of the `length` new tokens of a sequence among its real tokens, after
-    the `past` ones already cached; with `keys`, [B, past + length]: those of every key so far — at a
-    decode step (one new token, a KV cache) laid over every position of the cache, [B, its capacity],
-    so the step's inputs keep their shapes from one position to the next (a recorded step replays);
-    what is computed from them reaches the attention as a bias it reads over the keys so far only
-    (ALiBi; runtime/ops/attention.py)."""
+    the `past` ones already cached; with `keys`, [B, state.key_span(length)]: those of every key so
+    far (at a decode step laid over the whole KV cache, 0 past the keys so far, which are never read:
+    ALiBi's bias reaches the attention, which reads the keys so far)."""
     total = state.past + length
     first = 0 if keys else state.past
     if state.padding is None:
         out = torch.arange(first, total, device=device).expand(batch, -1)
     else:
         out = positions_from_mask(state.padding[:, :total])[:, first:]
-    if keys and length == 1 and state.cache is not None and state.cache.capacity > total:
-        out = F.pad(out, (0, state.cache.capacity - total))     # positions never read: 0
-    return out
+    span = state.key_span(length) if keys else total
+    return F.pad(out, (0, span - total)) if span > total else out
 
 
 def modules_at(net: nn.Module, path) -> list[nn.Module]:

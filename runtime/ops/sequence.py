@@ -37,15 +37,12 @@ def positions(ids: torch.Tensor, ctx, seq: str | None = None) -> torch.Tensor:
 
 def relative_buckets(x: torch.Tensor, ctx, bidirectional: bool, num_buckets: int, max_distance: int,
                      seq: str | None = None) -> torch.Tensor:
-    """int [S, past + S]: the bucket of (key position - query position) for the S new queries of x
-    [B, S, ...] over every key of `seq` so far (its past ones cached). At a decode step (one query, a
-    KV cache) the keys run over the whole cache, [1, its capacity]: the step's shapes then stay the
-    same at every position (a recorded step replays), and the attention reads the first past + 1
-    (runtime/ops/attention.py); the buckets of the keys past the query's are never read."""
+    """int [S, K]: the bucket of (key position - query position) for the S new queries of x [B, S,
+    ...] over the keys of `seq` (K: SequenceState.key_span — every key so far, its past ones cached;
+    at a decode step the whole KV cache, whose keys past the query's the attention never reads)."""
     state, n = ctx.seq(seq), x.shape[1]
     query = _step_positions(state, n, x.device)[:, None]
-    keys = state.cache.capacity if state.cache is not None and n == 1 else state.past + n
-    key = torch.arange(keys, device=x.device)[None, :]
+    key = torch.arange(state.key_span(n), device=x.device)[None, :]
     rel = key - query
     buckets = torch.zeros_like(rel)
     if bidirectional:
