@@ -138,6 +138,11 @@ class ExpertRows:
             computed.zero_()
         return rows
 
+    @expert_rows.setter
+    def expert_rows(self, value) -> None:        # a reset: module.expert_rows = Counter()
+        self.__dict__["rows_computed"].zero_()
+        self.__dict__["_expert_rows"] = Counter(value)
+
 
 # the products a float grouped linear's picks take, by weight dtype (those of native_rows.linear)
 _PICKS_KERNELS = {torch.float32: "gs_f32_mm", torch.bfloat16: "gs_bf16_linear"}
