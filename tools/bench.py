@@ -413,6 +413,10 @@ def run(args) -> None:
             if "sdpa" in engines and args.search:
                 res.update(search_rows(ours, engines["sdpa"], prompt, args))
         res["weight_bytes"] = weight_bytes(ours.net)
+        # probed again next to each precision's decode, the best reading kept: a single probe taken
+        # in a slow moment of a shared machine put the bound below what the engines reached
+        bw = max(bw, bandwidth_gbs())
+        res["bandwidth_gbs"] = bw
         res["roofline_tok_s"] = bw * 1e9 / res["weight_bytes"]
         rows.append(res)
         report(res, args)
@@ -471,7 +475,8 @@ def report(res: dict, args) -> None:
     rate_rows({k: v / n for k, v in res["decode"].items()}, 1)
     ours = n / res["decode"]["graphspec"]
     b = res["breakdown"]
-    print(f"  bound (read bandwidth / {res['weight_bytes'] / 2**20:.0f} MiB per token): {res['roofline_tok_s']:.0f} tok/s; "
+    print(f"  bound (read bandwidth {res['bandwidth_gbs']:.1f} GB/s, the best probe so far / "
+          f"{res['weight_bytes'] / 2**20:.0f} MiB per token): {res['roofline_tok_s']:.0f} tok/s; "
           f"graphspec reaches {ours / res['roofline_tok_s']:.0%}")
     if res.get("replayed"):
         replayed, steps, refused = res["replayed"]
