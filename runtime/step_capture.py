@@ -317,8 +317,9 @@ _BINARY = {torch.ops.aten.add.Tensor: 0, torch.ops.aten.sub.Tensor: 1, torch.ops
 
 
 def _native_binary(fn, args, kwargs, out):
-    """The C replay of a recorded add / sub / mul / div (no alpha, no rounding mode) of two tensors of the output's dtype: of
-    its shape and contiguous (one loop), or broadcast to it over at most 4 dimensions, or None."""
+    """The C replay of a recorded add / sub / mul / div (no alpha, no rounding mode) of two tensors of
+    the output's dtype: of its shape and contiguous (one loop), or broadcast to it over at most 4
+    dimensions, or None."""
     code = _BINARY.get(fn)
     if (code is None or getattr(out, "dtype", None) not in native.FLOAT_KERNEL_SUFFIX or kwargs or len(args) != 2
             or not out.is_contiguous()):
@@ -504,8 +505,8 @@ class StepCapture:
     def __init__(self, proven: "Tape | None" = None, copies: bool = True):
         self.copies = copies
         self.tape: Tape | None = None
-        self.proven = proven
-        self.previous: tuple | None = None if proven is None else (None, proven.signature)   # (recording, its signature)
+        # (the last recording, or the proven tape, and its signature)
+        self.previous: tuple | None = None if proven is None else (proven, proven.signature)
         self.recorded = 0
         self.replayed = 0
         self.refused: str | None = None
@@ -527,9 +528,8 @@ class StepCapture:
             return out
         signature = recording.signature()
         if self.previous is not None and self.previous[1] == signature:
-            proven = self.previous[0] is None
-            self.previous, self.tape = None, self.proven if proven else Tape(recording, signature)
-            self.proven = None
+            source = self.previous[0]
+            self.previous, self.tape = None, source if isinstance(source, Tape) else Tape(recording, signature)
         elif self.recorded >= self.RECORDINGS:
             self.refuse(f"{self.recorded} consecutive steps did not do the same work on the same buffers")
         else:
@@ -537,14 +537,14 @@ class StepCapture:
         return out
 
     def refuse(self, reason: str) -> None:
-        self.tape = self.previous = self.proven = None
+        self.tape = self.previous = None
         self.refused = reason
 
     def end(self) -> "Tape | None":
         """The generation is over: its tape, if its steps were replayed to the end (for a Spare),
         and nothing kept here."""
         tape = self.tape
-        self.tape = self.previous = self.proven = None
+        self.tape = self.previous = None
         return tape
 
 
